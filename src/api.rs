@@ -1,0 +1,131 @@
+//! The daemon's control API, used by the `caravan` CLI. It is served on the same unix
+//! socket as the plugin API, under `/v1/`:
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `GET /v1/info` | | [`Info`](crate::service::Info) |
+//! | `GET /v1/volumes` | | list of [`VolumeView`](crate::service::VolumeView) |
+//! | `POST /v1/volumes` | `{"name": "web", "options": {"size": "1G"}}` | the created volume |
+//! | `GET /v1/volumes/NAME` | | the volume, with usage |
+//! | `DELETE /v1/volumes/NAME` | | `{}` |
+//! | `POST /v1/volumes/NAME/mount` | `{"id": "caravan-cli"}` | `{"mountpoint": "/…"}` |
+//! | `POST /v1/volumes/NAME/unmount` | `{"id": "caravan-cli"}` | `{}` |
+//!
+//! Errors answer a 4xx or 5xx status with `{"error": "message"}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::volume::VolumeOptions;
+
+/// Body of `POST /v1/volumes`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Body of the mount and unmount requests.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountRequest {
+    pub id: String,
+}
+
+/// Handles one control request; returns the HTTP status and the JSON body.
+pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let started = Instant::now();
+    let result = route(&svc, method, path, body).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let node = svc.node();
+    match result {
+        Ok((status, v)) => {
+            tracing::info!(target: "caravan::call", method, path, node, ms = format_args!("{ms:.2}"), outcome = "ok");
+            (status, v)
+        }
+        Err(e) => {
+            tracing::warn!(target: "caravan::call", method, path, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
+            (e.status(), json!({ "error": e.to_string() }))
+        }
+    }
+}
+
+async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value)> {
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let ok = |v: Value| Ok((200, v));
+    match (method, parts.as_slice()) {
+        ("GET", ["v1", "info"]) => ok(to_json(&svc.info().await?)),
+        ("GET", ["v1", "volumes"]) => ok(to_json(&svc.list().await?)),
+        ("POST", ["v1", "volumes"]) => {
+            let req: CreateRequest = parse_body(body)?;
+            let options =
+                VolumeOptions::from_map(req.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            Ok((201, to_json(&svc.create(&req.name, options).await?)))
+        }
+        ("GET", ["v1", "volumes", name]) => ok(to_json(&svc.get(name).await?)),
+        ("DELETE", ["v1", "volumes", name]) => {
+            svc.remove(name).await?;
+            ok(json!({}))
+        }
+        ("POST", ["v1", "volumes", name, "mount"]) => {
+            let req: MountRequest = parse_body(body)?;
+            let path = svc.mount(name, &req.id).await?;
+            ok(json!({ "mountpoint": path }))
+        }
+        ("POST", ["v1", "volumes", name, "unmount"]) => {
+            let req: MountRequest = parse_body(body)?;
+            svc.unmount(name, &req.id).await?;
+            ok(json!({}))
+        }
+        _ => Err(Error::invalid(format!(
+            "no such endpoint: {method} {path} (is the CLI newer than the daemon?)"
+        ))),
+    }
+}
+
+/// Decodes `%XX` escapes in one path segment (the CLI escapes what a name cannot hold,
+/// so that a bad name reaches validation whole and is refused by name).
+fn percent_decode(segment: &str) -> String {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("API types serialize")
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")))
+}

@@ -1,0 +1,416 @@
+//! The `caravan` command line: the daemon and the Convoy-like client commands.
+//!
+//! Client commands talk to the daemon's control API. Output is for people by default and
+//! JSON with `--json`. Exit code 0 on success; otherwise 1 with one line on stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientError};
+use crate::config::{DaemonArgs, DEFAULT_SOCKET};
+use crate::service::{Info, VolumeView};
+
+/// The mount ID `caravan mount` uses when none is given.
+pub const CLI_MOUNT_ID: &str = "caravan-cli";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "caravan",
+    version,
+    about = "Docker volumes that follow containers across hosts"
+)]
+pub struct Cli {
+    /// The daemon's socket
+    #[arg(long, env = "CARAVAN_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (one per host)
+    Daemon(DaemonArgs),
+    /// Create a volume
+    Create {
+        name: String,
+        /// Size, for example 512M or 10G (recorded and reported)
+        #[arg(long)]
+        size: Option<String>,
+        /// Owner of the volume root
+        #[arg(long)]
+        uid: Option<String>,
+        /// Group of the volume root
+        #[arg(long)]
+        gid: Option<String>,
+        /// Permission bits of the volume root, in octal (for example 0770)
+        #[arg(long)]
+        mode: Option<String>,
+        /// What removing the volume does to its data: delete, retain or archive
+        #[arg(long)]
+        on_delete: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume (refused while any node has it mounted)
+    #[command(alias = "rm")]
+    Delete { name: String },
+    /// List volumes
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one volume in detail
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount a volume on this host and print its mountpoint (for use outside Docker)
+    Mount {
+        name: String,
+        /// Mount ID; each ID counts separately
+        #[arg(long, default_value = CLI_MOUNT_ID)]
+        id: String,
+    },
+    /// Undo one `caravan mount`
+    #[command(alias = "unmount")]
+    Umount {
+        name: String,
+        #[arg(long, default_value = CLI_MOUNT_ID)]
+        id: String,
+    },
+    /// Show the daemon's version, node, root and counts
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run(socket: PathBuf, command: Command) -> i32 {
+    // The daemon bounds its own calls (20 s by default); the margin covers its answer.
+    let client = Client::new(socket, Duration::from_secs(60));
+    match execute(&client, command).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("caravan: {e}");
+            1
+        }
+    }
+}
+
+async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Daemon(_) => unreachable!("the daemon is started by main"),
+        Command::Create {
+            name,
+            size,
+            uid,
+            gid,
+            mode,
+            on_delete,
+            json,
+        } => {
+            let mut options = BTreeMap::new();
+            for (k, v) in [
+                ("size", size),
+                ("uid", uid),
+                ("gid", gid),
+                ("mode", mode),
+                ("on_delete", on_delete),
+            ] {
+                if let Some(v) = v {
+                    options.insert(k, v);
+                }
+            }
+            let v = client
+                .request(
+                    "POST",
+                    "/v1/volumes",
+                    Some(&json!({ "name": name, "options": options })),
+                )
+                .await?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let _ = writeln!(out, "{name}");
+            }
+        }
+        Command::Delete { name } => {
+            client
+                .request(
+                    "DELETE",
+                    &format!("/v1/volumes/{}", path_segment(&name)),
+                    None,
+                )
+                .await?;
+        }
+        Command::List { json } => {
+            let v = client.request("GET", "/v1/volumes", None).await?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let volumes: Vec<VolumeView> = decode(v)?;
+                let _ = write!(out, "{}", list_table(&volumes));
+            }
+        }
+        Command::Inspect { name, json } => {
+            let v = client
+                .request("GET", &format!("/v1/volumes/{}", path_segment(&name)), None)
+                .await?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let view: VolumeView = decode(v)?;
+                let _ = write!(out, "{}", inspect_text(&view));
+            }
+        }
+        Command::Mount { name, id } => {
+            let v = client
+                .request(
+                    "POST",
+                    &format!("/v1/volumes/{}/mount", path_segment(&name)),
+                    Some(&json!({ "id": id })),
+                )
+                .await?;
+            let _ = writeln!(
+                out,
+                "{}",
+                v.get("mountpoint")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+        }
+        Command::Umount { name, id } => {
+            client
+                .request(
+                    "POST",
+                    &format!("/v1/volumes/{}/unmount", path_segment(&name)),
+                    Some(&json!({ "id": id })),
+                )
+                .await?;
+        }
+        Command::Info { json } => {
+            let v = client.request("GET", "/v1/info", None).await?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let info: Info = decode(v)?;
+                let _ = write!(out, "{}", info_text(&info));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A name as one URL path segment. Names the daemon accepts need no escaping; anything
+/// else is percent-encoded so that the daemon sees it whole and refuses it by name.
+fn path_segment(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
+    serde_json::from_value(v).map_err(|e| {
+        ClientError::Api(format!(
+            "unexpected answer from the daemon ({e}); is it the same version as this CLI?"
+        ))
+    })
+}
+
+fn print_json(out: &mut impl Write, v: &Value) {
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
+}
+
+/// `caravan list`: one line per volume.
+pub fn list_table(volumes: &[VolumeView]) -> String {
+    let rows: Vec<[String; 5]> = volumes
+        .iter()
+        .map(|v| {
+            let mounted = if v.mounts.is_empty() {
+                "-".to_string()
+            } else {
+                v.mounts
+                    .iter()
+                    .map(|(node, m)| format!("{node}({})", m.count))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            [
+                v.name.clone(),
+                v.size.clone().unwrap_or_else(|| "-".into()),
+                v.created_by.clone(),
+                v.created_at.clone(),
+                mounted,
+            ]
+        })
+        .collect();
+    table(
+        ["NAME", "SIZE", "CREATED BY", "CREATED", "MOUNTED ON"],
+        &rows,
+    )
+}
+
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut width: [usize; N] = header.map(str::len);
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = width[i]));
+            }
+        }
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    s
+}
+
+/// `caravan inspect`: key and value lines.
+pub fn inspect_text(v: &VolumeView) -> String {
+    let mut s = String::new();
+    let mut kv = |k: &str, val: String| s.push_str(&format!("{k:<12} {val}\n"));
+    kv("Name:", v.name.clone());
+    kv("Created:", format!("{} by {}", v.created_at, v.created_by));
+    kv("Size:", v.size.clone().unwrap_or_else(|| "not set".into()));
+    if let Some(u) = &v.usage {
+        let partial = if u.complete {
+            ""
+        } else {
+            " (counting stopped early: at least)"
+        };
+        kv(
+            "Usage:",
+            format!("{} in {} files{partial}", u.human, u.files),
+        );
+    }
+    kv(
+        "Options:",
+        v.options
+            .iter()
+            .map(|(k, val)| format!("{k}={val}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    kv("Data:", v.data.clone());
+    kv(
+        "Mountpoint:",
+        if v.mounted_here {
+            v.mountpoint.clone()
+        } else {
+            format!("{} (not mounted on this node)", v.mountpoint)
+        },
+    );
+    if v.mounts.is_empty() {
+        kv("Mounts:", "none".into());
+    } else {
+        for (i, (node, m)) in v.mounts.iter().enumerate() {
+            let label = if i == 0 { "Mounts:" } else { "" };
+            kv(
+                label,
+                format!("{node}: {} mount(s), {} ID(s)", m.count, m.ids),
+            );
+        }
+    }
+    if v.stale {
+        kv(
+            "Note:",
+            "the export did not answer; this is the last known state".into(),
+        );
+    }
+    s
+}
+
+fn info_text(i: &Info) -> String {
+    format!(
+        "Version:      {}\nNode:         {}\nRoot:         {}\nState dir:    {}\nVolumes:      {}\nMounted here: {} volume(s), {} mount(s)\nMounts total: {}\nGeneration:   {}\nUptime:       {}\nCommits:      {} ({} mutations, last lock wait {:.1} ms)\n",
+        i.version,
+        i.node,
+        i.root,
+        i.state_dir,
+        i.volumes,
+        i.mounted_here,
+        i.mounts_here,
+        i.mounts_total,
+        i.generation,
+        humantime::format_duration(Duration::from_secs(i.uptime_secs)),
+        i.store.commits,
+        i.store.mutations,
+        i.store.last_lock_wait_ms,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::NodeMounts;
+
+    fn view(name: &str) -> VolumeView {
+        VolumeView {
+            name: name.into(),
+            mountpoint: format!("/var/lib/caravan/mounts/{name}"),
+            mounted_here: false,
+            created_at: "2026-11-22T05:00:00Z".into(),
+            created_by: "h1".into(),
+            options: BTreeMap::from([("on_delete".to_string(), "delete".to_string())]),
+            size: Some("1G".into()),
+            usage: None,
+            mounts: BTreeMap::new(),
+            data: format!("/srv/volumes/{name}/data"),
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn list_aligns_columns() {
+        let mut b = view("a-much-longer-name");
+        b.mounts
+            .insert("h2".into(), NodeMounts { count: 2, ids: 1 });
+        let t = list_table(&[view("web"), b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = lines[0].find("SIZE").unwrap();
+        assert_eq!(lines[1].find("1G"), Some(col));
+        assert_eq!(lines[2].find("1G"), Some(col));
+        assert!(lines[2].ends_with("h2(2)"), "{t}");
+        assert!(lines[1].ends_with('-'), "{t}");
+    }
+
+    #[test]
+    fn path_segments_escape_what_names_cannot_hold() {
+        assert_eq!(path_segment("web.1_x-y"), "web.1_x-y");
+        assert_eq!(path_segment("../x"), "..%2Fx");
+        assert_eq!(path_segment("a b"), "a%20b");
+    }
+}

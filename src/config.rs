@@ -1,0 +1,255 @@
+//! Daemon settings: flags, each also an environment variable `CARAVAN_*`, over an optional
+//! TOML file (default `/etc/caravan/caravan.toml`), over built-in defaults.
+//!
+//! Precedence is flag or environment, then file, then default. Nothing from an earlier run
+//! is persisted, so nothing can silently override a flag (a Convoy pitfall).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::spec::validate_driver_name;
+use crate::volume::validate_name;
+
+pub const DEFAULT_CONFIG: &str = "/etc/caravan/caravan.toml";
+pub const DEFAULT_SOCKET: &str = "/run/caravan/caravan.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/caravan";
+pub const DEFAULT_SPEC_DIR: &str = "/etc/docker/plugins";
+pub const DEFAULT_DRIVER: &str = "caravan";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `caravan daemon` flags. Every one is optional here so that the file can fill it in.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DaemonArgs {
+    /// The shared export, already mounted. Default: <state-dir>/shared, a local folder
+    /// (volumes are then not shared with other hosts).
+    #[arg(long, env = "CARAVAN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// This node's name in the cluster [default: the host name]
+    #[arg(long, env = "CARAVAN_NODE")]
+    pub node: Option<String>,
+    /// Node-local state: mountpoints live under <state-dir>/mounts [default: /var/lib/caravan]
+    #[arg(long, env = "CARAVAN_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Unix socket serving the plugin and control APIs [default: /run/caravan/caravan.sock]
+    #[arg(long, env = "CARAVAN_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Where dockerd looks for plugin spec files [default: /etc/docker/plugins]
+    #[arg(long, env = "CARAVAN_SPEC_DIR")]
+    pub spec_dir: Option<PathBuf>,
+    /// The driver name users pass to `docker volume create -d` [default: caravan]
+    #[arg(long, env = "CARAVAN_DRIVER_NAME")]
+    pub driver_name: Option<String>,
+    /// Longest time any call may take before it fails with an error (dockerd gives up
+    /// after 60 s) [default: 20s]
+    #[arg(long, env = "CARAVAN_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Log level: error, warn, info, debug, trace [default: info]
+    #[arg(long, env = "CARAVAN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Config file (TOML with the same keys, in snake_case) [default: /etc/caravan/caravan.toml if it exists]
+    #[arg(long, env = "CARAVAN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file. Unknown keys are refused, so a typo does not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    root: Option<PathBuf>,
+    node: Option<String>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    spec_dir: Option<PathBuf>,
+    driver_name: Option<String>,
+    timeout: Option<String>,
+    log_level: Option<String>,
+}
+
+/// The daemon's resolved settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    /// True when no root was given and the local default is used.
+    pub root_is_default: bool,
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub spec_dir: PathBuf,
+    pub driver_name: String,
+    pub timeout: Duration,
+    pub log_level: tracing::Level,
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; use a duration such as 20s or 1m"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(50) {
+        return Err(format!(
+            "{s} is out of range: use 1s to 50s (dockerd itself gives up after 60s)"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_level(s: &str) -> Result<tracing::Level> {
+    s.parse().map_err(|_| {
+        Error::invalid(format!(
+            "invalid log level {s:?}: use error, warn, info, debug or trace"
+        ))
+    })
+}
+
+impl DaemonArgs {
+    /// Merges flags over the config file over defaults, and validates the result.
+    pub fn resolve(self) -> Result<DaemonConfig> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let state_dir = self
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let given_root = self.root.or(file.root);
+        let root_is_default = given_root.is_none();
+        let root = given_root.unwrap_or_else(|| state_dir.join("shared"));
+        let node = match self.node.or(file.node) {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .map_err(|e| {
+                    Error::invalid(format!("cannot read the host name ({e}); pass --node"))
+                })?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        validate_name(&node).map_err(|_| {
+            Error::invalid(format!(
+                "invalid node name {node:?}: node names follow the volume name rule (2 to 128 characters of a-z A-Z 0-9 _ . -); pass --node"
+            ))
+        })?;
+        let timeout = match (self.timeout, file.timeout) {
+            (Some(t), _) => t,
+            (None, Some(s)) => parse_duration(&s)
+                .map_err(|e| Error::invalid(format!("timeout in the config file: {e}")))?,
+            (None, None) => DEFAULT_TIMEOUT,
+        };
+        let log_level = parse_level(
+            self.log_level
+                .or(file.log_level)
+                .as_deref()
+                .unwrap_or("info"),
+        )?;
+        let driver_name = self
+            .driver_name
+            .or(file.driver_name)
+            .unwrap_or_else(|| DEFAULT_DRIVER.into());
+        validate_driver_name(&driver_name)?;
+        let mut cfg = DaemonConfig {
+            root,
+            root_is_default,
+            node,
+            state_dir,
+            socket: self
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            spec_dir: self
+                .spec_dir
+                .or(file.spec_dir)
+                .unwrap_or_else(|| DEFAULT_SPEC_DIR.into()),
+            driver_name,
+            timeout,
+            log_level,
+        };
+        for (what, p) in [
+            ("root", &mut cfg.root),
+            ("state-dir", &mut cfg.state_dir),
+            ("socket", &mut cfg.socket),
+            ("spec-dir", &mut cfg.spec_dir),
+        ] {
+            if !p.is_absolute() {
+                *p = std::env::current_dir()
+                    .map_err(|e| Error::io("reading the current directory", e))?
+                    .join(&*p);
+                tracing::debug!("--{what} made absolute: {}", p.display());
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
+    toml::from_str(&text).map_err(|e| {
+        Error::invalid(format!(
+            "config file {}: {e}accepted keys: root, node, state_dir, socket, spec_dir, driver_name, timeout, log_level",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_with_file(text: &str) -> (tempfile::TempDir, DaemonArgs) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("caravan.toml");
+        std::fs::write(&p, text).unwrap();
+        let args = DaemonArgs {
+            config: Some(p),
+            node: None,
+            ..Default::default()
+        };
+        (d, args)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let (_d, mut args) =
+            args_with_file("root = \"/srv/share\"\nnode = \"filenode\"\ntimeout = \"5s\"\n");
+        args.node = Some("flagnode".into());
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.node, "flagnode");
+        assert_eq!(cfg.root, PathBuf::from("/srv/share"));
+        assert!(!cfg.root_is_default);
+        assert_eq!(cfg.timeout, Duration::from_secs(5));
+        assert_eq!(cfg.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn default_root_is_a_local_folder_under_the_state_dir() {
+        let (_d, mut args) = args_with_file("");
+        args.node = Some("n1".into());
+        args.state_dir = Some("/tmp/st".into());
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.root, PathBuf::from("/tmp/st/shared"));
+        assert!(cfg.root_is_default);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let (_d, args) = args_with_file("rooot = \"/x\"\n");
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("rooot") && err.contains("accepted keys"),
+            "{err}"
+        );
+        let (_d, args) = args_with_file("timeout = \"5 parsecs\"\nnode = \"n1\"\n");
+        assert!(args.resolve().unwrap_err().to_string().contains("timeout"));
+        let (_d, mut args) = args_with_file("");
+        args.node = Some("bad/node".into());
+        assert!(args
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid node name"));
+        assert!(parse_duration("90s").is_err());
+    }
+}

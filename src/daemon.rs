@@ -1,0 +1,209 @@
+//! Start-up, serving and graceful shutdown of `caravan daemon`.
+//!
+//! Start: prepare the shared root and the node's state folder, start the store, reconcile
+//! this node's mounts, bind the socket (mode 0600), write the spec file, serve.
+//! Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight calls finish (bounded by the
+//! call timeout), remove the socket, stop the store, exit 0. Bind mounts stay: containers
+//! that use them keep running, and the next start counts them again.
+
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use warp::http::{Method, StatusCode};
+use warp::Filter;
+
+use crate::config::DaemonConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{NodeLayout, SharedLayout};
+use crate::service::Service;
+use crate::store::Store;
+use crate::{api, plugin, spec};
+
+/// Runs the daemon until `shutdown` resolves (normally a signal; see [`shutdown_signal`]).
+pub async fn run(
+    cfg: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let shared = SharedLayout::new(&cfg.root);
+    if cfg.root_is_default {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&cfg.root)
+            .ctx(|| format!("creating the local root {}", cfg.root.display()))?;
+        tracing::warn!(
+            root = %cfg.root.display(),
+            "no --root given: using a local folder; volumes are not shared with other hosts"
+        );
+    }
+    shared.init()?;
+    let local = NodeLayout {
+        state_dir: cfg.state_dir.clone(),
+    };
+    local.init()?;
+
+    // The store gets half the call budget, so that a call that waited for the lock still
+    // has time left to bind-mount and answer.
+    let store = Store::start(shared, cfg.timeout / 2)?;
+    let svc = Service::start(cfg.node.clone(), store.clone(), local, cfg.timeout / 2).await?;
+
+    let listener = bind_socket(&cfg.socket)?;
+    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
+    tracing::info!(
+        node = %cfg.node,
+        root = %cfg.root.display(),
+        socket = %cfg.socket.display(),
+        spec = %spec_path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "caravan daemon serving"
+    );
+
+    let server = warp::serve(routes(svc, cfg.timeout))
+        .incoming(listener)
+        .graceful(shutdown);
+    // In-flight calls are bounded by the call timeout; the margin lets them answer.
+    let drained = tokio::time::timeout(cfg.timeout + Duration::from_secs(5), server.run());
+
+    // `graceful` stops accepting as soon as the signal arrives; the socket file can go then.
+    drained.await.unwrap_or_else(|_| {
+        tracing::warn!("in-flight calls did not finish in time; exiting anyway")
+    });
+    if let Err(e) = std::fs::remove_file(&cfg.socket) {
+        tracing::warn!("removing {}: {e}", cfg.socket.display());
+    }
+    let stopper = store.clone();
+    let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
+    tracing::info!("caravan daemon stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::io("installing the SIGINT handler", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// Binds the unix socket, refusing to steal it from a running daemon and replacing a stale
+/// file left by one that died.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::invalid(format!(
+                "another caravan daemon is already serving {}; stop it first or pass another --socket",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .ctx(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).ctx(|| format!("binding {}", path.display()))?;
+    // Root only: the API can mount and delete volumes.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .ctx(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// One filter for everything on the socket; dispatch happens on the path.
+fn routes(
+    svc: Arc<Service>,
+    timeout: Duration,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::body::bytes())
+        .then(
+            move |method: Method, path: warp::path::FullPath, body: Bytes| {
+                let svc = svc.clone();
+                async move { dispatch(svc, timeout, method, path.as_str().to_string(), body).await }
+            },
+        )
+        .recover(|_rejection: warp::Rejection| async move {
+            // Only reachable when the body cannot be read.
+            Ok::<_, std::convert::Infallible>(reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "Err": "could not read the request body" }),
+            ))
+        })
+        .unify()
+}
+
+async fn dispatch(
+    svc: Arc<Service>,
+    timeout: Duration,
+    method: Method,
+    path: String,
+    body: Bytes,
+) -> warp::reply::Response {
+    if path == "/Plugin.Activate" {
+        return reply(StatusCode::OK, plugin::activate());
+    }
+    if let Some(m) = path.strip_prefix("/VolumeDriver.") {
+        let m = m.to_string();
+        let v = bounded(timeout, "VolumeDriver call", async move {
+            plugin::handle(svc, &m, &body).await
+        })
+        .await
+        .unwrap_or_else(|e| json!({ "Err": e.to_string() }));
+        return reply(StatusCode::OK, v);
+    }
+    if path.starts_with("/v1/") {
+        let m = method.as_str().to_string();
+        let (status, v) = bounded(timeout, "control call", async move {
+            api::handle(svc, &m, &path, &body).await
+        })
+        .await
+        .unwrap_or_else(|e| (e.status(), json!({ "error": e.to_string() })));
+        return reply(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            v,
+        );
+    }
+    reply(
+        StatusCode::NOT_FOUND,
+        json!({ "Err": format!("no such endpoint {path}"), "error": format!("no such endpoint {path}") }),
+    )
+}
+
+/// Runs a call in its own task, so that it completes (and leaves consistent state) even if
+/// its answer comes too late, and answers an error at the deadline.
+async fn bounded<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, tokio::spawn(fut)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}

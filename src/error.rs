@@ -1,0 +1,81 @@
+//! The library's one error type.
+//!
+//! Every variant renders as a message a user can act on: it says what was wrong and, where
+//! there is one, what is accepted instead. The plugin API sends `to_string()` as Docker's
+//! `Err`; the control API sends it with the HTTP status from [`Error::status`].
+
+use std::time::Duration;
+
+/// Result with the library's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request, option, name or file did not pass validation.
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("no such volume: {0}")]
+    NoSuchVolume(String),
+
+    #[error("volume {name} already exists with different options ({existing}); remove it first or create it with the same options")]
+    Conflict { name: String, existing: String },
+
+    #[error("volume {name} is in use: mounted on {nodes}; unmount it there first")]
+    InUse { name: String, nodes: String },
+
+    #[error("volume {0} is not mounted on this node")]
+    NotMounted(String),
+
+    #[error("{what} did not finish within {}s; the shared export may be slow or unreachable", .after.as_secs())]
+    Timeout { what: String, after: Duration },
+
+    #[error("the daemon is shutting down; try again once it is back")]
+    ShuttingDown,
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// An I/O error with what was being done and to which path.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The HTTP status the control API answers this error with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Invalid(_) => 400,
+            Error::NoSuchVolume(_) | Error::NotMounted(_) => 404,
+            Error::Conflict { .. } | Error::InUse { .. } => 409,
+            Error::Timeout { .. } | Error::ShuttingDown => 503,
+            Error::Io { .. } | Error::Store(_) => 500,
+        }
+    }
+}
+
+/// Adds a context line to I/O results: `std::fs::read(p).ctx(|| format!("reading {p:?}"))`.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,382 @@
+//! Where things live, on the shared root and on this node, and the filesystem work on them.
+//!
+//! ```text
+//! <root>/.caravan/meta/         sled database (cluster metadata)
+//! <root>/.caravan/lock          cluster lock file (OFD lock)
+//! <root>/.caravan/generation    commit counter, a cheap freshness check for readers
+//! <root>/.caravan/trash/        removed volumes waiting to be deleted
+//! <root>/volumes/<name>/data/   the data containers see
+//! <root>/volumes/<name>/volume.json  the volume's record, for rebuilding the index
+//! <root>/archive/<name>.<time>/ volumes removed with on_delete=archive
+//! <state-dir>/mounts/<name>     this node's bind mount of a volume's data
+//! ```
+//!
+//! Volume names are validated before any path is built from them
+//! ([`crate::volume::validate_name`]), so a name is always one safe path component.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::volume::{VolumeOptions, VolumeRecord};
+
+/// Paths on the shared root.
+#[derive(Debug, Clone)]
+pub struct SharedLayout {
+    pub root: PathBuf,
+}
+
+impl SharedLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SharedLayout { root: root.into() }
+    }
+    pub fn control_dir(&self) -> PathBuf {
+        self.root.join(".caravan")
+    }
+    pub fn meta_dir(&self) -> PathBuf {
+        self.control_dir().join("meta")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.control_dir().join("lock")
+    }
+    pub fn generation_file(&self) -> PathBuf {
+        self.control_dir().join("generation")
+    }
+    pub fn trash_dir(&self) -> PathBuf {
+        self.control_dir().join("trash")
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root.join("archive")
+    }
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.volumes_dir().join(name)
+    }
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.volume_dir(name).join("data")
+    }
+    pub fn record_file(&self, name: &str) -> PathBuf {
+        self.volume_dir(name).join("volume.json")
+    }
+
+    /// Creates the control folders if this is a new root. The root itself must exist: it is
+    /// the mounted export, and creating it would hide a missing mount.
+    pub fn init(&self) -> Result<()> {
+        let meta = fs::metadata(&self.root).ctx(|| {
+            format!(
+                "the shared root {} is not accessible (is the export mounted?)",
+                self.root.display()
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::invalid(format!(
+                "the shared root {} is not a directory",
+                self.root.display()
+            )));
+        }
+        for (dir, mode) in [
+            (self.control_dir(), 0o700),
+            (self.trash_dir(), 0o700),
+            (self.volumes_dir(), 0o711),
+            (self.archive_dir(), 0o700),
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)
+                .ctx(|| format!("creating {} (is the shared root writable?)", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Creates (or adopts, when retained data is already there) a volume's folders and
+    /// writes its record beside the data. Returns whether existing data was adopted.
+    pub fn create_volume(&self, record: &VolumeRecord) -> Result<bool> {
+        let vdir = self.volume_dir(&record.name);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&vdir)
+            .ctx(|| format!("creating {}", vdir.display()))?;
+        let data = self.data_dir(&record.name);
+        let adopted = match fs::DirBuilder::new().mode(0o755).create(&data) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let m =
+                    fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
+                if !m.is_dir() {
+                    return Err(Error::invalid(format!(
+                        "{} exists and is not a directory; move it away and create the volume again",
+                        data.display()
+                    )));
+                }
+                true
+            }
+            Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
+        };
+        apply_ownership(&data, &record.options)?;
+        write_atomically(
+            &self.record_file(&record.name),
+            &serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize"),
+        )?;
+        Ok(adopted)
+    }
+
+    /// Moves a removed volume's folder into the trash (deleted later, off the lock) and
+    /// returns the trash path. `tag` makes the trash name unique.
+    pub fn trash_volume(&self, name: &str, tag: &str) -> Result<Option<PathBuf>> {
+        let to = self.trash_dir().join(format!("{name}.{tag}"));
+        rename_if_exists(&self.volume_dir(name), &to)
+    }
+
+    /// Moves a removed volume's folder aside to `<root>/archive/<name>.<unix secs>`.
+    pub fn archive_volume(&self, name: &str) -> Result<Option<PathBuf>> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut to = self.archive_dir().join(format!("{name}.{secs}"));
+        let mut n = 1;
+        while to.exists() {
+            to = self.archive_dir().join(format!("{name}.{secs}.{n}"));
+            n += 1;
+        }
+        rename_if_exists(&self.volume_dir(name), &to)
+    }
+
+    /// For on_delete=retain: the data stays; only the record beside it goes, so that a
+    /// rebuild of the index does not bring the volume back.
+    pub fn retain_volume(&self, name: &str) -> Result<()> {
+        match fs::remove_file(self.record_file(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
+                format!("removing {}", self.record_file(name).display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes everything in the trash. Never follows symlinks: `std::fs::remove_dir_all`
+    /// unlinks a symlink instead of descending into it (since Rust 1.58.1, CVE-2022-21658).
+    pub fn empty_trash(&self) -> Result<()> {
+        let trash = self.trash_dir();
+        for entry in fs::read_dir(&trash).ctx(|| format!("reading {}", trash.display()))? {
+            let path = entry.ctx(|| format!("reading {}", trash.display()))?.path();
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+}
+
+/// What is written to `volume.json`: the record without the mount table, which changes too
+/// often to mirror and is rebuilt from the nodes anyway.
+#[derive(serde::Serialize)]
+struct RecordFile<'a> {
+    name: &'a str,
+    created_by: &'a str,
+    created_at: u64,
+    options: &'a VolumeOptions,
+}
+
+impl<'a> From<&'a VolumeRecord> for RecordFile<'a> {
+    fn from(r: &'a VolumeRecord) -> Self {
+        RecordFile {
+            name: &r.name,
+            created_by: &r.created_by,
+            created_at: r.created_at,
+            options: &r.options,
+        }
+    }
+}
+
+/// Deletes a file or a tree without following symlinks.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+    };
+    let r = if m.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.ctx(|| format!("deleting {}", path.display()))
+}
+
+fn rename_if_exists(from: &Path, to: &Path) -> Result<Option<PathBuf>> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(Some(to.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(
+            format!("moving {} to {}", from.display(), to.display()),
+            e,
+        )),
+    }
+}
+
+fn apply_ownership(dir: &Path, o: &VolumeOptions) -> Result<()> {
+    if o.uid.is_some() || o.gid.is_some() {
+        std::os::unix::fs::lchown(dir, o.uid, o.gid).ctx(|| {
+            format!(
+                "setting the owner of {} (is the export squashing root?)",
+                dir.display()
+            )
+        })?;
+    }
+    if let Some(mode) = o.mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting the mode of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a file through a temporary name and a rename, with fsync, so readers on any node
+/// see the old or the new content, never a part.
+pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(format!("writing {}", path.display()), e)
+    })
+}
+
+/// Disk usage of a tree, counted without following symlinks and within a time budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+    /// False when the budget ran out: the figures are a lower bound.
+    pub complete: bool,
+}
+
+pub fn disk_usage(path: &Path, budget: Duration) -> Usage {
+    let until = Instant::now() + budget;
+    let mut usage = Usage {
+        bytes: 0,
+        files: 0,
+        complete: true,
+    };
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if Instant::now() > until {
+                usage.complete = false;
+                return usage;
+            }
+            let Ok(m) = entry.metadata() else { continue };
+            // Allocated blocks, as du counts them (sparse files count what they use).
+            usage.bytes += m.blocks() * 512;
+            usage.files += 1;
+            if m.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    usage
+}
+
+/// Paths on this node.
+#[derive(Debug, Clone)]
+pub struct NodeLayout {
+    pub state_dir: PathBuf,
+}
+
+impl NodeLayout {
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.state_dir.join("mounts")
+    }
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.mounts_dir().join(name)
+    }
+    pub fn init(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(self.mounts_dir())
+            .ctx(|| format!("creating {}", self.mounts_dir().display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn trash_never_follows_symlinks_out_of_a_volume() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("precious"), b"keep me").unwrap();
+        let layout = SharedLayout::new(root.path());
+        layout.init().unwrap();
+        let rec = VolumeRecord::new("web", "a", VolumeOptions::default());
+        layout.create_volume(&rec).unwrap();
+        let data = layout.data_dir("web");
+        symlink(outside.path(), data.join("escape")).unwrap();
+        symlink(outside.path().join("precious"), data.join("file-link")).unwrap();
+        fs::create_dir(data.join("sub")).unwrap();
+        symlink(outside.path(), data.join("sub/deeper")).unwrap();
+
+        layout.trash_volume("web", "1").unwrap().unwrap();
+        layout.empty_trash().unwrap();
+        assert!(!layout.volume_dir("web").exists());
+        assert_eq!(
+            fs::read(outside.path().join("precious")).unwrap(),
+            b"keep me"
+        );
+        assert_eq!(fs::read_dir(layout.trash_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn create_applies_mode_and_adopts_retained_data() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(root.path());
+        layout.init().unwrap();
+        let opts = VolumeOptions::from_map([("mode", "0750")]).unwrap();
+        let rec = VolumeRecord::new("web", "a", opts);
+        assert!(!layout.create_volume(&rec).unwrap());
+        let m = fs::metadata(layout.data_dir("web")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        fs::write(layout.data_dir("web").join("f"), b"hi").unwrap();
+        layout.retain_volume("web").unwrap();
+        assert!(!layout.record_file("web").exists());
+        assert!(
+            layout.create_volume(&rec).unwrap(),
+            "retained data must be adopted"
+        );
+        assert_eq!(fs::read(layout.data_dir("web").join("f")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn init_refuses_a_missing_root() {
+        let err = SharedLayout::new("/nonexistent/caravan-root")
+            .init()
+            .unwrap_err();
+        assert!(err.to_string().contains("is the export mounted"), "{err}");
+    }
+
+    #[test]
+    fn usage_counts_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), vec![1u8; 100_000]).unwrap();
+        let u = disk_usage(d.path(), Duration::from_secs(5));
+        assert!(u.complete);
+        assert_eq!(u.files, 1);
+        assert!(u.bytes >= 100_000, "{u:?}");
+    }
+}

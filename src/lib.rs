@@ -1,0 +1,37 @@
+//! caravan: a cross-host Docker volume plugin.
+//!
+//! One daemon runs per host; every host mounts the same shared export. Volumes are folders
+//! on the export, the cluster's metadata is a sled database on the export, and each node
+//! bind-mounts a volume's folder where Docker asks for it.
+//!
+//! Module map:
+//! - [`volume`]: names, options and the volume record (pure, validated);
+//! - [`layout`]: where things live on the export and on the node, and the file work there;
+//! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
+//! - [`store`]: cluster metadata in sled: group commit, cached reads;
+//! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
+//! - [`service`]: the volume operations both APIs share (create, mount, remove, …);
+//! - [`plugin`]: Docker's VolumeDriver HTTP API;
+//! - [`api`]: the daemon's control API, used by the CLI;
+//! - [`spec`]: the `.spec` file that lets dockerd find the plugin;
+//! - [`config`]: daemon settings from flags, environment and the config file;
+//! - [`daemon`]: start-up, serving and graceful shutdown;
+//! - [`client`]: an HTTP client for the daemon's unix socket;
+//! - [`cli`]: the client commands and their output.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod layout;
+pub mod lock;
+pub mod mounts;
+pub mod plugin;
+pub mod service;
+pub mod spec;
+pub mod store;
+pub mod volume;
+
+pub use error::{Error, Result};

@@ -1,0 +1,57 @@
+//! `caravan`: the daemon (`caravan daemon`) and the client commands in one binary.
+
+use clap::Parser;
+
+use caravan::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Daemon(args) => run_daemon(args),
+        command => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(cli::run(cli.socket, command)),
+                Err(e) => {
+                    eprintln!("caravan: cannot start the runtime: {e}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_daemon(args: caravan::config::DaemonArgs) -> i32 {
+    let cfg = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("caravan daemon: {e}");
+            return 2;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(cfg.log_level)
+        .with_writer(std::io::stderr)
+        .init();
+    let run = async {
+        let signal = caravan::daemon::shutdown_signal()?;
+        caravan::daemon::run(cfg, signal).await
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("caravan")
+        .build()
+        .map_err(|e| caravan::Error::io("starting the runtime", e))
+        .and_then(|rt| rt.block_on(run));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("caravan daemon: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Bind mounts on this node, and what `/proc/self/mountinfo` says is mounted.
+//!
+//! A volume is bind-mounted from `<root>/volumes/<name>/data` to
+//! `<state-dir>/mounts/<name>` on its first Mount on this node and unmounted after its
+//! last Unmount. Docker then bind-mounts that path into containers. The bind mount is what
+//! keeps a container's data on the shared export even if the daemon restarts: the daemon
+//! never unmounts on shutdown, and rebuilds its view from mountinfo on start.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use sys_mount::{Mount, MountFlags, UnmountFlags};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Bind-mounts `source` on `target`, creating `target` if needed.
+pub fn bind(source: &Path, target: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(source).ctx(|| {
+        format!(
+            "the volume's data folder {} is missing on the export",
+            source.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(format!(
+            "{} is not a directory; refusing to mount it",
+            source.display()
+        )));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(target)
+        .ctx(|| format!("creating the mountpoint {}", target.display()))?;
+    Mount::builder()
+        .fstype("none")
+        .flags(MountFlags::BIND)
+        .mount(source, target)
+        .map(drop)
+        .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))
+}
+
+/// Unmounts `target` and removes the empty mountpoint. A busy mount is detached lazily
+/// (it disappears once its last user goes) rather than left in place.
+pub fn unbind(target: &Path) -> Result<()> {
+    match sys_mount::unmount(target, UnmountFlags::empty()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+            tracing::warn!(mountpoint = %target.display(), "mount busy; detaching it lazily");
+            sys_mount::unmount(target, UnmountFlags::DETACH)
+                .ctx(|| format!("detaching {}", target.display()))?;
+        }
+        // Not mounted (EINVAL) or already gone: the goal is reached.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EINVAL) | Some(nix::libc::ENOENT)
+            ) => {}
+        Err(e) => return Err(Error::io(format!("unmounting {}", target.display()), e)),
+    }
+    match fs::remove_dir(target) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(mountpoint = %target.display(), "could not remove the mountpoint: {e}")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Names of the folders directly under `dir` that are mount points, from mountinfo.
+pub fn mounted_below(dir: &Path) -> Result<BTreeSet<String>> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+    Ok(mountpoints_below(&text, dir))
+}
+
+fn mountpoints_below(mountinfo: &str, dir: &Path) -> BTreeSet<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .filter_map(|p| {
+            (p.parent() == Some(dir))
+                .then(|| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .flatten()
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_mountpoints_directly_below_a_folder() {
+        let info = "\
+36 35 98:0 /mnt1 /mnt1 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+40 36 0:33 /volumes/web/data /var/lib/caravan/mounts/web rw - fuse.glusterfs gv0 rw
+41 36 0:33 /volumes/a/data /var/lib/caravan/mounts/a\\040b rw - ext4 /dev/vda rw
+42 36 0:33 /x /var/lib/caravan/mounts/web/sub rw - ext4 /dev/vda rw
+43 36 0:33 /x /var/lib/caravan/mounts rw - ext4 /dev/vda rw
+";
+        let got = mountpoints_below(info, Path::new("/var/lib/caravan/mounts"));
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec!["a b".to_string(), "web".to_string()]
+        );
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        assert_eq!(unescape("a\\040b\\134c"), "a b\\c");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+}

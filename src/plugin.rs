@@ -1,0 +1,142 @@
+//! Docker's VolumeDriver API, as dockerd 20.10 and later use it (see
+//! `docs/docker-protocol.md` for the rules this follows).
+//!
+//! Every answer is HTTP 200 with a JSON body, never an empty one; an error is
+//! `{"Err": "message"}`, which dockerd shows to the user as `create web: message`, etc.
+//! Requests carry no Content-Type, so bodies are parsed from raw bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::volume::VolumeOptions;
+
+/// The plugin request body. Fields Docker does not send for a method stay empty.
+#[derive(Debug, Default, Deserialize)]
+struct Request {
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Opts", default)]
+    opts: Option<HashMap<String, String>>,
+}
+
+/// `/Plugin.Activate`: needs no state, and may never be called in this process's lifetime
+/// (dockerd does not re-activate a plugin that restarted).
+pub fn activate() -> Value {
+    json!({ "Implements": ["VolumeDriver"] })
+}
+
+/// Handles one `/VolumeDriver.<method>` call and logs one line for it.
+pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Value {
+    let started = Instant::now();
+    let req = parse(method, body);
+    let volume = req.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let result = match req {
+        Ok(req) => dispatch(&svc, method, req).await,
+        Err(e) => Err(e),
+    };
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let node = svc.node();
+    match result {
+        Ok(v) => {
+            tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "ok");
+            v
+        }
+        Err(e) => {
+            tracing::warn!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
+            json!({ "Err": e.to_string() })
+        }
+    }
+}
+
+fn parse(method: &str, body: &[u8]) -> Result<Request> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        // List and Capabilities carry no fields; for the others an empty body is a resend
+        // after a partial write, which must get an error, not a guess.
+        return match method {
+            "List" | "Capabilities" => Ok(Request::default()),
+            _ => Err(Error::invalid(format!(
+                "empty request body for VolumeDriver.{method}: expected a JSON object with Name"
+            ))),
+        };
+    }
+    serde_json::from_slice(trimmed).map_err(|e| {
+        Error::invalid(format!(
+            "invalid request body for VolumeDriver.{method}: {e}; expected JSON like {{\"Name\":\"vol\"}}"
+        ))
+    })
+}
+
+async fn dispatch(svc: &Arc<Service>, method: &str, req: Request) -> Result<Value> {
+    match method {
+        "Create" => {
+            let opts = req.opts.unwrap_or_default();
+            let options = VolumeOptions::from_map(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            svc.create(&req.name, options).await?;
+            Ok(json!({ "Err": "" }))
+        }
+        "Remove" => {
+            svc.remove(&req.name).await?;
+            Ok(json!({ "Err": "" }))
+        }
+        "Mount" => {
+            let path = svc.mount(&req.name, &req.id).await?;
+            Ok(json!({ "Mountpoint": path, "Err": "" }))
+        }
+        "Unmount" => {
+            svc.unmount(&req.name, &req.id).await?;
+            Ok(json!({ "Err": "" }))
+        }
+        "Path" => {
+            let path = svc.path(&req.name).await?;
+            Ok(json!({ "Mountpoint": path, "Err": "" }))
+        }
+        "Get" => {
+            // Any error in Get makes dockerd forget the volume (and its labels): answer an
+            // error only when the volume really does not exist.
+            let view = match svc.get(&req.name).await {
+                Ok(v) => v,
+                Err(e @ (Error::NoSuchVolume(_) | Error::Invalid(_))) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(volume = %req.name, "Get answered from the last known metadata: {e}");
+                    svc.cached_view(&req.name).ok_or(e)?
+                }
+            };
+            let mut status = serde_json::to_value(&view).expect("views serialize");
+            if let Value::Object(m) = &mut status {
+                m.remove("name");
+                m.remove("mountpoint");
+            }
+            Ok(json!({
+                "Volume": {
+                    "Name": view.name,
+                    "Mountpoint": view.mountpoint,
+                    "CreatedAt": view.created_at,
+                    "Status": status,
+                },
+                "Err": "",
+            }))
+        }
+        "List" => {
+            let volumes: Vec<Value> = svc
+                .list_names()
+                .await?
+                .into_iter()
+                .map(|(name, mp)| json!({ "Name": name, "Mountpoint": mp }))
+                .collect();
+            Ok(json!({ "Volumes": volumes, "Err": "" }))
+        }
+        "Capabilities" => Ok(json!({ "Capabilities": { "Scope": "global" } })),
+        other => Err(Error::invalid(format!(
+            "unknown method VolumeDriver.{other}: caravan implements Create, Remove, Mount, Unmount, Path, Get, List, Capabilities"
+        ))),
+    }
+}

@@ -1,0 +1,477 @@
+//! The volume operations both APIs share: create, remove, mount, unmount, get, list.
+//!
+//! The store records what the cluster knows; this module adds what only this node does:
+//! the bind mounts. Mount and Unmount of one volume are serialized on this node (a
+//! per-volume lock) so that the decision to bind or unbind always matches the count just
+//! committed. Each operation runs to completion in its own task even if the caller stops
+//! waiting, so a timed-out call never leaves a count without its bind mount.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::{Error, Result};
+use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
+use crate::mounts;
+use crate::store::{Mutation, Outcome, Store, StoreStats};
+use crate::volume::{
+    format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
+};
+
+/// How long a usage figure is reused (dockerd sends a Get before every Mount and Unmount).
+const USAGE_TTL: Duration = Duration::from_secs(5);
+/// Time budget for measuring one volume's usage during a Get.
+const USAGE_BUDGET: Duration = Duration::from_millis(200);
+
+/// A volume as the APIs show it (Docker's `Status`, `caravan inspect`, `caravan list --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeView {
+    pub name: String,
+    /// Where this node mounts the volume (present only while mounted here).
+    pub mountpoint: String,
+    pub mounted_here: bool,
+    pub created_at: String,
+    pub created_by: String,
+    pub options: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+    /// Mounts per node: the total count and how many distinct mount IDs.
+    pub mounts: BTreeMap<String, NodeMounts>,
+    /// The data folder on the shared export.
+    pub data: String,
+    /// True when the export could not be reached and this is the last known state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeMounts {
+    pub count: u32,
+    pub ids: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UsageView {
+    pub bytes: u64,
+    pub human: String,
+    pub files: u64,
+    /// False when counting stopped at its time budget: the figures are a lower bound.
+    pub complete: bool,
+}
+
+/// What `caravan info` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub version: String,
+    pub node: String,
+    pub root: String,
+    pub state_dir: String,
+    pub volumes: usize,
+    /// Volumes mounted on this node.
+    pub mounted_here: usize,
+    /// Mount count on this node, over all volumes and IDs.
+    pub mounts_here: u32,
+    /// Mount count over the whole cluster.
+    pub mounts_total: u32,
+    pub generation: u64,
+    pub uptime_secs: u64,
+    pub store: StoreStats,
+}
+
+/// The node's volume service.
+pub struct Service {
+    node: String,
+    store: Store,
+    local: NodeLayout,
+    /// Volumes bind-mounted on this node.
+    bound: Mutex<BTreeSet<String>>,
+    locks: VolumeLocks,
+    usage: Mutex<HashMap<String, (Instant, Usage)>>,
+    fs_timeout: Duration,
+    started: Instant,
+}
+
+impl Service {
+    /// Builds the service and reconciles this node's recorded mounts with the bind mounts
+    /// really present (after a restart, mounts still used by containers stay counted).
+    pub async fn start(
+        node: String,
+        store: Store,
+        local: NodeLayout,
+        fs_timeout: Duration,
+    ) -> Result<Arc<Service>> {
+        let svc = Arc::new(Service {
+            node,
+            store,
+            local,
+            bound: Mutex::new(BTreeSet::new()),
+            locks: VolumeLocks::default(),
+            usage: Mutex::new(HashMap::new()),
+            fs_timeout,
+            started: Instant::now(),
+        });
+        svc.reconcile().await?;
+        Ok(svc)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn shared(&self) -> &SharedLayout {
+        self.store.layout()
+    }
+
+    async fn reconcile(&self) -> Result<()> {
+        let dir = self.local.mounts_dir();
+        let present = self
+            .blocking("reading mountinfo", move || mounts::mounted_below(&dir))
+            .await?;
+        let mutation = Mutation::ReconcileNode {
+            node: self.node.clone(),
+            bound: present.clone(),
+        };
+        let Outcome::Reconciled { dropped, kept } = self.store.apply(mutation).await? else {
+            return Err(Error::Store("unexpected outcome of a reconcile".into()));
+        };
+        for (name, count) in &dropped {
+            tracing::warn!(volume = %name, count, "dropped mount records of this node: the bind mount is gone (host rebooted?)");
+        }
+        for name in present.iter().filter(|n| !kept.contains(n)) {
+            tracing::warn!(volume = %name, "unmounting a bind mount that no record accounts for");
+            let target = self.local.mountpoint(name);
+            if let Err(e) = self
+                .blocking("unmounting", move || mounts::unbind(&target))
+                .await
+            {
+                tracing::error!(volume = %name, "{e}");
+            }
+        }
+        if !kept.is_empty() {
+            tracing::info!(volumes = ?kept, "kept mounts still in use on this node");
+        }
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = kept.into_iter().collect();
+        Ok(())
+    }
+
+    pub async fn create(&self, name: &str, options: VolumeOptions) -> Result<VolumeView> {
+        validate_name(name)?;
+        let mutation = Mutation::Create {
+            name: name.to_string(),
+            options,
+            node: self.node.clone(),
+        };
+        match self.store.apply(mutation).await? {
+            Outcome::Created {
+                record,
+                existed,
+                adopted,
+            } => {
+                if adopted {
+                    tracing::info!(volume = %name, "adopted existing data on the export");
+                }
+                if existed {
+                    tracing::debug!(volume = %name, "create of an existing volume: nothing to do");
+                }
+                Ok(self.view(&record, None))
+            }
+            _ => Err(Error::Store("unexpected outcome of a create".into())),
+        }
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let _guard = self.locks.lock(name).await;
+        let out = self
+            .store
+            .apply(Mutation::Remove {
+                name: name.to_string(),
+            })
+            .await?;
+        if let Outcome::Removed { moved_to, record } = out {
+            tracing::info!(volume = %name, on_delete = record.options.on_delete.as_str(), moved_to = ?moved_to, "removed");
+        }
+        // Not counted as mounted anywhere, so this node holds no bind mount; clear a
+        // leftover one all the same.
+        if self.is_bound(name) {
+            self.unbind(name).await?;
+        }
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    /// Counts a mount of (this node, `id`) and returns the mountpoint, bind-mounting it on
+    /// the node's first mount.
+    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        validate_mount_id(id)?;
+        let _guard = self.locks.lock(name).await;
+        let mutation = Mutation::Mount {
+            name: name.to_string(),
+            node: self.node.clone(),
+            id: id.to_string(),
+        };
+        self.store.apply(mutation).await?;
+        let target = self.local.mountpoint(name);
+        if !self.is_bound(name) {
+            let source = self.shared().data_dir(name);
+            let t = target.clone();
+            if let Err(e) = self
+                .blocking("bind-mounting", move || mounts::bind(&source, &t))
+                .await
+            {
+                // Take the count back so the cluster does not believe this node uses it.
+                let undo = Mutation::Unmount {
+                    name: name.to_string(),
+                    node: self.node.clone(),
+                    id: id.to_string(),
+                };
+                if let Err(u) = self.store.apply(undo).await {
+                    tracing::error!(volume = %name, "could not take back the mount record: {u}");
+                }
+                return Err(e);
+            }
+            self.bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string());
+        }
+        Ok(target)
+    }
+
+    /// Counts an unmount of (this node, `id`); unmounts the bind mount after the node's
+    /// last. An unknown ID succeeds (dockerd may repeat an Unmount after its own crash).
+    pub async fn unmount(&self, name: &str, id: &str) -> Result<()> {
+        validate_name(name)?;
+        validate_mount_id(id)?;
+        let _guard = self.locks.lock(name).await;
+        let mutation = Mutation::Unmount {
+            name: name.to_string(),
+            node: self.node.clone(),
+            id: id.to_string(),
+        };
+        let Outcome::Unmounted { record, node_count } = self.store.apply(mutation).await? else {
+            return Err(Error::Store("unexpected outcome of an unmount".into()));
+        };
+        if node_count.is_none() {
+            tracing::info!(volume = %name, id, "unmount for an ID this node does not hold: nothing to do");
+        }
+        let remaining = record
+            .as_ref()
+            .map(|r| r.node_mount_count(&self.node))
+            .unwrap_or(0);
+        if remaining == 0 && self.is_bound(name) {
+            self.unbind(name).await?;
+        }
+        Ok(())
+    }
+
+    /// The mountpoint, if the volume is mounted on this node.
+    pub async fn path(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        let snap = self.store.snapshot().await?;
+        if !snap.volumes.contains_key(name) {
+            return Err(Error::NoSuchVolume(name.to_string()));
+        }
+        drop(snap);
+        if self.is_bound(name) {
+            Ok(self.local.mountpoint(name))
+        } else {
+            Err(Error::NotMounted(name.to_string()))
+        }
+    }
+
+    /// One volume, with its current usage.
+    pub async fn get(&self, name: &str) -> Result<VolumeView> {
+        validate_name(name)?;
+        let record = {
+            let snap = self.store.snapshot().await?;
+            snap.volumes
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::NoSuchVolume(name.to_string()))?
+        };
+        let usage = self.usage_of(name).await;
+        Ok(self.view(&record, usage))
+    }
+
+    /// Every volume (without usage, which would cost a walk of every volume).
+    pub async fn list(&self) -> Result<Vec<VolumeView>> {
+        let snap = self.store.snapshot().await?;
+        Ok(snap.volumes.values().map(|r| self.view(r, None)).collect())
+    }
+
+    /// Names and mountpoints only: what Docker's List needs, without building full views.
+    pub async fn list_names(&self) -> Result<Vec<(String, PathBuf)>> {
+        let snap = self.store.snapshot().await?;
+        Ok(snap
+            .volumes
+            .keys()
+            .map(|n| (n.clone(), self.local.mountpoint(n)))
+            .collect())
+    }
+
+    pub async fn info(&self) -> Result<Info> {
+        let snap = self.store.snapshot().await?;
+        let mounts_total = snap
+            .volumes
+            .values()
+            .flat_map(|r| r.mounts.values())
+            .flat_map(|ids| ids.values())
+            .sum();
+        let mounts_here = snap
+            .volumes
+            .values()
+            .map(|r| r.node_mount_count(&self.node))
+            .sum();
+        Ok(Info {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node: self.node.clone(),
+            root: self.shared().root.display().to_string(),
+            state_dir: self.local.state_dir.display().to_string(),
+            volumes: snap.volumes.len(),
+            mounted_here: self.bound.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            mounts_here,
+            mounts_total,
+            generation: snap.generation,
+            uptime_secs: self.started.elapsed().as_secs(),
+            store: self.store.stats(),
+        })
+    }
+
+    fn view(&self, r: &VolumeRecord, usage: Option<Usage>) -> VolumeView {
+        VolumeView {
+            name: r.name.clone(),
+            mountpoint: self.local.mountpoint(&r.name).display().to_string(),
+            mounted_here: self.is_bound(&r.name),
+            created_at: r.created_at_rfc3339(),
+            created_by: r.created_by.clone(),
+            options: r
+                .options
+                .to_map()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            size: r.options.size.map(format_size),
+            usage: usage.map(|u| UsageView {
+                bytes: u.bytes,
+                human: human_bytes(u.bytes),
+                files: u.files,
+                complete: u.complete,
+            }),
+            mounts: r
+                .mounts
+                .iter()
+                .map(|(node, ids)| {
+                    let m = NodeMounts {
+                        count: ids.values().sum(),
+                        ids: ids.len(),
+                    };
+                    (node.clone(), m)
+                })
+                .collect(),
+            data: self.shared().data_dir(&r.name).display().to_string(),
+            stale: false,
+        }
+    }
+
+    /// The last known state of a volume, without asking the export (for when it is slow).
+    pub fn cached_view(&self, name: &str) -> Option<VolumeView> {
+        let snap = self.store.cached();
+        let mut view = self.view(snap.volumes.get(name)?, None);
+        view.stale = true;
+        Some(view)
+    }
+
+    async fn usage_of(&self, name: &str) -> Option<Usage> {
+        if let Some((at, u)) = self
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            if at.elapsed() < USAGE_TTL {
+                return Some(*u);
+            }
+        }
+        let dir = self.shared().data_dir(name);
+        let u = self
+            .blocking("measuring usage", move || {
+                Ok(disk_usage(&dir, USAGE_BUDGET))
+            })
+            .await
+            .ok()?;
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (Instant::now(), u));
+        Some(u)
+    }
+
+    fn is_bound(&self, name: &str) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    async fn unbind(&self, name: &str) -> Result<()> {
+        let target = self.local.mountpoint(name);
+        self.blocking("unmounting", move || mounts::unbind(&target))
+            .await?;
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    /// Runs filesystem work off the async threads, with a deadline.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.fs_timeout, tokio::task::spawn_blocking(f)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+            Err(_) => Err(Error::Timeout {
+                what: what.to_string(),
+                after: self.fs_timeout,
+            }),
+        }
+    }
+}
+
+/// One async mutex per volume name, created on first use.
+#[derive(Default)]
+struct VolumeLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl VolumeLocks {
+    async fn lock(&self, name: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 4096 {
+                // Forget locks nobody holds or waits for.
+                map.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            map.entry(name.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+}

@@ -1,0 +1,730 @@
+//! The cluster metadata store: sled on the shared export, one writer at a time.
+//!
+//! sled is a single-process database (it `flock`s its files while open), so every node
+//! follows the same discipline for every commit (design notes §3):
+//!
+//! 1. take the cluster lock ([`ClusterLock`], bounded wait);
+//! 2. open sled, bring the in-memory copy up to date if another node committed, apply
+//!    the queued mutations, bump the generation, `flush()`;
+//! 3. `fsync` sled's files (sled's flush uses `sync_file_range`, which NFS does not
+//!    promise to send to the server);
+//! 4. close sled, then release the lock.
+//!
+//! One store thread per node drains every queued mutation into one such commit (group
+//! commit), so throughput grows with concurrency while each commit pays the lock and open
+//! once. Reads (Get, List) are served from the in-memory copy; a reader first compares
+//! `<root>/.caravan/generation` with the value the copy was loaded at, which costs one
+//! small read, and reloads (under the lock) only when it moved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::layout::{write_atomically, SharedLayout};
+use crate::lock::ClusterLock;
+use crate::volume::{VolumeOptions, VolumeRecord};
+
+const VOLUMES_TREE: &str = "volumes";
+const GENERATION_KEY: &str = "generation";
+/// Most mutations folded into one commit.
+const MAX_BATCH: usize = 512;
+
+/// A change to the cluster metadata, applied under the cluster lock.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Create {
+        name: String,
+        options: VolumeOptions,
+        node: String,
+    },
+    Remove {
+        name: String,
+    },
+    Mount {
+        name: String,
+        node: String,
+        id: String,
+    },
+    Unmount {
+        name: String,
+        node: String,
+        id: String,
+    },
+    /// After a restart: keep `node`'s mount records only for volumes in `bound` (the bind
+    /// mounts really present on the host); drop the rest.
+    ReconcileNode {
+        node: String,
+        bound: BTreeSet<String>,
+    },
+}
+
+/// What a mutation did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Created {
+        record: VolumeRecord,
+        /// The volume existed already with the same options (Create is idempotent).
+        existed: bool,
+        /// The data folder was there already (retained data) and was adopted.
+        adopted: bool,
+    },
+    Removed {
+        record: VolumeRecord,
+        /// Where the data went (trash, archive), if it moved.
+        moved_to: Option<PathBuf>,
+    },
+    Mounted {
+        record: VolumeRecord,
+        node_count: u32,
+    },
+    Unmounted {
+        /// `None` when the volume does not exist (any more).
+        record: Option<VolumeRecord>,
+        /// `None` when the ID was not mounted on the node.
+        node_count: Option<u32>,
+    },
+    Reconciled {
+        /// Volumes whose records for the node were dropped, with the count dropped.
+        dropped: Vec<(String, u32)>,
+        /// Volumes that still have records for the node.
+        kept: Vec<String>,
+    },
+}
+
+/// The last committed state this node knows.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Generation stored in sled at load time.
+    pub generation: u64,
+    /// Value of the generation file when the copy was validated.
+    hint: u64,
+    loaded: bool,
+    /// When this node last committed or reloaded successfully.
+    pub last_sync: Option<SystemTime>,
+}
+
+enum Job {
+    Apply {
+        mutation: Mutation,
+        reply: oneshot::Sender<Result<Outcome>>,
+    },
+    Refresh {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Stop,
+}
+
+/// Store statistics, for `caravan info` and benchmarks.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoreStats {
+    pub commits: u64,
+    pub mutations: u64,
+    pub reloads: u64,
+    pub last_lock_wait_ms: f64,
+    pub max_lock_wait_ms: f64,
+    pub last_commit_ms: f64,
+}
+
+/// Handle to the store thread and the in-memory copy. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    layout: SharedLayout,
+    queue: std::sync::mpsc::Sender<Job>,
+    cache: Arc<RwLock<Snapshot>>,
+    stats: Arc<Mutex<StoreStats>>,
+    timeout: Duration,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Starts the store thread for a root that [`SharedLayout::init`] prepared. `timeout`
+    /// bounds every call: lock wait, open and commit together.
+    pub fn start(layout: SharedLayout, timeout: Duration) -> Result<Store> {
+        let (queue, jobs) = std::sync::mpsc::channel();
+        let cache = Arc::new(RwLock::new(Snapshot::default()));
+        let stats = Arc::new(Mutex::new(StoreStats::default()));
+        let mut worker = Worker {
+            layout: layout.clone(),
+            cache: cache.clone(),
+            stats: stats.clone(),
+            timeout,
+            trash_tag: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("caravan-store".into())
+            .spawn(move || worker.run(jobs))
+            .map_err(|e| Error::io("starting the store thread", e))?;
+        Ok(Store {
+            layout,
+            queue,
+            cache,
+            stats,
+            timeout,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Applies one mutation (group-committed with whatever else is queued).
+    pub async fn apply(&self, mutation: Mutation) -> Result<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Job::Apply { mutation, reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        self.wait(rx, "committing to the cluster metadata").await?
+    }
+
+    /// The current state: the in-memory copy, reloaded first if another node committed.
+    pub async fn snapshot(&self) -> Result<RwLockReadGuard<'_, Snapshot>> {
+        let file = self.layout.generation_file();
+        let hint = tokio::time::timeout(
+            self.timeout,
+            tokio::task::spawn_blocking(move || read_generation_file(&file)),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "reading the cluster generation".into(),
+            after: self.timeout,
+        })?
+        .map_err(|e| Error::Store(format!("generation check failed: {e}")))??;
+        let fresh = {
+            let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            c.loaded && c.hint == hint
+        };
+        if !fresh {
+            let (reply, rx) = oneshot::channel();
+            self.queue
+                .send(Job::Refresh { reply })
+                .map_err(|_| Error::ShuttingDown)?;
+            self.wait(rx, "reloading the cluster metadata").await??;
+        }
+        Ok(self.cache.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The in-memory copy as it is, without checking the export.
+    pub fn cached(&self) -> RwLockReadGuard<'_, Snapshot> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn layout(&self) -> &SharedLayout {
+        &self.layout
+    }
+
+    /// Finishes queued work and stops the store thread.
+    pub fn stop(&self) {
+        let _ = self.queue.send(Job::Stop);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<T>, what: &str) -> Result<T> {
+        // The worker bounds its own work by `timeout`; the margin covers queueing behind a
+        // commit already under way.
+        let limit = self.timeout + self.timeout / 2;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Timeout {
+                what: what.to_string(),
+                after: limit,
+            }),
+        }
+    }
+}
+
+fn read_generation_file(path: &std::path::Path) -> Result<u64> {
+    match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            Error::Store(format!(
+                "{} holds {:?}, not a number; it is rewritten by the next commit",
+                path.display(),
+                s.chars().take(30).collect::<String>()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// The store thread's state.
+struct Worker {
+    layout: SharedLayout,
+    cache: Arc<RwLock<Snapshot>>,
+    stats: Arc<Mutex<StoreStats>>,
+    timeout: Duration,
+    trash_tag: u64,
+}
+
+/// Filesystem work that must follow a successful commit (still under the lock).
+enum AfterCommit {
+    Nothing,
+    Dispose(VolumeRecord),
+}
+
+impl Worker {
+    fn run(&mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        let mut stopping = false;
+        while !stopping {
+            let Ok(first) = jobs.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let before = batch.len();
+            batch.retain(|j| !matches!(j, Job::Stop));
+            stopping = batch.len() != before;
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+        }
+        // Jobs that arrived after Stop get ShuttingDown when their senders drop.
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let replies = match ClusterLock::acquire(&self.layout.lock_file(), deadline) {
+            Ok(lock) => {
+                let wait_ms = started.elapsed().as_secs_f64() * 1e3;
+                let replies = self.commit_locked(batch, deadline);
+                lock.release();
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.last_lock_wait_ms = wait_ms;
+                stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
+                stats.last_commit_ms = started.elapsed().as_secs_f64() * 1e3;
+                replies
+            }
+            Err(e) => fail_all(batch, &e),
+        };
+        // Replies go out after the lock is released, so waiting callers never extend it.
+        for reply in replies {
+            reply.send();
+        }
+        // Deleting removed data can take long: never under the lock, and after replying.
+        if let Err(e) = self.layout.empty_trash() {
+            tracing::warn!("emptying the trash: {e}");
+        }
+    }
+
+    /// Everything done under the cluster lock. Returns the replies to send.
+    fn commit_locked(&mut self, batch: Vec<Job>, deadline: Instant) -> Vec<Reply> {
+        let db = match open_db(&self.layout, deadline) {
+            Ok(db) => db,
+            Err(e) => return fail_all(batch, &e),
+        };
+        let tree = match db.open_tree(VOLUMES_TREE) {
+            Ok(t) => t,
+            Err(e) => {
+                return fail_all(
+                    batch,
+                    &Error::Store(format!("opening the volumes tree: {e}")),
+                )
+            }
+        };
+        if let Err(e) = self.sync_cache(&db, &tree) {
+            return fail_all(batch, &e);
+        }
+
+        // Decide every mutation in memory, on an overlay of the cache.
+        let mut overlay: BTreeMap<String, Option<VolumeRecord>> = BTreeMap::new();
+        let decided: Vec<_> = batch
+            .into_iter()
+            .filter_map(|job| match job {
+                Job::Apply { mutation, reply } => {
+                    Some((Some(reply), None, self.decide(&mutation, &mut overlay)))
+                }
+                Job::Refresh { reply } => Some((None, Some(reply), Err(Error::ShuttingDown))),
+                Job::Stop => None,
+            })
+            .collect();
+
+        let committed = if overlay.is_empty() {
+            Ok(self
+                .cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .generation)
+        } else {
+            self.write(&db, &tree, &overlay)
+        };
+        // sled's file lock must be gone before the cluster lock is released.
+        drop(tree);
+        drop(db);
+
+        let generation = match committed {
+            Ok(g) => g,
+            Err(e) => {
+                // Nothing was applied; the next batch reloads before deciding.
+                self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
+                let mut replies = Vec::new();
+                for (apply, refresh, _) in decided {
+                    replies.extend(apply.map(|r| Reply::Apply(r, Err(clone_err(&e)))));
+                    replies.extend(refresh.map(|r| Reply::Refresh(r, Err(clone_err(&e)))));
+                }
+                return replies;
+            }
+        };
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            for (name, rec) in overlay {
+                match rec {
+                    Some(r) => cache.volumes.insert(name, r),
+                    None => cache.volumes.remove(&name),
+                };
+            }
+            cache.generation = generation;
+            cache.hint = generation;
+            cache.last_sync = Some(SystemTime::now());
+        }
+        let mut replies = Vec::new();
+        let mut mutations = 0;
+        for (apply, refresh, decision) in decided {
+            if let Some(r) = apply {
+                mutations += 1;
+                replies.push(Reply::Apply(r, decision.and_then(|d| self.after_commit(d))));
+            }
+            replies.extend(refresh.map(|r| Reply::Refresh(r, Ok(()))));
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.commits += 1;
+        stats.mutations += mutations;
+        replies
+    }
+
+    /// Reloads the in-memory copy if sled's generation moved since it was loaded.
+    fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree) -> Result<()> {
+        let stored = read_generation(db)?;
+        let hint = read_generation_file(&self.layout.generation_file()).unwrap_or(stored);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.loaded && cache.generation == stored {
+            cache.hint = hint;
+            return Ok(());
+        }
+        let mut volumes = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| Error::Store(format!("reading volumes: {e}")))?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice::<VolumeRecord>(&v) {
+                Ok(rec) => {
+                    volumes.insert(name, rec);
+                }
+                // A record that does not decode is skipped, not fatal: one bad entry must
+                // not take every other volume down with it.
+                Err(e) => tracing::error!(volume = %name, "skipping an unreadable record: {e}"),
+            }
+        }
+        cache.volumes = volumes;
+        cache.generation = stored;
+        cache.hint = hint;
+        cache.loaded = true;
+        cache.last_sync = Some(SystemTime::now());
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
+        Ok(())
+    }
+
+    /// Decides one mutation against the cache plus the batch's overlay. On success the
+    /// overlay holds the new record; on error it is untouched.
+    fn decide(
+        &mut self,
+        m: &Mutation,
+        overlay: &mut BTreeMap<String, Option<VolumeRecord>>,
+    ) -> Result<(Outcome, AfterCommit)> {
+        let current = |name: &str, overlay: &BTreeMap<String, Option<VolumeRecord>>| match overlay
+            .get(name)
+        {
+            Some(r) => r.clone(),
+            None => self
+                .cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .volumes
+                .get(name)
+                .cloned(),
+        };
+        let put = |overlay: &mut BTreeMap<_, _>, r: &VolumeRecord| {
+            overlay.insert(r.name.clone(), Some(r.clone()));
+        };
+        match m {
+            Mutation::Create {
+                name,
+                options,
+                node,
+            } => match current(name, overlay) {
+                Some(existing)
+                    if existing.options == *options || *options == VolumeOptions::default() =>
+                {
+                    let created = Outcome::Created {
+                        record: existing,
+                        existed: true,
+                        adopted: false,
+                    };
+                    Ok((created, AfterCommit::Nothing))
+                }
+                Some(existing) => Err(Error::Conflict {
+                    name: name.clone(),
+                    existing: existing.options.to_string(),
+                }),
+                None => {
+                    let record = VolumeRecord::new(name, node, options.clone());
+                    // Folders first: a crash after this and before the commit leaves a
+                    // folder that the next create adopts, never a record without data.
+                    let adopted = self.layout.create_volume(&record)?;
+                    put(overlay, &record);
+                    let created = Outcome::Created {
+                        record,
+                        existed: false,
+                        adopted,
+                    };
+                    Ok((created, AfterCommit::Nothing))
+                }
+            },
+            Mutation::Remove { name } => {
+                let record =
+                    current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
+                let nodes = record.mounted_on();
+                if !nodes.is_empty() {
+                    let nodes = nodes
+                        .iter()
+                        .map(|n| format!("{n} ({} mounts)", record.node_mount_count(n)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(Error::InUse {
+                        name: name.clone(),
+                        nodes,
+                    });
+                }
+                overlay.insert(name.clone(), None);
+                let removed = Outcome::Removed {
+                    record: record.clone(),
+                    moved_to: None,
+                };
+                Ok((removed, AfterCommit::Dispose(record)))
+            }
+            Mutation::Mount { name, node, id } => {
+                let mut record =
+                    current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
+                let node_count = record.add_mount(node, id);
+                put(overlay, &record);
+                Ok((
+                    Outcome::Mounted { record, node_count },
+                    AfterCommit::Nothing,
+                ))
+            }
+            Mutation::Unmount { name, node, id } => {
+                let mut record = current(name, overlay);
+                let node_count = record.as_mut().and_then(|r| r.remove_mount(node, id));
+                if let (Some(r), Some(_)) = (&record, node_count) {
+                    put(overlay, r);
+                }
+                Ok((
+                    Outcome::Unmounted { record, node_count },
+                    AfterCommit::Nothing,
+                ))
+            }
+            Mutation::ReconcileNode { node, bound } => {
+                let names: Vec<String> = {
+                    let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+                    let in_cache = cache
+                        .volumes
+                        .values()
+                        .filter(|r| r.mounts.contains_key(node));
+                    in_cache.map(|r| r.name.clone()).collect()
+                };
+                let (mut dropped, mut kept) = (Vec::new(), Vec::new());
+                for name in names {
+                    let Some(mut record) = current(&name, overlay) else {
+                        continue;
+                    };
+                    if bound.contains(&name) {
+                        kept.push(name);
+                        continue;
+                    }
+                    let count = record.node_mount_count(node);
+                    record.mounts.remove(node);
+                    put(overlay, &record);
+                    dropped.push((name, count));
+                }
+                Ok((Outcome::Reconciled { dropped, kept }, AfterCommit::Nothing))
+            }
+        }
+    }
+
+    /// Writes the overlay and the next generation, durably. Returns the new generation.
+    fn write(
+        &self,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        overlay: &BTreeMap<String, Option<VolumeRecord>>,
+    ) -> Result<u64> {
+        let store_err = |what: &str, e: sled::Error| Error::Store(format!("{what}: {e}"));
+        let next = read_generation(db)? + 1;
+        // The hint goes first: a reader that sees it reloads under the lock, after this
+        // commit. A crash after this line leaves a hint ahead of sled, which costs readers
+        // one reload, never a stale answer.
+        write_atomically(
+            &self.layout.generation_file(),
+            format!("{next}\n").as_bytes(),
+        )?;
+        let mut batch = sled::Batch::default();
+        for (name, rec) in overlay {
+            match rec {
+                Some(r) => batch.insert(
+                    name.as_bytes(),
+                    serde_json::to_vec(r).expect("records serialize"),
+                ),
+                None => batch.remove(name.as_bytes()),
+            }
+        }
+        tree.apply_batch(batch)
+            .map_err(|e| store_err("writing volumes", e))?;
+        db.insert(GENERATION_KEY, &next.to_be_bytes())
+            .map_err(|e| store_err("writing the generation", e))?;
+        db.flush().map_err(|e| store_err("flushing", e))?;
+        fsync_dir_files(&self.layout.meta_dir())?;
+        Ok(next)
+    }
+
+    /// Runs the filesystem work that follows a commit and fills in the outcome.
+    fn after_commit(&mut self, (mut outcome, after): (Outcome, AfterCommit)) -> Result<Outcome> {
+        if let AfterCommit::Dispose(record) = after {
+            let moved = match record.options.on_delete {
+                crate::volume::OnDelete::Delete => {
+                    self.trash_tag += 1;
+                    let tag = format!("{}.{}", std::process::id(), self.trash_tag);
+                    self.layout.trash_volume(&record.name, &tag)
+                }
+                crate::volume::OnDelete::Archive => self.layout.archive_volume(&record.name),
+                crate::volume::OnDelete::Retain => {
+                    self.layout.retain_volume(&record.name).map(|()| None)
+                }
+            };
+            match moved {
+                Ok(to) => {
+                    if let Outcome::Removed { moved_to, .. } = &mut outcome {
+                        *moved_to = to;
+                    }
+                }
+                // The record is gone; the data stays in place and a later create adopts it.
+                Err(e) => {
+                    tracing::error!(volume = %record.name, "volume removed but its data could not be moved: {e}")
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn read_generation(db: &sled::Db) -> Result<u64> {
+    match db.get(GENERATION_KEY) {
+        Ok(Some(v)) if v.len() == 8 => {
+            Ok(u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")))
+        }
+        Ok(Some(v)) => Err(Error::Store(format!(
+            "the stored generation has {} bytes instead of 8; the metadata needs a repair",
+            v.len()
+        ))),
+        Ok(None) => Ok(0),
+        Err(e) => Err(Error::Store(format!("reading the generation: {e}"))),
+    }
+}
+
+/// Opens sled, retrying while the previous holder's file lock is still being released
+/// (sled's background threads, or a network filesystem releasing locks asynchronously).
+fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let config = sled::Config::new()
+            .path(layout.meta_dir())
+            .cache_capacity(8 << 20)
+            .mode(sled::Mode::LowSpace)
+            .flush_every_ms(None);
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "opening {}: {e}",
+                    layout.meta_dir().display()
+                )))
+            }
+        }
+    }
+}
+
+/// fsyncs every regular file directly in `dir` and the directory itself.
+fn fsync_dir_files(dir: &std::path::Path) -> Result<()> {
+    let sync = |p: &std::path::Path| -> std::io::Result<()> { fs::File::open(p)?.sync_all() };
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            sync(&entry.path())
+                .map_err(|e| Error::io(format!("fsync {}", entry.path().display()), e))?;
+        }
+    }
+    sync(dir).map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
+}
+
+fn fail_all(batch: Vec<Job>, e: &Error) -> Vec<Reply> {
+    tracing::error!("commit failed: {e}");
+    batch
+        .into_iter()
+        .filter_map(|job| match job {
+            Job::Apply { reply, .. } => Some(Reply::Apply(reply, Err(clone_err(e)))),
+            Job::Refresh { reply } => Some(Reply::Refresh(reply, Err(clone_err(e)))),
+            Job::Stop => None,
+        })
+        .collect()
+}
+
+/// An answer to a queued job, sent once the lock is released.
+enum Reply {
+    Apply(oneshot::Sender<Result<Outcome>>, Result<Outcome>),
+    Refresh(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Reply {
+    fn send(self) {
+        // A caller that gave up (timed out) has dropped its receiver; nothing to do then.
+        match self {
+            Reply::Apply(tx, r) => drop(tx.send(r)),
+            Reply::Refresh(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+/// Errors are sent to every caller of a failed batch; io::Error is not Clone, so the copy
+/// keeps the kind and the message.
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Timeout { what, after } => Error::Timeout {
+            what: what.clone(),
+            after: *after,
+        },
+        Error::ShuttingDown => Error::ShuttingDown,
+        Error::Io { context, source } => Error::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => Error::Store(other.to_string()),
+    }
+}

@@ -1,0 +1,482 @@
+//! The volume model: names, options and the record kept in the cluster metadata.
+//!
+//! Everything here is pure: validation happens before anything touches the disk, so a bad
+//! name or option is refused without side effects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest volume name accepted. Docker sets none; this keeps every path built from a
+/// name (`<root>/volumes/<name>/data`, `<state-dir>/mounts/<name>`) far below `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a volume name against Docker's rule `[a-zA-Z0-9][a-zA-Z0-9_.-]+` and
+/// [`MAX_NAME_LEN`]. The rule excludes `/`, `..`-only names, NUL and everything else that
+/// could escape a directory, so a valid name is always a safe single path component.
+pub fn validate_name(name: &str) -> Result<()> {
+    const RULE: &str =
+        "names are 2 to 128 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit";
+    let shown = || {
+        let mut s: String = name.chars().take(40).collect();
+        if name.chars().count() > 40 {
+            s.push('…');
+        }
+        format!("{s:?}")
+    };
+    if name.len() < 2 || name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "invalid volume name {} ({} bytes): {RULE}",
+            shown(),
+            name.len()
+        )));
+    }
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !first_ok || !rest_ok {
+        return Err(Error::invalid(format!(
+            "invalid volume name {}: {RULE}",
+            shown()
+        )));
+    }
+    Ok(())
+}
+
+/// What happens to a volume's data when the volume is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Delete the data (without following symlinks out of the volume).
+    #[default]
+    Delete,
+    /// Keep the data where it is; creating a volume of the same name adopts it again.
+    Retain,
+    /// Rename the data aside to `<root>/archive/<name>.<unix time>`; restore it by hand.
+    Archive,
+}
+
+impl OnDelete {
+    pub const ACCEPTED: &'static str = "delete, retain, archive";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "delete" => Ok(OnDelete::Delete),
+            "retain" => Ok(OnDelete::Retain),
+            "archive" => Ok(OnDelete::Archive),
+            _ => Err(Error::invalid(format!(
+                "invalid value {s:?} for option on_delete: accepted values are {}",
+                Self::ACCEPTED
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDelete::Delete => "delete",
+            OnDelete::Retain => "retain",
+            OnDelete::Archive => "archive",
+        }
+    }
+}
+
+/// The options a volume is created with (`docker volume create -o k=v`, or CLI flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeOptions {
+    /// Size in bytes. Recorded and reported; not yet enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Permission bits of the volume root, for example `0o755`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+impl VolumeOptions {
+    pub const ACCEPTED_KEYS: &'static str = "size, uid, gid, mode, on_delete";
+
+    /// Parses Docker's `Opts` map. Unknown keys and bad values are refused with a message
+    /// that names them and lists what is accepted.
+    pub fn from_map<'a>(opts: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let mut o = VolumeOptions::default();
+        for (key, value) in opts {
+            match key {
+                "size" => o.size = Some(parse_size(value)?),
+                "uid" => o.uid = Some(parse_id("uid", value)?),
+                "gid" => o.gid = Some(parse_id("gid", value)?),
+                "mode" => o.mode = Some(parse_mode(value)?),
+                "on_delete" => o.on_delete = OnDelete::parse(value)?,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown option {key:?}: accepted options are {}",
+                        Self::ACCEPTED_KEYS
+                    )))
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// The options as `key=value` strings, the way a user would have typed them.
+    pub fn to_map(&self) -> BTreeMap<&'static str, String> {
+        let mut m = BTreeMap::new();
+        if let Some(s) = self.size {
+            m.insert("size", format_size(s));
+        }
+        if let Some(u) = self.uid {
+            m.insert("uid", u.to_string());
+        }
+        if let Some(g) = self.gid {
+            m.insert("gid", g.to_string());
+        }
+        if let Some(mode) = self.mode {
+            m.insert("mode", format!("{mode:04o}"));
+        }
+        m.insert("on_delete", self.on_delete.as_str().to_string());
+        m
+    }
+}
+
+impl fmt::Display for VolumeOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .to_map()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Parses a size such as `512M`, `10G`, `1T`, `4096` or `1GiB` (binary units, case-insensitive).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::invalid(format!(
+            "invalid size {s:?}: use a whole number of bytes with an optional unit K, M, G, T or P (powers of 1024), for example 512M or 10G"
+        ))
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(Error::invalid(format!(
+            "invalid size {s:?}: a size must be larger than 0"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Formats bytes with the largest binary unit that divides them exactly (`1G`, `1536M`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u32, &str); 5] = [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, unit) in UNITS {
+        let base = 1u64 << shift;
+        if bytes >= base && bytes % base == 0 {
+            return format!("{}{unit}", bytes / base);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Formats bytes for people, rounded to one decimal (`1.5 GiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn parse_id(key: &str, s: &str) -> Result<u32> {
+    match s.trim().parse::<u32>() {
+        Ok(v) if v != u32::MAX => Ok(v),
+        _ => Err(Error::invalid(format!(
+            "invalid value {s:?} for option {key}: use a numeric id from 0 to 4294967294"
+        ))),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(v) if v <= 0o7777 && !digits.is_empty() => Ok(v),
+        _ => Err(Error::invalid(format!(
+            "invalid value {s:?} for option mode: use octal permission bits from 0 to 7777, for example 755 or 0770"
+        ))),
+    }
+}
+
+/// A volume as the cluster knows it. Stored in sled (JSON) and, without the mount table,
+/// beside the data as `volume.json` so that the index can be rebuilt from the export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    /// Node that created the volume.
+    pub created_by: String,
+    /// Creation time, seconds since the Unix epoch (by the creating node's clock; display only).
+    pub created_at: u64,
+    pub options: VolumeOptions,
+    /// Mount counts per node and per Docker mount ID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mounts: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+impl VolumeRecord {
+    pub fn new(name: &str, node: &str, options: VolumeOptions) -> Self {
+        VolumeRecord {
+            name: name.to_string(),
+            created_by: node.to_string(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            options,
+            mounts: BTreeMap::new(),
+        }
+    }
+
+    /// RFC 3339, as Docker's `CreatedAt` wants it.
+    pub fn created_at_rfc3339(&self) -> String {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.created_at))
+            .to_string()
+    }
+
+    /// Total mount count of one node.
+    pub fn node_mount_count(&self, node: &str) -> u32 {
+        self.mounts
+            .get(node)
+            .map(|ids| ids.values().sum())
+            .unwrap_or(0)
+    }
+
+    /// Nodes holding at least one mount, sorted.
+    pub fn mounted_on(&self) -> Vec<&str> {
+        self.mounts
+            .iter()
+            .filter(|(_, ids)| ids.values().any(|c| *c > 0))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Records one Mount call for (node, id); returns the node's total afterwards.
+    pub fn add_mount(&mut self, node: &str, id: &str) -> u32 {
+        *self
+            .mounts
+            .entry(node.to_string())
+            .or_default()
+            .entry(id.to_string())
+            .or_insert(0) += 1;
+        self.node_mount_count(node)
+    }
+
+    /// Records one Unmount call for (node, id). Returns `None` when the ID was not mounted
+    /// on that node, else the node's total afterwards.
+    pub fn remove_mount(&mut self, node: &str, id: &str) -> Option<u32> {
+        let ids = self.mounts.get_mut(node)?;
+        let count = ids.get_mut(id)?;
+        *count -= 1;
+        if *count == 0 {
+            ids.remove(id);
+        }
+        if ids.is_empty() {
+            self.mounts.remove(node);
+        }
+        Some(self.node_mount_count(node))
+    }
+}
+
+/// Validates a Docker mount ID (or a CLI-chosen one): 1 to 128 characters of a-z A-Z 0-9 _ . -.
+pub fn validate_mount_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid mount ID {:?}: IDs are 1 to 128 characters of a-z A-Z 0-9 _ . -",
+            id.chars().take(40).collect::<String>()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        for ok in [
+            "web",
+            "a1",
+            "my-vol.v2_x",
+            "0abc",
+            &"x".repeat(MAX_NAME_LEN),
+        ] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "a",
+            "../x",
+            "a/b",
+            "-x",
+            ".x",
+            "_x",
+            "a\0b",
+            "a b",
+            "ü1",
+            &"x".repeat(MAX_NAME_LEN + 1),
+            "..",
+        ] {
+            let err = validate_name(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid volume name"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_messages() {
+        let err = validate_name(&"y".repeat(300)).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+        assert!(err.contains("300 bytes"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10g").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2T").unwrap(), 2 << 40);
+        for bad in [
+            "",
+            "G",
+            "0",
+            "0G",
+            "1.5G",
+            "-1G",
+            "10X",
+            "99999999999P",
+            "1 0G",
+        ] {
+            let err = parse_size(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid size"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_format_back() {
+        assert_eq!(format_size(1 << 30), "1G");
+        assert_eq!(format_size(1536 << 20), "1536M");
+        assert_eq!(format_size(1000), "1000");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_bytes(10), "10 B");
+    }
+
+    #[test]
+    fn options_parse_and_refuse_unknown_keys() {
+        let o = VolumeOptions::from_map([
+            ("size", "1G"),
+            ("uid", "1000"),
+            ("gid", "100"),
+            ("mode", "0750"),
+            ("on_delete", "archive"),
+        ])
+        .unwrap();
+        assert_eq!(o.size, Some(1 << 30));
+        assert_eq!(o.uid, Some(1000));
+        assert_eq!(o.gid, Some(100));
+        assert_eq!(o.mode, Some(0o750));
+        assert_eq!(o.on_delete, OnDelete::Archive);
+        assert_eq!(
+            o.to_string(),
+            "gid=100 mode=0750 on_delete=archive size=1G uid=1000"
+        );
+
+        let err = VolumeOptions::from_map([("sise", "1G")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"sise\"") && err.contains("size, uid, gid, mode, on_delete"),
+            "{err}"
+        );
+        for (k, v) in [
+            ("mode", "999"),
+            ("mode", "17777"),
+            ("mode", ""),
+            ("uid", "-1"),
+            ("gid", "x"),
+        ] {
+            let err = VolumeOptions::from_map([(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
+        let err = VolumeOptions::from_map([("on_delete", "keep")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delete, retain, archive"), "{err}");
+    }
+
+    #[test]
+    fn mount_counts_per_node_and_id() {
+        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default());
+        assert_eq!(v.add_mount("a", "id1"), 1);
+        assert_eq!(v.add_mount("a", "id1"), 2);
+        assert_eq!(v.add_mount("b", "id2"), 1);
+        assert_eq!(v.mounted_on(), vec!["a", "b"]);
+        assert_eq!(v.remove_mount("a", "unknown"), None);
+        assert_eq!(v.remove_mount("c", "id1"), None);
+        assert_eq!(v.remove_mount("a", "id1"), Some(1));
+        assert_eq!(v.remove_mount("a", "id1"), Some(0));
+        assert_eq!(v.mounted_on(), vec!["b"]);
+        assert_eq!(v.remove_mount("b", "id2"), Some(0));
+        assert!(v.mounts.is_empty());
+    }
+
+    #[test]
+    fn records_round_trip_as_json() {
+        let mut v = VolumeRecord::new(
+            "web",
+            "a",
+            VolumeOptions::from_map([("size", "1G")]).unwrap(),
+        );
+        v.add_mount("a", "x");
+        let back: VolumeRecord = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert!(v.created_at_rfc3339().ends_with('Z'));
+    }
+}
