@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::spec::validate_driver_name;
-use crate::volume::validate_name;
 
 pub const DEFAULT_CONFIG: &str = "/etc/caravan/caravan.toml";
 pub const DEFAULT_SOCKET: &str = "/run/caravan/caravan.sock";
@@ -95,6 +94,24 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+/// Node names: 1 to 64 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit
+/// (a host name qualifies). They appear in file names on the export.
+pub fn validate_node_name(node: &str) -> Result<()> {
+    let ok = !node.is_empty()
+        && node.len() <= 64
+        && node.as_bytes()[0].is_ascii_alphanumeric()
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid node name {node:?}: use 1 to 64 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit; pass --node"
+        )))
+    }
+}
+
 fn parse_level(s: &str) -> Result<tracing::Level> {
     s.parse().map_err(|_| {
         Error::invalid(format!(
@@ -127,11 +144,7 @@ impl DaemonArgs {
                 .to_string_lossy()
                 .into_owned(),
         };
-        validate_name(&node).map_err(|_| {
-            Error::invalid(format!(
-                "invalid node name {node:?}: node names follow the volume name rule (2 to 128 characters of a-z A-Z 0-9 _ . -); pass --node"
-            ))
-        })?;
+        validate_node_name(&node)?;
         let timeout = match (self.timeout, file.timeout) {
             (Some(t), _) => t,
             (None, Some(s)) => parse_duration(&s)

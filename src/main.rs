@@ -35,6 +35,10 @@ fn run_daemon(args: caravan::config::DaemonArgs) -> i32 {
     tracing_subscriber::fmt()
         .with_max_level(cfg.log_level)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let run = async {
         let signal = caravan::daemon::shutdown_signal()?;

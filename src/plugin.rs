@@ -49,6 +49,11 @@ pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Value {
             tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "ok");
             v
         }
+        // dockerd asks Get before every create: "no such volume" is an answer, not a problem.
+        Err(e @ Error::NoSuchVolume(_)) if method == "Get" => {
+            tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "not found");
+            json!({ "Err": e.to_string() })
+        }
         Err(e) => {
             tracing::warn!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
             json!({ "Err": e.to_string() })

@@ -1,0 +1,326 @@
+//! Helpers shared by the integration tests: start the real daemon on temporary folders,
+//! speak its plugin API exactly as dockerd does, and clean up mounts afterwards.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// True when running as root. Tests that need root (bind mounts, dockerd) call this and
+/// return early when it is false; in CI (`CI=true`) a missing privilege is a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: CI must run the tests as root (they bind-mount volumes)");
+    }
+    eprintln!("SKIPPED {test}: needs root to bind-mount volumes; run `sudo scripts/test`");
+    false
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+pub fn caravan_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("caravan")
+}
+
+/// A temporary folder under /tmp that unmounts anything mounted below it before deleting.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("caravan-test-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_below(self.dir.path());
+    }
+}
+
+/// Detaches every mount below `dir` (deepest first) so the folder can be deleted.
+pub fn unmount_below(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A running `caravan daemon` with its own state folder, socket and spec folder.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub node: String,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub spec_dir: PathBuf,
+    pub driver: String,
+    pub log: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon for `node` on `root`, with node-local folders under `scratch`.
+    pub fn start(scratch: &Path, root: &Path, node: &str) -> Daemon {
+        Self::start_with(
+            scratch,
+            root,
+            node,
+            scratch.join(format!("spec-{node}")),
+            "caravan",
+            &[],
+        )
+    }
+
+    pub fn start_with(
+        scratch: &Path,
+        root: &Path,
+        node: &str,
+        spec_dir: PathBuf,
+        driver: &str,
+        extra: &[&str],
+    ) -> Daemon {
+        std::fs::create_dir_all(root).unwrap();
+        let mut d = Daemon {
+            child: None,
+            node: node.to_string(),
+            root: root.to_path_buf(),
+            state: scratch.join(format!("state-{node}")),
+            socket: scratch.join(format!("{node}.sock")),
+            spec_dir,
+            driver: driver.to_string(),
+            log: scratch.join(format!("{node}.log")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the process again with the same settings (after a kill or a stop).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(caravan_bin())
+            .arg("daemon")
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--node")
+            .arg(&self.node)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--spec-dir")
+            .arg(&self.spec_dir)
+            .arg("--driver-name")
+            .arg(&self.driver)
+            .arg("--config")
+            .arg("/dev/null")
+            .args(&self.extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start caravan daemon");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "daemon {} exited with {status} before serving; log:\n{}",
+                    self.node,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "daemon {} did not serve within 20 s; log:\n{}",
+            self.node,
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                panic!("daemon {} did not stop within 30 s of SIGTERM", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A plugin call exactly as dockerd sends it (POST, no Content-Type, body + newline).
+    pub fn plugin(&self, method: &str, body: &str) -> Value {
+        let (status, v) = http(&self.socket, "POST", &format!("/{method}"), body, false);
+        assert_eq!(status, 200, "{method} {body}: HTTP {status} {v}");
+        v
+    }
+
+    /// A plugin call that must succeed (empty Err).
+    pub fn ok(&self, method: &str, body: &str) -> Value {
+        let v = self.plugin(method, body);
+        let err = v.get("Err").and_then(Value::as_str).unwrap_or("");
+        assert!(err.is_empty(), "{method} {body} on {}: {err}", self.node);
+        v
+    }
+
+    /// A plugin call that must fail; returns the error text.
+    pub fn err(&self, method: &str, body: &str) -> String {
+        let v = self.plugin(method, body);
+        let err = v
+            .get("Err")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            !err.is_empty(),
+            "{method} {body} on {} should have failed: {v}",
+            self.node
+        );
+        err
+    }
+
+    /// A control API call.
+    pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        http(&self.socket, method, path, body, true)
+    }
+
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.state.join("mounts").join(name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        unmount_below(&self.state);
+    }
+}
+
+/// One HTTP/1.1 request over a unix socket; returns the status and the JSON body.
+pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    content_type: bool,
+) -> (u16, Value) {
+    let mut s =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let payload = if body.is_empty() {
+        String::new()
+    } else {
+        format!("{body}\n")
+    };
+    let ct = if content_type {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: \r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let v =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {body:?}"));
+    (status, v)
+}
+
+/// True if `path` is a mount point (per mountinfo).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == path.to_str())
+}
+
+/// A 64-hex mount ID like dockerd's.
+pub fn mount_id(n: u64) -> String {
+    format!("{:064x}", n)
+}
+
+/// The record of a volume as the plugin's Get shows it.
+pub fn status(d: &Daemon, name: &str) -> Value {
+    d.ok("VolumeDriver.Get", &format!(r#"{{"Name":"{name}"}}"#))["Volume"]["Status"].clone()
+}
+
+/// Total mount count of `node` for a volume, from Get's Status.
+pub fn node_count(d: &Daemon, name: &str, node: &str) -> u64 {
+    status(d, name)["mounts"][node]["count"]
+        .as_u64()
+        .unwrap_or(0)
+}
