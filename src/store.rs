@@ -644,6 +644,7 @@ fn read_generation(db: &sled::Db) -> Result<u64> {
 /// Opens sled, retrying while the previous holder's file lock is still being released
 /// (sled's background threads, or a network filesystem releasing locks asynchronously).
 fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
+    remove_unfinished_snapshots(&layout.meta_dir())?;
     let mut backoff = Duration::from_millis(1);
     loop {
         let config = sled::Config::new()
@@ -668,6 +669,30 @@ fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
             }
         }
     }
+}
+
+/// sled 0.34 writes a snapshot while it opens (`snap.<lsn>.generating`, then a rename),
+/// but when it looks for the latest snapshot it does not skip `.generating` files. A kill
+/// during that write leaves a partial file that makes every later open fail with
+/// "Read corrupted data". Such a file is by definition unfinished, and the log it
+/// summarizes is still there, so it is safe to delete. Only called under the cluster lock,
+/// so no other process can be writing one.
+fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<()> {
+    let entries = match fs::read_dir(meta) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", meta.display()), e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing a snapshot left unfinished by a crash");
+            fs::remove_file(entry.path())
+                .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs every regular file directly in `dir` and the directory itself.
@@ -726,5 +751,90 @@ fn clone_err(e: &Error) -> Error {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         other => Error::Store(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(dir.path());
+        layout.init().unwrap();
+        let store = Store::start(layout, Duration::from_secs(5)).unwrap();
+        (dir, store)
+    }
+
+    fn create(name: &str) -> Mutation {
+        Mutation::Create {
+            name: name.into(),
+            options: VolumeOptions::default(),
+            node: "n1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_snapshot_left_by_a_crash_does_not_break_the_next_open() {
+        let (dir, store) = store();
+        store.apply(create("one")).await.unwrap();
+        // What a kill -9 during sled's snapshot write leaves behind.
+        fs::write(
+            dir.path()
+                .join(".caravan/meta/snap.00000000FFFFFFFF.generating"),
+            b"",
+        )
+        .unwrap();
+        store.apply(create("two")).await.unwrap();
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.volumes.keys().collect::<Vec<_>>(), vec!["one", "two"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_mutations_share_commits() {
+        let (_dir, store) = store();
+        let calls: Vec<_> = (0..64)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.apply(create(&format!("v{i:02}"))).await })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.mutations, 64);
+        assert!(stats.commits < 64, "no group commit: {stats:?}");
+        assert_eq!(store.snapshot().await.unwrap().volumes.len(), 64);
+        store.stop();
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_root_sees_commits_through_the_generation() {
+        let (dir, a) = store();
+        let b = Store::start(SharedLayout::new(dir.path()), Duration::from_secs(5)).unwrap();
+        a.apply(create("web")).await.unwrap();
+        assert!(b.snapshot().await.unwrap().volumes.contains_key("web"));
+        let gen_a = a.snapshot().await.unwrap().generation;
+        b.apply(Mutation::Remove { name: "web".into() })
+            .await
+            .unwrap();
+        let snap = a.snapshot().await.unwrap();
+        assert!(snap.volumes.is_empty());
+        assert_eq!(snap.generation, gen_a + 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_mutation_leaves_the_rest_of_its_batch_alone() {
+        let (_dir, store) = store();
+        let (ok, bad) = tokio::join!(
+            store.apply(create("fine")),
+            store.apply(Mutation::Remove {
+                name: "missing".into()
+            })
+        );
+        ok.unwrap();
+        assert!(matches!(bad, Err(Error::NoSuchVolume(_))));
+        assert!(store.snapshot().await.unwrap().volumes.contains_key("fine"));
     }
 }

@@ -271,9 +271,20 @@ pub fn http(
     body: &str,
     content_type: bool,
 ) -> (u16, Value) {
-    let mut s =
-        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    try_http(socket, method, path, body, content_type)
+        .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", socket.display()))
+}
+
+/// Like [`http`], but a failed connection or a cut answer is an error, not a panic.
+pub fn try_http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    content_type: bool,
+) -> std::io::Result<(u16, Value)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
     let payload = if body.is_empty() {
         String::new()
     } else {
@@ -288,18 +299,22 @@ pub fn http(
         s,
         "{method} {path} HTTP/1.1\r\nHost: \r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
-    )
-    .unwrap();
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
-    let v =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {body:?}"));
-    (status, v)
+        .ok_or_else(|| bad(format!("no HTTP answer: {text:?}")))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("no status in {head:?}")))?;
+    let v = serde_json::from_str(body)
+        .map_err(|e| bad(format!("answer is not JSON ({e}): {body:?}")))?;
+    Ok((status, v))
 }
 
 /// True if `path` is a mount point (per mountinfo).
