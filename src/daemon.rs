@@ -3,7 +3,7 @@
 //! Start: prepare the shared root and the node's state folder, start the store, reconcile
 //! this node's mounts, bind the socket (mode 0600), write the spec file, serve.
 //! Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight calls finish (bounded by the
-//! call timeout), remove the socket, stop the store, exit 0. Bind mounts stay: containers
+//! call timeout), remove the socket and the spec file, stop the store, exit 0. Bind mounts stay: containers
 //! that use them keep running, and the next start counts them again.
 
 use std::future::Future;
@@ -76,6 +76,9 @@ pub async fn run(
     });
     if let Err(e) = std::fs::remove_file(&cfg.socket) {
         tracing::warn!("removing {}: {e}", cfg.socket.display());
+    }
+    if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &cfg.socket) {
+        tracing::warn!("{e}");
     }
     let stopper = store.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;

@@ -206,11 +206,15 @@ impl Service {
         if self.is_bound(name) {
             self.unbind(name).await?;
         }
+        self.forget_usage(name);
+        Ok(())
+    }
+
+    fn forget_usage(&self, name: &str) {
         self.usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        Ok(())
     }
 
     /// Counts a mount of (this node, `id`) and returns the mountpoint, bind-mounting it on
@@ -225,6 +229,7 @@ impl Service {
             id: id.to_string(),
         };
         self.store.apply(mutation).await?;
+        self.forget_usage(name);
         let target = self.local.mountpoint(name);
         if !self.is_bound(name) {
             let source = self.shared().data_dir(name);
@@ -269,6 +274,8 @@ impl Service {
         if node_count.is_none() {
             tracing::info!(volume = %name, id, "unmount for an ID this node does not hold: nothing to do");
         }
+        // A container just stopped writing: the next Get measures again.
+        self.forget_usage(name);
         let remaining = record
             .as_ref()
             .map(|r| r.node_mount_count(&self.node))

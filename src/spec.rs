@@ -4,10 +4,13 @@
 //! reads one URL from it. The file is written atomically at every start, so a dockerd that
 //! looks while caravan starts sees the old file or the new one, never half of one.
 //!
-//! The file is left in place on shutdown: while caravan is stopped, dockerd finds the spec,
-//! fails to connect to the (removed) socket, and retries for about 15 s, which is the same
-//! as when the spec is missing, but a caravan restarted within that window is found again
-//! without any error reaching the user.
+//! A clean shutdown removes the file (if it still points at this daemon's socket). While
+//! caravan is stopped, dockerd's lookup of the driver by name then retries for about 15 s
+//! ("Unable to locate plugin") and fails; a caravan restarted within that window is found
+//! again without any error reaching the user. A spec left pointing at a dead socket would
+//! be worse: `docker volume ls` tries to activate every plugin it finds, and each stale
+//! one costs about 15 s of retries. A driver dockerd already activated is reached through
+//! the socket it remembers; the spec no longer matters to it.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -61,6 +64,20 @@ pub fn write(spec_dir: &Path, driver: &str, socket: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Removes the spec file if it still points at `socket` (another daemon may have taken the
+/// driver name over since).
+pub fn remove(spec_dir: &Path, driver: &str, socket: &Path) -> Result<()> {
+    let path = spec_dir.join(format!("{driver}.spec"));
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim() == content(socket)?.trim() => {
+            fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +96,17 @@ mod tests {
             fs::read_to_string(p).unwrap(),
             "unix:///run/caravan/caravan.sock\n"
         );
+    }
+
+    #[test]
+    fn remove_leaves_a_spec_that_points_elsewhere() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "caravan", Path::new("/run/a.sock")).unwrap();
+        remove(d.path(), "caravan", Path::new("/run/b.sock")).unwrap();
+        assert!(d.path().join("caravan.spec").exists());
+        remove(d.path(), "caravan", Path::new("/run/a.sock")).unwrap();
+        assert!(!d.path().join("caravan.spec").exists());
+        remove(d.path(), "caravan", Path::new("/run/a.sock")).unwrap();
     }
 
     #[test]

@@ -340,6 +340,7 @@ fn sigterm_stops_cleanly_and_keeps_mounts_in_use() {
     assert!(is_mountpoint(&d.mountpoint("busy")));
 
     d.spawn();
+    assert!(spec.exists());
     // Calls work without a new Activate (dockerd never re-activates).
     assert_eq!(
         node_count(&d, "busy", "a"),

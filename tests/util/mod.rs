@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod docker;
+
 /// True when running as root. Tests that need root (bind mounts, dockerd) call this and
 /// return early when it is false; in CI (`CI=true`) a missing privilege is a failure.
 pub fn require_root(test: &str) -> bool {
@@ -83,6 +85,9 @@ pub struct Daemon {
     pub driver: String,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    /// Started from a thread that lives as long as the test process, with
+    /// PR_SET_PDEATHSIG, so that it stops when the test binary exits.
+    pub tied_to_process: bool,
 }
 
 impl Daemon {
@@ -106,8 +111,22 @@ impl Daemon {
         driver: &str,
         extra: &[&str],
     ) -> Daemon {
+        let mut d = Self::new(scratch, root, node, spec_dir, driver, extra);
+        d.spawn();
+        d
+    }
+
+    /// The settings, without starting anything.
+    pub fn new(
+        scratch: &Path,
+        root: &Path,
+        node: &str,
+        spec_dir: PathBuf,
+        driver: &str,
+        extra: &[&str],
+    ) -> Daemon {
         std::fs::create_dir_all(root).unwrap();
-        let mut d = Daemon {
+        Daemon {
             child: None,
             node: node.to_string(),
             root: root.to_path_buf(),
@@ -117,9 +136,8 @@ impl Daemon {
             driver: driver.to_string(),
             log: scratch.join(format!("{node}.log")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn();
-        d
+            tied_to_process: false,
+        }
     }
 
     /// Starts the process again with the same settings (after a kill or a stop).
@@ -129,8 +147,8 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(caravan_bin())
-            .arg("daemon")
+        let mut cmd = Command::new(caravan_bin());
+        cmd.arg("daemon")
             .arg("--root")
             .arg(&self.root)
             .arg("--node")
@@ -149,9 +167,15 @@ impl Daemon {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start caravan daemon");
+            .stderr(log);
+        let child = if self.tied_to_process {
+            spawn_tied(cmd)
+        } else {
+            cmd.spawn().expect("start caravan daemon")
+        };
+        if let (true, Some(dir)) = (self.tied_to_process, self.socket.parent()) {
+            let _ = std::fs::write(dir.join("pid"), child.id().to_string());
+        }
         self.child = Some(child);
         self.wait_ready();
     }
@@ -261,6 +285,35 @@ impl Drop for Daemon {
         self.kill9();
         unmount_below(&self.state);
     }
+}
+
+/// Spawns `cmd` from a thread that never exits, with PR_SET_PDEATHSIG: the child gets
+/// SIGTERM when that thread ends, which is when the test process exits.
+fn spawn_tied(cmd: Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                // SAFETY: prctl is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner.lock().unwrap().send((cmd, tx)).unwrap();
+    rx.recv().unwrap().expect("start caravan daemon")
 }
 
 /// One HTTP/1.1 request over a unix socket; returns the status and the JSON body.

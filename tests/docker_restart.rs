@@ -1,0 +1,147 @@
+//! End to end with the machine's real dockerd: restarts of caravan and of dockerd itself.
+//! These tests restart shared processes, so they run one at a time (the shared daemon's
+//! write lock, and a lock of their own for dockerd).
+
+mod util;
+
+use std::fs;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use util::docker::{available, cli, docker_ok, eventually, Env};
+use util::is_mountpoint;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn restarting_caravan_under_a_running_container_keeps_its_volume() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !available("restart_caravan_running") {
+        return;
+    }
+    let env = Env::new("restart_caravan_running");
+    let vol = env.volume("live");
+    docker_ok(&["volume", "create", "-d", &env.driver, &vol]);
+    let c = env.run_sleeper("c", &vol, &[]);
+
+    let data = env.data(&vol);
+    let mut daemon = util::docker::shared_daemon()
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    let status = daemon.stop();
+    assert!(status.success(), "caravan exited with {status}");
+    // The container keeps working on the shared root while caravan is down.
+    docker_ok(&["exec", &c, "sh", "-c", "echo while-down > /data/f"]);
+    assert_eq!(fs::read_to_string(data.join("f")).unwrap(), "while-down\n");
+
+    daemon.spawn();
+    drop(daemon);
+    assert_eq!(
+        env.count(&vol),
+        1,
+        "the restart forgot a mount still in use"
+    );
+    assert!(is_mountpoint(&env.mountpoint(&vol)));
+    // dockerd does not re-activate the plugin; calls must work all the same.
+    let ls = docker_ok(&["volume", "ls", "-q"]);
+    assert!(ls.lines().any(|l| l == vol), "{ls}");
+    docker_ok(&["exec", &c, "sh", "-c", "echo after-restart > /data/g"]);
+    docker_ok(&["stop", "-t", "1", &c]);
+    eventually(
+        Duration::from_secs(10),
+        "the unmount after the container stopped",
+        || env.count(&vol) == 0,
+    );
+    assert!(!is_mountpoint(&env.mountpoint(&vol)));
+    assert_eq!(
+        fs::read_to_string(env.data(&vol).join("g")).unwrap(),
+        "after-restart\n"
+    );
+}
+
+/// Restarts the dockerd that answers on the default socket, with the same command line.
+fn restart_dockerd() {
+    let pid: i32 = fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd's pidfile /var/run/docker.pid (started by scripts/docker-up)")
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while fs::metadata(format!("/proc/{pid}")).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/caravan-dockerd.log")
+        .unwrap();
+    Command::new("setsid")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start dockerd again");
+    eventually(Duration::from_secs(60), "dockerd to answer again", || {
+        Command::new(cli())
+            .arg("info")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+}
+
+#[test]
+fn restarting_dockerd_remounts_restarted_containers_and_balances_counts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !available("restart_dockerd") {
+        return;
+    }
+    let env = Env::new("restart_dockerd");
+    let vol = env.volume("vol");
+    docker_ok(&["volume", "create", "-d", &env.driver, &vol]);
+    let c = env.run_sleeper("c", &vol, &["--restart", "always"]);
+    docker_ok(&["exec", &c, "sh", "-c", "echo before > /data/f"]);
+    assert_eq!(env.count(&vol), 1);
+
+    restart_dockerd();
+    eventually(
+        Duration::from_secs(60),
+        "the container to run again",
+        || docker_ok(&["inspect", "-f", "{{.State.Running}}", &c]) == "true",
+    );
+    // The old mount was unmounted at shutdown and the restart mounted a new ID: one mount.
+    eventually(Duration::from_secs(10), "one mount", || {
+        env.count(&vol) == 1
+    });
+    assert_eq!(docker_ok(&["exec", &c, "cat", "/data/f"]), "before");
+    docker_ok(&["exec", &c, "sh", "-c", "echo after > /data/g"]);
+    assert_eq!(
+        fs::read_to_string(env.data(&vol).join("g")).unwrap(),
+        "after\n"
+    );
+    let inspect = env.inspect(&vol);
+    assert_eq!(inspect["Driver"], env.driver.as_str());
+
+    docker_ok(&["rm", "-f", &c]);
+    eventually(Duration::from_secs(10), "the unmount", || {
+        env.count(&vol) == 0
+    });
+    assert!(!is_mountpoint(&env.mountpoint(&vol)));
+}
