@@ -1,0 +1,230 @@
+//! The `caravan` command line, run as a user runs it.
+
+mod util;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use util::{require_root, Daemon, Scratch};
+
+fn caravan(d: &Daemon) -> Command {
+    let mut c = Command::cargo_bin("caravan").unwrap();
+    c.arg("--socket").arg(&d.socket);
+    c
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = Command::cargo_bin("caravan")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for cmd in [
+        "daemon", "create", "delete", "list", "inspect", "mount", "umount", "info",
+    ] {
+        assert!(text.contains(cmd), "--help does not mention {cmd}:\n{text}");
+    }
+}
+
+#[test]
+fn a_stopped_daemon_is_reported_with_how_to_start_it() {
+    let out = Command::cargo_bin("caravan")
+        .unwrap()
+        .args(["--socket", "/nonexistent/caravan.sock", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not running") && err.contains("caravan daemon"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn daemon_flags_are_validated_before_anything_starts() {
+    for (args, expect) in [
+        (vec!["--timeout", "90s"], "out of range"),
+        (vec!["--timeout", "soon"], "duration"),
+        (vec!["--node", "bad/node"], "invalid node name"),
+        (vec!["--driver-name", "../x"], "invalid driver name"),
+        (vec!["--log-level", "loud"], "invalid log level"),
+    ] {
+        let out = Command::cargo_bin("caravan")
+            .unwrap()
+            .arg("daemon")
+            .args(["--config", "/dev/null", "--socket", "/nonexistent/x.sock"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_its_line() {
+    let s = Scratch::new();
+    let cfg = s.path().join("caravan.toml");
+    std::fs::write(&cfg, "root = \"/x\"\nnodes = \"typo\"\n").unwrap();
+    let out = Command::cargo_bin("caravan")
+        .unwrap()
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("nodes") && err.contains("line 2") && err.contains("accepted keys"),
+        "{err}"
+    );
+}
+
+#[test]
+fn create_list_inspect_mount_umount_delete_info() {
+    if !require_root("create_list_inspect_mount_umount_delete_info") {
+        return;
+    }
+    let s = Scratch::new();
+    let d = Daemon::start(s.path(), &s.path().join("root"), "cli1");
+
+    let out = caravan(&d)
+        .args([
+            "create",
+            "db",
+            "--size",
+            "10G",
+            "--mode",
+            "0700",
+            "--on-delete",
+            "archive",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "db");
+    caravan(&d).args(["create", "cache"]).assert().success();
+
+    let out = caravan(&d).arg("list").output().unwrap();
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("MOUNTED ON"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("db ") && l.contains("10G") && l.contains("cli1")),
+        "{text}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("cache ")), "{text}");
+
+    let out = caravan(&d).args(["list", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["cache", "db"]);
+
+    let out = caravan(&d).args(["mount", "db"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mp = stdout(&out).trim().to_string();
+    assert_eq!(mp, d.mountpoint("db").display().to_string());
+    assert!(util::is_mountpoint(std::path::Path::new(&mp)));
+    std::fs::write(format!("{mp}/data.bin"), vec![7u8; 64 * 1024]).unwrap();
+
+    let out = caravan(&d).args(["inspect", "db"]).output().unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("Size:        10G"), "{text}");
+    assert!(text.contains("cli1: 1 mount(s)"), "{text}");
+    assert!(
+        text.contains("on_delete=archive") && text.contains("mode=0700"),
+        "{text}"
+    );
+    assert!(text.contains("KiB in 1 files"), "{text}");
+    let out = caravan(&d)
+        .args(["inspect", "db", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["usage"]["bytes"].as_u64().unwrap() >= 64 * 1024, "{v}");
+    assert_eq!(v["mounted_here"], true);
+
+    // Deleting a mounted volume fails with the node named, and nothing changes.
+    let out = caravan(&d).args(["delete", "db"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("mounted on cli1"), "{}", stderr(&out));
+
+    let out = caravan(&d).args(["info"]).output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("Node:         cli1") && text.contains("Volumes:      2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Mounted here: 1 volume(s), 1 mount(s)"),
+        "{text}"
+    );
+    let out = caravan(&d).args(["info", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["mounts_here"], 1);
+
+    caravan(&d).args(["umount", "db"]).assert().success();
+    assert!(!util::is_mountpoint(std::path::Path::new(&mp)));
+    caravan(&d).args(["delete", "db"]).assert().success();
+    caravan(&d).args(["rm", "cache"]).assert().success();
+    let out = caravan(&d).args(["inspect", "db"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such volume: db"));
+}
+
+#[test]
+fn bad_names_and_options_fail_with_one_line() {
+    if !require_root("bad_names_and_options_fail_with_one_line") {
+        return;
+    }
+    let s = Scratch::new();
+    let d = Daemon::start(s.path(), &s.path().join("root"), "cli2");
+    for (args, expect) in [
+        (vec!["create", "../etc"], "invalid volume name \"../etc\""),
+        (vec!["create", "ok1", "--size", "12Q"], "invalid size"),
+        (vec!["create", "ok1", "--uid", "root"], "option uid"),
+        (
+            vec!["create", "ok1", "--on-delete", "burn"],
+            "delete, retain, archive",
+        ),
+        (vec!["inspect", "a/b"], "invalid volume name \"a/b\""),
+        (vec!["mount", "nosuch"], "no such volume"),
+        (vec!["delete", "nosuch"], "no such volume"),
+    ] {
+        let out = caravan(&d).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let out = caravan(&d).args(["list", "--json"]).output().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        Value::Array(vec![])
+    );
+}
