@@ -64,16 +64,25 @@ pub async fn run(
         "caravan daemon serving"
     );
 
+    // Serve until the signal; then stop accepting and give in-flight calls (each bounded
+    // by the call timeout) a little more than that to answer.
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = warp::serve(routes(svc, cfg.timeout))
         .incoming(listener)
-        .graceful(shutdown);
-    // In-flight calls are bounded by the call timeout; the margin lets them answer.
-    let drained = tokio::time::timeout(cfg.timeout + Duration::from_secs(5), server.run());
-
-    // `graceful` stops accepting as soon as the signal arrives; the socket file can go then.
-    drained.await.unwrap_or_else(|_| {
-        tracing::warn!("in-flight calls did not finish in time; exiting anyway")
-    });
+        .graceful(async move {
+            let _ = stopped.await;
+        });
+    let mut serving = tokio::spawn(server.run());
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut serving => {
+            return Err(Error::Store(format!("the server stopped unexpectedly: {r:?}")));
+        }
+    }
+    let _ = stop_accepting.send(());
+    if tokio::time::timeout(cfg.timeout + Duration::from_secs(5), serving).await.is_err() {
+        tracing::warn!("in-flight calls did not finish in time; exiting anyway");
+    }
     if let Err(e) = std::fs::remove_file(&cfg.socket) {
         tracing::warn!("removing {}: {e}", cfg.socket.display());
     }

@@ -393,3 +393,17 @@ fn a_second_daemon_refuses_the_same_socket() {
     // The first daemon still serves.
     d.ok("VolumeDriver.List", "{}");
 }
+
+#[test]
+fn the_daemon_keeps_serving_past_its_call_timeout() {
+    if !require_root("the_daemon_keeps_serving_past_its_call_timeout") {
+        return;
+    }
+    // Regression: the shutdown drain deadline once bounded the whole serving time.
+    let s = Scratch::new();
+    let mut d = Daemon::new(s.path(), &s.path().join("root"), "a", s.path().join("spec"), "caravan", &["--timeout", "1s"]);
+    d.spawn();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    d.ok("VolumeDriver.List", "{}");
+    assert!(d.stop().success());
+}

@@ -1,0 +1,312 @@
+//! Plugin-call latency and throughput, measured against a real daemon over its socket with
+//! keep-alive connections (as dockerd holds them), next to the floor of the shared root:
+//! one durable small write, and one lock/unlock of a file, measured in the same run.
+//!
+//! `cargo bench --bench plugin_calls` (as root; see docs/benchmarks.md for options). Under
+//! `cargo test` (no `--bench` argument) it runs a small smoke version, so CI keeps it working.
+//!
+//! Environment:
+//! - `CARAVAN_BENCH_ROOT`: the shared root to measure (default: a temporary local folder);
+//! - `CARAVAN_BENCH_OPS`: calls per client per operation (default 200; smoke: 10);
+//! - `CARAVAN_BENCH_LIST_VOLUMES`: volumes for the List-at-scale figure (default 10000; smoke: 200).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the benchmark smoke run needs root (bind mounts)");
+        }
+        eprintln!("SKIPPED plugin_calls benchmark: needs root to bind-mount volumes");
+        return;
+    }
+    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let ops = env_num("CARAVAN_BENCH_OPS", if full { 200 } else { 10 });
+    let list_volumes = env_num("CARAVAN_BENCH_LIST_VOLUMES", if full { 10_000 } else { 200 });
+    let scratch = tempfile::Builder::new().prefix("caravan-bench-").tempdir_in("/tmp").unwrap();
+    let root = std::env::var_os("CARAVAN_BENCH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| scratch.path().join("root"));
+    fs::create_dir_all(&root).unwrap();
+
+    println!("caravan plugin-call benchmark: root {} ({}), {ops} calls per client per op", root.display(), fs_kind(&root));
+    let floor = Floor::measure(&root, if full { 200 } else { 20 });
+    println!(
+        "floor: durable small write p50 {:.3} ms, lock+unlock p50 {:.3} ms, sum {:.3} ms",
+        floor.write_ms, floor.lock_ms, floor.total()
+    );
+
+    let daemon = BenchDaemon::start(scratch.path(), &root);
+    let mut rows = Vec::new();
+    for clients in [1usize, 16] {
+        rows.extend(run_round(&daemon.socket, clients, ops, &format!("c{clients}")));
+    }
+    // List at scale: fill up to `list_volumes` with 16 clients (this doubles as a
+    // sustained-create figure), then time List.
+    let t = Instant::now();
+    let fill = parallel(&daemon.socket, 16, list_volumes.div_ceil(16), &|c, i, conn: &mut Conn| {
+        conn.call("Create", &format!(r#"{{"Name":"fill-{c}-{i}","Opts":{{}}}}"#))
+    });
+    let fill_secs = t.elapsed().as_secs_f64();
+    println!(
+        "filled {} volumes in {:.2} s ({:.0} creates/s with 16 clients)",
+        fill.len(),
+        fill_secs,
+        fill.len() as f64 / fill_secs
+    );
+    let list = parallel(&daemon.socket, 1, if full { 50 } else { 5 }, &|_, _, conn: &mut Conn| conn.call("List", "{}"));
+    rows.push(Row::new("List", 1, &format!("{} vols", fill.len()), list, Duration::ZERO));
+
+    println!();
+    println!(
+        "{:<10} {:>7} {:>12} {:>7} {:>9} {:>9} {:>9} {:>10}",
+        "call", "clients", "volumes", "n", "p50 ms", "p99 ms", "ops/s", "p50/floor"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>7} {:>12} {:>7} {:>9.3} {:>9.3} {:>9.0} {:>10.2}",
+            r.op,
+            r.clients,
+            r.volumes,
+            r.n,
+            r.p50,
+            r.p99,
+            r.ops_per_sec,
+            r.p50 / floor.total()
+        );
+    }
+    let rss = daemon.rss_kib();
+    println!("\ndaemon RSS with {} volumes: {:.1} MiB", fill.len(), rss as f64 / 1024.0);
+    drop(daemon);
+}
+
+/// One round of every call with `clients` concurrent clients.
+fn run_round(socket: &Path, clients: usize, ops: usize, tag: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut timed = |op: &'static str, f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync)| {
+        let t = Instant::now();
+        let samples = parallel(socket, clients, ops, f);
+        rows.push(Row::new(op, clients, "", samples, t.elapsed()));
+    };
+    timed("Create", &|c, i, conn| conn.call("Create", &format!(r#"{{"Name":"{tag}-{c}-{i}","Opts":{{}}}}"#)));
+    timed("Get", &|c, i, conn| conn.call("Get", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#)));
+    timed("Mount", &|c, i, conn| conn.call("Mount", &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#)));
+    timed("Unmount", &|c, i, conn| conn.call("Unmount", &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#)));
+    timed("List", &|_, _, conn| conn.call("List", "{}"));
+    timed("Remove", &|c, i, conn| conn.call("Remove", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#)));
+    rows
+}
+
+/// Runs `per_client` calls on each of `clients` connections at once; returns every latency.
+fn parallel(
+    socket: &Path,
+    clients: usize,
+    per_client: usize,
+    f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync),
+) -> Vec<Duration> {
+    let barrier = Arc::new(Barrier::new(clients));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    let mut conn = Conn::open(socket);
+                    barrier.wait();
+                    (0..per_client).map(|i| f(c, i, &mut conn)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+struct Row {
+    op: &'static str,
+    clients: usize,
+    volumes: String,
+    n: usize,
+    p50: f64,
+    p99: f64,
+    ops_per_sec: f64,
+}
+
+impl Row {
+    fn new(op: &'static str, clients: usize, volumes: &str, mut samples: Vec<Duration>, wall: Duration) -> Row {
+        samples.sort();
+        let ms = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        let ops_per_sec = if wall.is_zero() {
+            1.0 / samples.iter().map(Duration::as_secs_f64).sum::<f64>() * samples.len() as f64
+        } else {
+            samples.len() as f64 / wall.as_secs_f64()
+        };
+        Row {
+            op,
+            clients,
+            volumes: volumes.to_string(),
+            n: samples.len(),
+            p50: ms(0.5),
+            p99: ms(0.99),
+            ops_per_sec,
+        }
+    }
+}
+
+/// A keep-alive connection speaking the plugin protocol as dockerd does.
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Conn {
+    fn open(socket: &Path) -> Conn {
+        let s = UnixStream::connect(socket).unwrap();
+        Conn {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    /// One call; panics on a transport error or an `Err` answer. Returns the latency.
+    fn call(&mut self, method: &str, body: &str) -> Duration {
+        let t = Instant::now();
+        let payload = format!("{body}\n");
+        write!(
+            self.writer,
+            "POST /VolumeDriver.{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .unwrap();
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0; len];
+        self.reader.read_exact(&mut buf).unwrap();
+        let elapsed = t.elapsed();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        let err = v.get("Err").and_then(|e| e.as_str()).unwrap_or("");
+        assert!(err.is_empty(), "{method} {body}: {err}");
+        elapsed
+    }
+}
+
+/// The cost of the durable primitives a commit is made of, on the same root.
+struct Floor {
+    write_ms: f64,
+    lock_ms: f64,
+}
+
+impl Floor {
+    fn measure(root: &Path, n: usize) -> Floor {
+        let dir = root.join(".bench-floor");
+        fs::create_dir_all(&dir).unwrap();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let writes = (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                let mut f = fs::File::create(dir.join("probe")).unwrap();
+                f.write_all(format!("{i}\n").as_bytes()).unwrap();
+                f.sync_all().unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let lock_path = dir.join("lock");
+        let locks = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let l = caravan::lock::ClusterLock::acquire(&lock_path, Instant::now() + Duration::from_secs(5)).unwrap();
+                l.release();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let _ = fs::remove_dir_all(&dir);
+        Floor {
+            write_ms: median(writes),
+            lock_ms: median(locks),
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.write_ms + self.lock_ms
+    }
+}
+
+struct BenchDaemon {
+    child: Child,
+    socket: PathBuf,
+    state: PathBuf,
+}
+
+impl BenchDaemon {
+    fn start(scratch: &Path, root: &Path) -> BenchDaemon {
+        let socket = scratch.join("bench.sock");
+        let state = scratch.join("state");
+        let child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+            .args(["daemon", "--node", "bench", "--config", "/dev/null", "--log-level", "warn"])
+            .arg("--root")
+            .arg(root)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--spec-dir")
+            .arg(scratch.join("spec"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        BenchDaemon { child, socket, state }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for p in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(p).starts_with(&self.state) {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn fs_kind(root: &Path) -> String {
+    nix::sys::statfs::statfs(root)
+        .map(|s| format!("{:?}", s.filesystem_type()))
+        .unwrap_or_else(|_| "unknown filesystem".into())
+}
