@@ -27,33 +27,63 @@ fn main() {
         eprintln!("SKIPPED plugin_calls benchmark: needs root to bind-mount volumes");
         return;
     }
-    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env_num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let ops = env_num("CARAVAN_BENCH_OPS", if full { 200 } else { 10 });
-    let list_volumes = env_num("CARAVAN_BENCH_LIST_VOLUMES", if full { 10_000 } else { 200 });
-    let scratch = tempfile::Builder::new().prefix("caravan-bench-").tempdir_in("/tmp").unwrap();
+    let list_volumes = env_num(
+        "CARAVAN_BENCH_LIST_VOLUMES",
+        if full { 10_000 } else { 200 },
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("caravan-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let root = std::env::var_os("CARAVAN_BENCH_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| scratch.path().join("root"));
     fs::create_dir_all(&root).unwrap();
 
-    println!("caravan plugin-call benchmark: root {} ({}), {ops} calls per client per op", root.display(), fs_kind(&root));
+    println!(
+        "caravan plugin-call benchmark: root {} ({}), {ops} calls per client per op",
+        root.display(),
+        fs_kind(&root)
+    );
     let floor = Floor::measure(&root, if full { 200 } else { 20 });
     println!(
         "floor: durable small write p50 {:.3} ms, lock+unlock p50 {:.3} ms, sum {:.3} ms",
-        floor.write_ms, floor.lock_ms, floor.total()
+        floor.write_ms,
+        floor.lock_ms,
+        floor.total()
     );
 
     let daemon = BenchDaemon::start(scratch.path(), &root);
     let mut rows = Vec::new();
     for clients in [1usize, 16] {
-        rows.extend(run_round(&daemon.socket, clients, ops, &format!("c{clients}")));
+        rows.extend(run_round(
+            &daemon.socket,
+            clients,
+            ops,
+            &format!("c{clients}"),
+        ));
     }
     // List at scale: fill up to `list_volumes` with 16 clients (this doubles as a
     // sustained-create figure), then time List.
     let t = Instant::now();
-    let fill = parallel(&daemon.socket, 16, list_volumes.div_ceil(16), &|c, i, conn: &mut Conn| {
-        conn.call("Create", &format!(r#"{{"Name":"fill-{c}-{i}","Opts":{{}}}}"#))
-    });
+    let fill = parallel(
+        &daemon.socket,
+        16,
+        list_volumes.div_ceil(16),
+        &|c, i, conn: &mut Conn| {
+            conn.call(
+                "Create",
+                &format!(r#"{{"Name":"fill-{c}-{i}","Opts":{{}}}}"#),
+            )
+        },
+    );
     let fill_secs = t.elapsed().as_secs_f64();
     println!(
         "filled {} volumes in {:.2} s ({:.0} creates/s with 16 clients)",
@@ -61,8 +91,19 @@ fn main() {
         fill_secs,
         fill.len() as f64 / fill_secs
     );
-    let list = parallel(&daemon.socket, 1, if full { 50 } else { 5 }, &|_, _, conn: &mut Conn| conn.call("List", "{}"));
-    rows.push(Row::new("List", 1, &format!("{} vols", fill.len()), list, Duration::ZERO));
+    let list = parallel(
+        &daemon.socket,
+        1,
+        if full { 50 } else { 5 },
+        &|_, _, conn: &mut Conn| conn.call("List", "{}"),
+    );
+    rows.push(Row::new(
+        "List",
+        1,
+        &format!("{} vols", fill.len()),
+        list,
+        Duration::ZERO,
+    ));
 
     println!();
     println!(
@@ -83,7 +124,11 @@ fn main() {
         );
     }
     let rss = daemon.rss_kib();
-    println!("\ndaemon RSS with {} volumes: {:.1} MiB", fill.len(), rss as f64 / 1024.0);
+    println!(
+        "\ndaemon RSS with {} volumes: {:.1} MiB",
+        fill.len(),
+        rss as f64 / 1024.0
+    );
     drop(daemon);
 }
 
@@ -95,12 +140,31 @@ fn run_round(socket: &Path, clients: usize, ops: usize, tag: &str) -> Vec<Row> {
         let samples = parallel(socket, clients, ops, f);
         rows.push(Row::new(op, clients, "", samples, t.elapsed()));
     };
-    timed("Create", &|c, i, conn| conn.call("Create", &format!(r#"{{"Name":"{tag}-{c}-{i}","Opts":{{}}}}"#)));
-    timed("Get", &|c, i, conn| conn.call("Get", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#)));
-    timed("Mount", &|c, i, conn| conn.call("Mount", &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#)));
-    timed("Unmount", &|c, i, conn| conn.call("Unmount", &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#)));
+    timed("Create", &|c, i, conn| {
+        conn.call(
+            "Create",
+            &format!(r#"{{"Name":"{tag}-{c}-{i}","Opts":{{}}}}"#),
+        )
+    });
+    timed("Get", &|c, i, conn| {
+        conn.call("Get", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#))
+    });
+    timed("Mount", &|c, i, conn| {
+        conn.call(
+            "Mount",
+            &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#),
+        )
+    });
+    timed("Unmount", &|c, i, conn| {
+        conn.call(
+            "Unmount",
+            &format!(r#"{{"Name":"{tag}-{c}-{i}","ID":"bench{c}"}}"#),
+        )
+    });
     timed("List", &|_, _, conn| conn.call("List", "{}"));
-    timed("Remove", &|c, i, conn| conn.call("Remove", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#)));
+    timed("Remove", &|c, i, conn| {
+        conn.call("Remove", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#))
+    });
     rows
 }
 
@@ -119,11 +183,16 @@ fn parallel(
                 s.spawn(move || {
                     let mut conn = Conn::open(socket);
                     barrier.wait();
-                    (0..per_client).map(|i| f(c, i, &mut conn)).collect::<Vec<_>>()
+                    (0..per_client)
+                        .map(|i| f(c, i, &mut conn))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     })
 }
 
@@ -138,9 +207,16 @@ struct Row {
 }
 
 impl Row {
-    fn new(op: &'static str, clients: usize, volumes: &str, mut samples: Vec<Duration>, wall: Duration) -> Row {
+    fn new(
+        op: &'static str,
+        clients: usize,
+        volumes: &str,
+        mut samples: Vec<Duration>,
+        wall: Duration,
+    ) -> Row {
         samples.sort();
-        let ms = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        let ms =
+            |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
         let ops_per_sec = if wall.is_zero() {
             1.0 / samples.iter().map(Duration::as_secs_f64).sum::<f64>() * samples.len() as f64
         } else {
@@ -232,7 +308,11 @@ impl Floor {
         let locks = (0..n)
             .map(|_| {
                 let t = Instant::now();
-                let l = caravan::lock::ClusterLock::acquire(&lock_path, Instant::now() + Duration::from_secs(5)).unwrap();
+                let l = caravan::lock::ClusterLock::acquire(
+                    &lock_path,
+                    Instant::now() + Duration::from_secs(5),
+                )
+                .unwrap();
                 l.release();
                 t.elapsed().as_secs_f64() * 1e3
             })
@@ -260,7 +340,15 @@ impl BenchDaemon {
         let socket = scratch.join("bench.sock");
         let state = scratch.join("state");
         let child = Command::new(env!("CARGO_BIN_EXE_caravan"))
-            .args(["daemon", "--node", "bench", "--config", "/dev/null", "--log-level", "warn"])
+            .args([
+                "daemon",
+                "--node",
+                "bench",
+                "--config",
+                "/dev/null",
+                "--log-level",
+                "warn",
+            ])
             .arg("--root")
             .arg(root)
             .arg("--state-dir")
@@ -275,14 +363,22 @@ impl BenchDaemon {
             .unwrap();
         let t = Instant::now();
         while UnixStream::connect(&socket).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "daemon did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "daemon did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        BenchDaemon { child, socket, state }
+        BenchDaemon {
+            child,
+            socket,
+            state,
+        }
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

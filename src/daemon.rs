@@ -80,7 +80,10 @@ pub async fn run(
         }
     }
     let _ = stop_accepting.send(());
-    if tokio::time::timeout(cfg.timeout + Duration::from_secs(5), serving).await.is_err() {
+    if tokio::time::timeout(cfg.timeout + Duration::from_secs(5), serving)
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight calls did not finish in time; exiting anyway");
     }
     if let Err(e) = std::fs::remove_file(&cfg.socket) {

@@ -237,13 +237,25 @@ fn apply_ownership(dir: &Path, o: &VolumeOptions) -> Result<()> {
 }
 
 /// Writes a file through a temporary name and a rename, with fsync, so readers on any node
-/// see the old or the new content, never a part.
+/// see the old or the new content, never a part, and the new content survives a crash.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    write_via_rename(path, content, true)
+}
+
+/// Like [`write_atomically`] without the fsync: all or nothing for readers, but a crash of
+/// the machine holding the file may bring back the old content.
+pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
+    write_via_rename(path, content, false)
+}
+
+fn write_via_rename(path: &Path, content: &[u8], durable: bool) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(content)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     };
     write().map_err(|e| {

@@ -401,7 +401,14 @@ fn the_daemon_keeps_serving_past_its_call_timeout() {
     }
     // Regression: the shutdown drain deadline once bounded the whole serving time.
     let s = Scratch::new();
-    let mut d = Daemon::new(s.path(), &s.path().join("root"), "a", s.path().join("spec"), "caravan", &["--timeout", "1s"]);
+    let mut d = Daemon::new(
+        s.path(),
+        &s.path().join("root"),
+        "a",
+        s.path().join("spec"),
+        "caravan",
+        &["--timeout", "1s"],
+    );
     d.spawn();
     std::thread::sleep(std::time::Duration::from_secs(8));
     d.ok("VolumeDriver.List", "{}");
