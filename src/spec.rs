@@ -21,13 +21,7 @@ use crate::layout::write_atomically;
 
 /// Checks a driver name: it becomes a file name and the `-d` value users type.
 pub fn validate_driver_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if crate::volume::is_safe_token(name, 1, 64, true) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -350,9 +350,9 @@ impl Worker {
             .into_iter()
             .filter_map(|job| match job {
                 Job::Apply { mutation, reply } => {
-                    Some((Some(reply), None, self.decide(&mutation, &mut overlay)))
+                    Some(Decided::Apply(reply, self.decide(&mutation, &mut overlay)))
                 }
-                Job::Refresh { reply } => Some((None, Some(reply), Err(Error::ShuttingDown))),
+                Job::Refresh { reply } => Some(Decided::Refresh(reply)),
                 Job::Stop => None,
             })
             .collect();
@@ -385,9 +385,11 @@ impl Worker {
                 // Nothing was applied; the next batch reloads before deciding.
                 self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
                 let mut replies = Vec::new();
-                for (apply, refresh, _) in decided {
-                    replies.extend(apply.map(|r| Reply::Apply(r, Err(clone_err(&e)))));
-                    replies.extend(refresh.map(|r| Reply::Refresh(r, Err(clone_err(&e)))));
+                for d in decided {
+                    replies.push(match d {
+                        Decided::Apply(r, _) => Reply::Apply(r, Err(clone_err(&e))),
+                        Decided::Refresh(r) => Reply::Refresh(r, Err(clone_err(&e))),
+                    });
                 }
                 return replies;
             }
@@ -406,12 +408,14 @@ impl Worker {
         }
         let mut replies = Vec::new();
         let mut mutations = 0;
-        for (apply, refresh, decision) in decided {
-            if let Some(r) = apply {
-                mutations += 1;
-                replies.push(Reply::Apply(r, decision.and_then(|d| self.after_commit(d))));
-            }
-            replies.extend(refresh.map(|r| Reply::Refresh(r, Ok(()))));
+        for d in decided {
+            replies.push(match d {
+                Decided::Apply(r, decision) => {
+                    mutations += 1;
+                    Reply::Apply(r, decision.and_then(|d| self.after_commit(d)))
+                }
+                Decided::Refresh(r) => Reply::Refresh(r, Ok(())),
+            });
         }
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.commits += 1;
@@ -745,6 +749,16 @@ fn fail_all(batch: Vec<Job>, e: &Error) -> Vec<Reply> {
             Job::Stop => None,
         })
         .collect()
+}
+
+/// A job after its mutation was decided in memory, before the commit.
+#[allow(clippy::large_enum_variant)] // lives for one commit
+enum Decided {
+    Apply(
+        oneshot::Sender<Result<Outcome>>,
+        Result<(Outcome, AfterCommit)>,
+    ),
+    Refresh(oneshot::Sender<Result<()>>),
 }
 
 /// An answer to a queued job, sent once the lock is released.

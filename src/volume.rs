@@ -15,6 +15,18 @@ use crate::error::{Error, Result};
 /// name (`<root>/volumes/<name>/data`, `<state-dir>/mounts/<name>`) far below `NAME_MAX`.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// True if `s` is `min..=max` bytes of a-z A-Z 0-9 _ . - and, with `alnum_first`, starts
+/// with a letter or digit: the shape of every name caravan turns into a path or a key.
+pub fn is_safe_token(s: &str, min: usize, max: usize, alnum_first: bool) -> bool {
+    (min..=max).contains(&s.len())
+        && (!alnum_first
+            || s.as_bytes()
+                .first()
+                .is_some_and(|b| b.is_ascii_alphanumeric()))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// Checks a volume name against Docker's rule `[a-zA-Z0-9][a-zA-Z0-9_.-]+` and
 /// [`MAX_NAME_LEN`]. The rule excludes `/`, `..`-only names, NUL and everything else that
 /// could escape a directory, so a valid name is always a safe single path component.
@@ -35,10 +47,7 @@ pub fn validate_name(name: &str) -> Result<()> {
             name.len()
         )));
     }
-    let mut bytes = name.bytes();
-    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
-    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !first_ok || !rest_ok {
+    if !is_safe_token(name, 2, MAX_NAME_LEN, true) {
         return Err(Error::invalid(format!(
             "invalid volume name {}: {RULE}",
             shown()
@@ -319,12 +328,7 @@ impl VolumeRecord {
 
 /// Validates a Docker mount ID (or a CLI-chosen one): 1 to 128 characters of a-z A-Z 0-9 _ . -.
 pub fn validate_mount_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if is_safe_token(id, 1, 128, false) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

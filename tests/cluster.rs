@@ -104,7 +104,7 @@ fn concurrent_mutations_from_two_nodes_lose_no_update() {
                 // Mount every common volume ROUNDS times with this thread's ID, unmount
                 // all but one; mount and unmount own volumes fully.
                 let id = format!("{n}{t}{}", "0".repeat(62));
-                for r in 0..ROUNDS {
+                for own_volume in &own {
                     for c in 0..COMMON {
                         d.ok(
                             "VolumeDriver.Mount",
@@ -113,7 +113,7 @@ fn concurrent_mutations_from_two_nodes_lose_no_update() {
                     }
                     d.ok(
                         "VolumeDriver.Mount",
-                        &format!(r#"{{"Name":"{}","ID":"{id}"}}"#, own[r]),
+                        &format!(r#"{{"Name":"{own_volume}","ID":"{id}"}}"#),
                     );
                 }
                 for _ in 0..ROUNDS - 1 {

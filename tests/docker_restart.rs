@@ -91,6 +91,8 @@ fn restart_dockerd() {
         .append(true)
         .open("/var/log/caravan-dockerd.log")
         .unwrap();
+    // dockerd outlives this test (setsid); nobody here waits for it.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(&args)
         .stdin(std::process::Stdio::null())
