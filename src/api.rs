@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `GET /v1/info` | | [`Info`](crate::service::Info) |
 //! | `GET /v1/volumes` | | list of [`VolumeView`](crate::service::VolumeView) |
+//! | `GET /v1/nodes` | | list of [`NodeInfo`](crate::service::NodeInfo) |
 //! | `POST /v1/volumes` | `{"name": "web", "options": {"size": "1G"}}` | the created volume |
 //! | `GET /v1/volumes/NAME` | | the volume, with usage |
 //! | `DELETE /v1/volumes/NAME` | | `{}` |
@@ -69,6 +70,7 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
     match (method, parts.as_slice()) {
         ("GET", ["v1", "info"]) => ok(to_json(&svc.info().await?)),
         ("GET", ["v1", "volumes"]) => ok(to_json(&svc.list().await?)),
+        ("GET", ["v1", "nodes"]) => ok(to_json(&svc.nodes().await?)),
         ("POST", ["v1", "volumes"]) => {
             let req: CreateRequest = parse_body(body)?;
             let options =

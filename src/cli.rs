@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
 use crate::config::{DaemonArgs, DEFAULT_SOCKET};
-use crate::service::{Info, VolumeView};
+use crate::service::{Info, NodeInfo, VolumeView};
 
 /// The mount ID `caravan mount` uses when none is given.
 pub const CLI_MOUNT_ID: &str = "caravan-cli";
@@ -85,6 +85,11 @@ pub enum Command {
         name: String,
         #[arg(long, default_value = CLI_MOUNT_ID)]
         id: String,
+    },
+    /// List the nodes sharing the root: state (alive, dead, left), last seen, mounts
+    Nodes {
+        #[arg(long)]
+        json: bool,
     },
     /// Show the daemon's version, node, root and counts
     Info {
@@ -198,6 +203,15 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 )
                 .await?;
         }
+        Command::Nodes { json } => {
+            let v = client.request("GET", "/v1/nodes", None).await?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let nodes: Vec<NodeInfo> = decode(v)?;
+                let _ = write!(out, "{}", nodes_table(&nodes));
+            }
+        }
         Command::Info { json } => {
             let v = client.request("GET", "/v1/info", None).await?;
             if json {
@@ -297,6 +311,41 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     s
 }
 
+/// `caravan nodes`: one line per node.
+pub fn nodes_table(nodes: &[NodeInfo]) -> String {
+    let rows: Vec<[String; 6]> = nodes
+        .iter()
+        .map(|n| {
+            let mounts = if n.mounts.is_empty() {
+                "-".to_string()
+            } else {
+                n.mounts
+                    .iter()
+                    .map(|(v, c)| format!("{v}({c})"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let boot: String = n.view.boot_id.chars().take(8).collect();
+            [
+                n.view.node.clone(),
+                n.view.state.as_str().to_string(),
+                format!("{:.1}s ago", n.view.last_seen_secs),
+                if boot.is_empty() { "-".into() } else { boot },
+                if n.view.version.is_empty() {
+                    "-".into()
+                } else {
+                    n.view.version.clone()
+                },
+                mounts,
+            ]
+        })
+        .collect();
+    table(
+        ["NODE", "STATE", "LAST SEEN", "BOOT ID", "VERSION", "MOUNTS"],
+        &rows,
+    )
+}
+
 /// `caravan inspect`: key and value lines.
 pub fn inspect_text(v: &VolumeView) -> String {
     let mut s = String::new();
@@ -337,9 +386,14 @@ pub fn inspect_text(v: &VolumeView) -> String {
     } else {
         for (i, (node, m)) in v.mounts.iter().enumerate() {
             let label = if i == 0 { "Mounts:" } else { "" };
+            let stale = if m.stale {
+                format!(" (stale: node {})", m.node_state.as_str())
+            } else {
+                String::new()
+            };
             kv(
                 label,
-                format!("{node}: {} mount(s), {} ID(s)", m.count, m.ids),
+                format!("{node}: {} mount(s), {} ID(s){stale}", m.count, m.ids),
             );
         }
     }
@@ -395,8 +449,15 @@ mod tests {
     #[test]
     fn list_aligns_columns() {
         let mut b = view("a-much-longer-name");
-        b.mounts
-            .insert("h2".into(), NodeMounts { count: 2, ids: 1 });
+        b.mounts.insert(
+            "h2".into(),
+            NodeMounts {
+                count: 2,
+                ids: 1,
+                node_state: crate::node::Liveness::Alive,
+                stale: false,
+            },
+        );
         let t = list_table(&[view("web"), b]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -19,6 +19,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/caravan";
 pub const DEFAULT_SPEC_DIR: &str = "/etc/docker/plugins";
 pub const DEFAULT_DRIVER: &str = "caravan";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(15);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// `caravan daemon` flags. Every one is optional here so that the file can fill it in.
 #[derive(Debug, Clone, Default, Args)]
@@ -46,6 +48,13 @@ pub struct DaemonArgs {
     /// after 60 s) [default: 20s]
     #[arg(long, env = "CARAVAN_TIMEOUT", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// A node whose heartbeat has not moved for this long is dead: its mounts no longer
+    /// block removal, and its exclusive volumes can be taken over [default: 15s]
+    #[arg(long, env = "CARAVAN_DEAD_AFTER", value_parser = parse_dead_after)]
+    pub dead_after: Option<Duration>,
+    /// How often this node writes its heartbeat [default: 1s, at most dead-after / 3]
+    #[arg(long, env = "CARAVAN_HEARTBEAT", value_parser = parse_heartbeat)]
+    pub heartbeat: Option<Duration>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "CARAVAN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -65,6 +74,8 @@ struct FileConfig {
     spec_dir: Option<PathBuf>,
     driver_name: Option<String>,
     timeout: Option<String>,
+    dead_after: Option<String>,
+    heartbeat: Option<String>,
     log_level: Option<String>,
 }
 
@@ -80,6 +91,8 @@ pub struct DaemonConfig {
     pub spec_dir: PathBuf,
     pub driver_name: String,
     pub timeout: Duration,
+    pub dead_after: Duration,
+    pub heartbeat: Duration,
     pub log_level: tracing::Level,
 }
 
@@ -104,6 +117,22 @@ pub fn validate_node_name(node: &str) -> Result<()> {
             "invalid node name {node:?}: use 1 to 64 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit; pass --node"
         )))
     }
+}
+
+fn parse_dead_after(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 15s"))?;
+    if d < Duration::from_secs(2) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is out of range: use 2s to 1h"));
+    }
+    Ok(d)
+}
+
+fn parse_heartbeat(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 1s"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{s} is out of range: use 100ms to 60s"));
+    }
+    Ok(d)
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level> {
@@ -145,6 +174,31 @@ impl DaemonArgs {
                 .map_err(|e| Error::invalid(format!("timeout in the config file: {e}")))?,
             (None, None) => DEFAULT_TIMEOUT,
         };
+        let from_file = |v: Option<String>,
+                         parse: fn(&str) -> std::result::Result<Duration, String>,
+                         key: &str| {
+            v.map(|s| {
+                parse(&s).map_err(|e| Error::invalid(format!("{key} in the config file: {e}")))
+            })
+            .transpose()
+        };
+        let dead_after = match self.dead_after {
+            Some(d) => d,
+            None => from_file(file.dead_after, parse_dead_after, "dead_after")?
+                .unwrap_or(DEFAULT_DEAD_AFTER),
+        };
+        let heartbeat = match self.heartbeat {
+            Some(d) => d,
+            None => from_file(file.heartbeat, parse_heartbeat, "heartbeat")?
+                .unwrap_or(DEFAULT_HEARTBEAT),
+        };
+        if heartbeat * 3 > dead_after {
+            return Err(Error::invalid(format!(
+                "heartbeat {} is too slow for dead-after {}: a live node must beat at least 3 times within dead-after",
+                humantime::format_duration(heartbeat),
+                humantime::format_duration(dead_after)
+            )));
+        }
         let log_level = parse_level(
             self.log_level
                 .or(file.log_level)
@@ -171,6 +225,8 @@ impl DaemonArgs {
                 .unwrap_or_else(|| DEFAULT_SPEC_DIR.into()),
             driver_name,
             timeout,
+            dead_after,
+            heartbeat,
             log_level,
         };
         for (what, p) in [
@@ -195,7 +251,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
     toml::from_str(&text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, node, state_dir, socket, spec_dir, driver_name, timeout, log_level",
+            "config file {}: {e}accepted keys: root, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, log_level",
             path.display()
         ))
     })

@@ -21,6 +21,7 @@ use warp::Filter;
 use crate::config::DaemonConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{NodeLayout, SharedLayout};
+use crate::node::{HeartbeatState, Nodes};
 use crate::service::Service;
 use crate::store::Store;
 use crate::{api, plugin, spec};
@@ -50,8 +51,24 @@ pub async fn run(
 
     // The store gets half the call budget, so that a call that waited for the lock still
     // has time left to bind-mount and answer.
-    let store = Store::start(shared, cfg.timeout / 2)?;
-    let svc = Service::start(cfg.node.clone(), store.clone(), local, cfg.timeout / 2).await?;
+    let nodes = Arc::new(Nodes::new(
+        &shared,
+        &cfg.node,
+        cfg.heartbeat,
+        cfg.dead_after,
+    )?);
+    nodes.beat(HeartbeatState::Running)?;
+    nodes.observe()?;
+    let store = Store::start(shared, cfg.timeout / 2, Some(nodes.clone()))?;
+    let svc = Service::start(
+        cfg.node.clone(),
+        store.clone(),
+        local,
+        cfg.timeout / 2,
+        nodes.clone(),
+    )
+    .await?;
+    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone()));
 
     let listener = bind_socket(&cfg.socket)?;
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
@@ -92,10 +109,46 @@ pub async fn run(
     if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &cfg.socket) {
         tracing::warn!("{e}");
     }
+    heartbeat.abort();
+    let leaving = nodes.clone();
+    let left = tokio::task::spawn_blocking(move || leaving.beat(HeartbeatState::Left));
+    match tokio::time::timeout(cfg.timeout / 2, left).await {
+        Ok(Ok(Ok(()))) => tracing::info!("marked this node as left"),
+        other => tracing::warn!("could not mark this node as left: {other:?}"),
+    }
     let stopper = store.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
     tracing::info!("caravan daemon stopped");
     Ok(())
+}
+
+/// Writes this node's heartbeat and reads everyone else's, every interval. Each round runs
+/// off the async threads with a deadline; a round that hangs (a stalled export) is
+/// reported and the next one waits for it rather than piling up.
+async fn heartbeat_loop(nodes: Arc<Nodes>) {
+    let mut tick = tokio::time::interval(nodes.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    loop {
+        tick.tick().await;
+        if let Some(round) = pending.take() {
+            if !round.is_finished() {
+                tracing::warn!(
+                    "the last heartbeat round has not finished; the export may be stalled"
+                );
+                pending = Some(round);
+                continue;
+            }
+            if let Ok(Err(e)) = round.await {
+                tracing::warn!("heartbeat: {e}");
+            }
+        }
+        let n = nodes.clone();
+        pending = Some(tokio::task::spawn_blocking(move || {
+            n.beat(HeartbeatState::Running)?;
+            n.observe()
+        }));
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

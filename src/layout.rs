@@ -4,6 +4,7 @@
 //! <root>/.caravan/meta/         sled database (cluster metadata)
 //! <root>/.caravan/lock          cluster lock file (OFD lock)
 //! <root>/.caravan/generation    commit counter, a cheap freshness check for readers
+//! <root>/.caravan/nodes/<node>.json  each node's heartbeat, written only by that node
 //! <root>/.caravan/trash/        removed volumes waiting to be deleted
 //! <root>/volumes/<name>/data/   the data containers see
 //! <root>/volumes/<name>/volume.json  the volume's record, for rebuilding the index
@@ -45,6 +46,9 @@ impl SharedLayout {
     pub fn generation_file(&self) -> PathBuf {
         self.control_dir().join("generation")
     }
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.control_dir().join("nodes")
+    }
     pub fn trash_dir(&self) -> PathBuf {
         self.control_dir().join("trash")
     }
@@ -82,6 +86,7 @@ impl SharedLayout {
         for (dir, mode) in [
             (self.control_dir(), 0o700),
             (self.trash_dir(), 0o700),
+            (self.nodes_dir(), 0o700),
             (self.volumes_dir(), 0o711),
             (self.archive_dir(), 0o700),
         ] {

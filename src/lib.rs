@@ -9,6 +9,7 @@
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`store`]: cluster metadata in sled: group commit, cached reads;
+//! - [`node`]: node identity, heartbeats and liveness (no clock comparisons);
 //! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
 //! - [`service`]: the volume operations both APIs share (create, mount, remove, …);
 //! - [`plugin`]: Docker's VolumeDriver HTTP API;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod layout;
 pub mod lock;
 pub mod mounts;
+pub mod node;
 pub mod plugin;
 pub mod service;
 pub mod spec;

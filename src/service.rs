@@ -17,6 +17,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::error::{Error, Result};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
+use crate::node::{Liveness, NodeView, Nodes};
 use crate::store::{Mutation, Outcome, Store, StoreStats};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
@@ -54,6 +55,25 @@ pub struct VolumeView {
 pub struct NodeMounts {
     pub count: u32,
     pub ids: usize,
+    /// The node's state as this node sees it: alive, dead or left.
+    #[serde(default = "alive")]
+    pub node_state: Liveness,
+    /// Mounts of a dead or left node: shown, but they do not block a remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+fn alive() -> Liveness {
+    Liveness::Alive
+}
+
+/// A node and its mounts, for `caravan nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    #[serde(flatten)]
+    pub view: NodeView,
+    /// Volumes this node has mounted, with their counts.
+    pub mounts: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +115,7 @@ pub struct Service {
     usage: Mutex<HashMap<String, (Instant, Usage)>>,
     fs_timeout: Duration,
     started: Instant,
+    nodes: Arc<Nodes>,
 }
 
 impl Service {
@@ -105,6 +126,7 @@ impl Service {
         store: Store,
         local: NodeLayout,
         fs_timeout: Duration,
+        nodes: Arc<Nodes>,
     ) -> Result<Arc<Service>> {
         let svc = Arc::new(Service {
             node,
@@ -115,6 +137,7 @@ impl Service {
             usage: Mutex::new(HashMap::new()),
             fs_timeout,
             started: Instant::now(),
+            nodes,
         });
         svc.reconcile().await?;
         Ok(svc)
@@ -359,6 +382,44 @@ impl Service {
         })
     }
 
+    /// Every node this node knows of, with its state and mounts.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let snap = self.store.snapshot().await?;
+        let mut infos: Vec<NodeInfo> = self
+            .nodes
+            .views()
+            .into_iter()
+            .map(|view| NodeInfo {
+                view,
+                mounts: BTreeMap::new(),
+            })
+            .collect();
+        for r in snap.volumes.values() {
+            for node in r.mounts.keys() {
+                let count = r.node_mount_count(node);
+                match infos.iter_mut().find(|i| &i.view.node == node) {
+                    Some(i) => {
+                        i.mounts.insert(r.name.clone(), count);
+                    }
+                    // Mounts of a node that never wrote a heartbeat this node has read.
+                    None => infos.push(NodeInfo {
+                        view: NodeView {
+                            node: node.clone(),
+                            state: self.nodes.liveness(node),
+                            last_seen_secs: 0.0,
+                            boot_id: String::new(),
+                            version: String::new(),
+                            dead_in_secs: None,
+                        },
+                        mounts: BTreeMap::from([(r.name.clone(), count)]),
+                    }),
+                }
+            }
+        }
+        infos.sort_by(|a, b| a.view.node.cmp(&b.view.node));
+        Ok(infos)
+    }
+
     fn view(&self, r: &VolumeRecord, usage: Option<Usage>) -> VolumeView {
         VolumeView {
             name: r.name.clone(),
@@ -383,9 +444,12 @@ impl Service {
                 .mounts
                 .iter()
                 .map(|(node, ids)| {
+                    let node_state = self.nodes.liveness(node);
                     let m = NodeMounts {
                         count: ids.values().sum(),
                         ids: ids.len(),
+                        node_state,
+                        stale: node_state != Liveness::Alive,
                     };
                     (node.clone(), m)
                 })

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::layout::{replace_file, SharedLayout};
 use crate::lock::ClusterLock;
+use crate::node::{Liveness, Nodes};
 use crate::volume::{VolumeOptions, VolumeRecord};
 
 const VOLUMES_TREE: &str = "volumes";
@@ -147,7 +148,11 @@ pub struct Store {
 impl Store {
     /// Starts the store thread for a root that [`SharedLayout::init`] prepared. `timeout`
     /// bounds every call: lock wait, open and commit together.
-    pub fn start(layout: SharedLayout, timeout: Duration) -> Result<Store> {
+    pub fn start(
+        layout: SharedLayout,
+        timeout: Duration,
+        nodes: Option<Arc<Nodes>>,
+    ) -> Result<Store> {
         let (queue, jobs) = std::sync::mpsc::channel();
         let cache = Arc::new(RwLock::new(Snapshot::default()));
         let stats = Arc::new(Mutex::new(StoreStats::default()));
@@ -158,6 +163,7 @@ impl Store {
             timeout,
             trash_tag: 0,
             synced_folder: false,
+            nodes,
         };
         let thread = std::thread::Builder::new()
             .name("caravan-store".into())
@@ -268,6 +274,8 @@ struct Worker {
     trash_tag: u64,
     /// Whether sled's folder was fsynced once by this process.
     synced_folder: bool,
+    /// Liveness of the other nodes; `None` treats every node as alive.
+    nodes: Option<Arc<Nodes>>,
 }
 
 /// Filesystem work that must follow a successful commit (still under the lock).
@@ -513,7 +521,17 @@ impl Worker {
             Mutation::Remove { name } => {
                 let record =
                     current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
-                let nodes = record.mounted_on();
+                // Mounts of dead or left nodes are stale: they do not block a remove.
+                let live = |n: &&str| {
+                    self.nodes
+                        .as_ref()
+                        .is_none_or(|l| l.liveness(n) == Liveness::Alive)
+                };
+                let (nodes, stale): (Vec<&str>, Vec<&str>) =
+                    record.mounted_on().into_iter().partition(live);
+                if !stale.is_empty() && nodes.is_empty() {
+                    tracing::warn!(volume = %name, stale = ?stale, "removing a volume with stale mounts of nodes that are gone");
+                }
                 if !nodes.is_empty() {
                     let nodes = nodes
                         .iter()
@@ -802,7 +820,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(dir.path());
         layout.init().unwrap();
-        let store = Store::start(layout, Duration::from_secs(5)).unwrap();
+        let store = Store::start(layout, Duration::from_secs(5), None).unwrap();
         (dir, store)
     }
 
@@ -852,7 +870,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_store_on_the_same_root_sees_commits_through_the_generation() {
         let (dir, a) = store();
-        let b = Store::start(SharedLayout::new(dir.path()), Duration::from_secs(5)).unwrap();
+        let b = Store::start(SharedLayout::new(dir.path()), Duration::from_secs(5), None).unwrap();
         a.apply(create("web")).await.unwrap();
         assert!(b.snapshot().await.unwrap().volumes.contains_key("web"));
         let gen_a = a.snapshot().await.unwrap().generation;

@@ -275,3 +275,86 @@ fn kill_9_during_commits_loses_no_acknowledged_create() {
         "too few creates to prove anything"
     );
 }
+
+/// Liveness: a node killed with its mounts is declared dead after --dead-after, and then
+/// its mounts are stale and no longer block a remove; a node that stops cleanly is
+/// "left" at once.
+#[test]
+fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
+    if !require_root("mounts_of_dead_or_left_nodes_do_not_block_removal") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
+    let spec = |n: &str| s.path().join(format!("spec-{n}"));
+    let a = Daemon::start_with(s.path(), &root, "a", spec("a"), "caravan", &fast);
+    let mut b = Daemon::start_with(s.path(), &root, "b", spec("b"), "caravan", &fast);
+    let mut c = Daemon::start_with(s.path(), &root, "c", spec("c"), "caravan", &fast);
+    for v in ["v1", "v2"] {
+        a.ok(
+            "VolumeDriver.Create",
+            &format!(r#"{{"Name":"{v}","Opts":{{}}}}"#),
+        );
+    }
+    b.ok("VolumeDriver.Mount", r#"{"Name":"v1","ID":"b1"}"#);
+    c.ok("VolumeDriver.Mount", r#"{"Name":"v2","ID":"c1"}"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let nodes = a.api("GET", "/v1/nodes", "").1;
+    let find = |nodes: &Value, n: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(find(&nodes, "b")["state"], "alive", "{nodes}");
+    assert_eq!(find(&nodes, "b")["mounts"]["v1"], 1, "{nodes}");
+
+    // b dies with its mount: still blocking until dead-after has passed on a's clock.
+    b.kill9();
+    let killed = Instant::now();
+    let err = a.err("VolumeDriver.Remove", r#"{"Name":"v1"}"#);
+    assert!(err.contains("mounted on b"), "{err}");
+    // c stops cleanly: left, at once (within a heartbeat or two).
+    assert!(c.stop().success());
+    std::thread::sleep(Duration::from_millis(600));
+    let st = util::status(&a, "v2");
+    assert_eq!(st["mounts"]["c"]["node_state"], "left", "{st}");
+    assert_eq!(st["mounts"]["c"]["stale"], true, "{st}");
+    a.ok("VolumeDriver.Remove", r#"{"Name":"v2"}"#);
+
+    std::thread::sleep(Duration::from_millis(2600).saturating_sub(killed.elapsed()));
+    let nodes = a.api("GET", "/v1/nodes", "").1;
+    assert_eq!(find(&nodes, "b")["state"], "dead", "{nodes}");
+    let st = util::status(&a, "v1");
+    assert_eq!(st["mounts"]["b"]["stale"], true, "{st}");
+    a.ok("VolumeDriver.Remove", r#"{"Name":"v1"}"#);
+    let out = std::process::Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .arg("nodes")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("b ") && l.contains("dead")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("c ") && l.contains("left")),
+        "{table}"
+    );
+
+    // b comes back: alive again, and its restart reconciles its own records.
+    b.spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    let nodes = a.api("GET", "/v1/nodes", "").1;
+    assert_eq!(find(&nodes, "b")["state"], "alive", "{nodes}");
+}
