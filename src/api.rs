@@ -11,6 +11,7 @@
 //! | `DELETE /v1/volumes/NAME` | | `{}` |
 //! | `POST /v1/volumes/NAME/mount` | `{"id": "caravan-cli"}` | `{"mountpoint": "/…"}` |
 //! | `POST /v1/volumes/NAME/unmount` | `{"id": "caravan-cli"}` | `{}` |
+//! | `POST /v1/volumes/NAME/takeover` | `{"force": false}` | the volume, held by this node |
 //!
 //! Errors answer a 4xx or 5xx status with `{"error": "message"}`.
 
@@ -39,6 +40,14 @@ pub struct CreateRequest {
 #[serde(deny_unknown_fields)]
 pub struct MountRequest {
     pub id: String,
+}
+
+/// Body of `POST /v1/volumes/NAME/takeover`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverRequest {
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Handles one control request; returns the HTTP status and the JSON body.
@@ -86,6 +95,14 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
             let req: MountRequest = parse_body(body)?;
             let path = svc.mount(name, &req.id).await?;
             ok(json!({ "mountpoint": path }))
+        }
+        ("POST", ["v1", "volumes", name, "takeover"]) => {
+            let req: TakeoverRequest = if body.trim_ascii().is_empty() {
+                TakeoverRequest { force: false }
+            } else {
+                parse_body(body)?
+            };
+            ok(to_json(&svc.takeover(name, req.force).await?))
         }
         ("POST", ["v1", "volumes", name, "unmount"]) => {
             let req: MountRequest = parse_body(body)?;

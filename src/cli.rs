@@ -54,6 +54,9 @@ pub enum Command {
         /// What removing the volume does to its data: delete, retain or archive
         #[arg(long)]
         on_delete: Option<String>,
+        /// shared (any number of nodes) or exclusive (one node at a time, with failover)
+        #[arg(long)]
+        access: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +94,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this node the holder of an exclusive volume: waits for the holder to be
+    /// declared dead, or takes it at once with --force
+    Takeover {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the daemon's version, node, root and counts
     Info {
         #[arg(long)]
@@ -122,6 +132,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
             gid,
             mode,
             on_delete,
+            access,
             json,
         } => {
             let mut options = BTreeMap::new();
@@ -131,6 +142,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 ("gid", gid),
                 ("mode", mode),
                 ("on_delete", on_delete),
+                ("access", access),
             ] {
                 if let Some(v) = v {
                     options.insert(k, v);
@@ -202,6 +214,21 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                     Some(&json!({ "id": id })),
                 )
                 .await?;
+        }
+        Command::Takeover { name, force } => {
+            let path = format!("/v1/volumes/{}/takeover", path_segment(&name));
+            let v = client
+                .request("POST", &path, Some(&json!({ "force": force })))
+                .await?;
+            let view: VolumeView = decode(v)?;
+            let holder = view
+                .holder
+                .map(|h| format!("{} (generation {})", h.node, h.generation));
+            let _ = writeln!(
+                out,
+                "{name}: held by {}",
+                holder.unwrap_or_else(|| "nobody".into())
+            );
         }
         Command::Nodes { json } => {
             let v = client.request("GET", "/v1/nodes", None).await?;
@@ -373,6 +400,30 @@ pub fn inspect_text(v: &VolumeView) -> String {
             .join(" "),
     );
     kv("Data:", v.data.clone());
+    if v.access == "exclusive" {
+        let holder = v
+            .holder
+            .as_ref()
+            .map(|h| format!("held by {} (generation {})", h.node, h.generation));
+        kv(
+            "Access:",
+            format!("exclusive, {}", holder.unwrap_or_else(|| "free".into())),
+        );
+        for t in &v.takeovers {
+            let how = if t.forced {
+                "forced takeover"
+            } else {
+                "takeover"
+            };
+            kv(
+                "",
+                format!(
+                    "{how} {} -> {} (generation {}, at {})",
+                    t.from, t.to, t.generation, t.at
+                ),
+            );
+        }
+    }
     kv(
         "Mountpoint:",
         if v.mounted_here {
@@ -443,6 +494,10 @@ mod tests {
             mounts: BTreeMap::new(),
             data: format!("/srv/volumes/{name}/data"),
             stale: false,
+            access: "shared".into(),
+            holder: None,
+            generation: 0,
+            takeovers: Vec::new(),
         }
     }
 

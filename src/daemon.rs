@@ -68,7 +68,7 @@ pub async fn run(
         nodes.clone(),
     )
     .await?;
-    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone(), svc.clone()));
 
     let listener = bind_socket(&cfg.socket)?;
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
@@ -122,10 +122,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes this node's heartbeat and reads everyone else's, every interval. Each round runs
+/// Writes this node's heartbeat and reads everyone else's, every interval, then fences. Each round runs
 /// off the async threads with a deadline; a round that hangs (a stalled export) is
 /// reported and the next one waits for it rather than piling up.
-async fn heartbeat_loop(nodes: Arc<Nodes>) {
+async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
     let mut tick = tokio::time::interval(nodes.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<tokio::task::JoinHandle<Result<()>>> = None;
@@ -142,6 +142,8 @@ async fn heartbeat_loop(nodes: Arc<Nodes>) {
             if let Ok(Err(e)) = round.await {
                 tracing::warn!("heartbeat: {e}");
             }
+            // With fresh liveness, give up exclusive volumes another node took over.
+            svc.fence().await;
         }
         let n = nodes.clone();
         pending = Some(tokio::task::spawn_blocking(move || {

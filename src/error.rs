@@ -24,6 +24,13 @@ pub enum Error {
     #[error("volume {name} is in use: mounted on {nodes}; unmount it there first")]
     InUse { name: String, nodes: String },
 
+    #[error("volume {name} is exclusive and held by node {holder}, which is alive; it can be taken over {when}, or now with `caravan takeover {name} --force`")]
+    ExclusiveHeld {
+        name: String,
+        holder: String,
+        when: String,
+    },
+
     #[error("volume {0} is not mounted on this node")]
     NotMounted(String),
 
@@ -62,7 +69,7 @@ impl Error {
         match self {
             Error::Invalid(_) => 400,
             Error::NoSuchVolume(_) | Error::NotMounted(_) => 404,
-            Error::Conflict { .. } | Error::InUse { .. } => 409,
+            Error::Conflict { .. } | Error::InUse { .. } | Error::ExclusiveHeld { .. } => 409,
             Error::Timeout { .. } | Error::ShuttingDown => 503,
             Error::Io { .. } | Error::Store(_) => 500,
         }

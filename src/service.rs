@@ -20,7 +20,8 @@ use crate::mounts;
 use crate::node::{Liveness, NodeView, Nodes};
 use crate::store::{Mutation, Outcome, Store, StoreStats};
 use crate::volume::{
-    format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
+    format_size, human_bytes, validate_mount_id, validate_name, Holder, Takeover, VolumeOptions,
+    VolumeRecord,
 };
 
 /// How long a usage figure is reused (dockerd sends a Get before every Mount and Unmount).
@@ -46,6 +47,17 @@ pub struct VolumeView {
     pub mounts: BTreeMap<String, NodeMounts>,
     /// The data folder on the shared export.
     pub data: String,
+    /// `shared` or `exclusive`.
+    #[serde(default = "shared")]
+    pub access: String,
+    /// For exclusive volumes: the node that may mount it now, and its grant's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    /// The fencing token (bumped at every grant and takeover).
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takeovers: Vec<Takeover>,
     /// True when the export could not be reached and this is the last known state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
@@ -61,6 +73,10 @@ pub struct NodeMounts {
     /// Mounts of a dead or left node: shown, but they do not block a remove.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+}
+
+fn shared() -> String {
+    "shared".into()
 }
 
 fn alive() -> Liveness {
@@ -309,6 +325,58 @@ impl Service {
         Ok(())
     }
 
+    /// Makes this node the holder of an exclusive volume. Without `force` it waits (within
+    /// the call's time) for the holder to be declared dead; with `force` it takes the
+    /// volume from a live holder, which drops its claim when it notices.
+    pub async fn takeover(&self, name: &str, force: bool) -> Result<VolumeView> {
+        validate_name(name)?;
+        let _guard = self.locks.lock(name).await;
+        let deadline = Instant::now() + self.nodes.dead_after() + self.nodes.interval() * 3;
+        loop {
+            let mutation = Mutation::Takeover {
+                name: name.to_string(),
+                node: self.node.clone(),
+                force,
+            };
+            match self.store.apply(mutation).await {
+                Ok(Outcome::TookOver { record }) => return Ok(self.view(&record, None)),
+                Ok(_) => return Err(Error::Store("unexpected outcome of a takeover".into())),
+                Err(Error::ExclusiveHeld { .. }) if !force && Instant::now() < deadline => {
+                    tokio::time::sleep(self.nodes.interval()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fencing: an exclusive volume this node still has bind-mounted but that another node
+    /// now holds (it was taken over while this node was away) is unmounted here, so this
+    /// node's containers stop reaching data that is no longer theirs to write. Their later
+    /// Unmount calls succeed (unknown IDs). Called after every heartbeat round.
+    pub async fn fence(&self) {
+        let taken: Vec<(String, String)> = {
+            let Ok(snap) = self.store.snapshot().await else {
+                return;
+            };
+            let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            bound
+                .iter()
+                .filter_map(|name| {
+                    let r = snap.volumes.get(name)?;
+                    let h = r.holder.as_ref()?;
+                    (h.node != self.node).then(|| (name.clone(), h.node.clone()))
+                })
+                .collect()
+        };
+        for (name, holder) in taken {
+            let _guard = self.locks.lock(&name).await;
+            tracing::warn!(volume = %name, holder = %holder, "this node lost the exclusive volume to another node; unmounting it here");
+            if let Err(e) = self.unbind(&name).await {
+                tracing::error!(volume = %name, "fencing: {e}");
+            }
+        }
+    }
+
     /// The mountpoint, if the volume is mounted on this node.
     pub async fn path(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
@@ -455,6 +523,10 @@ impl Service {
                 })
                 .collect(),
             data: self.shared().data_dir(&r.name).display().to_string(),
+            access: r.options.access.as_str().to_string(),
+            holder: r.holder.clone(),
+            generation: r.generation,
+            takeovers: r.takeovers.clone(),
             stale: false,
         }
     }

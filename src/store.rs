@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::layout::{replace_file, SharedLayout};
 use crate::lock::ClusterLock;
 use crate::node::{Liveness, Nodes};
-use crate::volume::{VolumeOptions, VolumeRecord};
+use crate::volume::{Access, Holder, Takeover, VolumeOptions, VolumeRecord, TAKEOVER_HISTORY};
 
 const VOLUMES_TREE: &str = "volumes";
 const GENERATION_KEY: &str = "generation";
@@ -58,8 +58,15 @@ pub enum Mutation {
         node: String,
         id: String,
     },
+    /// An operator's takeover of an exclusive volume: make `node` the holder, now if the
+    /// holder is dead or gone (or `force`), else fail.
+    Takeover {
+        name: String,
+        node: String,
+        force: bool,
+    },
     /// After a restart: keep `node`'s mount records only for volumes in `bound` (the bind
-    /// mounts really present on the host); drop the rest.
+    /// mounts really present on the host) and not taken over by another node; drop the rest.
     ReconcileNode {
         node: String,
         bound: BTreeSet<String>,
@@ -90,6 +97,9 @@ pub enum Outcome {
         record: Option<VolumeRecord>,
         /// `None` when the ID was not mounted on the node.
         node_count: Option<u32>,
+    },
+    TookOver {
+        record: VolumeRecord,
     },
     Reconciled {
         /// Volumes whose records for the node were dropped, with the count dropped.
@@ -553,6 +563,9 @@ impl Worker {
             Mutation::Mount { name, node, id } => {
                 let mut record =
                     current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
+                if record.options.access == Access::Exclusive {
+                    self.claim(&mut record, node, false)?;
+                }
                 let node_count = record.add_mount(node, id);
                 put(overlay, &record);
                 Ok((
@@ -563,13 +576,30 @@ impl Worker {
             Mutation::Unmount { name, node, id } => {
                 let mut record = current(name, overlay);
                 let node_count = record.as_mut().and_then(|r| r.remove_mount(node, id));
-                if let (Some(r), Some(_)) = (&record, node_count) {
+                if let (Some(r), Some(remaining)) = (&mut record, node_count) {
+                    // The holder's last unmount releases an exclusive volume: a planned
+                    // move to another node needs no takeover.
+                    if remaining == 0 && r.holder.as_ref().is_some_and(|h| &h.node == node) {
+                        r.holder = None;
+                    }
                     put(overlay, r);
                 }
                 Ok((
                     Outcome::Unmounted { record, node_count },
                     AfterCommit::Nothing,
                 ))
+            }
+            Mutation::Takeover { name, node, force } => {
+                let mut record =
+                    current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
+                if record.options.access != Access::Exclusive {
+                    return Err(Error::invalid(format!(
+                        "volume {name} is shared: any node may mount it, so there is nothing to take over"
+                    )));
+                }
+                self.claim(&mut record, node, *force)?;
+                put(overlay, &record);
+                Ok((Outcome::TookOver { record }, AfterCommit::Nothing))
             }
             Mutation::ReconcileNode { node, bound } => {
                 let names: Vec<String> = {
@@ -585,9 +615,14 @@ impl Worker {
                     let Some(mut record) = current(&name, overlay) else {
                         continue;
                     };
-                    if bound.contains(&name) {
+                    let fenced = record.holder.as_ref().is_some_and(|h| &h.node != node)
+                        && record.options.access == Access::Exclusive;
+                    if bound.contains(&name) && !fenced {
                         kept.push(name);
                         continue;
+                    }
+                    if fenced {
+                        tracing::warn!(volume = %name, "another node took this exclusive volume over while this node was away; dropping this node's claim");
                     }
                     let count = record.node_mount_count(node);
                     record.mounts.remove(node);
@@ -597,6 +632,64 @@ impl Worker {
                 Ok((Outcome::Reconciled { dropped, kept }, AfterCommit::Nothing))
             }
         }
+    }
+
+    /// Makes `node` the holder of an exclusive volume: a no-op for the holder itself, a
+    /// grant when nobody holds it, a takeover when the holder is dead or left (or with
+    /// `force`), and an error naming the holder while it is alive.
+    fn claim(&self, record: &mut VolumeRecord, node: &str, force: bool) -> Result<()> {
+        let liveness = |n: &str| {
+            self.nodes
+                .as_ref()
+                .map_or(Liveness::Alive, |l| l.liveness(n))
+        };
+        let previous = match &record.holder {
+            Some(h) if h.node == node => return Ok(()),
+            Some(h) => Some(h.node.clone()),
+            None => None,
+        };
+        let state = previous.as_deref().map(liveness);
+        if state == Some(Liveness::Alive) && !force {
+            let holder = previous.unwrap_or_default();
+            let when = match self.nodes.as_ref() {
+                Some(l) => format!(
+                    "once {holder} has been silent for {}s (in {:.0}s if it stays silent)",
+                    l.dead_after().as_secs(),
+                    l.dead_in(&holder).unwrap_or(l.dead_after()).as_secs_f64()
+                ),
+                None => "once it is declared dead".to_string(),
+            };
+            return Err(Error::ExclusiveHeld {
+                name: record.name.clone(),
+                holder,
+                when,
+            });
+        }
+        record.generation += 1;
+        if let Some(from) = previous {
+            // The old holder's mounts are void: it is gone, or fenced and must unmount.
+            record.mounts.remove(&from);
+            let at = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let forced = state == Some(Liveness::Alive);
+            tracing::warn!(volume = %record.name, from = %from, to = %node, generation = record.generation, forced, "exclusive volume taken over");
+            record.takeovers.push(Takeover {
+                from,
+                to: node.to_string(),
+                generation: record.generation,
+                at,
+                forced,
+            });
+            let excess = record.takeovers.len().saturating_sub(TAKEOVER_HISTORY);
+            record.takeovers.drain(..excess);
+        }
+        record.holder = Some(Holder {
+            node: node.to_string(),
+            generation: record.generation,
+        });
+        Ok(())
     }
 
     /// Writes the overlay and the next generation, durably. Returns the new generation.

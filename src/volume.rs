@@ -109,10 +109,68 @@ pub struct VolumeOptions {
     pub mode: Option<u32>,
     #[serde(default)]
     pub on_delete: OnDelete,
+    #[serde(default, skip_serializing_if = "Access::is_shared")]
+    pub access: Access,
 }
 
+/// Who may mount a volume at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Any number of nodes at once.
+    #[default]
+    Shared,
+    /// One node at a time: the holder. Another node gets it only when the holder is dead
+    /// (or by an operator's takeover).
+    Exclusive,
+}
+
+impl Access {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "shared" => Ok(Access::Shared),
+            "exclusive" => Ok(Access::Exclusive),
+            _ => Err(Error::invalid(format!(
+                "invalid value {s:?} for option access: accepted values are shared, exclusive"
+            ))),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Shared => "shared",
+            Access::Exclusive => "exclusive",
+        }
+    }
+    fn is_shared(&self) -> bool {
+        *self == Access::Shared
+    }
+}
+
+/// The node allowed to mount an exclusive volume, and the fencing token of its grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: String,
+    /// Bumped at every grant and takeover; a node whose grant is older has been fenced.
+    pub generation: u64,
+}
+
+/// One change of holder that did not go through a release: the old holder was dead or
+/// an operator forced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    pub from: String,
+    pub to: String,
+    pub generation: u64,
+    /// Unix seconds by the new holder's clock (for display only).
+    pub at: u64,
+    pub forced: bool,
+}
+
+/// How many takeovers a record keeps.
+pub const TAKEOVER_HISTORY: usize = 32;
+
 impl VolumeOptions {
-    pub const ACCEPTED_KEYS: &'static str = "size, uid, gid, mode, on_delete";
+    pub const ACCEPTED_KEYS: &'static str = "size, uid, gid, mode, on_delete, access";
 
     /// Parses Docker's `Opts` map. Unknown keys and bad values are refused with a message
     /// that names them and lists what is accepted.
@@ -125,6 +183,7 @@ impl VolumeOptions {
                 "gid" => o.gid = Some(parse_id("gid", value)?),
                 "mode" => o.mode = Some(parse_mode(value)?),
                 "on_delete" => o.on_delete = OnDelete::parse(value)?,
+                "access" => o.access = Access::parse(value)?,
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown option {key:?}: accepted options are {}",
@@ -152,6 +211,9 @@ impl VolumeOptions {
             m.insert("mode", format!("{mode:04o}"));
         }
         m.insert("on_delete", self.on_delete.as_str().to_string());
+        if self.access != Access::Shared {
+            m.insert("access", self.access.as_str().to_string());
+        }
         m
     }
 }
@@ -260,6 +322,15 @@ pub struct VolumeRecord {
     /// Mount counts per node and per Docker mount ID.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mounts: BTreeMap<String, BTreeMap<String, u32>>,
+    /// For exclusive volumes: the current holder, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    /// The fencing token: bumped at every grant and takeover, never reset.
+    #[serde(default)]
+    pub generation: u64,
+    /// The latest takeovers, oldest first (at most [`TAKEOVER_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takeovers: Vec<Takeover>,
 }
 
 impl VolumeRecord {
@@ -273,6 +344,9 @@ impl VolumeRecord {
                 .unwrap_or(0),
             options,
             mounts: BTreeMap::new(),
+            holder: None,
+            generation: 0,
+            takeovers: Vec::new(),
         }
     }
 

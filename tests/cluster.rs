@@ -358,3 +358,172 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     let nodes = a.api("GET", "/v1/nodes", "").1;
     assert_eq!(find(&nodes, "b")["state"], "alive", "{nodes}");
 }
+
+fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), sig).unwrap();
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An exclusive volume: one holder at a time; a frozen holder is taken over once it is
+/// dead, and when it wakes up it finds itself fenced and unmounts.
+#[test]
+fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
+    if !require_root("exclusive_volumes_fail_over_and_fence_the_old_holder") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
+    let spec = |n: &str| s.path().join(format!("spec-{n}"));
+    let mut a = Daemon::start_with(s.path(), &root, "a", spec("a"), "caravan", &fast);
+    let mut b = Daemon::start_with(s.path(), &root, "b", spec("b"), "caravan", &fast);
+    a.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"ex","Opts":{"access":"exclusive"}}"#,
+    );
+    let mpa = a.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(format!("{mpa}/page"), "v1").unwrap();
+    let st = util::status(&a, "ex");
+    assert_eq!(st["holder"]["node"], "a", "{st}");
+    assert_eq!(st["generation"], 1, "{st}");
+
+    // The holder is alive: refused at once, naming it and the way out.
+    let t = Instant::now();
+    let err = b.err("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b1"}"#);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the refusal must be immediate"
+    );
+    assert!(
+        err.contains("held by node a")
+            && err.contains("takeover ex --force")
+            && err.contains("silent for 2s"),
+        "{err}"
+    );
+
+    // a freezes (a hung host, a cut cable): after dead-after b takes it over on Mount.
+    signal(&a, nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    wait_until(Duration::from_secs(6), "b's takeover", || {
+        util::try_http(
+            &b.socket,
+            "POST",
+            "/VolumeDriver.Mount",
+            r#"{"Name":"ex","ID":"b1"}"#,
+            false,
+        )
+        .map(|(_, v)| v["Err"] == "")
+        .unwrap_or(false)
+    });
+    let waited = frozen.elapsed();
+    // Dead means silent for 2 s on b's clock since b last saw a's heartbeat move, which
+    // was up to one heartbeat (plus one observation round) before the freeze.
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "taken over before a was dead: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "failover slower than dead-after + 3 s: {waited:?}"
+    );
+    let mpb = b.mountpoint("ex");
+    assert_eq!(
+        std::fs::read_to_string(mpb.join("page")).unwrap(),
+        "v1",
+        "same data after failover"
+    );
+    let st = util::status(&b, "ex");
+    assert_eq!(st["holder"]["node"], "b", "{st}");
+    assert_eq!(st["generation"], 2, "{st}");
+    assert_eq!(st["takeovers"][0]["from"], "a", "{st}");
+    assert_eq!(st["takeovers"][0]["to"], "b", "{st}");
+    assert_eq!(st["takeovers"][0]["forced"], false, "{st}");
+    assert!(
+        st["mounts"].get("a").is_none(),
+        "the old holder's mounts are void: {st}"
+    );
+
+    // a wakes up: it notices the generation moved, drops its claim and unmounts.
+    signal(&a, nix::sys::signal::Signal::SIGCONT);
+    wait_until(Duration::from_secs(5), "a to fence itself", || {
+        !util::is_mountpoint(std::path::Path::new(&mpa))
+    });
+    assert!(
+        a.log_text().contains("lost the exclusive volume"),
+        "{}",
+        a.log_text()
+    );
+    // Its container's later Unmount succeeds; its new Mount is refused while b holds it.
+    a.ok("VolumeDriver.Unmount", r#"{"Name":"ex","ID":"a1"}"#);
+    let err = a.err("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a2"}"#);
+    assert!(err.contains("held by node b"), "{err}");
+
+    // A planned move: b's last unmount releases it, and a gets it without a takeover.
+    b.ok("VolumeDriver.Unmount", r#"{"Name":"ex","ID":"b1"}"#);
+    a.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a2"}"#);
+    let st = util::status(&a, "ex");
+    assert_eq!(st["holder"]["node"], "a", "{st}");
+    assert_eq!(st["generation"], 3, "{st}");
+    assert_eq!(st["takeovers"].as_array().unwrap().len(), 1, "{st}");
+
+    // An operator's forced takeover from a live holder, then a killed holder restarting:
+    // its restart finds the volume taken and drops its bind mount.
+    let out = std::process::Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&b.socket)
+        .args(["takeover", "ex", "--force"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("held by b (generation 4)"));
+    a.kill9();
+    assert!(
+        util::is_mountpoint(&a.mountpoint("ex")),
+        "a's bind mount outlives its daemon"
+    );
+    a.spawn();
+    assert!(
+        !util::is_mountpoint(&a.mountpoint("ex")),
+        "a restarted and kept a volume it lost"
+    );
+    assert_eq!(util::status(&a, "ex")["takeovers"][1]["forced"], true);
+
+    // Without --force, takeover waits for the holder to be declared dead.
+    let t = Instant::now();
+    b.kill9();
+    let out = std::process::Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["takeover", "ex"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "took over a holder that was not dead yet"
+    );
+    let st = util::status(&a, "ex");
+    assert_eq!(st["holder"]["node"], "a", "{st}");
+    assert_eq!(st["takeovers"][2]["from"], "b", "{st}");
+}
