@@ -320,13 +320,23 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     assert!(err.contains("mounted on b"), "{err}");
     // c stops cleanly: left, at once (within a heartbeat or two).
     assert!(c.stop().success());
-    std::thread::sleep(Duration::from_millis(600));
+    wait_until(Duration::from_secs(5), "a to see c leave", || {
+        util::status(&a, "v2")["mounts"]["c"]["node_state"] == "left"
+    });
     let st = util::status(&a, "v2");
     assert_eq!(st["mounts"]["c"]["node_state"], "left", "{st}");
     assert_eq!(st["mounts"]["c"]["stale"], true, "{st}");
     a.ok("VolumeDriver.Remove", r#"{"Name":"v2"}"#);
 
-    std::thread::sleep(Duration::from_millis(2600).saturating_sub(killed.elapsed()));
+    wait_until(Duration::from_secs(8), "a to declare b dead", || {
+        find(&a.api("GET", "/v1/nodes", "").1, "b")["state"] == "dead"
+    });
+    // Dead means silent for dead-after (2 s) on a's clock, give or take one heartbeat.
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1600),
+        "b declared dead too early: {:?}",
+        killed.elapsed()
+    );
     let nodes = a.api("GET", "/v1/nodes", "").1;
     assert_eq!(find(&nodes, "b")["state"], "dead", "{nodes}");
     let st = util::status(&a, "v1");
