@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use util::{require_root, Daemon, Scratch};
 
 /// A tiny xorshift generator: reproducible from the printed seed.
@@ -118,9 +117,9 @@ fn torture_three_nodes_with_kills() {
     let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..6).map(|_| Arc::default()).collect();
     let acked = Arc::new(Mutex::new(0u64));
     let mut workers = Vec::new();
-    for w in 0..6usize {
+    for (w, ledger) in ledgers.iter().enumerate() {
         let node = w % 3;
-        let (stop, ledger, acked) = (stop.clone(), ledgers[w].clone(), acked.clone());
+        let (stop, ledger, acked) = (stop.clone(), ledger.clone(), acked.clone());
         let sock = socket(node);
         let mut rng = Rng(seed ^ (w as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
         workers.push(std::thread::spawn(move || {

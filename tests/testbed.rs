@@ -1,0 +1,298 @@
+//! End to end on the multi-host test bed (scripts/testbed): GlusterFS shared by three
+//! simulated hosts, each with its own dockerd and caravan. Runs after the other end-to-end
+//! tests (it kills and restarts the machine's dockerd).
+
+mod util;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn script(args: &[&str]) -> Output {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    Command::new(format!("{dir}/scripts/{}", args[0]))
+        .args(&args[1..])
+        .env("CARAVAN", util::caravan_bin())
+        .output()
+        .expect("run a script")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = script(args);
+    assert!(
+        out.status.success(),
+        "{}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker` on host K.
+fn dk(k: u32, args: &[&str]) -> Output {
+    let mut all = vec!["testbed", "docker"];
+    let k = k.to_string();
+    all.push(&k);
+    all.extend_from_slice(args);
+    script(&all)
+}
+
+fn dk_ok(k: u32, args: &[&str]) -> String {
+    let out = dk(k, args);
+    assert!(
+        out.status.success(),
+        "h{k}: docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn dk_err(k: u32, args: &[&str]) -> String {
+    let out = dk(k, args);
+    assert!(
+        !out.status.success(),
+        "h{k}: docker {} should have failed",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Tears the test bed down and gives the machine its dockerd back, whatever happened.
+struct Bed;
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = script(&["testbed", "host", "2", "kill"]);
+        let _ = script(&["testbed", "host", "3", "kill"]);
+        let _ = script(&["testbed", "down"]);
+        // Forget the plugins the machine's dockerd activated for host 1 (see demo-failover).
+        if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
+            let pid = pid.trim().to_string();
+            let _ = Command::new("kill").arg(&pid).status();
+            let t = Instant::now();
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && t.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = script(&["docker-up"]);
+    }
+}
+
+#[test]
+fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::docker::available("three_hosts") {
+        return;
+    }
+    let bed = Bed;
+    ok(&["testbed", "up", "3"]);
+    for k in ["1", "2", "3"] {
+        ok(&[
+            "testbed",
+            "host",
+            k,
+            "up",
+            "--dead-after",
+            "5s",
+            "--heartbeat",
+            "500ms",
+        ]);
+    }
+    let image = util::docker::IMAGE;
+
+    // Created on h1, listed and inspected on h2 and h3.
+    dk_ok(
+        1,
+        &[
+            "volume",
+            "create",
+            "-d",
+            "caravan",
+            "-o",
+            "size=2G",
+            "tb-shared",
+        ],
+    );
+    for k in [2, 3] {
+        let ls = dk_ok(k, &["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+        assert!(ls.lines().any(|l| l == "caravan tb-shared"), "h{k}: {ls}");
+        let st = dk_ok(
+            k,
+            &[
+                "volume",
+                "inspect",
+                "tb-shared",
+                "--format",
+                "{{.Status.created_by}} {{.Status.size}}",
+            ],
+        );
+        assert_eq!(st, "h1 2G", "h{k}");
+    }
+
+    // h1 holds a mount: a remove on h2 is refused, naming h1.
+    dk_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "tb-c1",
+            "--network",
+            "none",
+            "-v",
+            "tb-shared:/data",
+            image,
+            "sleep",
+            "3600",
+        ],
+    );
+    dk_ok(1, &["exec", "tb-c1", "sh", "-c", "echo from-h1 > /data/f"]);
+    assert_eq!(
+        dk_ok(
+            2,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                "tb-shared:/data",
+                image,
+                "cat",
+                "/data/f"
+            ]
+        ),
+        "from-h1"
+    );
+    let err = dk_err(2, &["volume", "rm", "tb-shared"]);
+    assert!(err.contains("mounted on h1"), "{err}");
+
+    // An exclusive volume held by h1: a container on h2 is refused at once.
+    dk_ok(
+        1,
+        &[
+            "volume",
+            "create",
+            "-d",
+            "caravan",
+            "-o",
+            "access=exclusive",
+            "tb-excl",
+        ],
+    );
+    dk_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "tb-c2",
+            "--network",
+            "none",
+            "-v",
+            "tb-excl:/data",
+            image,
+            "sleep",
+            "3600",
+        ],
+    );
+    let t = Instant::now();
+    let err = dk_err(
+        2,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "tb-excl:/data",
+            image,
+            "true",
+        ],
+    );
+    assert!(err.contains("held by node h1"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the refusal took {:?}",
+        t.elapsed()
+    );
+
+    // h1 dies. Once it is declared dead its mounts stop blocking, and h2 takes over.
+    ok(&["testbed", "host", "1", "kill"]);
+    let killed = Instant::now();
+    let mut taken = None;
+    while killed.elapsed() < Duration::from_secs(30) {
+        let _ = dk(2, &["rm", "-f", "tb-c3"]);
+        let run = dk(
+            2,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "tb-c3",
+                "--network",
+                "none",
+                "-v",
+                "tb-excl:/data",
+                image,
+                "sleep",
+                "3600",
+            ],
+        );
+        if run.status.success() {
+            taken = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let taken = taken.expect("h2 could not take the exclusive volume over within 30 s");
+    eprintln!("takeover on h2 {taken:?} after the kill of h1 (dead-after 5s)");
+    assert!(
+        taken >= Duration::from_secs(4),
+        "taken over before h1 could be dead: {taken:?}"
+    );
+    let holder = dk_ok(
+        3,
+        &[
+            "volume",
+            "inspect",
+            "tb-excl",
+            "--format",
+            "{{.Status.holder.node}} {{(index .Status.takeovers 0).from}}",
+        ],
+    );
+    assert_eq!(holder, "h2 h1");
+    dk_ok(2, &["volume", "rm", "tb-shared"]);
+    let ls = dk_ok(3, &["volume", "ls", "-q"]);
+    assert!(!ls.lines().any(|l| l == "tb-shared"), "{ls}");
+    dk_ok(2, &["rm", "-f", "tb-c3"]);
+    dk_ok(2, &["volume", "rm", "tb-excl"]);
+    drop(bed);
+}
+
+#[test]
+fn the_failover_demo_serves_the_same_page_on_host_2() {
+    if !util::docker::available("failover_demo") {
+        return;
+    }
+    // Both tests use the one test bed and the machine's dockerd: one at a time.
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = script(&["demo-failover", "--dead-after", "5s"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("failover: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let ms: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    eprintln!("{line}");
+    assert!(
+        (4000..8000).contains(&ms),
+        "failover should take dead-after (5 s) + at most 3 s: {line}"
+    );
+}
