@@ -62,24 +62,44 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Tears the test bed down and gives the machine its dockerd back, whatever happened.
 struct Bed;
+
+impl Bed {
+    /// Containers of an earlier, interrupted run would collide with this one's names.
+    fn start() -> Bed {
+        ok(&["docker-up"]);
+        let _ = dk(1, &["rm", "-f", "tb-c1", "tb-c2"]);
+        Bed
+    }
+}
+
 impl Drop for Bed {
     fn drop(&mut self) {
+        // Host 1's caravan comes back before host 1's dockerd, so that the restarted
+        // dockerd can ask it about the volumes it recorded (else 15 s each), then the
+        // machine's dockerd is restarted once more, after the test bed is gone, so that
+        // it forgets the plugin it activated for host 1.
+        let _ = script(&["testbed", "host", "1", "up"]);
+        restart_dockerd();
+        let _ = dk(1, &["rm", "-f", "tb-c1", "tb-c2"]);
         let _ = script(&["testbed", "host", "2", "kill"]);
         let _ = script(&["testbed", "host", "3", "kill"]);
         let _ = script(&["testbed", "down"]);
-        // Forget the plugins the machine's dockerd activated for host 1 (see demo-failover).
-        if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
-            let pid = pid.trim().to_string();
-            let _ = Command::new("kill").arg(&pid).status();
-            let t = Instant::now();
-            while std::path::Path::new(&format!("/proc/{pid}")).exists()
-                && t.elapsed() < Duration::from_secs(30)
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = script(&["docker-up"]);
+        restart_dockerd();
     }
+}
+
+fn restart_dockerd() {
+    if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
+        let pid = pid.trim().to_string();
+        let _ = Command::new("kill").arg(&pid).status();
+        let t = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = script(&["docker-up"]);
 }
 
 #[test]
@@ -88,7 +108,7 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
     if !util::docker::available("three_hosts") {
         return;
     }
-    let bed = Bed;
+    let bed = Bed::start();
     ok(&["testbed", "up", "3"]);
     for k in ["1", "2", "3"] {
         ok(&[
