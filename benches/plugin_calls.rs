@@ -42,10 +42,20 @@ fn main() {
         .prefix("caravan-bench-")
         .tempdir_in("/tmp")
         .unwrap();
-    let root = std::env::var_os("CARAVAN_BENCH_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| scratch.path().join("root"));
-    fs::create_dir_all(&root).unwrap();
+    // One daemon per root: CARAVAN_BENCH_ROOTS=r1:r2:r3 measures several hosts sharing
+    // one export (each root is that host's mount of it), 16 clients per host at once.
+    let roots: Vec<PathBuf> = match (
+        std::env::var("CARAVAN_BENCH_ROOTS"),
+        std::env::var_os("CARAVAN_BENCH_ROOT"),
+    ) {
+        (Ok(list), _) => list.split(':').map(PathBuf::from).collect(),
+        (Err(_), Some(r)) => vec![PathBuf::from(r)],
+        (Err(_), None) => vec![scratch.path().join("root")],
+    };
+    for r in &roots {
+        fs::create_dir_all(r).unwrap();
+    }
+    let root = roots[0].clone();
 
     println!(
         "caravan plugin-call benchmark: root {} ({}), {ops} calls per client per op",
@@ -60,21 +70,22 @@ fn main() {
         floor.total()
     );
 
-    let daemon = BenchDaemon::start(scratch.path(), &root);
+    let daemons: Vec<BenchDaemon> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| BenchDaemon::start(scratch.path(), r, &format!("bench{i}")))
+        .collect();
+    let sockets: Vec<PathBuf> = daemons.iter().map(|d| d.socket.clone()).collect();
+    let daemon = &daemons[0];
     let mut rows = Vec::new();
     for clients in [1usize, 16] {
-        rows.extend(run_round(
-            &daemon.socket,
-            clients,
-            ops,
-            &format!("c{clients}"),
-        ));
+        rows.extend(run_round(&sockets, clients, ops, &format!("c{clients}")));
     }
     // List at scale: fill up to `list_volumes` with 16 clients (this doubles as a
     // sustained-create figure), then time List.
     let t = Instant::now();
     let fill = parallel(
-        &daemon.socket,
+        std::slice::from_ref(&daemon.socket),
         16,
         list_volumes.div_ceil(16),
         &|c, i, conn: &mut Conn| {
@@ -92,14 +103,14 @@ fn main() {
         fill.len() as f64 / fill_secs
     );
     let list = parallel(
-        &daemon.socket,
+        std::slice::from_ref(&daemon.socket),
         1,
         if full { 50 } else { 5 },
         &|_, _, conn: &mut Conn| conn.call("List", "{}"),
     );
     rows.push(Row::new(
         "List",
-        1,
+        "1",
         &format!("{} vols", fill.len()),
         list,
         Duration::ZERO,
@@ -129,16 +140,22 @@ fn main() {
         fill.len(),
         rss as f64 / 1024.0
     );
-    drop(daemon);
+    drop(daemons);
 }
 
 /// One round of every call with `clients` concurrent clients.
-fn run_round(socket: &Path, clients: usize, ops: usize, tag: &str) -> Vec<Row> {
+fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<Row> {
     let mut rows = Vec::new();
+    // "16" on one host; "3x16" for three hosts with 16 clients each.
+    let label = if sockets.len() == 1 {
+        clients.to_string()
+    } else {
+        format!("{}x{clients}", sockets.len())
+    };
     let mut timed = |op: &'static str, f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync)| {
         let t = Instant::now();
-        let samples = parallel(socket, clients, ops, f);
-        rows.push(Row::new(op, clients, "", samples, t.elapsed()));
+        let samples = parallel(sockets, clients, ops, f);
+        rows.push(Row::new(op, &label, "", samples, t.elapsed()));
     };
     timed("Create", &|c, i, conn| {
         conn.call(
@@ -170,16 +187,19 @@ fn run_round(socket: &Path, clients: usize, ops: usize, tag: &str) -> Vec<Row> {
 
 /// Runs `per_client` calls on each of `clients` connections at once; returns every latency.
 fn parallel(
-    socket: &Path,
+    sockets: &[PathBuf],
     clients: usize,
     per_client: usize,
     f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync),
 ) -> Vec<Duration> {
-    let barrier = Arc::new(Barrier::new(clients));
+    // `clients` per socket; client c talks to socket c / clients, so c is unique overall.
+    let total = clients * sockets.len();
+    let barrier = Arc::new(Barrier::new(total));
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
+        let handles: Vec<_> = (0..total)
             .map(|c| {
                 let barrier = barrier.clone();
+                let socket = &sockets[c / clients];
                 s.spawn(move || {
                     let mut conn = Conn::open(socket);
                     barrier.wait();
@@ -198,7 +218,7 @@ fn parallel(
 
 struct Row {
     op: &'static str,
-    clients: usize,
+    clients: String,
     volumes: String,
     n: usize,
     p50: f64,
@@ -209,7 +229,7 @@ struct Row {
 impl Row {
     fn new(
         op: &'static str,
-        clients: usize,
+        clients: &str,
         volumes: &str,
         mut samples: Vec<Duration>,
         wall: Duration,
@@ -224,7 +244,7 @@ impl Row {
         };
         Row {
             op,
-            clients,
+            clients: clients.to_string(),
             volumes: volumes.to_string(),
             n: samples.len(),
             p50: ms(0.5),
@@ -336,14 +356,14 @@ struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    fn start(scratch: &Path, root: &Path) -> BenchDaemon {
-        let socket = scratch.join("bench.sock");
-        let state = scratch.join("state");
+    fn start(scratch: &Path, root: &Path, node: &str) -> BenchDaemon {
+        let socket = scratch.join(format!("{node}.sock"));
+        let state = scratch.join(format!("state-{node}"));
         let child = Command::new(env!("CARGO_BIN_EXE_caravan"))
             .args([
                 "daemon",
                 "--node",
-                "bench",
+                node,
                 "--config",
                 "/dev/null",
                 "--log-level",
@@ -356,7 +376,7 @@ impl BenchDaemon {
             .arg("--socket")
             .arg(&socket)
             .arg("--spec-dir")
-            .arg(scratch.join("spec"))
+            .arg(scratch.join(format!("spec-{node}")))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
