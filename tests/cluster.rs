@@ -320,7 +320,7 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     assert!(err.contains("mounted on b"), "{err}");
     // c stops cleanly: left, at once (within a heartbeat or two).
     assert!(c.stop().success());
-    wait_until(Duration::from_secs(5), "a to see c leave", || {
+    util::eventually(Duration::from_secs(5), "a to see c leave", || {
         util::status(&a, "v2")["mounts"]["c"]["node_state"] == "left"
     });
     let st = util::status(&a, "v2");
@@ -328,7 +328,7 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     assert_eq!(st["mounts"]["c"]["stale"], true, "{st}");
     a.ok("VolumeDriver.Remove", r#"{"Name":"v2"}"#);
 
-    wait_until(Duration::from_secs(8), "a to declare b dead", || {
+    util::eventually(Duration::from_secs(8), "a to declare b dead", || {
         find(&a.api("GET", "/v1/nodes", "").1, "b")["state"] == "dead"
     });
     // Dead means silent for dead-after (2 s) on a's clock, give or take one heartbeat.
@@ -371,17 +371,6 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
 
 fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), sig).unwrap();
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// An exclusive volume: one holder at a time; a frozen holder is taken over once it is
@@ -427,7 +416,7 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     // a freezes (a hung host, a cut cable): after dead-after b takes it over on Mount.
     signal(&a, nix::sys::signal::Signal::SIGSTOP);
     let frozen = Instant::now();
-    wait_until(Duration::from_secs(6), "b's takeover", || {
+    util::eventually(Duration::from_secs(6), "b's takeover", || {
         util::try_http(
             &b.socket,
             "POST",
@@ -468,7 +457,7 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
 
     // a wakes up: it notices the generation moved, drops its claim and unmounts.
     signal(&a, nix::sys::signal::Signal::SIGCONT);
-    wait_until(Duration::from_secs(5), "a to fence itself", || {
+    util::eventually(Duration::from_secs(5), "a to fence itself", || {
         !util::is_mountpoint(std::path::Path::new(&mpa))
     });
     assert!(
@@ -493,7 +482,7 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     // its restart finds the volume taken and drops its bind mount.
     // (b must have seen a's heartbeat move again since a was frozen, or a is still dead
     // to b and the takeover is not a forced one.)
-    wait_until(Duration::from_secs(5), "b to see a alive again", || {
+    util::eventually(Duration::from_secs(5), "b to see a alive again", || {
         let nodes = b.api("GET", "/v1/nodes", "").1;
         nodes
             .as_array()

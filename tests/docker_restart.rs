@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use util::docker::{available, cli, docker_ok, eventually, Env};
+use util::docker::{available, cli, docker_ok, Env};
+use util::eventually;
 use util::is_mountpoint;
 
 static SERIAL: Mutex<()> = Mutex::new(());

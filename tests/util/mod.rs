@@ -392,3 +392,15 @@ pub fn node_count(d: &Daemon, name: &str, node: &str) -> u64 {
         .as_u64()
         .unwrap_or(0)
 }
+
+/// Polls `f` until it is true or `limit` passes.
+pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
