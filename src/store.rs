@@ -173,6 +173,7 @@ impl Store {
             timeout,
             trash_tag: 0,
             synced_folder: false,
+            trashed: false,
             nodes,
         };
         let thread = std::thread::Builder::new()
@@ -284,6 +285,8 @@ struct Worker {
     trash_tag: u64,
     /// Whether sled's folder was fsynced once by this process.
     synced_folder: bool,
+    /// Whether the current batch moved a removed volume into the trash.
+    trashed: bool,
     /// Liveness of the other nodes; `None` treats every node as alive.
     nodes: Option<Arc<Nodes>>,
 }
@@ -295,7 +298,15 @@ enum AfterCommit {
 }
 
 impl Worker {
+    fn empty_trash(&self) {
+        if let Err(e) = self.layout.empty_trash() {
+            tracing::warn!("emptying the trash: {e}");
+        }
+    }
+
     fn run(&mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        // Whatever an earlier run of this node left in the trash (a crash after a remove).
+        self.empty_trash();
         let mut stopping = false;
         while !stopping {
             let Ok(first) = jobs.recv() else { break };
@@ -336,9 +347,11 @@ impl Worker {
         for reply in replies {
             reply.send();
         }
-        // Deleting removed data can take long: never under the lock, and after replying.
-        if let Err(e) = self.layout.empty_trash() {
-            tracing::warn!("emptying the trash: {e}");
+        // Deleting removed data can take long: never under the lock, and after replying;
+        // and only when this batch put something there (a readdir on a network
+        // filesystem is a round trip).
+        if std::mem::take(&mut self.trashed) {
+            self.empty_trash();
         }
     }
 
@@ -358,7 +371,8 @@ impl Worker {
                 )
             }
         };
-        if let Err(e) = self.sync_cache(&db, &tree) {
+        let refresh = batch.iter().any(|j| matches!(j, Job::Refresh { .. }));
+        if let Err(e) = self.sync_cache(&db, &tree, refresh) {
             return fail_all(batch, &e);
         }
 
@@ -441,13 +455,22 @@ impl Worker {
         replies
     }
 
-    /// Reloads the in-memory copy if sled's generation moved since it was loaded.
-    fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree) -> Result<()> {
+    /// Reloads the in-memory copy if sled's generation moved since it was loaded. With
+    /// `read_hint` (a reader found the hint changed) the hint file is read under the lock
+    /// and remembered, so that a hint left ahead of sled by a crash stops sending readers
+    /// here; a commit rewrites the hint anyway, so mutations need not read it.
+    fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree, read_hint: bool) -> Result<()> {
         let stored = read_generation(db)?;
-        let hint = read_generation_file(&self.layout.generation_file()).unwrap_or(stored);
+        let hint = if read_hint {
+            read_generation_file(&self.layout.generation_file()).unwrap_or(stored)
+        } else {
+            stored
+        };
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if cache.loaded && cache.generation == stored {
-            cache.hint = hint;
+            if read_hint {
+                cache.hint = hint;
+            }
             return Ok(());
         }
         let mut volumes = BTreeMap::new();
@@ -736,6 +759,7 @@ impl Worker {
             let moved = match record.options.on_delete {
                 crate::volume::OnDelete::Delete => {
                     self.trash_tag += 1;
+                    self.trashed = true;
                     let tag = format!("{}.{}", std::process::id(), self.trash_tag);
                     self.layout.trash_volume(&record.name, &tag)
                 }
@@ -777,8 +801,8 @@ fn read_generation(db: &sled::Db) -> Result<u64> {
 /// Opens sled, retrying while the previous holder's file lock is still being released
 /// (sled's background threads, or a network filesystem releasing locks asynchronously).
 fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
-    remove_unfinished_snapshots(&layout.meta_dir())?;
     let mut backoff = Duration::from_millis(1);
+    let mut repaired = false;
     loop {
         // Small segments: sled allocates its I/O buffers per open, in segment-sized pieces,
         // and does not give all of it back on close. With the default 512 KiB segments a
@@ -794,6 +818,11 @@ fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
             .flush_every_ms(None);
         match config.open() {
             Ok(db) => return Ok(db),
+            Err(sled::Error::Corruption { .. })
+                if !repaired && remove_unfinished_snapshots(&layout.meta_dir())? > 0 =>
+            {
+                repaired = true;
+            }
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && Instant::now() < deadline =>
@@ -816,13 +845,15 @@ fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
 /// during that write leaves a partial file that makes every later open fail with
 /// "Read corrupted data". Such a file is by definition unfinished, and the log it
 /// summarizes is still there, so it is safe to delete. Only called under the cluster lock,
-/// so no other process can be writing one.
-fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<()> {
+/// so no other process can be writing one. Called only when sled reports corruption;
+/// returns how many it removed.
+fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
     let entries = match fs::read_dir(meta) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io(format!("reading {}", meta.display()), e)),
     };
+    let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -830,9 +861,10 @@ fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<()> {
             tracing::warn!(file = %entry.path().display(), "removing a snapshot left unfinished by a crash");
             fs::remove_file(entry.path())
                 .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
+            removed += 1;
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Makes the commit durable: fsyncs sled's log (`db`), and on this process's first commit
