@@ -286,11 +286,9 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     }
     let s = Scratch::new();
     let root = s.path().join("root");
-    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
-    let spec = |n: &str| s.path().join(format!("spec-{n}"));
-    let a = Daemon::start_with(s.path(), &root, "a", spec("a"), "caravan", &fast);
-    let mut b = Daemon::start_with(s.path(), &root, "b", spec("b"), "caravan", &fast);
-    let mut c = Daemon::start_with(s.path(), &root, "c", spec("c"), "caravan", &fast);
+    let a = fast_node(&s, &root, "a");
+    let mut b = fast_node(&s, &root, "b");
+    let mut c = fast_node(&s, &root, "c");
     for v in ["v1", "v2"] {
         a.ok(
             "VolumeDriver.Create",
@@ -369,6 +367,13 @@ fn mounts_of_dead_or_left_nodes_do_not_block_removal() {
     assert_eq!(find(&nodes, "b")["state"], "alive", "{nodes}");
 }
 
+/// A daemon that is declared dead after 2 s of silence (heartbeat every 200 ms).
+fn fast_node(s: &Scratch, root: &std::path::Path, node: &str) -> Daemon {
+    let spec = s.path().join(format!("spec-{node}"));
+    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
+    Daemon::start_with(s.path(), root, node, spec, "caravan", &fast)
+}
+
 fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), sig).unwrap();
 }
@@ -382,10 +387,8 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     }
     let s = Scratch::new();
     let root = s.path().join("root");
-    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
-    let spec = |n: &str| s.path().join(format!("spec-{n}"));
-    let mut a = Daemon::start_with(s.path(), &root, "a", spec("a"), "caravan", &fast);
-    let mut b = Daemon::start_with(s.path(), &root, "b", spec("b"), "caravan", &fast);
+    let mut a = fast_node(&s, &root, "a");
+    let mut b = fast_node(&s, &root, "b");
     a.ok(
         "VolumeDriver.Create",
         r#"{"Name":"ex","Opts":{"access":"exclusive"}}"#,
