@@ -11,8 +11,11 @@
 //! 4. close sled, then release the lock.
 //!
 //! One store thread per node drains every queued mutation into one such commit (group
-//! commit), so throughput grows with concurrency while each commit pays the lock and open
-//! once. Reads (Get, List) are served from the in-memory copy; a reader first compares
+//! commit), so throughput grows with concurrency. Opening sled costs several commits (it
+//! reads its log and writes a snapshot), so one hold of the lock serves back-to-back
+//! batches with one open: after a commit the thread waits a few milliseconds for more
+//! work, and gives the lock back when none comes or when the hold reaches its limit
+//! (twice the open's cost, at least 50 ms), so other nodes get their turn. Reads (Get, List) are served from the in-memory copy; a reader first compares
 //! `<root>/.caravan/generation` with the value the copy was loaded at, which costs one
 //! small read, and reloads (under the lock) only when it moved.
 
@@ -36,6 +39,14 @@ const GENERATION_KEY: &str = "generation";
 const SEGMENT_SIZE: usize = 64 << 10;
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
+/// How long a hold of the cluster lock waits for more work after a commit. Long enough for
+/// a caller to get its answer and send the next call; short enough that an idle node
+/// gives the lock back almost at once.
+const LINGER: Duration = Duration::from_millis(3);
+/// Shortest hold limit (see [`hold_limit`]).
+const MIN_HOLD: Duration = Duration::from_millis(50);
+/// A hold may last this many times what opening sled cost in it.
+const HOLD_PER_OPEN: u32 = 2;
 
 /// A change to the cluster metadata, applied under the cluster lock.
 #[derive(Debug, Clone)]
@@ -136,6 +147,8 @@ enum Job {
 /// Store statistics, for `caravan info` and benchmarks.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
+    /// Holds of the cluster lock (each opens sled once and commits one or more batches).
+    pub sessions: u64,
     pub commits: u64,
     pub mutations: u64,
     pub reloads: u64,
@@ -310,70 +323,102 @@ impl Worker {
         let mut stopping = false;
         while !stopping {
             let Ok(first) = jobs.recv() else { break };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            let before = batch.len();
-            batch.retain(|j| !matches!(j, Job::Stop));
-            stopping = batch.len() != before;
+            let batch = gather(first, &jobs, &mut stopping);
             if !batch.is_empty() {
-                self.run_batch(batch);
+                self.run_session(batch, &jobs, &mut stopping);
+            }
+            // Deleting removed data can take long: never under the lock, and after
+            // replying; and only when a batch put something there (a readdir on a network
+            // filesystem is a round trip).
+            if std::mem::take(&mut self.trashed) {
+                self.empty_trash();
             }
         }
         // Jobs that arrived after Stop get ShuttingDown when their senders drop.
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    /// One hold of the cluster lock: take it, open sled once, commit `batch`, and keep
+    /// committing whatever arrives within [`LINGER`] of the last commit, for at most
+    /// [`hold_limit`] in total. Opening sled costs several times a commit (it reads its
+    /// log and writes a snapshot), so back-to-back batches share one open instead of
+    /// paying it each time; the limit bounds how long other nodes wait for their turn.
+    fn run_session(
+        &mut self,
+        mut batch: Vec<Job>,
+        jobs: &std::sync::mpsc::Receiver<Job>,
+        stopping: &mut bool,
+    ) {
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let replies = match ClusterLock::acquire(&self.layout.lock_file(), deadline) {
-            Ok(lock) => {
-                let wait_ms = started.elapsed().as_secs_f64() * 1e3;
-                let replies = self.commit_locked(batch, deadline);
-                lock.release();
-                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-                stats.last_lock_wait_ms = wait_ms;
-                stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
-                stats.last_commit_ms = started.elapsed().as_secs_f64() * 1e3;
-                replies
-            }
-            Err(e) => fail_all(batch, &e),
+        let lock = match ClusterLock::acquire(&self.layout.lock_file(), deadline) {
+            Ok(lock) => lock,
+            Err(e) => return send_all(fail_all(batch, &e)),
         };
-        // Replies go out after the lock is released, so waiting callers never extend it.
-        for reply in replies {
-            reply.send();
+        let locked = Instant::now();
+        let wait_ms = (locked - started).as_secs_f64() * 1e3;
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.last_lock_wait_ms = wait_ms;
+            stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
+            stats.sessions += 1;
         }
-        // Deleting removed data can take long: never under the lock, and after replying;
-        // and only when this batch put something there (a readdir on a network
-        // filesystem is a round trip).
-        if std::mem::take(&mut self.trashed) {
-            self.empty_trash();
+        let (db, tree) = match open_db(&self.layout, deadline) {
+            Ok(opened) => opened,
+            Err(e) => {
+                lock.release();
+                return send_all(fail_all(batch, &e));
+            }
+        };
+        let open_cost = locked.elapsed();
+        let limit = hold_limit(open_cost);
+        tracing::debug!(
+            lock_wait_ms = wait_ms,
+            open_ms = open_cost.as_secs_f64() * 1e3,
+            "cluster lock taken"
+        );
+        loop {
+            let commit_started = Instant::now();
+            let (replies, ok) = self.commit_locked(&db, &tree, batch);
+            // Replies go out at once: the commit is durable, and callers that answer
+            // quickly (the next Mount of a busy host) land in this same hold.
+            send_all(replies);
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_commit_ms = commit_started.elapsed().as_secs_f64() * 1e3;
+            if !ok || *stopping || locked.elapsed() >= limit {
+                break;
+            }
+            match jobs.recv_timeout(LINGER) {
+                Ok(job) => batch = gather(job, jobs, stopping),
+                Err(_) => break,
+            }
+            if batch.is_empty() {
+                break;
+            }
         }
+        // sled's file lock must be gone before the cluster lock is released.
+        drop(tree);
+        drop(db);
+        lock.release();
+        tracing::debug!(
+            held_ms = locked.elapsed().as_secs_f64() * 1e3,
+            "cluster lock released"
+        );
     }
 
-    /// Everything done under the cluster lock. Returns the replies to send.
-    fn commit_locked(&mut self, batch: Vec<Job>, deadline: Instant) -> Vec<Reply> {
+    /// One commit inside a hold of the lock. Returns the replies to send, and whether the
+    /// commit went through (after a failure the hold ends and the next one reopens sled).
+    fn commit_locked(
+        &mut self,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        batch: Vec<Job>,
+    ) -> (Vec<Reply>, bool) {
         let t0 = Instant::now();
-        let db = match open_db(&self.layout, deadline) {
-            Ok(db) => db,
-            Err(e) => return fail_all(batch, &e),
-        };
-        let tree = match db.open_tree(VOLUMES_TREE) {
-            Ok(t) => t,
-            Err(e) => {
-                return fail_all(
-                    batch,
-                    &Error::Store(format!("opening the volumes tree: {e}")),
-                )
-            }
-        };
         let refresh = batch.iter().any(|j| matches!(j, Job::Refresh { .. }));
-        if let Err(e) = self.sync_cache(&db, &tree, refresh) {
-            return fail_all(batch, &e);
+        if let Err(e) = self.sync_cache(db, tree, refresh) {
+            return (fail_all(batch, &e), false);
         }
 
         // Decide every mutation in memory, on an overlay of the cache.
@@ -389,7 +434,7 @@ impl Worker {
             })
             .collect();
 
-        let t_open = t0.elapsed();
+        let t_decide = t0.elapsed();
         let committed = if overlay.is_empty() {
             Ok(self
                 .cache
@@ -397,17 +442,12 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner())
                 .generation)
         } else {
-            self.write(&db, &tree, &overlay)
+            self.write(db, tree, &overlay)
         };
-        let t_write = t0.elapsed();
-        // sled's file lock must be gone before the cluster lock is released.
-        drop(tree);
-        drop(db);
         tracing::debug!(
             jobs = decided.len(),
-            open_ms = t_open.as_secs_f64() * 1e3,
-            write_ms = (t_write - t_open).as_secs_f64() * 1e3,
-            close_ms = (t0.elapsed() - t_write).as_secs_f64() * 1e3,
+            decide_ms = t_decide.as_secs_f64() * 1e3,
+            write_ms = (t0.elapsed() - t_decide).as_secs_f64() * 1e3,
             "commit"
         );
 
@@ -423,7 +463,7 @@ impl Worker {
                         Decided::Refresh(r) => Reply::Refresh(r, Err(clone_err(&e))),
                     });
                 }
-                return replies;
+                return (replies, false);
             }
         };
         {
@@ -452,7 +492,7 @@ impl Worker {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.commits += 1;
         stats.mutations += mutations;
-        replies
+        (replies, true)
     }
 
     /// Reloads the in-memory copy if sled's generation moved since it was loaded. With
@@ -800,7 +840,7 @@ fn read_generation(db: &sled::Db) -> Result<u64> {
 
 /// Opens sled, retrying while the previous holder's file lock is still being released
 /// (sled's background threads, or a network filesystem releasing locks asynchronously).
-fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
+fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled::Db, sled::Tree)> {
     let mut backoff = Duration::from_millis(1);
     let mut repaired = false;
     loop {
@@ -817,7 +857,12 @@ fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<sled::Db> {
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(None);
         match config.open() {
-            Ok(db) => return Ok(db),
+            Ok(db) => {
+                let tree = db
+                    .open_tree(VOLUMES_TREE)
+                    .map_err(|e| Error::Store(format!("opening the volumes tree: {e}")))?;
+                return Ok((db, tree));
+            }
             Err(sled::Error::Corruption { .. })
                 if !repaired && remove_unfinished_snapshots(&layout.meta_dir())? > 0 =>
             {
@@ -880,6 +925,34 @@ fn fsync_log(meta: &std::path::Path, with_folder: bool) -> Result<()> {
             .map_err(|e| Error::io(format!("fsync {}", p.display()), e))?;
     }
     Ok(())
+}
+
+/// The first job plus whatever else is queued, up to [`MAX_BATCH`]. A `Stop` is taken out
+/// and noted in `stopping`.
+fn gather(first: Job, jobs: &std::sync::mpsc::Receiver<Job>, stopping: &mut bool) -> Vec<Job> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    let before = batch.len();
+    batch.retain(|j| !matches!(j, Job::Stop));
+    *stopping |= batch.len() != before;
+    batch
+}
+
+/// How long one hold of the cluster lock may last: long enough that opening sled is at
+/// most a third of it, and never less than [`MIN_HOLD`].
+fn hold_limit(open_cost: Duration) -> Duration {
+    (open_cost * HOLD_PER_OPEN).max(MIN_HOLD)
+}
+
+fn send_all(replies: Vec<Reply>) {
+    for reply in replies {
+        reply.send();
+    }
 }
 
 fn fail_all(batch: Vec<Job>, e: &Error) -> Vec<Reply> {
