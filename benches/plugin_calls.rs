@@ -9,6 +9,8 @@
 //! - `CARAVAN_BENCH_ROOT`: the shared root to measure (default: a temporary local folder);
 //! - `CARAVAN_BENCH_OPS`: calls per client per operation (default 200; smoke: 10);
 //! - `CARAVAN_BENCH_LIST_VOLUMES`: volumes for the List-at-scale figure (default 10000; smoke: 200).
+//! - `CARAVAN_BENCH_LOG`: the daemons' `--log-level` (default `warn`; `debug` logs each hold
+//!   of the cluster lock and each commit with their times).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -367,8 +369,8 @@ impl BenchDaemon {
                 "--config",
                 "/dev/null",
                 "--log-level",
-                "warn",
             ])
+            .arg(std::env::var("CARAVAN_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .arg("--root")
             .arg(root)
             .arg("--state-dir")

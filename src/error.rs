@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{what} did not finish within {}s; the shared export may be slow or unreachable", .after.as_secs())]
     Timeout { what: String, after: Duration },
 
+    /// A transient conflict between calls; trying again succeeds.
+    #[error("{0}")]
+    Busy(String),
+
     #[error("the daemon is shutting down; try again once it is back")]
     ShuttingDown,
 
@@ -70,7 +74,7 @@ impl Error {
             Error::Invalid(_) => 400,
             Error::NoSuchVolume(_) | Error::NotMounted(_) => 404,
             Error::Conflict { .. } | Error::InUse { .. } | Error::ExclusiveHeld { .. } => 409,
-            Error::Timeout { .. } | Error::ShuttingDown => 503,
+            Error::Timeout { .. } | Error::ShuttingDown | Error::Busy(_) => 503,
             Error::Io { .. } | Error::Store(_) => 500,
         }
     }

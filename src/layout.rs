@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::volume::{VolumeOptions, VolumeRecord};
+use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};
 
 /// Paths on the shared root.
 #[derive(Debug, Clone)]
@@ -102,6 +102,32 @@ impl SharedLayout {
     /// Creates (or adopts, when retained data is already there) a volume's folders and
     /// writes its record beside the data. Returns whether existing data was adopted.
     pub fn create_volume(&self, record: &VolumeRecord) -> Result<bool> {
+        if self.prepare_volume(record)? {
+            return Ok(false);
+        }
+        let data = self.data_dir(&record.name);
+        let m = fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
+        if !m.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} exists and is not a directory; move it away and create the volume again",
+                data.display()
+            )));
+        }
+        apply_ownership(&data, &record.options)?;
+        self.write_record_file(record)?;
+        Ok(true)
+    }
+
+    fn write_record_file(&self, record: &VolumeRecord) -> Result<()> {
+        write_atomically(
+            &self.record_file(&record.name),
+            &serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize"),
+        )
+    }
+
+    /// Makes a new volume's folders and `volume.json`. Returns false, touching nothing,
+    /// when the data folder already exists (see [`SharedLayout::create_volume`]).
+    fn prepare_volume(&self, record: &VolumeRecord) -> Result<bool> {
         let vdir = self.volume_dir(&record.name);
         fs::DirBuilder::new()
             .recursive(true)
@@ -109,27 +135,24 @@ impl SharedLayout {
             .create(&vdir)
             .ctx(|| format!("creating {}", vdir.display()))?;
         let data = self.data_dir(&record.name);
-        let adopted = match fs::DirBuilder::new().mode(0o755).create(&data) {
-            Ok(()) => false,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let m =
-                    fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
-                if !m.is_dir() {
-                    return Err(Error::invalid(format!(
-                        "{} exists and is not a directory; move it away and create the volume again",
-                        data.display()
-                    )));
-                }
-                true
-            }
+        match fs::DirBuilder::new().mode(0o755).create(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
-        };
+        }
         apply_ownership(&data, &record.options)?;
-        write_atomically(
-            &self.record_file(&record.name),
-            &serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize"),
-        )?;
-        Ok(adopted)
+        self.write_record_file(record)?;
+        Ok(true)
+    }
+
+    /// Puts a removed volume's data where its `on_delete` says: the trash (with `tag`
+    /// making the name unique), the archive, or left in place. Returns where it went.
+    pub fn dispose_volume(&self, record: &VolumeRecord, tag: &str) -> Result<Option<PathBuf>> {
+        match record.options.on_delete {
+            OnDelete::Delete => self.trash_volume(&record.name, tag),
+            OnDelete::Archive => self.archive_volume(&record.name),
+            OnDelete::Retain => self.retain_volume(&record.name).map(|()| None),
+        }
     }
 
     /// Moves a removed volume's folder into the trash (deleted later, off the lock) and
@@ -168,13 +191,23 @@ impl SharedLayout {
 
     /// Deletes everything in the trash. Never follows symlinks: `std::fs::remove_dir_all`
     /// unlinks a symlink instead of descending into it (since Rust 1.58.1, CVE-2022-21658).
+    /// Every node's janitor may empty the trash at the same time: an entry that another one
+    /// deleted first is not an error, and one entry that cannot be deleted does not keep
+    /// the others. Returns the first error.
     pub fn empty_trash(&self) -> Result<()> {
         let trash = self.trash_dir();
+        let mut first_error = None;
         for entry in fs::read_dir(&trash).ctx(|| format!("reading {}", trash.display()))? {
             let path = entry.ctx(|| format!("reading {}", trash.display()))?.path();
-            remove_tree(&path)?;
+            match remove_tree(&path) {
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -254,7 +287,11 @@ pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
 }
 
 fn write_via_rename(path: &Path, content: &[u8], durable: bool) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per write: threads of one daemon may write the same file at once (two
+    // creates of one new volume), and daemons on two hosts may share a pid.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(content)?;

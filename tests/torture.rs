@@ -244,6 +244,12 @@ fn torture_three_nodes_with_kills() {
         "nodes disagree: {lists:?}"
     );
     let a = daemons[0].read().unwrap();
+    // Every volume has its data: no record was committed without its folder, and no
+    // remove moved the folder of a volume created again since.
+    for name in &lists[0] {
+        let data = roots[0].join("volumes").join(name).join("data");
+        assert!(data.is_dir(), "{name} is listed but {data:?} is missing");
+    }
 
     // 2. Acknowledged creates and removes hold.
     for l in &ledgers {

@@ -20,7 +20,6 @@
 //! small read, and reloads (under the lock) only when it moved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,21 +27,24 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::layout::{replace_file, SharedLayout};
+use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
 use crate::node::{Liveness, Nodes};
-use crate::volume::{Access, Holder, Takeover, VolumeOptions, VolumeRecord, TAKEOVER_HISTORY};
+use crate::volume::{
+    Access, Holder, OnDelete, Takeover, VolumeOptions, VolumeRecord, TAKEOVER_HISTORY,
+};
 
-const VOLUMES_TREE: &str = "volumes";
-const GENERATION_KEY: &str = "generation";
-/// sled's segment size (see `open_db`).
-const SEGMENT_SIZE: usize = 64 << 10;
+mod hint;
+mod sled_files;
+
+use hint::HintWriter;
+use sled_files::{fsync_log, open_db, read_generation, GENERATION_KEY};
+
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
-/// How long a hold of the cluster lock waits for more work after a commit. Long enough for
-/// a caller to get its answer and send the next call; short enough that an idle node
-/// gives the lock back almost at once.
-const LINGER: Duration = Duration::from_millis(3);
+/// Bounds of how long a hold of the cluster lock waits for more work after a commit (see
+/// [`linger`]).
+const LINGER: (Duration, Duration) = (Duration::from_millis(3), Duration::from_millis(25));
 /// Shortest hold limit (see [`hold_limit`]).
 const MIN_HOLD: Duration = Duration::from_millis(50);
 /// A hold may last this many times what opening sled cost in it.
@@ -166,6 +168,8 @@ pub struct Store {
     stats: Arc<Mutex<StoreStats>>,
     timeout: Duration,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The last generation-hint read: when it started, and what it found.
+    hint_read: Arc<tokio::sync::Mutex<Option<(Instant, u64)>>>,
 }
 
 impl Store {
@@ -186,7 +190,8 @@ impl Store {
             timeout,
             trash_tag: 0,
             synced_folder: false,
-            trashed: false,
+            trashed: Vec::new(),
+            janitor: None,
             nodes,
         };
         let thread = std::thread::Builder::new()
@@ -200,6 +205,7 @@ impl Store {
             stats,
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
+            hint_read: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -214,17 +220,7 @@ impl Store {
 
     /// The current state: the in-memory copy, reloaded first if another node committed.
     pub async fn snapshot(&self) -> Result<RwLockReadGuard<'_, Snapshot>> {
-        let file = self.layout.generation_file();
-        let hint = tokio::time::timeout(
-            self.timeout,
-            tokio::task::spawn_blocking(move || read_generation_file(&file)),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "reading the cluster generation".into(),
-            after: self.timeout,
-        })?
-        .map_err(|e| Error::Store(format!("generation check failed: {e}")))??;
+        let hint = self.read_hint().await?;
         let fresh = {
             let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
             c.loaded && c.hint == hint
@@ -237,6 +233,41 @@ impl Store {
             self.wait(rx, "reloading the cluster metadata").await??;
         }
         Ok(self.cache.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the generation hint, sharing one read among concurrent callers: a caller
+    /// waits for the read in flight and takes its answer only if that read started after
+    /// the caller arrived (so it saw every commit that returned before), and otherwise
+    /// reads again itself. dockerd sends bursts of Gets (one before every Mount and
+    /// Unmount, one per volume at its start); on a network filesystem each read is a
+    /// round trip.
+    async fn read_hint(&self) -> Result<u64> {
+        let arrived = Instant::now();
+        let mut last = tokio::time::timeout(self.timeout, self.hint_read.lock())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "waiting for the cluster generation check".into(),
+                after: self.timeout,
+            })?;
+        if let Some((started, value)) = *last {
+            if started >= arrived {
+                return Ok(value);
+            }
+        }
+        let started = Instant::now();
+        let file = self.layout.generation_file();
+        let value = tokio::time::timeout(
+            self.timeout,
+            tokio::task::spawn_blocking(move || hint::read(&file)),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "reading the cluster generation".into(),
+            after: self.timeout,
+        })?
+        .map_err(|e| Error::Store(format!("generation check failed: {e}")))??;
+        *last = Some((started, value));
+        Ok(value)
     }
 
     /// The in-memory copy as it is, without checking the export.
@@ -275,20 +306,6 @@ impl Store {
     }
 }
 
-fn read_generation_file(path: &std::path::Path) -> Result<u64> {
-    match fs::read_to_string(path) {
-        Ok(s) => s.trim().parse().map_err(|_| {
-            Error::Store(format!(
-                "{} holds {:?}, not a number; it is rewritten by the next commit",
-                path.display(),
-                s.chars().take(30).collect::<String>()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-    }
-}
-
 /// The store thread's state.
 struct Worker {
     layout: SharedLayout,
@@ -298,8 +315,10 @@ struct Worker {
     trash_tag: u64,
     /// Whether sled's folder was fsynced once by this process.
     synced_folder: bool,
-    /// Whether the current batch moved a removed volume into the trash.
-    trashed: bool,
+    /// What the current hold moved into the trash.
+    trashed: Vec<PathBuf>,
+    /// The janitor thread, which deletes what is put into the trash.
+    janitor: Option<std::sync::mpsc::Sender<Vec<PathBuf>>>,
     /// Liveness of the other nodes; `None` treats every node as alive.
     nodes: Option<Arc<Nodes>>,
 }
@@ -311,15 +330,8 @@ enum AfterCommit {
 }
 
 impl Worker {
-    fn empty_trash(&self) {
-        if let Err(e) = self.layout.empty_trash() {
-            tracing::warn!("emptying the trash: {e}");
-        }
-    }
-
     fn run(&mut self, jobs: std::sync::mpsc::Receiver<Job>) {
-        // Whatever an earlier run of this node left in the trash (a crash after a remove).
-        self.empty_trash();
+        self.janitor = start_janitor(self.layout.clone());
         let mut stopping = false;
         while !stopping {
             let Ok(first) = jobs.recv() else { break };
@@ -327,11 +339,9 @@ impl Worker {
             if !batch.is_empty() {
                 self.run_session(batch, &jobs, &mut stopping);
             }
-            // Deleting removed data can take long: never under the lock, and after
-            // replying; and only when a batch put something there (a readdir on a network
-            // filesystem is a round trip).
-            if std::mem::take(&mut self.trashed) {
-                self.empty_trash();
+            let trashed = std::mem::take(&mut self.trashed);
+            if let (Some(janitor), false) = (&self.janitor, trashed.is_empty()) {
+                let _ = janitor.send(trashed);
             }
         }
         // Jobs that arrived after Stop get ShuttingDown when their senders drop.
@@ -362,8 +372,8 @@ impl Worker {
             stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
             stats.sessions += 1;
         }
-        let (db, tree) = match open_db(&self.layout, deadline) {
-            Ok(opened) => opened,
+        let mut open = match OpenStore::open(&self.layout, deadline) {
+            Ok(open) => open,
             Err(e) => {
                 lock.release();
                 return send_all(fail_all(batch, &e));
@@ -371,6 +381,7 @@ impl Worker {
         };
         let open_cost = locked.elapsed();
         let limit = hold_limit(open_cost);
+        let linger = linger(open_cost);
         tracing::debug!(
             lock_wait_ms = wait_ms,
             open_ms = open_cost.as_secs_f64() * 1e3,
@@ -378,7 +389,7 @@ impl Worker {
         );
         loop {
             let commit_started = Instant::now();
-            let (replies, ok) = self.commit_locked(&db, &tree, batch);
+            let (replies, ok) = self.commit_locked(&mut open, batch);
             // Replies go out at once: the commit is durable, and callers that answer
             // quickly (the next Mount of a busy host) land in this same hold.
             send_all(replies);
@@ -389,7 +400,7 @@ impl Worker {
             if !ok || *stopping || locked.elapsed() >= limit {
                 break;
             }
-            match jobs.recv_timeout(LINGER) {
+            match jobs.recv_timeout(linger) {
                 Ok(job) => batch = gather(job, jobs, stopping),
                 Err(_) => break,
             }
@@ -398,8 +409,7 @@ impl Worker {
             }
         }
         // sled's file lock must be gone before the cluster lock is released.
-        drop(tree);
-        drop(db);
+        drop(open);
         lock.release();
         tracing::debug!(
             held_ms = locked.elapsed().as_secs_f64() * 1e3,
@@ -409,26 +419,26 @@ impl Worker {
 
     /// One commit inside a hold of the lock. Returns the replies to send, and whether the
     /// commit went through (after a failure the hold ends and the next one reopens sled).
-    fn commit_locked(
-        &mut self,
-        db: &sled::Db,
-        tree: &sled::Tree,
-        batch: Vec<Job>,
-    ) -> (Vec<Reply>, bool) {
+    fn commit_locked(&mut self, open: &mut OpenStore, batch: Vec<Job>) -> (Vec<Reply>, bool) {
         let t0 = Instant::now();
         let refresh = batch.iter().any(|j| matches!(j, Job::Refresh { .. }));
-        if let Err(e) = self.sync_cache(db, tree, refresh) {
+        if let Err(e) = self.sync_cache(&open.db, &open.tree, refresh) {
             return (fail_all(batch, &e), false);
         }
 
-        // Decide every mutation in memory, on an overlay of the cache.
+        // Folders of new volumes first, all at once; then decide every mutation in
+        // memory, on an overlay of the cache.
+        let mut prepared = self.prepare_creates(&batch);
         let mut overlay: BTreeMap<String, Option<VolumeRecord>> = BTreeMap::new();
         let decided: Vec<_> = batch
             .into_iter()
             .filter_map(|job| match job {
-                Job::Apply { mutation, reply } => {
-                    Some(Decided::Apply(reply, self.decide(&mutation, &mut overlay)))
-                }
+                Job::Apply {
+                    mutation, reply, ..
+                } => Some(Decided::Apply(
+                    reply,
+                    self.decide(&mutation, &mut overlay, &mut prepared),
+                )),
                 Job::Refresh { reply } => Some(Decided::Refresh(reply)),
                 Job::Stop => None,
             })
@@ -442,14 +452,9 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner())
                 .generation)
         } else {
-            self.write(db, tree, &overlay)
+            self.write(open, &overlay)
         };
-        tracing::debug!(
-            jobs = decided.len(),
-            decide_ms = t_decide.as_secs_f64() * 1e3,
-            write_ms = (t0.elapsed() - t_decide).as_secs_f64() * 1e3,
-            "commit"
-        );
+        let t_write = t0.elapsed();
 
         let generation = match committed {
             Ok(g) => g,
@@ -478,17 +483,19 @@ impl Worker {
             cache.hint = generation;
             cache.last_sync = Some(SystemTime::now());
         }
-        let mut replies = Vec::new();
-        let mut mutations = 0;
-        for d in decided {
-            replies.push(match d {
-                Decided::Apply(r, decision) => {
-                    mutations += 1;
-                    Reply::Apply(r, decision.and_then(|d| self.after_commit(d)))
-                }
-                Decided::Refresh(r) => Reply::Refresh(r, Ok(())),
-            });
-        }
+        let mutations = decided
+            .iter()
+            .filter(|d| matches!(d, Decided::Apply(..)))
+            .count() as u64;
+        let jobs = decided.len();
+        let replies = self.after_commit(decided);
+        tracing::debug!(
+            jobs,
+            decide_ms = t_decide.as_secs_f64() * 1e3,
+            write_ms = (t_write - t_decide).as_secs_f64() * 1e3,
+            after_ms = (t0.elapsed() - t_write).as_secs_f64() * 1e3,
+            "commit"
+        );
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.commits += 1;
         stats.mutations += mutations;
@@ -502,7 +509,7 @@ impl Worker {
     fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree, read_hint: bool) -> Result<()> {
         let stored = read_generation(db)?;
         let hint = if read_hint {
-            read_generation_file(&self.layout.generation_file()).unwrap_or(stored)
+            hint::read(&self.layout.generation_file()).unwrap_or(stored)
         } else {
             stored
         };
@@ -541,6 +548,7 @@ impl Worker {
         &mut self,
         m: &Mutation,
         overlay: &mut BTreeMap<String, Option<VolumeRecord>>,
+        prepared: &mut Prepared,
     ) -> Result<(Outcome, AfterCommit)> {
         let current = |name: &str, overlay: &BTreeMap<String, Option<VolumeRecord>>| match overlay
             .get(name)
@@ -577,11 +585,22 @@ impl Worker {
                     name: name.clone(),
                     existing: existing.options.to_string(),
                 }),
+                // Removed earlier in this batch: its folder goes to the trash after the
+                // commit, so a create now would be left without data.
+                None if overlay.contains_key(name) => Err(Error::Busy(format!(
+                    "volume {name} was removed by a call committed together with this one; create it again"
+                ))),
                 None => {
-                    let record = VolumeRecord::new(name, node, options.clone());
                     // Folders first: a crash after this and before the commit leaves a
                     // folder that the next create adopts, never a record without data.
-                    let adopted = self.layout.create_volume(&record)?;
+                    let (record, adopted) = match prepared.remove(name) {
+                        Some((record, adopted)) => (record, adopted?),
+                        None => {
+                            let record = VolumeRecord::new(name, node, options.clone());
+                            let adopted = self.layout.create_volume(&record)?;
+                            (record, adopted)
+                        }
+                    };
                     put(overlay, &record);
                     let created = Outcome::Created {
                         record,
@@ -758,21 +777,18 @@ impl Worker {
     /// Writes the overlay and the next generation, durably. Returns the new generation.
     fn write(
         &mut self,
-        db: &sled::Db,
-        tree: &sled::Tree,
+        open: &mut OpenStore,
         overlay: &BTreeMap<String, Option<VolumeRecord>>,
     ) -> Result<u64> {
+        let (db, tree) = (&open.db, &open.tree);
         let store_err = |what: &str, e: sled::Error| Error::Store(format!("{what}: {e}"));
         let next = read_generation(db)? + 1;
+        let t0 = Instant::now();
         // The hint goes first: a reader that sees it reloads under the lock, after this
         // commit. A crash after this line leaves a hint ahead of sled, which costs readers
-        // one reload, never a stale answer. It is not fsynced: it is a hint, other nodes
-        // see it at once (the rename, and close-to-open consistency on NFS), and only a
-        // crash of the file server itself could take it back.
-        replace_file(
-            &self.layout.generation_file(),
-            format!("{next}\n").as_bytes(),
-        )?;
+        // one reload, never a stale answer.
+        open.hint.write(next)?;
+        let t_hint = t0.elapsed();
         let mut batch = sled::Batch::default();
         for (name, rec) in overlay {
             match rec {
@@ -788,143 +804,183 @@ impl Worker {
         db.insert(GENERATION_KEY, &next.to_be_bytes())
             .map_err(|e| store_err("writing the generation", e))?;
         db.flush().map_err(|e| store_err("flushing", e))?;
+        let t_flushed = t0.elapsed();
         fsync_log(&self.layout.meta_dir(), !self.synced_folder)?;
         self.synced_folder = true;
+        tracing::trace!(
+            hint_ms = t_hint.as_secs_f64() * 1e3,
+            sled_ms = (t_flushed - t_hint).as_secs_f64() * 1e3,
+            fsync_ms = (t0.elapsed() - t_flushed).as_secs_f64() * 1e3,
+            "commit written"
+        );
         Ok(next)
     }
 
-    /// Runs the filesystem work that follows a commit and fills in the outcome.
-    fn after_commit(&mut self, (mut outcome, after): (Outcome, AfterCommit)) -> Result<Outcome> {
-        if let AfterCommit::Dispose(record) = after {
-            let moved = match record.options.on_delete {
-                crate::volume::OnDelete::Delete => {
-                    self.trash_tag += 1;
-                    self.trashed = true;
-                    let tag = format!("{}.{}", std::process::id(), self.trash_tag);
-                    self.layout.trash_volume(&record.name, &tag)
-                }
-                crate::volume::OnDelete::Archive => self.layout.archive_volume(&record.name),
-                crate::volume::OnDelete::Retain => {
-                    self.layout.retain_volume(&record.name).map(|()| None)
-                }
-            };
-            match moved {
-                Ok(to) => {
-                    if let Outcome::Removed { moved_to, .. } = &mut outcome {
-                        *moved_to = to;
+    /// Makes the folders of the batch's new volumes (one per name not in the cache), all
+    /// at once: on a network filesystem each step is a round trip, and they are
+    /// independent. Under the lock, so no remove can move a folder in between. (Making
+    /// them before taking the lock was tried and measured slower: a single caller's next
+    /// create then arrives too late to share the hold of the lock, and with many callers
+    /// the file server serializes the folder work anyway.)
+    fn prepare_creates(&self, batch: &[Job]) -> Prepared {
+        let mut records = BTreeMap::new();
+        {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            for job in batch {
+                if let Job::Apply {
+                    mutation:
+                        Mutation::Create {
+                            name,
+                            options,
+                            node,
+                        },
+                    ..
+                } = job
+                {
+                    if !cache.volumes.contains_key(name) && !records.contains_key(name) {
+                        records
+                            .insert(name.clone(), VolumeRecord::new(name, node, options.clone()));
                     }
                 }
-                // The record is gone; the data stays in place and a later create adopts it.
-                Err(e) => {
-                    tracing::error!(volume = %record.name, "volume removed but its data could not be moved: {e}")
+            }
+        }
+        let list: Vec<VolumeRecord> = records.into_values().collect();
+        let results = in_parallel(&list, |r| self.layout.create_volume(r));
+        list.into_iter()
+            .zip(results)
+            .map(|(r, adopted)| (r.name.clone(), (r, adopted)))
+            .collect()
+    }
+
+    /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at
+    /// once) and turns the decisions into replies.
+    fn after_commit(&mut self, decided: Vec<Decided>) -> Vec<Reply> {
+        let mut disposals = Vec::new();
+        for d in &decided {
+            if let Decided::Apply(_, Ok((_, AfterCommit::Dispose(record)))) = d {
+                let tag = if record.options.on_delete == OnDelete::Delete {
+                    self.trash_tag += 1;
+                    // Unique across nodes too: two hosts can run daemons with the same pid.
+                    let nanos = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or(0);
+                    format!("{}.{}.{nanos}", std::process::id(), self.trash_tag)
+                } else {
+                    String::new()
+                };
+                disposals.push((record.clone(), tag));
+            }
+        }
+        let mut moved = in_parallel(&disposals, |(record, tag)| {
+            self.layout.dispose_volume(record, tag)
+        })
+        .into_iter();
+        decided
+            .into_iter()
+            .map(|d| match d {
+                Decided::Apply(r, Ok((mut outcome, AfterCommit::Dispose(record)))) => {
+                    match moved.next().expect("one result per disposal") {
+                        Ok(to) => {
+                            if let (Some(path), OnDelete::Delete) =
+                                (&to, record.options.on_delete)
+                            {
+                                self.trashed.push(path.clone());
+                            }
+                            if let Outcome::Removed { moved_to, .. } = &mut outcome {
+                                *moved_to = to;
+                            }
+                        }
+                        // The record is gone; the data stays in place and a later create
+                        // adopts it.
+                        Err(e) => {
+                            tracing::error!(volume = %record.name, "volume removed but its data could not be moved: {e}")
+                        }
+                    }
+                    Reply::Apply(r, Ok(outcome))
+                }
+                Decided::Apply(r, decision) => Reply::Apply(r, decision.map(|(o, _)| o)),
+                Decided::Refresh(r) => Reply::Refresh(r, Ok(())),
+            })
+            .collect()
+    }
+}
+
+/// What one hold of the cluster lock keeps open.
+struct OpenStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    hint: HintWriter,
+}
+
+impl OpenStore {
+    fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
+        let (db, tree) = open_db(layout, deadline)?;
+        let hint = HintWriter::open(&layout.generation_file())?;
+        Ok(OpenStore { db, tree, hint })
+    }
+}
+
+/// Folders made for a batch's new volumes: name → (record, whether an existing folder was
+/// adopted).
+type Prepared = BTreeMap<String, (VolumeRecord, Result<bool>)>;
+
+/// How many threads a batch's folder work may use at once.
+const PARALLEL_IO: usize = 16;
+
+/// `f` over every item, on up to [`PARALLEL_IO`] threads; results in the items' order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per_thread = items.len().div_ceil(PARALLEL_IO);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|chunk| s.spawn(|| chunk.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// Starts the thread that deletes what removes put in the trash: first whatever is there
+/// (a crash after a remove, on any node), then what this node's removes send it. Deleting
+/// a volume's data can take long (one round trip per file on a network filesystem), so it
+/// never runs under the lock or in the store thread, where it would hold up every commit.
+/// Each node deletes only its own entries after that: janitors of three nodes reading and
+/// deleting the same folder would triple the work on the export.
+fn start_janitor(layout: SharedLayout) -> Option<std::sync::mpsc::Sender<Vec<PathBuf>>> {
+    let (send, trashed) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+    let spawned = std::thread::Builder::new()
+        .name("caravan-janitor".into())
+        .spawn(move || {
+            if let Err(e) = layout.empty_trash() {
+                tracing::warn!("emptying the trash: {e}");
+            }
+            // Ends when the store thread drops its sender.
+            while let Ok(paths) = trashed.recv() {
+                for path in paths {
+                    match crate::layout::remove_tree(&path) {
+                        Err(Error::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::warn!("emptying the trash: {e}"),
+                        Ok(()) => {}
+                    }
                 }
             }
-        }
-        Ok(outcome)
-    }
-}
-
-fn read_generation(db: &sled::Db) -> Result<u64> {
-    match db.get(GENERATION_KEY) {
-        Ok(Some(v)) if v.len() == 8 => {
-            Ok(u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")))
-        }
-        Ok(Some(v)) => Err(Error::Store(format!(
-            "the stored generation has {} bytes instead of 8; the metadata needs a repair",
-            v.len()
-        ))),
-        Ok(None) => Ok(0),
-        Err(e) => Err(Error::Store(format!("reading the generation: {e}"))),
-    }
-}
-
-/// Opens sled, retrying while the previous holder's file lock is still being released
-/// (sled's background threads, or a network filesystem releasing locks asynchronously).
-fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled::Db, sled::Tree)> {
-    let mut backoff = Duration::from_millis(1);
-    let mut repaired = false;
-    loop {
-        // Small segments: sled allocates its I/O buffers per open, in segment-sized pieces,
-        // and does not give all of it back on close. With the default 512 KiB segments a
-        // daemon that opens sled for every commit grew past 100 MiB within a few thousand
-        // commits; with 64 KiB it stays near 25 MiB. The metadata is small (a few hundred
-        // bytes per volume), so nothing is lost. This is fixed when the database is
-        // created (sled keeps it in `conf`).
-        let config = sled::Config::new()
-            .path(layout.meta_dir())
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(4 << 20)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(None);
-        match config.open() {
-            Ok(db) => {
-                let tree = db
-                    .open_tree(VOLUMES_TREE)
-                    .map_err(|e| Error::Store(format!("opening the volumes tree: {e}")))?;
-                return Ok((db, tree));
-            }
-            Err(sled::Error::Corruption { .. })
-                if !repaired && remove_unfinished_snapshots(&layout.meta_dir())? > 0 =>
-            {
-                repaired = true;
-            }
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => {
-                return Err(Error::Store(format!(
-                    "opening {}: {e}",
-                    layout.meta_dir().display()
-                )))
-            }
+        });
+    match spawned {
+        Ok(_) => Some(send),
+        Err(e) => {
+            tracing::warn!(
+                "could not start the trash janitor, removed data stays in the trash: {e}"
+            );
+            None
         }
     }
-}
-
-/// sled 0.34 writes a snapshot while it opens (`snap.<lsn>.generating`, then a rename),
-/// but when it looks for the latest snapshot it does not skip `.generating` files. A kill
-/// during that write leaves a partial file that makes every later open fail with
-/// "Read corrupted data". Such a file is by definition unfinished, and the log it
-/// summarizes is still there, so it is safe to delete. Only called under the cluster lock,
-/// so no other process can be writing one. Called only when sled reports corruption;
-/// returns how many it removed.
-fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
-    let entries = match fs::read_dir(meta) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io(format!("reading {}", meta.display()), e)),
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            tracing::warn!(file = %entry.path().display(), "removing a snapshot left unfinished by a crash");
-            fs::remove_file(entry.path())
-                .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Makes the commit durable: fsyncs sled's log (`db`), and on this process's first commit
-/// its folder too (the log file may just have been created). sled's own flush uses
-/// `sync_file_range`, which does not make NFS send the data to the server. The snapshot
-/// sled writes while opening is fsynced by sled itself, and `conf` never changes.
-fn fsync_log(meta: &std::path::Path, with_folder: bool) -> Result<()> {
-    let folder = [meta.to_path_buf()];
-    let paths = std::iter::once(meta.join("db")).chain(folder.into_iter().filter(|_| with_folder));
-    for p in paths {
-        fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(format!("fsync {}", p.display()), e))?;
-    }
-    Ok(())
 }
 
 /// The first job plus whatever else is queued, up to [`MAX_BATCH`]. A `Stop` is taken out
@@ -947,6 +1003,14 @@ fn gather(first: Job, jobs: &std::sync::mpsc::Receiver<Job>, stopping: &mut bool
 /// most a third of it, and never less than [`MIN_HOLD`].
 fn hold_limit(open_cost: Duration) -> Duration {
     (open_cost * HOLD_PER_OPEN).max(MIN_HOLD)
+}
+
+/// How long a hold waits for more work after a commit: a quarter of what opening sled
+/// cost, within [`LINGER`]. Long enough for a caller to get its answer, finish its own
+/// work (a bind mount over a network filesystem takes a few round trips) and send the
+/// next call; short enough that waiting costs other nodes less than the open it saves.
+fn linger(open_cost: Duration) -> Duration {
+    (open_cost / 4).clamp(LINGER.0, LINGER.1)
 }
 
 fn send_all(replies: Vec<Reply>) {
@@ -1035,7 +1099,7 @@ mod tests {
         let (dir, store) = store();
         store.apply(create("one")).await.unwrap();
         // What a kill -9 during sled's snapshot write leaves behind.
-        fs::write(
+        std::fs::write(
             dir.path()
                 .join(".caravan/meta/snap.00000000FFFFFFFF.generating"),
             b"",
