@@ -342,7 +342,9 @@ fn sigterm_stops_cleanly_and_keeps_mounts_in_use() {
     d.spawn();
     // The daemon writes the spec just after it starts listening (dockerd must find a
     // socket that answers), so it may lag the socket by a moment.
-    util::eventually(std::time::Duration::from_secs(5), "the spec file", || spec.exists());
+    util::eventually(std::time::Duration::from_secs(5), "the spec file", || {
+        spec.exists()
+    });
     // Calls work without a new Activate (dockerd never re-activates).
     assert_eq!(
         node_count(&d, "busy", "a"),

@@ -192,6 +192,7 @@ impl Store {
             synced_folder: false,
             trashed: Vec::new(),
             janitor: None,
+            events: Vec::new(),
             nodes,
         };
         let thread = std::thread::Builder::new()
@@ -321,6 +322,55 @@ struct Worker {
     janitor: Option<std::sync::mpsc::Sender<Vec<PathBuf>>>,
     /// Liveness of the other nodes; `None` treats every node as alive.
     nodes: Option<Arc<Nodes>>,
+    /// What the batch being decided did to exclusive volumes, logged once it commits.
+    events: Vec<Event>,
+}
+
+/// A change to an exclusive volume, logged once its commit is durable, with the commit's
+/// generation: generations are cluster-wide and strictly increasing, so the logs of every
+/// node can be merged into one order without comparing clocks (the torture test checks
+/// from them that no two nodes ever held a volume at once).
+enum Event {
+    Granted {
+        volume: String,
+        node: String,
+        generation: u64,
+        from: Option<String>,
+        forced: bool,
+    },
+    ExclusiveMount {
+        volume: String,
+        node: String,
+        generation: u64,
+    },
+}
+
+impl Event {
+    fn log(self, commit: u64) {
+        match self {
+            Event::Granted {
+                volume,
+                node,
+                generation,
+                from: Some(from),
+                forced,
+            } => {
+                tracing::warn!(%volume, %from, %node, generation, forced, commit, "exclusive volume taken over")
+            }
+            Event::Granted {
+                volume,
+                node,
+                generation,
+                from: None,
+                ..
+            } => tracing::info!(%volume, %node, generation, commit, "exclusive volume granted"),
+            Event::ExclusiveMount {
+                volume,
+                node,
+                generation,
+            } => tracing::info!(%volume, %node, generation, commit, "exclusive mount committed"),
+        }
+    }
 }
 
 /// Filesystem work that must follow a successful commit (still under the lock).
@@ -456,6 +506,7 @@ impl Worker {
         };
         let t_write = t0.elapsed();
 
+        let events = std::mem::take(&mut self.events);
         let generation = match committed {
             Ok(g) => g,
             Err(e) => {
@@ -471,6 +522,9 @@ impl Worker {
                 return (replies, false);
             }
         };
+        for event in events {
+            event.log(generation);
+        }
         {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for (name, rec) in overlay {
@@ -647,6 +701,11 @@ impl Worker {
                     current(name, overlay).ok_or_else(|| Error::NoSuchVolume(name.clone()))?;
                 if record.options.access == Access::Exclusive {
                     self.claim(&mut record, node, false)?;
+                    self.events.push(Event::ExclusiveMount {
+                        volume: name.clone(),
+                        node: node.clone(),
+                        generation: record.generation,
+                    });
                 }
                 let node_count = record.add_mount(node, id);
                 put(overlay, &record);
@@ -719,7 +778,7 @@ impl Worker {
     /// Makes `node` the holder of an exclusive volume: a no-op for the holder itself, a
     /// grant when nobody holds it, a takeover when the holder is dead or left (or with
     /// `force`), and an error naming the holder while it is alive.
-    fn claim(&self, record: &mut VolumeRecord, node: &str, force: bool) -> Result<()> {
+    fn claim(&mut self, record: &mut VolumeRecord, node: &str, force: bool) -> Result<()> {
         let liveness = |n: &str| {
             self.nodes
                 .as_ref()
@@ -748,6 +807,7 @@ impl Worker {
             });
         }
         record.generation += 1;
+        let previous_holder = previous.clone();
         if let Some(from) = previous {
             // The old holder's mounts are void: it is gone, or fenced and must unmount.
             record.mounts.remove(&from);
@@ -756,9 +816,8 @@ impl Worker {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let forced = state == Some(Liveness::Alive);
-            tracing::warn!(volume = %record.name, from = %from, to = %node, generation = record.generation, forced, "exclusive volume taken over");
             record.takeovers.push(Takeover {
-                from,
+                from: from.clone(),
                 to: node.to_string(),
                 generation: record.generation,
                 at,
@@ -770,6 +829,13 @@ impl Worker {
         record.holder = Some(Holder {
             node: node.to_string(),
             generation: record.generation,
+        });
+        self.events.push(Event::Granted {
+            volume: record.name.clone(),
+            node: node.to_string(),
+            generation: record.generation,
+            from: previous_holder,
+            forced: state == Some(Liveness::Alive),
         });
         Ok(())
     }
