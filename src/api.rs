@@ -4,6 +4,7 @@
 //! | request | body | answer |
 //! |---|---|---|
 //! | `GET /v1/info` | | [`Info`](crate::service::Info) |
+//! | `GET /v1/health` | | [`HealthReport`](crate::health::HealthReport) (never touches the export) |
 //! | `GET /v1/volumes` | | list of [`VolumeView`](crate::service::VolumeView) |
 //! | `GET /v1/nodes` | | list of [`NodeInfo`](crate::service::NodeInfo) |
 //! | `POST /v1/volumes` | `{"name": "web", "options": {"size": "1G"}}` | the created volume |
@@ -78,6 +79,7 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
     let ok = |v: Value| Ok((200, v));
     match (method, parts.as_slice()) {
         ("GET", ["v1", "info"]) => ok(to_json(&svc.info().await?)),
+        ("GET", ["v1", "health"]) => ok(to_json(&svc.health())),
         ("GET", ["v1", "volumes"]) => ok(to_json(&svc.list().await?)),
         ("GET", ["v1", "nodes"]) => ok(to_json(&svc.nodes().await?)),
         ("POST", ["v1", "volumes"]) => {

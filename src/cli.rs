@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
 use crate::config::{DaemonArgs, DEFAULT_SOCKET};
+use crate::health::HealthReport;
 use crate::service::{Info, NodeInfo, VolumeView};
 
 /// The mount ID `caravan mount` uses when none is given.
@@ -458,8 +459,8 @@ pub fn inspect_text(v: &VolumeView) -> String {
 }
 
 fn info_text(i: &Info) -> String {
-    format!(
-        "Version:      {}\nNode:         {}\nRoot:         {}\nState dir:    {}\nVolumes:      {}\nMounted here: {} volume(s), {} mount(s)\nMounts total: {}\nGeneration:   {}\nUptime:       {}\nCommits:      {} ({} mutations, last lock wait {:.1} ms)\n",
+    let mut text = format!(
+        "Version:      {}\nNode:         {}\nRoot:         {}\nState dir:    {}\nVolumes:      {}\nMounted here: {} volume(s), {} mount(s)\nMounts total: {}\nGeneration:   {}\nUptime:       {}\nCommits:      {} ({} mutations)\nLock wait:    last {:.1} ms, max {:.1} ms\n",
         i.version,
         i.node,
         i.root,
@@ -473,7 +474,58 @@ fn info_text(i: &Info) -> String {
         i.store.commits,
         i.store.mutations,
         i.store.last_lock_wait_ms,
-    )
+        i.store.max_lock_wait_ms,
+    );
+    text.push_str(&health_text(&i.health));
+    if let Some(why) = &i.stale {
+        text.push_str(&format!(
+            "Stale:        figures above are the last known ({why})\n"
+        ));
+    }
+    text
+}
+
+fn health_text(h: &HealthReport) -> String {
+    let ago = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s ago"));
+    let mut text = String::new();
+    if let Some(r) = &h.root {
+        text.push_str(&format!(
+            "Filesystem:   {} from {}{}\n",
+            r.fs_type,
+            r.source,
+            if r.shared {
+                ""
+            } else {
+                " (local: volumes are not shared with other hosts)"
+            }
+        ));
+    }
+    text.push_str(&format!(
+        "Export:       {}\nLast success: {}\n",
+        if h.export_responding {
+            "responding".to_string()
+        } else {
+            format!(
+                "NOT RESPONDING (an operation has waited over {:.0} s)",
+                h.stall_after_secs
+            )
+        },
+        ago(h.last_success_secs_ago),
+    ));
+    if let Some(e) = &h.last_error {
+        text.push_str(&format!(
+            "Last error:   {e} ({})\n",
+            ago(h.last_error_secs_ago)
+        ));
+    }
+    for op in &h.stuck {
+        text.push_str(&format!("Waiting:      {} for {:.1} s\n", op.what, op.secs));
+    }
+    text.push_str(&format!(
+        "Blocking ops: {} of at most {}\n",
+        h.blocking_in_flight, h.blocking_cap
+    ));
+    text
 }
 
 #[cfg(test)]

@@ -29,6 +29,14 @@ pub struct DaemonArgs {
     /// (volumes are then not shared with other hosts).
     #[arg(long, env = "CARAVAN_ROOT")]
     pub root: Option<PathBuf>,
+    /// An NFSv4 export to mount at <state-dir>/export and use as the root, instead of
+    /// --root: SERVER:/EXPORT
+    #[arg(long, env = "CARAVAN_NFS", conflicts_with = "root")]
+    pub nfs: Option<String>,
+    /// Kernel NFS options over the defaults (vers=4.2,proto=tcp,hard,timeo=600,retrans=2),
+    /// comma-separated, e.g. vers=4.1,rsize=1048576
+    #[arg(long, env = "CARAVAN_NFS_OPTIONS", requires = "nfs")]
+    pub nfs_options: Option<String>,
     /// This node's name in the cluster [default: the host name]
     #[arg(long, env = "CARAVAN_NODE")]
     pub node: Option<String>,
@@ -68,6 +76,8 @@ pub struct DaemonArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     root: Option<PathBuf>,
+    nfs: Option<String>,
+    nfs_options: Option<String>,
     node: Option<String>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
@@ -85,6 +95,9 @@ pub struct DaemonConfig {
     pub root: PathBuf,
     /// True when no root was given and the local default is used.
     pub root_is_default: bool,
+    /// The NFS export the daemon mounts at `root` itself (`--nfs`).
+    pub nfs: Option<crate::nfs::NfsExport>,
+    pub nfs_options: Option<String>,
     pub node: String,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
@@ -155,9 +168,37 @@ impl DaemonArgs {
             .state_dir
             .or(file.state_dir)
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        let given_root = self.root.or(file.root);
-        let root_is_default = given_root.is_none();
-        let root = given_root.unwrap_or_else(|| state_dir.join("shared"));
+        let (root, nfs) = match (self.root, self.nfs) {
+            (Some(root), _) => (Some(root), None),
+            (None, Some(nfs)) => (None, Some(nfs)),
+            (None, None) => match (file.root, file.nfs) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid(
+                        "the config file sets both root and nfs: keep one (root for an export the host mounts itself, nfs for one caravan mounts)",
+                    ))
+                }
+                (root, nfs) => (root, nfs),
+            },
+        };
+        let nfs = nfs
+            .as_deref()
+            .map(crate::nfs::NfsExport::parse)
+            .transpose()?;
+        let nfs_options = self.nfs_options.or(file.nfs_options);
+        match (&nfs_options, &nfs) {
+            (Some(_), None) => return Err(Error::invalid("nfs_options is set without nfs")),
+            // Checked now, so a bad option fails before the server is even contacted.
+            (Some(o), Some(_)) => {
+                crate::nfs::mount_options(Some(o), std::net::Ipv4Addr::UNSPECIFIED.into())?;
+            }
+            _ => {}
+        }
+        let root_is_default = root.is_none() && nfs.is_none();
+        let root = match (&nfs, root) {
+            (Some(_), _) => crate::nfs::export_dir(&state_dir),
+            (None, Some(r)) => r,
+            (None, None) => state_dir.join("shared"),
+        };
         let node = match self.node.or(file.node) {
             Some(n) => n,
             None => nix::unistd::gethostname()
@@ -213,6 +254,8 @@ impl DaemonArgs {
         let mut cfg = DaemonConfig {
             root,
             root_is_default,
+            nfs,
+            nfs_options,
             node,
             state_dir,
             socket: self
@@ -251,7 +294,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
     toml::from_str(&text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, log_level",
             path.display()
         ))
     })

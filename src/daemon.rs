@@ -20,6 +20,7 @@ use warp::Filter;
 
 use crate::config::DaemonConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::health::Health;
 use crate::layout::{NodeLayout, SharedLayout};
 use crate::node::{HeartbeatState, Nodes};
 use crate::service::Service;
@@ -31,6 +32,18 @@ pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let nfs_mounted = match &cfg.nfs {
+        Some(export) => {
+            let (export, options, target) =
+                (export.clone(), cfg.nfs_options.clone(), cfg.root.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::nfs::mount(&export, options.as_deref(), &target)
+            })
+            .await
+            .map_err(|e| Error::Store(format!("mounting the NFS export: {e}")))??
+        }
+        None => false,
+    };
     let shared = SharedLayout::new(&cfg.root);
     if cfg.root_is_default {
         std::fs::DirBuilder::new()
@@ -43,7 +56,9 @@ pub async fn run(
             "no --root given: using a local folder; volumes are not shared with other hosts"
         );
     }
-    shared.init()?;
+    let root_info = crate::root::check(&shared, &cfg.node, cfg.timeout / 2)?;
+    tracing::info!(root = %cfg.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
+
     let local = NodeLayout {
         state_dir: cfg.state_dir.clone(),
     };
@@ -59,16 +74,19 @@ pub async fn run(
     )?);
     nodes.beat(HeartbeatState::Running)?;
     nodes.observe()?;
-    let store = Store::start(shared, cfg.timeout / 2, Some(nodes.clone()))?;
+    let health = Health::new(stall_after(cfg.timeout));
+    health.set_root(root_info);
+    let store = Store::start(shared, cfg.timeout / 2, Some(nodes.clone()), health.clone())?;
     let svc = Service::start(
         cfg.node.clone(),
         store.clone(),
         local,
         cfg.timeout / 2,
         nodes.clone(),
+        health.clone(),
     )
     .await?;
-    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone(), svc.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone(), svc.clone(), health));
 
     let listener = bind_socket(&cfg.socket)?;
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
@@ -118,6 +136,13 @@ pub async fn run(
     }
     let stopper = store.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
+    if nfs_mounted {
+        let target = cfg.root.clone();
+        match tokio::task::spawn_blocking(move || crate::nfs::unmount(&target)).await {
+            Ok(Ok(())) => tracing::info!("unmounted the NFS export"),
+            other => tracing::warn!("unmounting the NFS export: {other:?}"),
+        }
+    }
     tracing::info!("caravan daemon stopped");
     Ok(())
 }
@@ -125,7 +150,7 @@ pub async fn run(
 /// Writes this node's heartbeat and reads everyone else's, every interval, then fences. Each round runs
 /// off the async threads with a deadline; a round that hangs (a stalled export) is
 /// reported and the next one waits for it rather than piling up.
-async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
+async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>, health: Arc<Health>) {
     let mut tick = tokio::time::interval(nodes.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<tokio::task::JoinHandle<Result<()>>> = None;
@@ -146,11 +171,24 @@ async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
             svc.fence().await;
         }
         let n = nodes.clone();
+        let h = health.clone();
         pending = Some(tokio::task::spawn_blocking(move || {
-            n.beat(HeartbeatState::Running)?;
-            n.observe()
+            let _op = h.begin_internal("writing the heartbeat");
+            let r = n.beat(HeartbeatState::Running).and_then(|()| n.observe());
+            match &r {
+                Ok(()) => h.succeeded(),
+                Err(e) => h.failed(e),
+            }
+            r
         }));
     }
+}
+
+/// How long an operation on the export may wait before the export counts as stalled:
+/// a quarter of the call timeout, within 2 to 10 s (5 s by default). Past it, reads
+/// answer from the last known metadata and mutations fail at once.
+pub fn stall_after(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_secs(2), Duration::from_secs(10))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

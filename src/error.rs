@@ -37,6 +37,13 @@ pub enum Error {
     #[error("{what} did not finish within {}s; the shared export may be slow or unreachable", .after.as_secs())]
     Timeout { what: String, after: Duration },
 
+    #[error("{what}: the shared export is not responding ({oldest} has been waiting {}s); try again once it answers (`caravan info` shows its state)", .waited.as_secs())]
+    ExportStalled {
+        what: String,
+        oldest: String,
+        waited: Duration,
+    },
+
     /// A transient conflict between calls; trying again succeeds.
     #[error("{0}")]
     Busy(String),
@@ -74,7 +81,10 @@ impl Error {
             Error::Invalid(_) => 400,
             Error::NoSuchVolume(_) | Error::NotMounted(_) => 404,
             Error::Conflict { .. } | Error::InUse { .. } | Error::ExclusiveHeld { .. } => 409,
-            Error::Timeout { .. } | Error::ShuttingDown | Error::Busy(_) => 503,
+            Error::Timeout { .. }
+            | Error::ShuttingDown
+            | Error::Busy(_)
+            | Error::ExportStalled { .. } => 503,
             Error::Io { .. } | Error::Store(_) => 500,
         }
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
+use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
 use crate::node::{Liveness, NodeView, Nodes};
@@ -118,6 +119,9 @@ pub struct Info {
     pub generation: u64,
     pub uptime_secs: u64,
     pub store: StoreStats,
+    /// Set when the export did not answer: the figures are the last known ones.
+    pub stale: Option<String>,
+    pub health: HealthReport,
 }
 
 /// The node's volume service.
@@ -132,6 +136,7 @@ pub struct Service {
     fs_timeout: Duration,
     started: Instant,
     nodes: Arc<Nodes>,
+    health: Arc<Health>,
 }
 
 impl Service {
@@ -143,6 +148,7 @@ impl Service {
         local: NodeLayout,
         fs_timeout: Duration,
         nodes: Arc<Nodes>,
+        health: Arc<Health>,
     ) -> Result<Arc<Service>> {
         let svc = Arc::new(Service {
             node,
@@ -154,6 +160,7 @@ impl Service {
             fs_timeout,
             started: Instant::now(),
             nodes,
+            health,
         });
         svc.reconcile().await?;
         Ok(svc)
@@ -267,7 +274,26 @@ impl Service {
             node: self.node.clone(),
             id: id.to_string(),
         };
-        self.store.apply(mutation).await?;
+        if let Err(e) = self.store.apply(mutation).await {
+            if let Error::Timeout { .. } = e {
+                // The mount may still be committed after we gave up waiting (the store
+                // drops calls whose caller left, but one already being committed goes
+                // through). dockerd saw a failure and will never unmount this ID: queue
+                // the unmount that takes it back (an unknown ID is a no-op).
+                let undo = Mutation::Unmount {
+                    name: name.to_string(),
+                    node: self.node.clone(),
+                    id: id.to_string(),
+                };
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(u) = store.apply(undo).await {
+                        tracing::warn!("taking back a mount that timed out: {u}");
+                    }
+                });
+            }
+            return Err(e);
+        }
         self.forget_usage(name);
         let target = self.local.mountpoint(name);
         if !self.is_bound(name) {
@@ -380,7 +406,7 @@ impl Service {
     /// The mountpoint, if the volume is mounted on this node.
     pub async fn path(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
-        let snap = self.store.snapshot().await?;
+        let snap = self.store.read().await?.snapshot;
         if !snap.volumes.contains_key(name) {
             return Err(Error::NoSuchVolume(name.to_string()));
         }
@@ -395,35 +421,64 @@ impl Service {
     /// One volume, with its current usage.
     pub async fn get(&self, name: &str) -> Result<VolumeView> {
         validate_name(name)?;
-        let record = {
-            let snap = self.store.snapshot().await?;
-            snap.volumes
+        let (record, stale) = {
+            let read = self.store.read().await?;
+            let record = read
+                .snapshot
+                .volumes
                 .get(name)
                 .cloned()
-                .ok_or_else(|| Error::NoSuchVolume(name.to_string()))?
+                .ok_or_else(|| Error::NoSuchVolume(name.to_string()))?;
+            (record, read.stale)
         };
+        if let Some(why) = &stale {
+            tracing::warn!(volume = %name, "answering from the last known metadata: {why}");
+            let mut view = self.view(&record, None);
+            view.stale = true;
+            return Ok(view);
+        }
         let usage = self.usage_of(name).await;
         Ok(self.view(&record, usage))
     }
 
     /// Every volume (without usage, which would cost a walk of every volume).
     pub async fn list(&self) -> Result<Vec<VolumeView>> {
-        let snap = self.store.snapshot().await?;
-        Ok(snap.volumes.values().map(|r| self.view(r, None)).collect())
+        let read = self.store.read().await?;
+        let stale = read.stale.is_some();
+        Ok(read
+            .snapshot
+            .volumes
+            .values()
+            .map(|r| VolumeView {
+                stale,
+                ..self.view(r, None)
+            })
+            .collect())
     }
 
     /// Names and mountpoints only: what Docker's List needs, without building full views.
     pub async fn list_names(&self) -> Result<Vec<(String, PathBuf)>> {
-        let snap = self.store.snapshot().await?;
-        Ok(snap
+        let read = self.store.read().await?;
+        if let Some(why) = &read.stale {
+            tracing::warn!("List answered from the last known metadata: {why}");
+        }
+        Ok(read
+            .snapshot
             .volumes
             .keys()
             .map(|n| (n.clone(), self.local.mountpoint(n)))
             .collect())
     }
 
+    /// Whether the export answers; computed from memory only, so it answers even when
+    /// the export does not.
+    pub fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
     pub async fn info(&self) -> Result<Info> {
-        let snap = self.store.snapshot().await?;
+        let read = self.store.read().await?;
+        let (snap, stale) = (read.snapshot, read.stale);
         let mounts_total = snap
             .volumes
             .values()
@@ -447,12 +502,14 @@ impl Service {
             generation: snap.generation,
             uptime_secs: self.started.elapsed().as_secs(),
             store: self.store.stats(),
+            stale,
+            health: self.health.report(),
         })
     }
 
     /// Every node this node knows of, with its state and mounts.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
-        let snap = self.store.snapshot().await?;
+        let snap = self.store.read().await?.snapshot;
         let mut infos: Vec<NodeInfo> = self
             .nodes
             .views()
@@ -551,8 +608,9 @@ impl Service {
             }
         }
         let dir = self.shared().data_dir(name);
+        // A Get must answer even when the export does not: give up on the figure soon.
         let u = self
-            .blocking("measuring usage", move || {
+            .blocking_within("measuring usage", USAGE_BUDGET * 5, move || {
                 Ok(disk_usage(&dir, USAGE_BUDGET))
             })
             .await
@@ -588,12 +646,29 @@ impl Service {
         what: &str,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        match tokio::time::timeout(self.fs_timeout, tokio::task::spawn_blocking(f)).await {
+        self.blocking_within(what, self.fs_timeout, f).await
+    }
+
+    /// [`Service::blocking`] with its own deadline. The work is registered with
+    /// [`Health`] until it really ends (a thread blocked on a stalled export outlives the
+    /// caller's wait), and refused when too many are already stuck.
+    async fn blocking_within<T: Send + 'static>(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let ticket = self.health.begin(what)?;
+        let work = tokio::task::spawn_blocking(move || {
+            let _ticket = ticket;
+            f()
+        });
+        match tokio::time::timeout(limit, work).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
             Err(_) => Err(Error::Timeout {
                 what: what.to_string(),
-                after: self.fs_timeout,
+                after: limit,
             }),
         }
     }

@@ -60,6 +60,18 @@ fn daemon_flags_are_validated_before_anything_starts() {
         (vec!["--node", "bad/node"], "invalid node name"),
         (vec!["--driver-name", "../x"], "invalid driver name"),
         (vec!["--log-level", "loud"], "invalid log level"),
+        (vec!["--nfs", "nfs.example.com"], "expected SERVER:/EXPORT"),
+        (vec!["--nfs", "[fd00::1:/x"], "expected SERVER:/EXPORT"),
+        (
+            vec!["--nfs", "h:/x", "--root", "/srv"],
+            "cannot be used with",
+        ),
+        (vec!["--nfs-options", "vers=4.2"], "--nfs"),
+        (
+            vec!["--nfs", "h:/x", "--nfs-options", "nolock"],
+            "locks shared between hosts",
+        ),
+        (vec!["--nfs", "h:/x", "--nfs-options", "vers=3"], "NFSv4"),
     ] {
         let out = Command::cargo_bin("caravan")
             .unwrap()
@@ -72,6 +84,54 @@ fn daemon_flags_are_validated_before_anything_starts() {
         let err = stderr(&out);
         assert!(err.contains(expect), "{args:?}: {err}");
     }
+}
+
+/// The `--nfs` start-up errors that this machine can reach, in the order the daemon meets
+/// them: a name that does not resolve, a server that does not answer on 2049, and (with
+/// something listening there) a kernel without an NFS client.
+#[test]
+fn nfs_export_errors_say_what_is_wrong() {
+    if !require_root("nfs_export_errors_say_what_is_wrong") {
+        return;
+    }
+    let s = Scratch::new();
+    let daemon = |export: &str| {
+        let out = Command::cargo_bin("caravan")
+            .unwrap()
+            .arg("daemon")
+            .args(["--config", "/dev/null", "--node", "n1", "--nfs", export])
+            .arg("--state-dir")
+            .arg(s.path().join("state"))
+            .arg("--socket")
+            .arg(s.path().join("c.sock"))
+            .arg("--spec-dir")
+            .arg(s.path().join("spec"))
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{export}");
+        stderr(&out)
+    };
+    let err = daemon("no-such-host.invalid:/srv/caravan");
+    assert!(
+        err.contains("cannot resolve") || err.contains("resolves to no address"),
+        "{err}"
+    );
+    // 127.0.0.3: nothing listens on its port 2049.
+    let err = daemon("127.0.0.3:/srv/caravan");
+    assert!(err.contains("does not answer on port 2049"), "{err}");
+    let listener = std::net::TcpListener::bind("127.0.0.4:2049").unwrap();
+    if caravan::nfs::kernel_has_nfs4() {
+        eprintln!("this kernel has an NFSv4 client: the no-client error cannot be shown here");
+    } else {
+        let err = daemon("127.0.0.4:/srv/caravan");
+        assert!(
+            err.contains("no NFSv4 client") && err.contains("--root"),
+            "{err}"
+        );
+    }
+    drop(listener);
+    assert!(!s.path().join("spec").join("caravan.spec").exists());
 }
 
 #[test]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
 use crate::node::{Liveness, Nodes};
@@ -86,6 +87,20 @@ pub enum Mutation {
     },
 }
 
+impl Mutation {
+    /// What the mutation does, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Mutation::Create { .. } => "creating the volume",
+            Mutation::Remove { .. } => "removing the volume",
+            Mutation::Mount { .. } => "mounting the volume",
+            Mutation::Unmount { .. } => "unmounting the volume",
+            Mutation::Takeover { .. } => "taking the volume over",
+            Mutation::ReconcileNode { .. } => "reconciling this node's mounts",
+        }
+    }
+}
+
 /// What a mutation did.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -120,6 +135,16 @@ pub enum Outcome {
         /// Volumes that still have records for the node.
         kept: Vec<String>,
     },
+}
+
+/// How long a reader waits for the export before answering from the last known state.
+pub const READ_BUDGET: Duration = Duration::from_secs(2);
+
+/// What a reader gets: the state, and why it may be out of date.
+pub struct Read<'a> {
+    pub snapshot: RwLockReadGuard<'a, Snapshot>,
+    /// Set when the export did not answer: the state is the last one known.
+    pub stale: Option<String>,
 }
 
 /// The last committed state this node knows.
@@ -170,6 +195,7 @@ pub struct Store {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The last generation-hint read: when it started, and what it found.
     hint_read: Arc<tokio::sync::Mutex<Option<(Instant, u64)>>>,
+    health: Arc<Health>,
 }
 
 impl Store {
@@ -179,6 +205,7 @@ impl Store {
         layout: SharedLayout,
         timeout: Duration,
         nodes: Option<Arc<Nodes>>,
+        health: Arc<Health>,
     ) -> Result<Store> {
         let (queue, jobs) = std::sync::mpsc::channel();
         let cache = Arc::new(RwLock::new(Snapshot::default()));
@@ -194,6 +221,7 @@ impl Store {
             janitor: None,
             events: Vec::new(),
             nodes,
+            health: health.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("caravan-store".into())
@@ -207,16 +235,62 @@ impl Store {
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
             hint_read: Arc::new(tokio::sync::Mutex::new(None)),
+            health,
         })
     }
 
     /// Applies one mutation (group-committed with whatever else is queued).
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome> {
+        // With the export stalled, queueing would only make the caller wait out its
+        // timeout. An unmount is queued all the same (it must not be lost: dockerd will
+        // not send it again) and applied once the export answers.
+        if let Err(e) = self.health.refuse_if_stalled(mutation.describe()) {
+            if let Mutation::Unmount { .. } = mutation {
+                let (reply, _) = oneshot::channel();
+                let _ = self.queue.send(Job::Apply { mutation, reply });
+            }
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job::Apply { mutation, reply })
             .map_err(|_| Error::ShuttingDown)?;
         self.wait(rx, "committing to the cluster metadata").await?
+    }
+
+    /// The current state for a reader: fresh (reloaded first if another node committed)
+    /// when the export answers within [`READ_BUDGET`], else the last known state with
+    /// `stale` set, at once when the export is known to be stalled. An error only when
+    /// nothing was ever loaded.
+    pub async fn read(&self) -> Result<Read<'_>> {
+        let why = match self.health.stalled() {
+            Some((oldest, waited)) => Error::ExportStalled {
+                what: "reading the cluster metadata".into(),
+                oldest,
+                waited,
+            },
+            None => match tokio::time::timeout(READ_BUDGET, self.snapshot()).await {
+                Ok(Ok(snapshot)) => {
+                    return Ok(Read {
+                        snapshot,
+                        stale: None,
+                    })
+                }
+                Ok(Err(e)) => e,
+                Err(_) => Error::Timeout {
+                    what: "reading the cluster metadata".into(),
+                    after: READ_BUDGET,
+                },
+            },
+        };
+        let snapshot = self.cached();
+        if snapshot.last_sync.is_none() {
+            return Err(why);
+        }
+        Ok(Read {
+            snapshot,
+            stale: Some(why.to_string()),
+        })
     }
 
     /// The current state: the in-memory copy, reloaded first if another node committed.
@@ -257,9 +331,18 @@ impl Store {
         }
         let started = Instant::now();
         let file = self.layout.generation_file();
+        let health = self.health.clone();
         let value = tokio::time::timeout(
             self.timeout,
-            tokio::task::spawn_blocking(move || hint::read(&file)),
+            tokio::task::spawn_blocking(move || {
+                let _op = health.begin_internal("checking the cluster generation");
+                let r = hint::read(&file);
+                match &r {
+                    Ok(_) => health.succeeded(),
+                    Err(e) => health.failed(e),
+                }
+                r
+            }),
         )
         .await
         .map_err(|_| Error::Timeout {
@@ -324,6 +407,7 @@ struct Worker {
     nodes: Option<Arc<Nodes>>,
     /// What the batch being decided did to exclusive volumes, logged once it commits.
     events: Vec<Event>,
+    health: Arc<Health>,
 }
 
 /// A change to an exclusive volume, logged once its commit is durable, with the commit's
@@ -410,9 +494,15 @@ impl Worker {
     ) {
         let started = Instant::now();
         let deadline = started + self.timeout;
+        let _op = self
+            .health
+            .begin_internal("taking the cluster lock and committing");
         let lock = match ClusterLock::acquire(&self.layout.lock_file(), deadline) {
             Ok(lock) => lock,
-            Err(e) => return send_all(fail_all(batch, &e)),
+            Err(e) => {
+                self.health.failed(&e);
+                return send_all(fail_all(batch, &e));
+            }
         };
         let locked = Instant::now();
         let wait_ms = (locked - started).as_secs_f64() * 1e3;
@@ -425,6 +515,7 @@ impl Worker {
         let mut open = match OpenStore::open(&self.layout, deadline) {
             Ok(open) => open,
             Err(e) => {
+                self.health.failed(&e);
                 lock.release();
                 return send_all(fail_all(batch, &e));
             }
@@ -469,8 +560,24 @@ impl Worker {
 
     /// One commit inside a hold of the lock. Returns the replies to send, and whether the
     /// commit went through (after a failure the hold ends and the next one reopens sled).
-    fn commit_locked(&mut self, open: &mut OpenStore, batch: Vec<Job>) -> (Vec<Reply>, bool) {
+    fn commit_locked(&mut self, open: &mut OpenStore, mut batch: Vec<Job>) -> (Vec<Reply>, bool) {
         let t0 = Instant::now();
+        // A caller that gave up (its timeout passed while the export stalled) was told
+        // the call failed: applying it now would surprise it. Unmounts are the exception:
+        // dockerd goes on as if they had worked and never sends them again.
+        batch.retain(|job| match job {
+            Job::Apply { mutation, reply } if reply.is_closed() => {
+                let keep = matches!(
+                    mutation,
+                    Mutation::Unmount { .. } | Mutation::ReconcileNode { .. }
+                );
+                if !keep {
+                    tracing::warn!("dropping a call whose caller gave up waiting: {mutation:?}");
+                }
+                keep
+            }
+            _ => true,
+        });
         let refresh = batch.iter().any(|j| matches!(j, Job::Refresh { .. }));
         if let Err(e) = self.sync_cache(&open.db, &open.tree, refresh) {
             return (fail_all(batch, &e), false);
@@ -508,8 +615,12 @@ impl Worker {
 
         let events = std::mem::take(&mut self.events);
         let generation = match committed {
-            Ok(g) => g,
+            Ok(g) => {
+                self.health.succeeded();
+                g
+            }
             Err(e) => {
+                self.health.failed(&e);
                 // Nothing was applied; the next batch reloads before deciding.
                 self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
                 let mut replies = Vec::new();
@@ -1148,7 +1259,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(dir.path());
         layout.init().unwrap();
-        let store = Store::start(layout, Duration::from_secs(5), None).unwrap();
+        let store = Store::start(
+            layout,
+            Duration::from_secs(5),
+            None,
+            crate::health::Health::new(Duration::from_secs(60)),
+        )
+        .unwrap();
         (dir, store)
     }
 
@@ -1198,7 +1315,13 @@ mod tests {
     #[tokio::test]
     async fn a_second_store_on_the_same_root_sees_commits_through_the_generation() {
         let (dir, a) = store();
-        let b = Store::start(SharedLayout::new(dir.path()), Duration::from_secs(5), None).unwrap();
+        let b = Store::start(
+            SharedLayout::new(dir.path()),
+            Duration::from_secs(5),
+            None,
+            crate::health::Health::new(Duration::from_secs(60)),
+        )
+        .unwrap();
         a.apply(create("web")).await.unwrap();
         assert!(b.snapshot().await.unwrap().volumes.contains_key("web"));
         let gen_a = a.snapshot().await.unwrap().generation;

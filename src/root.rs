@@ -1,0 +1,282 @@
+//! Checks of the shared root at start: that caravan can work on it, and whether it is
+//! shared at all.
+//!
+//! Each problem a user can meet gets one line that says what is wrong and what to change:
+//! a root that is missing or not a folder, an export that squashes root so the daemon
+//! cannot write `.caravan`, locks that do not work or are not shared between hosts
+//! (`nolock`, `local_lock=`), and a plain local filesystem (a warning: fine on one host,
+//! but volumes are not shared).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layout::SharedLayout;
+use crate::lock::ClusterLock;
+
+/// What the check found; shown by `caravan info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RootInfo {
+    /// Filesystem type as the kernel names it in mountinfo (`nfs4`, `fuse.glusterfs`, …).
+    pub fs_type: String,
+    /// What is mounted there (`server:/export`, a device).
+    pub source: String,
+    /// Whether the filesystem type is one that other hosts can share.
+    pub shared: bool,
+}
+
+/// Filesystem types that several hosts can mount at once.
+const SHARED_TYPES: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "fuse.glusterfs",
+    "glusterfs",
+    "ceph",
+    "fuse.ceph",
+    "fuse.ceph-fuse",
+    "cifs",
+    "smb3",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "ocfs2",
+    "gfs2",
+    "fuse.juicefs",
+    "fuse.sshfs",
+];
+
+/// Runs every check. `init` (creating the control folders) is part of it, because that is
+/// the write that a root-squashed export refuses.
+pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<RootInfo> {
+    let root = &layout.root;
+    let info = describe(root)?;
+    refuse_local_locks(root, &info)?;
+    layout.init().map_err(|e| explain_write_error(root, e))?;
+    let probe = layout.nodes_dir().join(format!(".probe-{node}"));
+    std::fs::write(&probe, b"caravan write check\n")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            explain_write_error(root, Error::io(format!("writing {}", probe.display()), e))
+        })?;
+    match ClusterLock::acquire(&layout.lock_file(), Instant::now() + lock_wait) {
+        Ok(lock) => lock.release(),
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::libc::ENOLCK) => {
+            return Err(Error::invalid(format!(
+                "locks do not work on the shared root {} (ENOLCK): on NFS, mount without `nolock` and make sure the server runs its lock service (NFSv4 includes it)",
+                root.display()
+            )))
+        }
+        Err(Error::Timeout { .. }) => {
+            // Another node holding the lock that long is a stalled cluster, not a root that
+            // cannot lock: start, and let calls report it.
+            tracing::warn!(root = %root.display(), "the cluster lock is held by another node for over {}s; starting anyway", lock_wait.as_secs());
+        }
+        Err(e) => return Err(e),
+    }
+    if !info.shared {
+        tracing::warn!(
+            root = %root.display(),
+            fs_type = %info.fs_type,
+            "the shared root is a local filesystem: volumes will not be shared with other hosts (pass --root on an NFS/GlusterFS/CephFS mount, or --nfs SERVER:/EXPORT)"
+        );
+    }
+    Ok(info)
+}
+
+/// The filesystem the root is on, from `/proc/self/mountinfo` (the mount whose mount
+/// point is the longest prefix of the root).
+pub fn describe(root: &Path) -> Result<RootInfo> {
+    let meta = std::fs::metadata(root).map_err(|e| {
+        Error::invalid(format!(
+            "the shared root {} is not accessible ({e}): create it, or mount the export there first",
+            root.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(format!(
+            "the shared root {} is not a directory",
+            root.display()
+        )));
+    }
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    let entry = text
+        .lines()
+        .filter_map(MountEntry::parse)
+        .filter(|m| root.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "no mount found for {} in /proc/self/mountinfo",
+                root.display()
+            ))
+        })?;
+    Ok(RootInfo {
+        shared: SHARED_TYPES.contains(&entry.fs_type.as_str()),
+        fs_type: entry.fs_type,
+        source: entry.source,
+    })
+}
+
+/// NFS mounted with `nolock` or `local_lock=all|posix` takes locks on the client only:
+/// two hosts could both "hold" the cluster lock and write the metadata at once.
+fn refuse_local_locks(root: &Path, info: &RootInfo) -> Result<()> {
+    if !info.fs_type.starts_with("nfs") {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let Some(entry) = text
+        .lines()
+        .filter_map(MountEntry::parse)
+        .filter(|m| root.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+    else {
+        return Ok(());
+    };
+    local_lock_problem(&entry.options).map_or(Ok(()), |what| {
+        Err(Error::invalid(format!(
+            "the shared root {} is mounted with {what}: locks are not shared between hosts, so two hosts could change the metadata at once; remount it without nolock and with local_lock=none",
+            root.display()
+        )))
+    })
+}
+
+/// The mount option that makes locks local, if any.
+pub fn local_lock_problem(options: &str) -> Option<String> {
+    options.split(',').find_map(|o| match o {
+        "nolock" => Some("nolock".to_string()),
+        "local_lock=all" | "local_lock=posix" => Some(o.to_string()),
+        _ => None,
+    })
+}
+
+/// A root-squashed export refuses root's writes with EACCES or EPERM.
+fn explain_write_error(root: &Path, e: Error) -> Error {
+    match &e {
+        Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied
+            ) || source.raw_os_error() == Some(nix::libc::EPERM) =>
+        {
+            Error::invalid(format!(
+                "cannot write to the shared root {} as uid {} ({e}): if it is an NFS export that squashes root, export it with no_root_squash (or make {} writable by this user)",
+                root.display(),
+                nix::unistd::geteuid(),
+                root.display()
+            ))
+        }
+        Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::EROFS) => Error::invalid(format!(
+            "the shared root {} is read-only ({e}): caravan keeps its metadata there and needs it writable",
+            root.display()
+        )),
+        _ => e,
+    }
+}
+
+/// One line of `/proc/self/mountinfo`.
+struct MountEntry {
+    mount_point: std::path::PathBuf,
+    fs_type: String,
+    source: String,
+    /// Per-mount and per-superblock options together.
+    options: String,
+}
+
+impl MountEntry {
+    fn parse(line: &str) -> Option<MountEntry> {
+        // id parent major:minor root mount-point mount-options [optional...] - type source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let left: Vec<&str> = left.split(' ').collect();
+        let mut right = right.split(' ');
+        let fs_type = right.next()?.to_string();
+        let source = unescape(right.next()?);
+        let super_options = right.next().unwrap_or("");
+        Some(MountEntry {
+            mount_point: unescape(left.get(4)?).into(),
+            options: format!("{},{super_options}", left.get(5)?),
+            fs_type,
+            source,
+        })
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let digits: String = chars.clone().take(3).collect();
+            if let Ok(n) = u8::from_str_radix(&digits, 8) {
+                out.push(n as char);
+                chars.nth(2);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_options() {
+        let line = "36 25 0:32 / /mnt/my\\040share rw,relatime shared:1 - nfs4 srv:/export rw,vers=4.2,addr=10.0.0.1,local_lock=none";
+        let m = MountEntry::parse(line).unwrap();
+        assert_eq!(m.mount_point, Path::new("/mnt/my share"));
+        assert_eq!(m.fs_type, "nfs4");
+        assert_eq!(m.source, "srv:/export");
+        assert!(m.options.contains("vers=4.2"));
+        assert_eq!(local_lock_problem(&m.options), None);
+    }
+
+    #[test]
+    fn local_locks_are_found() {
+        assert_eq!(
+            local_lock_problem("rw,nolock,vers=3"),
+            Some("nolock".into())
+        );
+        assert_eq!(
+            local_lock_problem("rw,local_lock=posix"),
+            Some("local_lock=posix".into())
+        );
+        assert_eq!(local_lock_problem("rw,local_lock=flock"), None);
+    }
+
+    #[test]
+    fn a_temporary_folder_is_local_and_passes_the_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(dir.path());
+        let info = check(&layout, "n1", Duration::from_secs(2)).unwrap();
+        assert!(!info.shared, "{info:?}");
+        assert!(!info.fs_type.is_empty());
+    }
+
+    #[test]
+    fn a_missing_root_or_a_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = SharedLayout::new(dir.path().join("nope"));
+        let e = check(&missing, "n1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not accessible") && e.contains("mount the export"),
+            "{e}"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = check(&SharedLayout::new(&file), "n1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+}
