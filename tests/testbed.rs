@@ -343,6 +343,10 @@ fn a_stalled_or_dead_export_never_hangs_docker() {
         return;
     }
     let bed = Bed::start();
+    // dockerd never forgets a plugin it activated: one whose daemon is gone (the shared
+    // e2e driver of tests/docker.rs) costs every `docker volume ls` 15 s, which is not
+    // caravan's time. Start from a dockerd that knows none.
+    restart_dockerd();
     ok(&["testbed", "up", "1"]);
     // --timeout 8s: calls give up after at most 8 s, and the export counts as stalled
     // once an operation has waited 2 s (a quarter of it).
