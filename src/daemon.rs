@@ -138,7 +138,8 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
     if nfs_mounted {
         let target = cfg.root.clone();
-        match tokio::task::spawn_blocking(move || crate::nfs::unmount(&target)).await {
+        // Lazily when busy: a container still using a volume from it keeps working.
+        match tokio::task::spawn_blocking(move || crate::mounts::unbind(&target)).await {
             Ok(Ok(())) => tracing::info!("unmounted the NFS export"),
             other => tracing::warn!("unmounting the NFS export: {other:?}"),
         }

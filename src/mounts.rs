@@ -70,23 +70,67 @@ pub fn unbind(target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Names of the folders directly under `dir` that are mount points, from mountinfo.
-pub fn mounted_below(dir: &Path) -> Result<BTreeSet<String>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
-    Ok(mountpoints_below(&text, dir))
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    /// Filesystem type as the kernel names it (`nfs4`, `fuse.glusterfs`, `ext4`, …).
+    pub fs_type: String,
+    /// What is mounted (`server:/export`, a device).
+    pub source: String,
+    /// Per-mount and per-superblock options together, comma-separated.
+    pub options: String,
 }
 
-fn mountpoints_below(mountinfo: &str, dir: &Path) -> BTreeSet<String> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .filter_map(|p| {
-            (p.parent() == Some(dir))
-                .then(|| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .flatten()
+impl MountEntry {
+    fn parse(line: &str) -> Option<MountEntry> {
+        // id parent major:minor root mount-point options [optional...] - type source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let left: Vec<&str> = left.split(' ').collect();
+        let mut right = right.split(' ');
+        let fs_type = right.next()?.to_string();
+        let source = unescape(right.next()?);
+        let super_options = right.next().unwrap_or("");
+        Some(MountEntry {
+            mount_point: unescape(left.get(4)?).into(),
+            options: format!("{},{super_options}", left.get(5)?),
+            fs_type,
+            source,
         })
+    }
+}
+
+/// This process's mount table.
+pub fn mount_table() -> Result<Vec<MountEntry>> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines().filter_map(MountEntry::parse).collect()
+}
+
+/// The mount that `path` (absolute, symlinks resolved) is on: the one whose mount point is
+/// its longest prefix.
+pub fn mount_of<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    table
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+}
+
+/// Names of the folders directly under `dir` that are mount points, from mountinfo.
+pub fn mounted_below(dir: &Path) -> Result<BTreeSet<String>> {
+    Ok(mountpoints_below(&mount_table()?, dir))
+}
+
+fn mountpoints_below(table: &[MountEntry], dir: &Path) -> BTreeSet<String> {
+    table
+        .iter()
+        .filter(|m| m.mount_point.parent() == Some(dir))
+        .filter_map(|m| m.mount_point.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
         .collect()
 }
 
@@ -124,11 +168,24 @@ mod tests {
 42 36 0:33 /x /var/lib/caravan/mounts/web/sub rw - ext4 /dev/vda rw
 43 36 0:33 /x /var/lib/caravan/mounts rw - ext4 /dev/vda rw
 ";
-        let got = mountpoints_below(info, Path::new("/var/lib/caravan/mounts"));
+        let got = mountpoints_below(&parse_mountinfo(info), Path::new("/var/lib/caravan/mounts"));
         assert_eq!(
             got.into_iter().collect::<Vec<_>>(),
             vec!["a b".to_string(), "web".to_string()]
         );
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_options() {
+        let line = "36 25 0:32 / /mnt/my\\040share rw,relatime shared:1 - nfs4 srv:/export rw,vers=4.2,addr=10.0.0.1,local_lock=none";
+        let m = MountEntry::parse(line).unwrap();
+        assert_eq!(m.mount_point, Path::new("/mnt/my share"));
+        assert_eq!(m.fs_type, "nfs4");
+        assert_eq!(m.source, "srv:/export");
+        assert!(m.options.contains("vers=4.2") && m.options.starts_with("rw,relatime"));
+        let table = vec![m];
+        assert!(mount_of(&table, Path::new("/mnt/my share/x")).is_some());
+        assert!(mount_of(&table, Path::new("/mnt/other")).is_none());
     }
 
     #[test]

@@ -225,21 +225,11 @@ pub fn mount(export: &NfsExport, user_options: Option<&str>, target: &Path) -> R
     Ok(true)
 }
 
-/// Unmounts what [`mount`] mounted; lazily when busy (a container still uses a volume
-/// bind-mounted from it, which keeps working).
-pub fn unmount(target: &Path) -> Result<()> {
-    crate::mounts::unbind(target)
-}
-
 fn already_mounted(target: &Path, source: &str) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let target = target.to_string_lossy();
-    text.lines().any(|l| {
-        let Some((left, right)) = l.split_once(" - ") else {
-            return false;
-        };
-        left.split(' ').nth(4) == Some(&*target) && right.split(' ').nth(1) == Some(source)
-    })
+    crate::mounts::mount_table()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.mount_point == target && m.source == source)
 }
 
 /// Where the daemon mounts the export: `<state-dir>/export`.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
+use crate::mounts::MountEntry;
 
 /// What the check found; shown by `caravan info`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,8 +52,13 @@ const SHARED_TYPES: &[&str] = &[
 /// the write that a root-squashed export refuses.
 pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<RootInfo> {
     let root = &layout.root;
-    let info = describe(root)?;
-    refuse_local_locks(root, &info)?;
+    let mount = mount_of_root(root)?;
+    refuse_local_locks(root, &mount)?;
+    let info = RootInfo {
+        shared: SHARED_TYPES.contains(&mount.fs_type.as_str()),
+        fs_type: mount.fs_type,
+        source: mount.source,
+    };
     layout.init().map_err(|e| explain_write_error(root, e))?;
     let probe = layout.nodes_dir().join(format!(".probe-{node}"));
     std::fs::write(&probe, b"caravan write check\n")
@@ -85,9 +91,8 @@ pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<R
     Ok(info)
 }
 
-/// The filesystem the root is on, from `/proc/self/mountinfo` (the mount whose mount
-/// point is the longest prefix of the root).
-pub fn describe(root: &Path) -> Result<RootInfo> {
+/// The mount the root is on, from `/proc/self/mountinfo`.
+fn mount_of_root(root: &Path) -> Result<MountEntry> {
     let meta = std::fs::metadata(root).map_err(|e| {
         Error::invalid(format!(
             "the shared root {} is not accessible ({e}): create it, or mount the export there first",
@@ -100,45 +105,26 @@ pub fn describe(root: &Path) -> Result<RootInfo> {
             root.display()
         )));
     }
-    let root = std::fs::canonicalize(root)
+    let resolved = std::fs::canonicalize(root)
         .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
-    let entry = text
-        .lines()
-        .filter_map(MountEntry::parse)
-        .filter(|m| root.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.as_os_str().len())
+    let table = crate::mounts::mount_table()?;
+    crate::mounts::mount_of(&table, &resolved)
+        .cloned()
         .ok_or_else(|| {
             Error::invalid(format!(
                 "no mount found for {} in /proc/self/mountinfo",
-                root.display()
+                resolved.display()
             ))
-        })?;
-    Ok(RootInfo {
-        shared: SHARED_TYPES.contains(&entry.fs_type.as_str()),
-        fs_type: entry.fs_type,
-        source: entry.source,
-    })
+        })
 }
 
 /// NFS mounted with `nolock` or `local_lock=all|posix` takes locks on the client only:
 /// two hosts could both "hold" the cluster lock and write the metadata at once.
-fn refuse_local_locks(root: &Path, info: &RootInfo) -> Result<()> {
-    if !info.fs_type.starts_with("nfs") {
+fn refuse_local_locks(root: &Path, mount: &MountEntry) -> Result<()> {
+    if !mount.fs_type.starts_with("nfs") {
         return Ok(());
     }
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let Some(entry) = text
-        .lines()
-        .filter_map(MountEntry::parse)
-        .filter(|m| root.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.as_os_str().len())
-    else {
-        return Ok(());
-    };
-    local_lock_problem(&entry.options).map_or(Ok(()), |what| {
+    local_lock_problem(&mount.options).map_or(Ok(()), |what| {
         Err(Error::invalid(format!(
             "the shared root {} is mounted with {what}: locks are not shared between hosts, so two hosts could change the metadata at once; remount it without nolock and with local_lock=none",
             root.display()
@@ -179,65 +165,9 @@ fn explain_write_error(root: &Path, e: Error) -> Error {
     }
 }
 
-/// One line of `/proc/self/mountinfo`.
-struct MountEntry {
-    mount_point: std::path::PathBuf,
-    fs_type: String,
-    source: String,
-    /// Per-mount and per-superblock options together.
-    options: String,
-}
-
-impl MountEntry {
-    fn parse(line: &str) -> Option<MountEntry> {
-        // id parent major:minor root mount-point mount-options [optional...] - type source super-options
-        let (left, right) = line.split_once(" - ")?;
-        let left: Vec<&str> = left.split(' ').collect();
-        let mut right = right.split(' ');
-        let fs_type = right.next()?.to_string();
-        let source = unescape(right.next()?);
-        let super_options = right.next().unwrap_or("");
-        Some(MountEntry {
-            mount_point: unescape(left.get(4)?).into(),
-            options: format!("{},{super_options}", left.get(5)?),
-            fs_type,
-            source,
-        })
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let digits: String = chars.clone().take(3).collect();
-            if let Ok(n) = u8::from_str_radix(&digits, 8) {
-                out.push(n as char);
-                chars.nth(2);
-                continue;
-            }
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_parse_with_escapes_and_options() {
-        let line = "36 25 0:32 / /mnt/my\\040share rw,relatime shared:1 - nfs4 srv:/export rw,vers=4.2,addr=10.0.0.1,local_lock=none";
-        let m = MountEntry::parse(line).unwrap();
-        assert_eq!(m.mount_point, Path::new("/mnt/my share"));
-        assert_eq!(m.fs_type, "nfs4");
-        assert_eq!(m.source, "srv:/export");
-        assert!(m.options.contains("vers=4.2"));
-        assert_eq!(local_lock_problem(&m.options), None);
-    }
 
     #[test]
     fn local_locks_are_found() {
