@@ -51,11 +51,8 @@ pub async fn run(
             .mode(0o711)
             .create(&cfg.root)
             .ctx(|| format!("creating the local root {}", cfg.root.display()))?;
-        tracing::warn!(
-            root = %cfg.root.display(),
-            "no --root given: using a local folder; volumes are not shared with other hosts"
-        );
     }
+    // Warns, among other things, that a local root (such as this default) is not shared.
     let root_info = crate::root::check(&shared, &cfg.node, cfg.timeout / 2)?;
     tracing::info!(root = %cfg.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
 
@@ -174,13 +171,10 @@ async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>, health: Arc<Health
         let n = nodes.clone();
         let h = health.clone();
         pending = Some(tokio::task::spawn_blocking(move || {
-            let _op = h.begin_internal("writing the heartbeat");
-            let r = n.beat(HeartbeatState::Running).and_then(|()| n.observe());
-            match &r {
-                Ok(()) => h.succeeded(),
-                Err(e) => h.failed(e),
-            }
-            r
+            h.watch("writing the heartbeat", || {
+                n.beat(HeartbeatState::Running)?;
+                n.observe()
+            })
         }));
     }
 }

@@ -146,6 +146,18 @@ impl Health {
         }
     }
 
+    /// Runs one of the daemon's own operations on the export (blocking), registered while
+    /// it runs, and records whether it succeeded.
+    pub fn watch<T>(self: &Arc<Self>, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _op = self.begin_internal(what);
+        let r = f();
+        match &r {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        r
+    }
+
     pub fn succeeded(&self) {
         *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), SystemTime::now()));

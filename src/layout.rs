@@ -199,12 +199,8 @@ impl SharedLayout {
         let mut first_error = None;
         for entry in fs::read_dir(&trash).ctx(|| format!("reading {}", trash.display()))? {
             let path = entry.ctx(|| format!("reading {}", trash.display()))?.path();
-            match remove_tree(&path) {
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-                Ok(()) => {}
+            if let Err(e) = remove_tree(&path) {
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -244,7 +240,11 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     } else {
         fs::remove_file(path)
     };
-    r.ctx(|| format!("deleting {}", path.display()))
+    match r {
+        // Deleted meanwhile by someone else (another node's janitor): the goal is reached.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.ctx(|| format!("deleting {}", path.display())),
+    }
 }
 
 fn rename_if_exists(from: &Path, to: &Path) -> Result<Option<PathBuf>> {

@@ -15,9 +15,13 @@
 //! reads its log and writes a snapshot), so one hold of the lock serves back-to-back
 //! batches with one open: after a commit the thread waits a few milliseconds for more
 //! work, and gives the lock back when none comes or when the hold reaches its limit
-//! (twice the open's cost, at least 50 ms), so other nodes get their turn. Reads (Get, List) are served from the in-memory copy; a reader first compares
+//! (twice the open's cost, at least 50 ms), so other nodes get their turn.
+//!
+//! Reads (Get, List) are served from the in-memory copy; a reader first compares
 //! `<root>/.caravan/generation` with the value the copy was loaded at, which costs one
-//! small read, and reloads (under the lock) only when it moved.
+//! small read (shared by concurrent readers), and reloads (under the lock) only when it
+//! moved. When the export does not answer, readers get the last known copy, marked stale
+//! (see [`crate::health`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -335,13 +339,7 @@ impl Store {
         let value = tokio::time::timeout(
             self.timeout,
             tokio::task::spawn_blocking(move || {
-                let _op = health.begin_internal("checking the cluster generation");
-                let r = hint::read(&file);
-                match &r {
-                    Ok(_) => health.succeeded(),
-                    Err(e) => health.failed(e),
-                }
-                r
+                health.watch("checking the cluster generation", || hint::read(&file))
             }),
         )
         .await
@@ -1140,11 +1138,8 @@ fn start_janitor(layout: SharedLayout) -> Option<std::sync::mpsc::Sender<Vec<Pat
             // Ends when the store thread drops its sender.
             while let Ok(paths) = trashed.recv() {
                 for path in paths {
-                    match crate::layout::remove_tree(&path) {
-                        Err(Error::Io { source, .. })
-                            if source.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::warn!("emptying the trash: {e}"),
-                        Ok(()) => {}
+                    if let Err(e) = crate::layout::remove_tree(&path) {
+                        tracing::warn!("emptying the trash: {e}");
                     }
                 }
             }
