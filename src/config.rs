@@ -168,18 +168,17 @@ impl DaemonArgs {
             .state_dir
             .or(file.state_dir)
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        let (root, nfs) = match (self.root, self.nfs) {
-            (Some(root), _) => (Some(root), None),
-            (None, Some(nfs)) => (None, Some(nfs)),
-            (None, None) => match (file.root, file.nfs) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::invalid(
-                        "the config file sets both root and nfs: keep one (root for an export the host mounts itself, nfs for one caravan mounts)",
-                    ))
-                }
-                (root, nfs) => (root, nfs),
-            },
+        // Flags (which clap keeps from naming both) replace the file's choice as a whole.
+        let (root, nfs) = if self.root.is_some() || self.nfs.is_some() {
+            (self.root, self.nfs)
+        } else {
+            (file.root, file.nfs)
         };
+        if root.is_some() && nfs.is_some() {
+            return Err(Error::invalid(
+                "the config file sets both root and nfs: keep one (root for an export the host mounts itself, nfs for one caravan mounts)",
+            ));
+        }
         let nfs = nfs
             .as_deref()
             .map(crate::nfs::NfsExport::parse)

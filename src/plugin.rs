@@ -105,16 +105,11 @@ async fn dispatch(svc: &Arc<Service>, method: &str, req: Request) -> Result<Valu
             Ok(json!({ "Mountpoint": path, "Err": "" }))
         }
         "Get" => {
-            // Any error in Get makes dockerd forget the volume (and its labels): answer an
-            // error only when the volume really does not exist.
-            let view = match svc.get(&req.name).await {
-                Ok(v) => v,
-                Err(e @ (Error::NoSuchVolume(_) | Error::Invalid(_))) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(volume = %req.name, "Get answered from the last known metadata: {e}");
-                    svc.cached_view(&req.name).ok_or(e)?
-                }
-            };
+            // Any error in Get makes dockerd forget the volume (and its labels). `get`
+            // answers from the last known metadata (marked stale) when the export does
+            // not answer, so an error here means the volume really does not exist (or
+            // nothing was ever loaded).
+            let view = svc.get(&req.name).await?;
             let mut status = serde_json::to_value(&view).expect("views serialize");
             if let Value::Object(m) = &mut status {
                 m.remove("name");

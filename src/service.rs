@@ -588,14 +588,6 @@ impl Service {
         }
     }
 
-    /// The last known state of a volume, without asking the export (for when it is slow).
-    pub fn cached_view(&self, name: &str) -> Option<VolumeView> {
-        let snap = self.store.cached();
-        let mut view = self.view(snap.volumes.get(name)?, None);
-        view.stale = true;
-        Some(view)
-    }
-
     async fn usage_of(&self, name: &str) -> Option<Usage> {
         if let Some((at, u)) = self
             .usage

@@ -353,7 +353,7 @@ impl Store {
     }
 
     /// The in-memory copy as it is, without checking the export.
-    pub fn cached(&self) -> RwLockReadGuard<'_, Snapshot> {
+    fn cached(&self) -> RwLockReadGuard<'_, Snapshot> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
