@@ -58,6 +58,53 @@ fn dk_err(k: u32, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `docker run -d --name NAME -v VOLUME:/data` of a container that sleeps, on host K.
+fn run_sleeper(k: u32, name: &str, volume: &str) -> Output {
+    let v = format!("{volume}:/data");
+    dk(
+        k,
+        &[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "-v",
+            &v,
+            util::docker::IMAGE,
+            "sleep",
+            "3600",
+        ],
+    )
+}
+
+/// `docker run --rm -v VOLUME:/data` of `cmd`, on host K.
+fn run_once(k: u32, volume: &str, cmd: &[&str]) -> Output {
+    let v = format!("{volume}:/data");
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &v,
+        util::docker::IMAGE,
+    ];
+    args.extend_from_slice(cmd);
+    dk(k, &args)
+}
+
+/// The output of a command that must have succeeded.
+fn stdout_ok(k: u32, what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "h{k}: {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Tears the test bed down and gives the machine its dockerd back, whatever happened.
@@ -122,7 +169,6 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
             "500ms",
         ]);
     }
-    let image = util::docker::IMAGE;
 
     // Created on h1, listed and inspected on h2 and h3.
     dk_ok(
@@ -154,38 +200,10 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
     }
 
     // h1 holds a mount: a remove on h2 is refused, naming h1.
-    dk_ok(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "tb-c1",
-            "--network",
-            "none",
-            "-v",
-            "tb-shared:/data",
-            image,
-            "sleep",
-            "3600",
-        ],
-    );
+    stdout_ok(1, "run tb-c1", run_sleeper(1, "tb-c1", "tb-shared"));
     dk_ok(1, &["exec", "tb-c1", "sh", "-c", "echo from-h1 > /data/f"]);
     assert_eq!(
-        dk_ok(
-            2,
-            &[
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "-v",
-                "tb-shared:/data",
-                image,
-                "cat",
-                "/data/f"
-            ]
-        ),
+        stdout_ok(2, "cat", run_once(2, "tb-shared", &["cat", "/data/f"])),
         "from-h1"
     );
     let err = dk_err(2, &["volume", "rm", "tb-shared"]);
@@ -204,36 +222,11 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
             "tb-excl",
         ],
     );
-    dk_ok(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "tb-c2",
-            "--network",
-            "none",
-            "-v",
-            "tb-excl:/data",
-            image,
-            "sleep",
-            "3600",
-        ],
-    );
+    stdout_ok(1, "run tb-c2", run_sleeper(1, "tb-c2", "tb-excl"));
     let t = Instant::now();
-    let err = dk_err(
-        2,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-v",
-            "tb-excl:/data",
-            image,
-            "true",
-        ],
-    );
+    let run = run_once(2, "tb-excl", &["true"]);
+    assert!(!run.status.success(), "h2 ran on h1's exclusive volume");
+    let err = String::from_utf8_lossy(&run.stderr).to_string();
     assert!(err.contains("held by node h1"), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(10),
@@ -247,22 +240,7 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
     let mut taken = None;
     while killed.elapsed() < Duration::from_secs(30) {
         let _ = dk(2, &["rm", "-f", "tb-c3"]);
-        let run = dk(
-            2,
-            &[
-                "run",
-                "-d",
-                "--name",
-                "tb-c3",
-                "--network",
-                "none",
-                "-v",
-                "tb-excl:/data",
-                image,
-                "sleep",
-                "3600",
-            ],
-        );
+        let run = run_sleeper(2, "tb-c3", "tb-excl");
         if run.status.success() {
             taken = Some(killed.elapsed());
             break;
@@ -332,12 +310,17 @@ fn caravan_h1(args: &[&str]) -> Output {
         .expect("run caravan")
 }
 
-/// The export frozen (brick SIGSTOPped) and then killed, with a container running on a
-/// volume and Docker users calling: every call returns within the bound, with a cached
-/// answer or a clear error, and dockerd stays responsive; once the export is back,
-/// everything works again without restarting caravan.
+/// The export frozen (GlusterFS brick SIGSTOPped) with a container running on a volume
+/// and Docker users calling: every call returns within the bound, with a cached answer or
+/// a clear error, and dockerd stays responsive; once the export is thawed, everything
+/// works again without restarting caravan.
+///
+/// A killed brick is not part of it: calls then fail at once with ENOTCONN ("Transport
+/// endpoint is not connected"; measured by hand: every call within 0.1 s), but bringing a
+/// killed brick back is not reliable on this test bed (it stays a zombie that glusterd
+/// believes is running).
 #[test]
-fn a_stalled_or_dead_export_never_hangs_docker() {
+fn a_stalled_export_never_hangs_docker() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !util::docker::available("stalled_export") {
         return;
@@ -351,162 +334,94 @@ fn a_stalled_or_dead_export_never_hangs_docker() {
     // --timeout 8s: calls give up after at most 8 s, and the export counts as stalled
     // once an operation has waited 2 s (a quarter of it).
     ok(&["testbed", "host", "1", "up", "--timeout", "8s"]);
-    let image = util::docker::IMAGE;
     let bound = Duration::from_secs(12);
     for v in ["tb-fz", "tb-fz-rm"] {
         dk_ok(1, &["volume", "create", "-d", "caravan", v]);
     }
-    dk_ok(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "tb-c1",
-            "--network",
-            "none",
-            "-v",
-            "tb-fz:/data",
-            image,
-            "sleep",
-            "3600",
-        ],
-    );
+    stdout_ok(1, "run tb-c1", run_sleeper(1, "tb-c1", "tb-fz"));
     dk_ok(1, &["exec", "tb-c1", "sh", "-c", "echo before > /data/f"]);
 
-    // Only freeze/thaw: a killed brick answers at once with ENOTCONN (measured: every call
-    // above returned within 0.1 s with "Transport endpoint is not connected"), but
-    // bringing a killed brick back is not reliable on this test bed (it stays a zombie
-    // that glusterd believes is running).
-    for (fault, undo) in [("freeze", "thaw")] {
-        ok(&["testbed", "export", fault]);
-        let mut report = Vec::new();
-        let (ls, t) = timed(|| dk(1, &["volume", "ls", "--format", "{{.Name}}"]));
-        report.push(("docker volume ls", t));
-        assert!(
-            ls.status.success(),
-            "{fault}: {}",
-            String::from_utf8_lossy(&ls.stderr)
-        );
-        assert!(
-            String::from_utf8_lossy(&ls.stdout).contains("tb-fz"),
-            "{fault}: cached list"
-        );
-        let (run, t) = timed(|| {
-            dk(
-                1,
-                &[
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    "-v",
-                    "tb-fz:/data",
-                    image,
-                    "true",
-                ],
-            )
-        });
-        report.push(("docker run -v", t));
-        let (rm, t2) = timed(|| dk(1, &["volume", "rm", "tb-fz-rm"]));
-        report.push(("docker volume rm", t2));
-        let (list, t3) = timed(|| caravan_h1(&["list", "--json"]));
-        report.push(("caravan list", t3));
-        let (ps, t4) = timed(|| dk(1, &["ps"]));
-        report.push(("docker ps", t4));
-        let (info, _) = timed(|| caravan_h1(&["info"]));
-        for (what, t) in &report {
-            eprintln!("{fault}: {what} returned in {:.2} s", t.as_secs_f64());
-            assert!(*t < bound, "{fault}: {what} took {t:?}");
-        }
-        // A stalled export refuses or times out the mutations, clearly.
-        let run_err = String::from_utf8_lossy(&run.stderr).to_string();
-        if run.status.success() {
-            // The kill may be noticed by the client at once and the export answer again
-            // before the run (GlusterFS reconnects): then the run is right to succeed.
-            assert_eq!(fault, "kill", "a frozen export cannot mount");
-        } else {
-            // Frozen: "not responding" / "did not finish"; killed: the client reports
-            // ENOTCONN at once ("Transport endpoint is not connected").
-            assert!(
-                ["not responding", "did not finish", "not connected"]
-                    .iter()
-                    .any(|m| run_err.contains(m)),
-                "{fault}: {run_err}"
-            );
-        }
-        let _ = rm;
-        assert!(
-            list.status.success(),
-            "{fault}: caravan list: {}",
-            String::from_utf8_lossy(&list.stderr)
-        );
-        let volumes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        assert!(volumes
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v["name"] == "tb-fz"));
-        assert!(ps.status.success(), "{fault}: docker ps");
-        let info = String::from_utf8_lossy(&info.stdout).to_string();
-        eprintln!("{fault}: caravan info:\n{info}");
-
-        ok(&["testbed", "export", undo]);
-        let t = Instant::now();
-        util::eventually(
-            Duration::from_secs(60),
-            "the export to answer again",
-            || {
-                dk(
-                    1,
-                    &[
-                        "run",
-                        "--rm",
-                        "--network",
-                        "none",
-                        "-v",
-                        "tb-fz:/data",
-                        image,
-                        "cat",
-                        "/data/f",
-                    ],
-                )
-                .status
-                .success()
-            },
-        );
-        eprintln!(
-            "{fault}: after {undo}, docker run -v works again after {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-        // The running container's data is still there, and metadata is consistent.
-        assert_eq!(dk_ok(1, &["exec", "tb-c1", "cat", "/data/f"]), "before");
-        let _ = dk(1, &["volume", "rm", "tb-fz-rm"]);
-        dk_ok(1, &["volume", "create", "-d", "caravan", "tb-fz-rm"]);
-        let list = caravan_h1(&["list", "--json"]);
-        let volumes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        let names: Vec<&str> = volumes
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["name"].as_str())
-            .collect();
-        assert!(
-            names.contains(&"tb-fz") && names.contains(&"tb-fz-rm"),
-            "{names:?}"
-        );
-        assert!(
-            volumes
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["stale"] != true),
-            "{volumes}"
-        );
-        let inspect = caravan_h1(&["inspect", "tb-fz", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-        assert_eq!(v["mounts"]["h1"]["count"], 1, "one container uses it: {v}");
+    ok(&["testbed", "export", "freeze"]);
+    let mut report = Vec::new();
+    let (ls, t) = timed(|| dk(1, &["volume", "ls", "--format", "{{.Name}}"]));
+    report.push(("docker volume ls", t));
+    let (run, t) = timed(|| run_once(1, "tb-fz", &["true"]));
+    report.push(("docker run -v", t));
+    let (rm, t) = timed(|| dk(1, &["volume", "rm", "tb-fz-rm"]));
+    report.push(("docker volume rm", t));
+    let (list, t) = timed(|| caravan_h1(&["list", "--json"]));
+    report.push(("caravan list", t));
+    let (ps, t) = timed(|| dk(1, &["ps"]));
+    report.push(("docker ps", t));
+    let info = caravan_h1(&["info"]);
+    for (what, t) in &report {
+        eprintln!("frozen: {what} returned in {:.2} s", t.as_secs_f64());
+        assert!(*t < bound, "frozen: {what} took {t:?}");
     }
+    eprintln!(
+        "frozen: caravan info:\n{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    // Reads answer from the last known metadata.
+    assert!(stdout_ok(1, "docker volume ls", ls).contains("tb-fz"));
+    let volumes: serde_json::Value =
+        serde_json::from_str(&stdout_ok(1, "caravan list", list)).unwrap();
+    assert!(volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "tb-fz"));
+    stdout_ok(1, "docker ps", ps);
+    // Mutations fail, clearly.
+    for (what, out) in [("docker run -v", &run), ("docker volume rm", &rm)] {
+        assert!(!out.status.success(), "frozen: {what} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not responding") || err.contains("did not finish"),
+            "frozen: {what}: {err}"
+        );
+    }
+
+    ok(&["testbed", "export", "thaw"]);
+    let t = Instant::now();
+    util::eventually(
+        Duration::from_secs(60),
+        "the export to answer again",
+        || run_once(1, "tb-fz", &["cat", "/data/f"]).status.success(),
+    );
+    eprintln!(
+        "after thawing, docker run -v works again after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // The running container's data is still there, the refused remove can be done now,
+    // and the metadata is consistent.
+    assert_eq!(dk_ok(1, &["exec", "tb-c1", "cat", "/data/f"]), "before");
+    dk_ok(1, &["volume", "rm", "tb-fz-rm"]);
+    dk_ok(1, &["volume", "create", "-d", "caravan", "tb-fz-rm"]);
+    let list = caravan_h1(&["list", "--json"]);
+    let volumes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let names: Vec<&str> = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"tb-fz") && names.contains(&"tb-fz-rm"),
+        "{names:?}"
+    );
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["stale"] != true),
+        "{volumes}"
+    );
+    let inspect = caravan_h1(&["inspect", "tb-fz", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["mounts"]["h1"]["count"], 1, "one container uses it: {v}");
+
     dk_ok(1, &["rm", "-f", "tb-c1"]);
     for v in ["tb-fz", "tb-fz-rm"] {
         dk_ok(1, &["volume", "rm", v]);
