@@ -121,7 +121,7 @@ impl SharedLayout {
     fn write_record_file(&self, record: &VolumeRecord) -> Result<()> {
         write_atomically(
             &self.record_file(&record.name),
-            &serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize"),
+            &record_file_content(record),
         )
     }
 
@@ -141,7 +141,17 @@ impl SharedLayout {
             Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
         }
         apply_ownership(&data, &record.options)?;
-        self.write_record_file(record)?;
+        // The folder is new and nobody looks into it before the commit that adds the
+        // volume: the record needs no temporary name and rename (two round trips fewer
+        // on a network filesystem), only to be complete and durable before that commit.
+        // A record left without its data folder (the folder deleted by hand) is replaced.
+        let path = self.record_file(&record.name);
+        match write_new_file(&path, &record_file_content(record)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.write_record_file(record)?
+            }
+            r => r.ctx(|| format!("writing {}", path.display()))?,
+        }
         Ok(true)
     }
 
@@ -226,6 +236,20 @@ impl<'a> From<&'a VolumeRecord> for RecordFile<'a> {
             options: &r.options,
         }
     }
+}
+
+fn record_file_content(record: &VolumeRecord) -> Vec<u8> {
+    serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize")
+}
+
+/// Writes a file that must not exist yet, with fsync.
+fn write_new_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(content)?;
+    f.sync_all()
 }
 
 /// Deletes a file or a tree without following symlinks.

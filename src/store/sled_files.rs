@@ -100,17 +100,39 @@ fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
     Ok(removed)
 }
 
-/// Makes the commit durable: fsyncs sled's log (`db`), and on this process's first commit
-/// its folder too (the log file may just have been created). sled's own flush uses
-/// `sync_file_range`, which does not make NFS send the data to the server. The snapshot
-/// sled writes while opening is fsynced by sled itself, and `conf` never changes.
-pub(super) fn fsync_log(meta: &std::path::Path, with_folder: bool) -> Result<()> {
-    let folder = [meta.to_path_buf()];
-    let paths = std::iter::once(meta.join("db")).chain(folder.into_iter().filter(|_| with_folder));
-    for p in paths {
-        fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(format!("fsync {}", p.display()), e))?;
+/// sled's log file, opened once per hold of the lock so that each commit's fsync costs
+/// one round trip on a network filesystem instead of an open, an fsync and a close.
+pub(super) struct LogFile {
+    meta: std::path::PathBuf,
+    db: fs::File,
+}
+
+impl LogFile {
+    pub(super) fn open(meta: &std::path::Path) -> Result<LogFile> {
+        let path = meta.join("db");
+        let db = fs::File::open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok(LogFile {
+            meta: meta.to_path_buf(),
+            db,
+        })
     }
-    Ok(())
+
+    /// Makes the commit durable: fsyncs sled's log (`db`), and on this process's first
+    /// commit its folder too (the log file may just have been created). sled's own flush
+    /// uses `sync_file_range`, which does not make NFS send the data to the server; an
+    /// fsync through any descriptor of the file does. The snapshot sled writes while
+    /// opening is fsynced by sled itself, and `conf` never changes.
+    pub(super) fn fsync(&self, with_folder: bool) -> Result<()> {
+        let err = |p: &std::path::Path, e| Error::io(format!("fsync {}", p.display()), e);
+        self.db
+            .sync_all()
+            .map_err(|e| err(&self.meta.join("db"), e))?;
+        if with_folder {
+            fs::File::open(&self.meta)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| err(&self.meta, e))?;
+        }
+        Ok(())
+    }
 }
