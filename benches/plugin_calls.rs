@@ -8,7 +8,10 @@
 //! Environment:
 //! - `CARAVAN_BENCH_ROOT`: the shared root to measure (default: a temporary local folder);
 //! - `CARAVAN_BENCH_OPS`: calls per client per operation (default 200; smoke: 10);
-//! - `CARAVAN_BENCH_LIST_VOLUMES`: volumes for the List-at-scale figure (default 10000; smoke: 200).
+//! - `CARAVAN_BENCH_LIST_VOLUMES`: the largest root of the scale figures, which are taken at
+//!   100, 1 000 and 10 000 volumes up to it (default 10000; smoke: 200);
+//! - `CARAVAN_BENCH_CLIENTS`: concurrent clients per round (default `1,16,64`; several
+//!   roots: `1,16`).
 //! - `CARAVAN_BENCH_LOG`: the daemons' `--log-level` (default `warn`; `debug` logs each hold
 //!   of the cluster lock and each commit with their times).
 
@@ -79,51 +82,79 @@ fn main() {
         .collect();
     let sockets: Vec<PathBuf> = daemons.iter().map(|d| d.socket.clone()).collect();
     let daemon = &daemons[0];
+    // Idle: started, one heartbeat round done, no volume yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle_rss = daemon.rss_kib();
+
+    let default_clients = if roots.len() == 1 { "1,16,64" } else { "1,16" };
+    let client_counts: Vec<usize> = std::env::var("CARAVAN_BENCH_CLIENTS")
+        .unwrap_or_else(|_| default_clients.into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let mut rows = Vec::new();
-    for clients in [1usize, 16] {
+    for &clients in &client_counts {
         rows.extend(run_round(&sockets, clients, ops, &format!("c{clients}")));
     }
-    // List at scale: fill up to `list_volumes` with 16 clients (this doubles as a
-    // sustained-create figure), then time List.
-    let t = Instant::now();
-    let fill = parallel(
-        std::slice::from_ref(&daemon.socket),
-        16,
-        list_volumes.div_ceil(16),
-        &|c, i, conn: &mut Conn| {
-            conn.call(
-                "Create",
-                &format!(r#"{{"Name":"fill-{c}-{i}","Opts":{{}}}}"#),
-            )
-        },
-    );
-    let fill_secs = t.elapsed().as_secs_f64();
-    println!(
-        "filled {} volumes in {:.2} s ({:.0} creates/s with 16 clients)",
-        fill.len(),
-        fill_secs,
-        fill.len() as f64 / fill_secs
-    );
-    let list = parallel(
-        std::slice::from_ref(&daemon.socket),
-        1,
-        if full { 50 } else { 5 },
-        &|_, _, conn: &mut Conn| conn.call("List", "{}"),
-    );
-    rows.push(Row::new(
-        "List",
-        "1",
-        &format!("{} vols", fill.len()),
-        list,
-        Duration::ZERO,
-    ));
+
+    // Scale: fill to each size with 16 clients (this doubles as a sustained-create
+    // figure), then time one client's Create, Mount, Unmount, Remove and List there.
+    let mut sizes: Vec<usize> = [100, 1_000, 10_000]
+        .into_iter()
+        .filter(|&n| n < list_volumes)
+        .collect();
+    sizes.push(list_volumes);
+    let mut filled = 0;
+    let mut scale_rows = Vec::new();
+    for &size in &sizes {
+        let t = Instant::now();
+        let add = (size - filled).div_ceil(16);
+        let fill = parallel(
+            std::slice::from_ref(&daemon.socket),
+            16,
+            add,
+            &|c, i, conn: &mut Conn| {
+                conn.call(
+                    "Create",
+                    &format!(r#"{{"Name":"fill-{filled}-{c}-{i}","Opts":{{}}}}"#),
+                )
+            },
+        );
+        filled += fill.len();
+        let fill_secs = t.elapsed().as_secs_f64();
+        println!(
+            "filled to {filled} volumes: {} creates in {:.2} s ({:.0}/s with 16 clients)",
+            fill.len(),
+            fill_secs,
+            fill.len() as f64 / fill_secs
+        );
+        scale_rows.extend(run_at_scale(
+            &daemon.socket,
+            filled,
+            if full { 50 } else { 5 },
+        ));
+    }
+    let rss = daemon.rss_kib();
 
     println!();
+    print_rows(&rows, &floor);
+    println!("\nat scale, one client:");
+    print_rows(&scale_rows, &floor);
+    print_scaling(&rows);
+    println!(
+        "\ndaemon RSS: idle {:.1} MiB, with {filled} volumes {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    drop(daemons);
+}
+
+fn print_rows(rows: &[Row], floor: &Floor) {
     println!(
         "{:<10} {:>7} {:>12} {:>7} {:>9} {:>9} {:>9} {:>10}",
         "call", "clients", "volumes", "n", "p50 ms", "p99 ms", "ops/s", "p50/floor"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<10} {:>7} {:>12} {:>7} {:>9.3} {:>9.3} {:>9.0} {:>10.2}",
             r.op,
@@ -136,17 +167,75 @@ fn main() {
             r.p50 / floor.total()
         );
     }
-    let rss = daemon.rss_kib();
-    println!(
-        "\ndaemon RSS with {} volumes: {:.1} MiB",
-        fill.len(),
-        rss as f64 / 1024.0
-    );
-    drop(daemons);
 }
 
-/// One round of every call with `clients` concurrent clients.
+/// Group commit at work: each mutating call's throughput with N clients as a multiple of
+/// its throughput with one.
+fn print_scaling(rows: &[Row]) {
+    println!("\nthroughput against one client (group commit):");
+    for op in ["Create", "Mount", "Unmount", "Remove"] {
+        let of_op: Vec<&Row> = rows.iter().filter(|r| r.op == op).collect();
+        let Some(one) = of_op.first() else { continue };
+        let cells: Vec<String> = of_op
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} clients {:.0}/s ({:.1}x)",
+                    r.clients,
+                    r.ops_per_sec,
+                    r.ops_per_sec / one.ops_per_sec
+                )
+            })
+            .collect();
+        println!("{op:<10} {}", cells.join(", "));
+    }
+}
+
+/// One client's calls on a root that holds `volumes` volumes; leaves the count as it was.
+fn run_at_scale(socket: &Path, volumes: usize, ops: usize) -> Vec<Row> {
+    let sockets = std::slice::from_ref(&socket.to_path_buf()).to_vec();
+    let label = format!("{volumes} vols");
+    let mut rows = Vec::new();
+    let mut timed = |op: &'static str, f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync)| {
+        let samples = parallel(&sockets, 1, ops, f);
+        rows.push(Row::new(op, "1", &label, samples, Duration::ZERO));
+    };
+    let name = |i: usize| format!("scale-{volumes}-{i}");
+    timed("Create", &|_, i, conn| {
+        conn.call(
+            "Create",
+            &format!(r#"{{"Name":"{}","Opts":{{}}}}"#, name(i)),
+        )
+    });
+    timed("Mount", &|_, i, conn| {
+        conn.call(
+            "Mount",
+            &format!(r#"{{"Name":"{}","ID":"scale"}}"#, name(i)),
+        )
+    });
+    timed("Unmount", &|_, i, conn| {
+        conn.call(
+            "Unmount",
+            &format!(r#"{{"Name":"{}","ID":"scale"}}"#, name(i)),
+        )
+    });
+    timed("Remove", &|_, i, conn| {
+        conn.call("Remove", &format!(r#"{{"Name":"{}"}}"#, name(i)))
+    });
+    timed("List", &|_, _, conn| conn.call("List", "{}"));
+    rows
+}
+
+/// One round of every call with `clients` concurrent clients. Past 16 clients each makes
+/// fewer calls, so that every round with 16 or more clients works on the same number of
+/// volumes and their List rows compare.
 fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<Row> {
+    let ops = if clients > 16 {
+        (ops * 16).div_ceil(clients)
+    } else {
+        ops
+    };
+    let volumes = format!("{}", clients * ops * sockets.len());
     let mut rows = Vec::new();
     // "16" on one host; "3x16" for three hosts with 16 clients each.
     let label = if sockets.len() == 1 {
@@ -157,7 +246,7 @@ fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<
     let mut timed = |op: &'static str, f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync)| {
         let t = Instant::now();
         let samples = parallel(sockets, clients, ops, f);
-        rows.push(Row::new(op, &label, "", samples, t.elapsed()));
+        rows.push(Row::new(op, &label, &volumes, samples, t.elapsed()));
     };
     timed("Create", &|c, i, conn| {
         conn.call(

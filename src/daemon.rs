@@ -264,12 +264,14 @@ async fn dispatch(
     }
     if let Some(m) = path.strip_prefix("/VolumeDriver.") {
         let m = m.to_string();
-        let v = bounded(timeout, "VolumeDriver call", async move {
+        let answer = bounded(timeout, "VolumeDriver call", async move {
             plugin::handle(svc, &m, &body).await
         })
-        .await
-        .unwrap_or_else(|e| json!({ "Err": e.to_string() }));
-        return reply(StatusCode::OK, v);
+        .await;
+        return match answer {
+            Ok(body) => reply_body(body),
+            Err(e) => reply(StatusCode::OK, json!({ "Err": e.to_string() })),
+        };
     }
     if path.starts_with("/v1/") {
         let m = method.as_str().to_string();
@@ -309,4 +311,14 @@ async fn bounded<T: Send + 'static>(
 fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
     use warp::Reply;
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// A plugin answer already rendered to JSON; plugin answers are always HTTP 200.
+fn reply_body(body: Bytes) -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(body.into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    r
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -33,13 +34,15 @@ pub fn activate() -> Value {
     json!({ "Implements": ["VolumeDriver"] })
 }
 
-/// Handles one `/VolumeDriver.<method>` call and logs one line for it.
-pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Value {
+/// Handles one `/VolumeDriver.<method>` call and logs one line for it. Returns the JSON
+/// body of the answer.
+pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Bytes {
     let started = Instant::now();
     let req = parse(method, body);
     let volume = req.as_ref().map(|r| r.name.clone()).unwrap_or_default();
     let result = match req {
-        Ok(req) => dispatch(&svc, method, req).await,
+        Ok(_) if method == "List" => list(&svc).await,
+        Ok(req) => dispatch(&svc, method, req).await.map(|v| to_body(&v)),
         Err(e) => Err(e),
     };
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -52,13 +55,28 @@ pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Value {
         // dockerd asks Get before every create: "no such volume" is an answer, not a problem.
         Err(e @ Error::NoSuchVolume(_)) if method == "Get" => {
             tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "not found");
-            json!({ "Err": e.to_string() })
+            to_body(&json!({ "Err": e.to_string() }))
         }
         Err(e) => {
             tracing::warn!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
-            json!({ "Err": e.to_string() })
+            to_body(&json!({ "Err": e.to_string() }))
         }
     }
+}
+
+fn to_body(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("JSON values serialize"))
+}
+
+/// `List`: every volume's name and mountpoint, rendered once per metadata generation.
+async fn list(svc: &Service) -> Result<Bytes> {
+    svc.list_rendered(|names| {
+        let volumes: Vec<Value> = names
+            .map(|(name, mp)| json!({ "Name": name, "Mountpoint": mp }))
+            .collect();
+        to_body(&json!({ "Volumes": volumes, "Err": "" }))
+    })
+    .await
 }
 
 fn parse(method: &str, body: &[u8]) -> Result<Request> {
@@ -124,15 +142,6 @@ async fn dispatch(svc: &Arc<Service>, method: &str, req: Request) -> Result<Valu
                 },
                 "Err": "",
             }))
-        }
-        "List" => {
-            let volumes: Vec<Value> = svc
-                .list_names()
-                .await?
-                .into_iter()
-                .map(|(name, mp)| json!({ "Name": name, "Mountpoint": mp }))
-                .collect();
-            Ok(json!({ "Volumes": volumes, "Err": "" }))
         }
         "Capabilities" => Ok(json!({ "Capabilities": { "Scope": "global" } })),
         other => Err(Error::invalid(format!(

@@ -20,6 +20,12 @@ fn a_second_node_sees_volumes_at_once_and_its_mounts_block_removal() {
     let root = s.path().join("root");
     let a = Daemon::start(s.path(), &root, "a");
     let b = Daemon::start(s.path(), &root, "b");
+    // b renders its List once per generation: an empty one first, which a's create must
+    // not leave behind.
+    assert_eq!(
+        b.ok("VolumeDriver.List", "{}")["Volumes"],
+        serde_json::json!([])
+    );
 
     a.ok(
         "VolumeDriver.Create",

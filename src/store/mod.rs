@@ -528,6 +528,7 @@ impl Worker {
         );
         loop {
             let commit_started = Instant::now();
+            let callers = batch.len();
             let (replies, ok) = self.commit_locked(&mut open, batch);
             // Replies go out at once: the commit is durable, and callers that answer
             // quickly (the next Mount of a busy host) land in this same hold.
@@ -541,7 +542,11 @@ impl Worker {
                 break;
             }
             match jobs.recv_timeout(linger) {
-                Ok(job) => batch = gather_settled(job, jobs, stopping, commit_cost, linger),
+                // A lone caller is not kept waiting for company that is not coming.
+                Ok(job) if callers > 1 => {
+                    batch = gather_settled(job, jobs, stopping, commit_cost, linger)
+                }
+                Ok(job) => batch = gather(job, jobs, stopping),
                 Err(_) => break,
             }
             if batch.is_empty() {
@@ -1179,11 +1184,11 @@ fn gather(first: Job, jobs: &std::sync::mpsc::Receiver<Job>, stopping: &mut bool
     batch
 }
 
-/// Inside a hold: the first job plus whatever arrives without a gap longer than a quarter
-/// of what the last commit cost, for at most that cost (and `linger`) in all. The callers
-/// answered by one commit send their next calls a little apart; taken one by one they
-/// would each pay a whole commit, taken together they share one. Where a commit is cheap
-/// (a local disk) the wait is a fraction of a millisecond.
+/// Inside a hold, after a commit that answered several callers: the first job plus
+/// whatever arrives without a gap longer than a quarter of what the last commit cost, for
+/// at most that cost (and `linger`) in all. The callers answered by one commit send their
+/// next calls a little apart; taken one by one they would each pay a whole commit, taken
+/// together they share one.
 fn gather_settled(
     first: Job,
     jobs: &std::sync::mpsc::Receiver<Job>,

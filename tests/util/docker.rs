@@ -84,41 +84,46 @@ const BASE: &str = "/var/lib/caravan-test/e2e";
 /// The shared daemon. Tests take it shared; tests that restart it take it exclusively.
 pub fn shared_daemon() -> &'static RwLock<Daemon> {
     static DAEMON: OnceLock<RwLock<Daemon>> = OnceLock::new();
-    DAEMON.get_or_init(|| {
-        let base = Path::new(BASE);
-        let socket = PathBuf::from(SOCKET);
-        let run_dir = socket.parent().unwrap();
-        // A daemon left by an earlier binary (normally already gone: see spawn_tied).
-        if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let cmd =
-                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if cmd.contains("caravan") {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+    DAEMON.get_or_init(|| RwLock::new(start_shared_driver(None)))
+}
+
+/// Starts the daemon that serves [`DRIVER`] at its fixed socket, on `root` (default: a
+/// fresh folder under the e2e base). Benchmarks use it to measure another root through
+/// the same driver name, which leaves dockerd no dead plugin behind.
+pub fn start_shared_driver(root: Option<&Path>) -> Daemon {
+    let base = Path::new(BASE);
+    let socket = PathBuf::from(SOCKET);
+    let run_dir = socket.parent().unwrap();
+    // A daemon left by an earlier binary (normally already gone: see spawn_tied).
+    if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmd.contains("caravan") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
-        super::unmount_below(base);
-        let _ = std::fs::remove_dir_all(base);
-        std::fs::create_dir_all(base).unwrap();
-        std::fs::create_dir_all(run_dir).unwrap();
-        let mut d = Daemon::new(
-            base,
-            &base.join("root"),
-            "h1",
-            PathBuf::from("/etc/docker/plugins"),
-            DRIVER,
-            &[],
-        );
-        d.socket = socket;
-        d.tied_to_process = true;
-        d.spawn();
-        RwLock::new(d)
-    })
+    }
+    super::unmount_below(base);
+    let _ = std::fs::remove_dir_all(base);
+    std::fs::create_dir_all(base).unwrap();
+    std::fs::create_dir_all(run_dir).unwrap();
+    let default_root = base.join("root");
+    let mut d = Daemon::new(
+        base,
+        root.unwrap_or(&default_root),
+        "h1",
+        PathBuf::from("/etc/docker/plugins"),
+        DRIVER,
+        &[],
+    );
+    d.socket = socket;
+    d.tied_to_process = true;
+    d.spawn();
+    d
 }
 
 /// One test's view of the shared world: names for volumes and containers that no other

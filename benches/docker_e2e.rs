@@ -1,0 +1,267 @@
+//! What a Docker user sees: caravan against Docker's own `local` driver, side by side in
+//! one run, on the same filesystem.
+//!
+//! 1. End to end: `docker volume create` + `docker run --rm -v vol:/data busybox true` +
+//!    `docker volume rm`, with `-d caravan` and with `-d local` on a host folder
+//!    (`--opt type=none --opt o=bind --opt device=...`), runs interleaved.
+//! 2. Data path: sequential write and read and small-file creates inside one container
+//!    that has a caravan volume and a bind mount of a plain folder on the same root.
+//!    caravan only bind-mounts, so the ratio should be 1.0 within noise.
+//!
+//! `cargo bench --bench docker_e2e` (as root, with dockerd up: `scripts/docker-up`). Under
+//! `cargo test` (no `--bench` argument) it runs a small smoke version. Environment:
+//! - `CARAVAN_BENCH_ROOT`: the shared root (default: a folder under /var/lib/caravan-test;
+//!   with only `CARAVAN_BENCH_ROOTS` set, the first of those);
+//! - `CARAVAN_BENCH_REPS`: interleaved runs per figure (default 10; smoke: 2);
+//! - `CARAVAN_BENCH_MB`: size of the sequential file (default 1024; smoke: 8);
+//! - `CARAVAN_BENCH_FILES`: small files per run (default 5000; smoke: 50).
+//!
+//! Each figure should take well over a second: `docker exec` itself varies by several
+//! milliseconds from call to call, and on a fast disk 256 MiB is written in 0.2 s.
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use util::docker::{docker, docker_ok, start_shared_driver, DRIVER, IMAGE};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if !util::docker::available("docker_e2e benchmark") {
+        return;
+    }
+    let env_num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let reps = env_num("CARAVAN_BENCH_REPS", if full { 10 } else { 2 }).max(1);
+    let mb = env_num("CARAVAN_BENCH_MB", if full { 1024 } else { 8 });
+    let files = env_num("CARAVAN_BENCH_FILES", if full { 5000 } else { 50 });
+    let first_of_roots = std::env::var("CARAVAN_BENCH_ROOTS")
+        .ok()
+        .and_then(|l| l.split(':').next().map(|r| PathBuf::from(r).join("docker")));
+    let root = std::env::var_os("CARAVAN_BENCH_ROOT")
+        .map(PathBuf::from)
+        .or(first_of_roots)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/caravan-test/bench-root"));
+    std::fs::create_dir_all(&root).unwrap();
+    // The `local` driver's folders and the plain bind folder live on the same root, so
+    // both sides use the same filesystem.
+    let plain = root.join("plain");
+    let _ = std::fs::remove_dir_all(&plain);
+    std::fs::create_dir_all(&plain).unwrap();
+    let _daemon = start_shared_driver(Some(&root));
+    println!(
+        "caravan docker benchmark: root {}, {reps} interleaved runs per figure",
+        root.display()
+    );
+
+    end_to_end(&plain, reps);
+    data_path(&plain, reps, mb, files);
+    let _ = std::fs::remove_dir_all(&plain);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Driver {
+    Caravan,
+    Local,
+}
+
+impl Driver {
+    fn name(self) -> &'static str {
+        match self {
+            Driver::Caravan => "caravan",
+            Driver::Local => "local",
+        }
+    }
+}
+
+/// The two drivers, in alternating order from run to run so that neither always goes
+/// first (warm caches, dockerd's own state).
+fn interleaved(run: usize) -> [Driver; 2] {
+    if run % 2 == 0 {
+        [Driver::Caravan, Driver::Local]
+    } else {
+        [Driver::Local, Driver::Caravan]
+    }
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn end_to_end(plain: &Path, reps: usize) {
+    // [driver][step] → samples in ms; steps: create, run, rm, total.
+    let mut samples = vec![vec![Vec::new(); 4]; 2];
+    // One untimed round first: the first `docker run` of a process pays for loading the
+    // image's layers and dockerd's first call to the plugin.
+    for run in 0..=reps {
+        for driver in interleaved(run) {
+            let name = format!("bench-e2e-{}-{run}", driver.name());
+            let create = timed(|| match driver {
+                Driver::Caravan => {
+                    docker_ok(&["volume", "create", "-d", DRIVER, &name]);
+                }
+                Driver::Local => {
+                    let dir = plain.join(&name);
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let device = format!("device={}", dir.display());
+                    docker_ok(&[
+                        "volume",
+                        "create",
+                        "-d",
+                        "local",
+                        "--opt",
+                        "type=none",
+                        "--opt",
+                        "o=bind",
+                        "--opt",
+                        &device,
+                        &name,
+                    ]);
+                }
+            });
+            let mount = format!("{name}:/data");
+            let run_ms = timed(|| {
+                docker_ok(&[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "-v",
+                    &mount,
+                    IMAGE,
+                    "true",
+                ]);
+            });
+            let rm = timed(|| {
+                docker_ok(&["volume", "rm", &name]);
+            });
+            if run > 0 {
+                let s = &mut samples[driver as usize];
+                for (i, v) in [create, run_ms, rm, create + run_ms + rm]
+                    .into_iter()
+                    .enumerate()
+                {
+                    s[i].push(v);
+                }
+            }
+        }
+    }
+    println!("\ndocker end to end: median of {reps} interleaved runs");
+    println!(
+        "{:<34} {:>11} {:>11} {:>14}",
+        "step", "caravan ms", "local ms", "caravan/local"
+    );
+    let steps = [
+        "docker volume create",
+        "docker run --rm -v vol:/data true",
+        "docker volume rm",
+        "all three",
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let c = median(samples[0][i].clone());
+        let l = median(samples[1][i].clone());
+        println!("{step:<34} {c:>11.1} {l:>11.1} {:>14.2}", c / l);
+    }
+}
+
+fn data_path(plain: &Path, reps: usize, mb: usize, files: usize) {
+    let volume = "bench-datapath";
+    let container = "caravan-bench-datapath";
+    let _ = docker(&["rm", "-f", container]);
+    let _ = docker(&["volume", "rm", "-f", volume]);
+    docker_ok(&["volume", "create", "-d", DRIVER, volume]);
+    let bind = plain.join("datapath");
+    std::fs::create_dir_all(&bind).unwrap();
+    let caravan_mount = format!("{volume}:/c");
+    let bind_mount = format!("{}:/b", bind.display());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        container,
+        "-v",
+        &caravan_mount,
+        "-v",
+        &bind_mount,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    let exec = |script: &str| {
+        timed(|| {
+            docker_ok(&["exec", container, "sh", "-c", script]);
+        })
+    };
+    // `docker exec` itself costs tens of milliseconds; it is measured here and taken off
+    // every figure below.
+    let overhead = median((0..5).map(|_| exec("true")).collect());
+    let mut samples = vec![vec![Vec::new(); 3]; 2];
+    for run in 0..reps {
+        for driver in interleaved(run) {
+            let dir = match driver {
+                Driver::Caravan => "/c",
+                Driver::Local => "/b",
+            };
+            let write = exec(&format!(
+                "dd if=/dev/zero of={dir}/seq bs=1M count={mb} conv=fsync 2>/dev/null"
+            )) - overhead;
+            drop_caches();
+            let read = exec(&format!("dd if={dir}/seq of=/dev/null bs=1M 2>/dev/null")) - overhead;
+            let small = exec(&format!(
+                "mkdir {dir}/small && cd {dir}/small && i=0 && \
+                 while [ $i -lt {files} ]; do echo x > f$i; i=$((i+1)); done"
+            )) - overhead;
+            exec(&format!("rm -rf {dir}/seq {dir}/small"));
+            let s = &mut samples[driver as usize];
+            let per_sec = |n: f64, ms: f64| n / (ms.max(0.001) / 1e3);
+            s[0].push(per_sec(mb as f64, write));
+            s[1].push(per_sec(mb as f64, read));
+            s[2].push(per_sec(files as f64, small));
+        }
+    }
+    let _ = docker(&["rm", "-f", container]);
+    let _ = docker(&["volume", "rm", "-f", volume]);
+    let _ = std::fs::remove_dir_all(&bind);
+    println!(
+        "\ndata path inside one container: median of {reps} interleaved runs \
+         (docker exec's own {overhead:.1} ms taken off)"
+    );
+    println!(
+        "{:<34} {:>11} {:>11} {:>14}",
+        "measure", "caravan", "bind", "caravan/bind"
+    );
+    let rows = [
+        format!("sequential write {mb} MiB, MiB/s"),
+        format!("sequential read {mb} MiB, MiB/s"),
+        format!("{files} small files created, /s"),
+    ];
+    for (i, row) in rows.iter().enumerate() {
+        let c = median(samples[0][i].clone());
+        let b = median(samples[1][i].clone());
+        println!("{row:<34} {c:>11.1} {b:>11.1} {:>14.2}", c / b);
+    }
+}
+
+/// Empties the page cache so that the read measures the filesystem, not memory.
+fn drop_caches() {
+    // SAFETY: sync has no preconditions.
+    unsafe { nix::libc::sync() };
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("could not drop the page cache ({e}); reads may come from memory");
+    }
+}
