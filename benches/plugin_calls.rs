@@ -173,7 +173,7 @@ fn print_rows(rows: &[Row], floor: &Floor) {
 /// its throughput with one.
 fn print_scaling(rows: &[Row]) {
     println!("\nthroughput against one client (group commit):");
-    for op in ["Create", "Mount", "Unmount", "Remove"] {
+    for op in ["Create", "Mount", "Unmount", "Remove", "Lifecycle"] {
         let of_op: Vec<&Row> = rows.iter().filter(|r| r.op == op).collect();
         let Some(one) = of_op.first() else { continue };
         let cells: Vec<String> = of_op
@@ -273,6 +273,19 @@ fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<
     timed("Remove", &|c, i, conn| {
         conn.call("Remove", &format!(r#"{{"Name":"{tag}-{c}-{i}"}}"#))
     });
+    // A volume's whole life, the mix a busy cluster sees: each sample is four mutating
+    // calls, and the row's ops/s counts calls.
+    let t = Instant::now();
+    let samples = parallel(sockets, clients, ops, &|c, i, conn| {
+        let name = format!("{tag}-life-{c}-{i}");
+        conn.call("Create", &format!(r#"{{"Name":"{name}","Opts":{{}}}}"#))
+            + conn.call("Mount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
+            + conn.call("Unmount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
+            + conn.call("Remove", &format!(r#"{{"Name":"{name}"}}"#))
+    });
+    let mut life = Row::new("Lifecycle", &label, &volumes, samples, t.elapsed());
+    life.ops_per_sec *= 4.0;
+    rows.push(life);
     rows
 }
 
