@@ -55,7 +55,7 @@ fn main() {
     let plain = root.join("plain");
     let _ = std::fs::remove_dir_all(&plain);
     std::fs::create_dir_all(&plain).unwrap();
-    let _daemon = start_shared_driver(Some(&root));
+    let mut daemon = start_shared_driver(Some(&root));
     println!(
         "caravan docker benchmark: root {}, {reps} interleaved runs per figure",
         root.display()
@@ -64,6 +64,9 @@ fn main() {
     end_to_end(&plain, reps);
     data_path(&root, reps, mb, files);
     let _ = std::fs::remove_dir_all(&plain);
+    // SIGTERM, not a kill: the daemon removes its spec file, and dockerd then does not
+    // wait 15 s on every later `docker volume ls` for a plugin that is gone.
+    daemon.stop();
 }
 
 #[derive(Clone, Copy, PartialEq)]
