@@ -36,11 +36,11 @@ pub async fn run(
         Some(export) => {
             let (export, options, target) =
                 (export.clone(), cfg.nfs_options.clone(), cfg.root.clone());
-            tokio::task::spawn_blocking(move || {
+            let what = format!("mounting the NFS export {}:{}", export.server, export.path);
+            bounded_start(what, cfg.timeout, move || {
                 crate::nfs::mount(&export, options.as_deref(), &target)
             })
-            .await
-            .map_err(|e| Error::Store(format!("mounting the NFS export: {e}")))??
+            .await?
         }
         None => false,
     };
@@ -52,28 +52,37 @@ pub async fn run(
             .create(&cfg.root)
             .ctx(|| format!("creating the local root {}", cfg.root.display()))?;
     }
-    // Warns, among other things, that a local root (such as this default) is not shared.
-    let root_info = crate::root::check(&shared, &cfg.node, cfg.timeout / 2)?;
-    tracing::info!(root = %cfg.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
-
     let local = NodeLayout {
         state_dir: cfg.state_dir.clone(),
     };
     local.init()?;
 
-    // The store gets half the call budget, so that a call that waited for the lock still
-    // has time left to bind-mount and answer.
-    let nodes = Arc::new(Nodes::new(
-        &shared,
-        &cfg.node,
+    // Everything that touches the export before serving, within the call timeout: a
+    // frozen export makes the daemon exit with a clear error instead of hanging in its
+    // start-up (a service manager then shows why, and can retry).
+    let health = Health::new(stall_after(cfg.timeout));
+    let (node, timeout, heartbeat, dead_after, h) = (
+        cfg.node.clone(),
+        cfg.timeout,
         cfg.heartbeat,
         cfg.dead_after,
-    )?);
-    nodes.beat(HeartbeatState::Running)?;
-    nodes.observe()?;
-    let health = Health::new(stall_after(cfg.timeout));
-    health.set_root(root_info);
-    let store = Store::start(shared, cfg.timeout / 2, Some(nodes.clone()), health.clone())?;
+        health.clone(),
+    );
+    let what = format!("checking the shared root {}", cfg.root.display());
+    let (nodes, store) = bounded_start(what, cfg.timeout, move || {
+        // Warns, among other things, that a local root (such as the default) is not shared.
+        let root_info = crate::root::check(&shared, &node, timeout / 2)?;
+        tracing::info!(root = %shared.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
+        let nodes = Arc::new(Nodes::new(&shared, &node, heartbeat, dead_after)?);
+        nodes.beat(HeartbeatState::Running)?;
+        nodes.observe()?;
+        h.set_root(root_info);
+        // The store gets half the call budget, so that a call that waited for the lock
+        // still has time left to bind-mount and answer.
+        let store = Store::start(shared, timeout / 2, Some(nodes.clone()), h)?;
+        Ok((nodes, store))
+    })
+    .await?;
     let svc = Service::start(
         cfg.node.clone(),
         store.clone(),
@@ -176,6 +185,24 @@ async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>, health: Arc<Health
                 n.observe()
             })
         }));
+    }
+}
+
+/// Runs start-up work on the export off the async threads, giving up after `budget`. The
+/// thread of work that gave up stays blocked in the kernel until the export answers; the
+/// daemon does not wait for it.
+async fn bounded_start<T: Send + 'static>(
+    what: String,
+    budget: Duration,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Error::Store(format!("{what}: {e}"))),
+        Err(_) => Err(Error::Timeout {
+            what,
+            after: budget,
+        }),
     }
 }
 

@@ -49,7 +49,14 @@ fn run_daemon(args: caravan::config::DaemonArgs) -> i32 {
         .thread_name("caravan")
         .build()
         .map_err(|e| caravan::Error::io("starting the runtime", e))
-        .and_then(|rt| rt.block_on(run));
+        .and_then(|rt| {
+            let result = rt.block_on(run);
+            // A thread still blocked on a stalled export (the start-up check that gave up,
+            // a call that timed out) would keep a plain drop of the runtime waiting until
+            // the export answers: the daemon's work is done, so do not wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
+        });
     match result {
         Ok(()) => 0,
         Err(e) => {

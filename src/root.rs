@@ -94,8 +94,15 @@ pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<R
 /// The mount the root is on, from `/proc/self/mountinfo`.
 fn mount_of_root(root: &Path) -> Result<MountEntry> {
     let meta = std::fs::metadata(root).map_err(|e| {
+        let what_to_do = match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+            // A network filesystem whose server is gone or restarted under it.
+            Some(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ESTALE | nix::errno::Errno::EIO) => {
+                "its filesystem's server does not answer; check the export and this host's mount of it"
+            }
+            _ => "create it, or mount the export there first",
+        };
         Error::invalid(format!(
-            "the shared root {} is not accessible ({e}): create it, or mount the export there first",
+            "the shared root {} is not accessible ({e}): {what_to_do}",
             root.display()
         ))
     })?;

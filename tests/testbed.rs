@@ -4,6 +4,7 @@
 
 mod util;
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -323,6 +324,63 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (r, t.elapsed())
 }
 
+/// Starts a second daemon on host 1's mount, with `--timeout 4s`, and waits (at most
+/// `bound`) for the one-line error it must print. Returns the process, still to be reaped.
+fn start_fails_clearly(outage: &Outage, bound: Duration) -> std::process::Child {
+    use std::io::BufRead;
+    let base = PathBuf::from("/var/lib/caravan-testbed");
+    let state = PathBuf::from("/tmp/caravan-testbed-late");
+    let _ = std::fs::remove_dir_all(&state);
+    let mut child = Command::new(util::caravan_bin())
+        .args([
+            "daemon",
+            "--config",
+            "/dev/null",
+            "--node",
+            "late",
+            "--timeout",
+            "4s",
+        ])
+        .arg("--root")
+        .arg(base.join("h1/export"))
+        .arg("--state-dir")
+        .arg(state.join("state"))
+        .arg("--socket")
+        .arg(state.join("late.sock"))
+        .arg("--spec-dir")
+        .arg(state.join("spec"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start caravan daemon");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            if line.starts_with("caravan daemon:") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(bound).unwrap_or_else(|_| {
+        panic!(
+            "{}: a new daemon printed no error within {bound:?}",
+            outage.name
+        )
+    });
+    eprintln!("{}: a new daemon said: {line}", outage.name);
+    assert!(
+        ["did not finish within 4s", "not connected"]
+            .iter()
+            .any(|e| line.contains(e)),
+        "{}: {line}",
+        outage.name
+    );
+    child
+}
+
 fn caravan_h1(args: &[&str]) -> Output {
     Command::new(util::caravan_bin())
         .args(["--socket", "/run/caravan-testbed/h1.sock"])
@@ -402,6 +460,11 @@ fn export_outage(outage: &Outage) {
     report.push(("caravan list", t));
     let (ps, t) = timed(|| dk(1, &["ps"]));
     report.push(("docker ps", t));
+    // A daemon starting now gives up with a clear error instead of hanging in its
+    // start-up. (Its process may still only end once the export answers: a FUSE request
+    // the server has received cannot be interrupted.)
+    let (starting, t) = timed(|| start_fails_clearly(outage, bound));
+    report.push(("a new daemon's start", t));
     let info = caravan_h1(&["info"]);
     for (what, t) in &report {
         eprintln!("{name}: {what} returned in {:.2} s", t.as_secs_f64());
@@ -432,6 +495,9 @@ fn export_outage(outage: &Outage) {
     }
 
     ok(&["testbed", "export", outage.restore]);
+    let mut starting = starting;
+    let _ = starting.kill();
+    let _ = starting.wait();
     let t = Instant::now();
     util::eventually(
         Duration::from_secs(60),
