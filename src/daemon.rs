@@ -20,7 +20,7 @@ use warp::Filter;
 
 use crate::config::DaemonConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::health::Health;
+use crate::health::{run_blocking, Health};
 use crate::layout::{NodeLayout, SharedLayout};
 use crate::node::{HeartbeatState, Nodes};
 use crate::service::Service;
@@ -37,7 +37,7 @@ pub async fn run(
             let (export, options, target) =
                 (export.clone(), cfg.nfs_options.clone(), cfg.root.clone());
             let what = format!("mounting the NFS export {}:{}", export.server, export.path);
-            bounded_start(what, cfg.timeout, move || {
+            run_blocking(&what, cfg.timeout, move || {
                 crate::nfs::mount(&export, options.as_deref(), &target)
             })
             .await?
@@ -59,7 +59,8 @@ pub async fn run(
 
     // Everything that touches the export before serving, within the call timeout: a
     // frozen export makes the daemon exit with a clear error instead of hanging in its
-    // start-up (a service manager then shows why, and can retry).
+    // start-up (a service manager then shows why, and can retry). The thread that gave up
+    // stays blocked in the kernel until the export answers; the daemon does not wait.
     let health = Health::new(stall_after(cfg.timeout));
     let (node, timeout, heartbeat, dead_after, h) = (
         cfg.node.clone(),
@@ -69,7 +70,7 @@ pub async fn run(
         health.clone(),
     );
     let what = format!("checking the shared root {}", cfg.root.display());
-    let (nodes, store) = bounded_start(what, cfg.timeout, move || {
+    let (nodes, store) = run_blocking(&what, cfg.timeout, move || {
         // Warns, among other things, that a local root (such as the default) is not shared.
         let root_info = crate::root::check(&shared, &node, timeout / 2)?;
         tracing::info!(root = %shared.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
@@ -185,24 +186,6 @@ async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>, health: Arc<Health
                 n.observe()
             })
         }));
-    }
-}
-
-/// Runs start-up work on the export off the async threads, giving up after `budget`. The
-/// thread of work that gave up stays blocked in the kernel until the export answers; the
-/// daemon does not wait for it.
-async fn bounded_start<T: Send + 'static>(
-    what: String,
-    budget: Duration,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    match tokio::time::timeout(budget, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::Store(format!("{what}: {e}"))),
-        Err(_) => Err(Error::Timeout {
-            what,
-            after: budget,
-        }),
     }
 }
 

@@ -102,32 +102,6 @@ impl SharedLayout {
     /// Creates (or adopts, when retained data is already there) a volume's folders and
     /// writes its record beside the data. Returns whether existing data was adopted.
     pub fn create_volume(&self, record: &VolumeRecord) -> Result<bool> {
-        if self.prepare_volume(record)? {
-            return Ok(false);
-        }
-        let data = self.data_dir(&record.name);
-        let m = fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
-        if !m.is_dir() {
-            return Err(Error::invalid(format!(
-                "{} exists and is not a directory; move it away and create the volume again",
-                data.display()
-            )));
-        }
-        apply_ownership(&data, &record.options)?;
-        self.write_record_file(record)?;
-        Ok(true)
-    }
-
-    fn write_record_file(&self, record: &VolumeRecord) -> Result<()> {
-        write_atomically(
-            &self.record_file(&record.name),
-            &record_file_content(record),
-        )
-    }
-
-    /// Makes a new volume's folders and `volume.json`. Returns false, touching nothing,
-    /// when the data folder already exists (see [`SharedLayout::create_volume`]).
-    fn prepare_volume(&self, record: &VolumeRecord) -> Result<bool> {
         let vdir = self.volume_dir(&record.name);
         fs::DirBuilder::new()
             .recursive(true)
@@ -135,24 +109,38 @@ impl SharedLayout {
             .create(&vdir)
             .ctx(|| format!("creating {}", vdir.display()))?;
         let data = self.data_dir(&record.name);
-        match fs::DirBuilder::new().mode(0o755).create(&data) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
-        }
-        apply_ownership(&data, &record.options)?;
-        // The folder is new and nobody looks into it before the commit that adds the
-        // volume: the record needs no temporary name and rename (two round trips fewer
-        // on a network filesystem), only to be complete and durable before that commit.
-        // A record left without its data folder (the folder deleted by hand) is replaced.
-        let path = self.record_file(&record.name);
-        match write_new_file(&path, &record_file_content(record)) {
+        let adopted = match fs::DirBuilder::new().mode(0o755).create(&data) {
+            Ok(()) => false,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                self.write_record_file(record)?
+                let m =
+                    fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
+                if !m.is_dir() {
+                    return Err(Error::invalid(format!(
+                        "{} exists and is not a directory; move it away and create the volume again",
+                        data.display()
+                    )));
+                }
+                true
+            }
+            Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
+        };
+        apply_ownership(&data, &record.options)?;
+        let path = self.record_file(&record.name);
+        let content = record_file_content(record);
+        if adopted {
+            return write_atomically(&path, &content).map(|()| true);
+        }
+        // The data folder is new and nobody looks into it before the commit that adds the
+        // volume: the record needs no temporary name and rename (two round trips fewer on
+        // a network filesystem), only to be complete and durable before that commit. A
+        // record left without its data folder (the folder deleted by hand) is replaced.
+        match write_new_file(&path, &content) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                write_atomically(&path, &content)?
             }
             r => r.ctx(|| format!("writing {}", path.display()))?,
         }
-        Ok(true)
+        Ok(false)
     }
 
     /// Puts a removed volume's data where its `on_delete` says: the trash (with `tag`

@@ -137,12 +137,12 @@ pub fn mount_options(user: Option<&str>, addr: IpAddr) -> Result<(&'static str, 
                 "invalid NFS option {part:?} in --nfs-options: expected key or key=value, separated by commas"
             )));
         }
+        if crate::root::local_lock_problem(part).is_some() {
+            return Err(Error::invalid(format!(
+                "--nfs-options {part}: caravan needs locks shared between hosts; leave out {part}"
+            )));
+        }
         match (k, v) {
-            ("nolock", _) | ("local_lock", Some("all" | "posix")) => {
-                return Err(Error::invalid(format!(
-                    "--nfs-options {part}: caravan needs locks shared between hosts; leave out {part}"
-                )))
-            }
             ("vers" | "nfsvers", Some(v)) if !v.starts_with('4') => {
                 return Err(Error::invalid(format!(
                     "--nfs-options {part}: only NFSv4 (vers=4, 4.1, 4.2) can be mounted by caravan itself; mount an NFSv3 export yourself (fstab) and pass --root"

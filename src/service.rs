@@ -671,18 +671,11 @@ impl Service {
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let ticket = self.health.begin(what)?;
-        let work = tokio::task::spawn_blocking(move || {
+        crate::health::run_blocking(what, limit, move || {
             let _ticket = ticket;
             f()
-        });
-        match tokio::time::timeout(limit, work).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
-            Err(_) => Err(Error::Timeout {
-                what: what.to_string(),
-                after: limit,
-            }),
-        }
+        })
+        .await
     }
 }
 
