@@ -136,8 +136,9 @@ impl Drop for Bed {
     }
 }
 
+/// Stops the machine's dockerd and starts it again with `scripts/docker-up`, which also
+/// deletes the plugin specs of daemons that are gone.
 fn restart_dockerd() {
-    remove_dead_plugin_specs();
     if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
         let pid = pid.trim().to_string();
         let _ = Command::new("kill").arg(&pid).status();
@@ -149,26 +150,6 @@ fn restart_dockerd() {
         }
     }
     let _ = script(&["docker-up"]);
-}
-
-/// Deletes the plugin spec files whose socket nobody serves. dockerd asks every plugin
-/// it finds there on each `docker volume ls`, and waits 15 s for a dead one, restarted or
-/// not; a daemon killed with SIGKILL (a crashed run, a benchmark) leaves its spec behind.
-fn remove_dead_plugin_specs() {
-    let Ok(entries) = std::fs::read_dir("/etc/docker/plugins") else {
-        return;
-    };
-    for path in entries.flatten().map(|e| e.path()) {
-        let Ok(url) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        if let Some(socket) = url.trim().strip_prefix("unix://") {
-            if std::os::unix::net::UnixStream::connect(socket).is_err() {
-                eprintln!("removing {} (nobody serves {socket})", path.display());
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
 }
 
 #[test]
