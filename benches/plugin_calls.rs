@@ -193,7 +193,7 @@ fn print_scaling(rows: &[Row]) {
 
 /// One client's calls on a root that holds `volumes` volumes; leaves the count as it was.
 fn run_at_scale(socket: &Path, volumes: usize, ops: usize) -> Vec<Row> {
-    let sockets = std::slice::from_ref(&socket.to_path_buf()).to_vec();
+    let sockets = vec![socket.to_path_buf()];
     let label = format!("{volumes} vols");
     let mut rows = Vec::new();
     let mut timed = |op: &'static str, f: &(dyn Fn(usize, usize, &mut Conn) -> Duration + Sync)| {
