@@ -136,10 +136,13 @@ pub async fn run(
     }
     heartbeat.abort();
     let leaving = nodes.clone();
-    let left = tokio::task::spawn_blocking(move || leaving.beat(HeartbeatState::Left));
-    match tokio::time::timeout(cfg.timeout / 2, left).await {
-        Ok(Ok(Ok(()))) => tracing::info!("marked this node as left"),
-        other => tracing::warn!("could not mark this node as left: {other:?}"),
+    match run_blocking("marking this node as left", cfg.timeout / 2, move || {
+        leaving.beat(HeartbeatState::Left)
+    })
+    .await
+    {
+        Ok(()) => tracing::info!("marked this node as left"),
+        Err(e) => tracing::warn!("{e}"),
     }
     let stopper = store.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;

@@ -336,18 +336,12 @@ impl Store {
         let started = Instant::now();
         let file = self.layout.generation_file();
         let health = self.health.clone();
-        let value = tokio::time::timeout(
+        let value = crate::health::run_blocking(
+            "reading the cluster generation",
             self.timeout,
-            tokio::task::spawn_blocking(move || {
-                health.watch("checking the cluster generation", || hint::read(&file))
-            }),
+            move || health.watch("checking the cluster generation", || hint::read(&file)),
         )
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "reading the cluster generation".into(),
-            after: self.timeout,
-        })?
-        .map_err(|e| Error::Store(format!("generation check failed: {e}")))??;
+        .await?;
         *last = Some((started, value));
         Ok(value)
     }
