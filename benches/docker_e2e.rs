@@ -27,18 +27,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use util::docker::{docker, docker_ok, start_shared_driver, DRIVER, IMAGE};
+use util::env_num;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     if !util::docker::available("docker_e2e benchmark") {
         return;
     }
-    let env_num = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let reps = env_num("CARAVAN_BENCH_REPS", if full { 10 } else { 2 }).max(1);
     let mb = env_num("CARAVAN_BENCH_MB", if full { 1024 } else { 8 });
     let files = env_num("CARAVAN_BENCH_FILES", if full { 5000 } else { 50 });

@@ -23,21 +23,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/util/mod.rs"]
+mod util;
+use util::env_num;
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the benchmark smoke run needs root (bind mounts)");
-        }
-        eprintln!("SKIPPED plugin_calls benchmark: needs root to bind-mount volumes");
+    if !util::require_root("plugin_calls benchmark") {
         return;
     }
-    let env_num = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let ops = env_num("CARAVAN_BENCH_OPS", if full { 200 } else { 10 });
     let list_volumes = env_num(
         "CARAVAN_BENCH_LIST_VOLUMES",

@@ -25,6 +25,15 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// A number from the environment, or `default` when unset or not a number (benchmarks'
+/// knobs).
+pub fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI")
         .map(|v| v == "true" || v == "1")
