@@ -15,24 +15,59 @@
 //! Volume names are validated before any path is built from them
 //! ([`crate::volume::validate_name`]), so a name is always one safe path component.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
+use crate::pinned::PinnedDirs;
 use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};
 
 /// Paths on the shared root.
 #[derive(Debug, Clone)]
 pub struct SharedLayout {
     pub root: PathBuf,
+    /// Directories held open for one hold of the cluster lock (see [`SharedLayout::pinned`]).
+    pins: Option<Arc<PinnedDirs>>,
 }
 
 impl SharedLayout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        SharedLayout { root: root.into() }
+        SharedLayout {
+            root: root.into(),
+            pins: None,
+        }
+    }
+
+    /// A copy whose file work reaches the control, metadata, volumes and trash folders
+    /// through open handles ([`crate::pinned`]): on a network filesystem with caches off
+    /// each path component saved is a LOOKUP and a GETATTR at the server. Hold it for one
+    /// hold of the cluster lock or one janitor round, not longer.
+    pub fn pinned(&self) -> SharedLayout {
+        let dirs = [
+            self.root.clone(),
+            self.control_dir(),
+            self.meta_dir(),
+            self.trash_dir(),
+            self.volumes_dir(),
+        ];
+        SharedLayout {
+            root: self.root.clone(),
+            pins: Some(Arc::new(PinnedDirs::open(&dirs))),
+        }
+    }
+
+    /// The path a system call should use for `path` (which is under the root): through a
+    /// pinned folder when this copy has one that contains it. Messages show `path`.
+    pub fn at<'a>(&self, path: &'a Path) -> Cow<'a, Path> {
+        match &self.pins {
+            Some(pins) => pins.at(path),
+            None => Cow::Borrowed(path),
+        }
     }
     pub fn control_dir(&self) -> PathBuf {
         self.root.join(".caravan")
@@ -103,17 +138,18 @@ impl SharedLayout {
     /// writes its record beside the data. Returns whether existing data was adopted.
     pub fn create_volume(&self, record: &VolumeRecord) -> Result<bool> {
         let vdir = self.volume_dir(&record.name);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&vdir)
-            .ctx(|| format!("creating {}", vdir.display()))?;
+        match fs::DirBuilder::new().mode(0o711).create(self.at(&vdir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(format!("creating {}", vdir.display()), e))
+            }
+            _ => {}
+        }
         let data = self.data_dir(&record.name);
-        let adopted = match fs::DirBuilder::new().mode(0o755).create(&data) {
+        let adopted = match fs::DirBuilder::new().mode(0o755).create(self.at(&data)) {
             Ok(()) => false,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let m =
-                    fs::symlink_metadata(&data).ctx(|| format!("inspecting {}", data.display()))?;
+                let m = fs::symlink_metadata(self.at(&data))
+                    .ctx(|| format!("inspecting {}", data.display()))?;
                 if !m.is_dir() {
                     return Err(Error::invalid(format!(
                         "{} exists and is not a directory; move it away and create the volume again",
@@ -124,19 +160,19 @@ impl SharedLayout {
             }
             Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
         };
-        apply_ownership(&data, &record.options)?;
+        apply_ownership(&data, &self.at(&data), &record.options)?;
         let path = self.record_file(&record.name);
         let content = record_file_content(record);
         if adopted {
-            return write_atomically(&path, &content).map(|()| true);
+            return write_via_rename(&path, &self.at(&path), &content, true).map(|()| true);
         }
         // The data folder is new and nobody looks into it before the commit that adds the
         // volume: the record needs no temporary name and rename (two round trips fewer on
         // a network filesystem), only to be complete and durable before that commit. A
         // record left without its data folder (the folder deleted by hand) is replaced.
-        match write_new_file(&path, &content) {
+        match write_new_file(&self.at(&path), &content) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                write_atomically(&path, &content)?
+                write_via_rename(&path, &self.at(&path), &content, true)?
             }
             r => r.ctx(|| format!("writing {}", path.display()))?,
         }
@@ -157,7 +193,7 @@ impl SharedLayout {
     /// returns the trash path. `tag` makes the trash name unique.
     pub fn trash_volume(&self, name: &str, tag: &str) -> Result<Option<PathBuf>> {
         let to = self.trash_dir().join(format!("{name}.{tag}"));
-        rename_if_exists(&self.volume_dir(name), &to)
+        self.rename_if_exists(&self.volume_dir(name), &to)
     }
 
     /// Moves a removed volume's folder aside to `<root>/archive/<name>.<unix secs>`.
@@ -168,17 +204,17 @@ impl SharedLayout {
             .unwrap_or(0);
         let mut to = self.archive_dir().join(format!("{name}.{secs}"));
         let mut n = 1;
-        while to.exists() {
+        while self.at(&to).exists() {
             to = self.archive_dir().join(format!("{name}.{secs}.{n}"));
             n += 1;
         }
-        rename_if_exists(&self.volume_dir(name), &to)
+        self.rename_if_exists(&self.volume_dir(name), &to)
     }
 
     /// For on_delete=retain: the data stays; only the record beside it goes, so that a
     /// rebuild of the index does not bring the volume back.
     pub fn retain_volume(&self, name: &str) -> Result<()> {
-        match fs::remove_file(self.record_file(name)) {
+        match fs::remove_file(self.at(&self.record_file(name))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
                 format!("removing {}", self.record_file(name).display()),
                 e,
@@ -195,13 +231,46 @@ impl SharedLayout {
     pub fn empty_trash(&self) -> Result<()> {
         let trash = self.trash_dir();
         let mut first_error = None;
-        for entry in fs::read_dir(&trash).ctx(|| format!("reading {}", trash.display()))? {
-            let path = entry.ctx(|| format!("reading {}", trash.display()))?.path();
-            if let Err(e) = remove_tree(&path) {
+        for entry in fs::read_dir(self.at(&trash)).ctx(|| format!("reading {}", trash.display()))? {
+            let name = entry
+                .ctx(|| format!("reading {}", trash.display()))?
+                .file_name();
+            if let Err(e) = self.remove_tree(&trash.join(name)) {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes a file or a tree under the root without following symlinks.
+    pub fn remove_tree(&self, path: &Path) -> Result<()> {
+        let at = self.at(path);
+        let m = match fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+        };
+        let r = if m.is_dir() {
+            fs::remove_dir_all(&at)
+        } else {
+            fs::remove_file(&at)
+        };
+        match r {
+            // Deleted meanwhile by someone else (another node's janitor): the goal is reached.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.ctx(|| format!("deleting {}", path.display())),
+        }
+    }
+
+    fn rename_if_exists(&self, from: &Path, to: &Path) -> Result<Option<PathBuf>> {
+        match fs::rename(self.at(from), self.at(to)) {
+            Ok(()) => Ok(Some(to.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("moving {} to {}", from.display(), to.display()),
+                e,
+            )),
+        }
     }
 }
 
@@ -240,39 +309,9 @@ fn write_new_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Deletes a file or a tree without following symlinks.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    let m = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
-    };
-    let r = if m.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    match r {
-        // Deleted meanwhile by someone else (another node's janitor): the goal is reached.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        r => r.ctx(|| format!("deleting {}", path.display())),
-    }
-}
-
-fn rename_if_exists(from: &Path, to: &Path) -> Result<Option<PathBuf>> {
-    match fs::rename(from, to) {
-        Ok(()) => Ok(Some(to.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(
-            format!("moving {} to {}", from.display(), to.display()),
-            e,
-        )),
-    }
-}
-
-fn apply_ownership(dir: &Path, o: &VolumeOptions) -> Result<()> {
+fn apply_ownership(dir: &Path, at: &Path, o: &VolumeOptions) -> Result<()> {
     if o.uid.is_some() || o.gid.is_some() {
-        std::os::unix::fs::lchown(dir, o.uid, o.gid).ctx(|| {
+        std::os::unix::fs::lchown(at, o.uid, o.gid).ctx(|| {
             format!(
                 "setting the owner of {} (is the export squashing root?)",
                 dir.display()
@@ -280,7 +319,7 @@ fn apply_ownership(dir: &Path, o: &VolumeOptions) -> Result<()> {
         })?;
     }
     if let Some(mode) = o.mode {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        fs::set_permissions(at, fs::Permissions::from_mode(mode))
             .ctx(|| format!("setting the mode of {}", dir.display()))?;
     }
     Ok(())
@@ -289,28 +328,29 @@ fn apply_ownership(dir: &Path, o: &VolumeOptions) -> Result<()> {
 /// Writes a file through a temporary name and a rename, with fsync, so readers on any node
 /// see the old or the new content, never a part, and the new content survives a crash.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
-    write_via_rename(path, content, true)
+    write_via_rename(path, path, content, true)
 }
 
 /// Like [`write_atomically`] without the fsync: all or nothing for readers, but a crash of
 /// the machine holding the file may bring back the old content.
 pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
-    write_via_rename(path, content, false)
+    write_via_rename(path, path, content, false)
 }
 
-fn write_via_rename(path: &Path, content: &[u8], durable: bool) -> Result<()> {
+/// Writes `path` (reached at `at`, see [`SharedLayout::at`]) through a temporary name.
+fn write_via_rename(path: &Path, at: &Path, content: &[u8], durable: bool) -> Result<()> {
     // Unique per write: threads of one daemon may write the same file at once (two
     // creates of one new volume), and daemons on two hosts may share a pid.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let tmp = at.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(content)?;
         if durable {
             f.sync_all()?;
         }
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, at)
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);

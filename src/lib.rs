@@ -8,6 +8,7 @@
 //! - [`volume`]: names, options and the volume record (pure, validated);
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
+//! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
 //! - [`store`]: cluster metadata in sled: group commit, cached reads;
 //! - [`health`]: is the export answering: stalled operations, the cap on stuck threads;
 //! - [`root`]: checks of the shared root at start (writable, locks shared, which filesystem);
@@ -35,6 +36,7 @@ pub mod lock;
 pub mod mounts;
 pub mod nfs;
 pub mod node;
+pub mod pinned;
 pub mod plugin;
 pub mod root;
 pub mod service;

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sys_mount::{Mount, MountFlags, UnmountFlags};
@@ -17,13 +17,25 @@ use sys_mount::{Mount, MountFlags, UnmountFlags};
 use crate::error::{Error, IoContext, Result};
 
 /// Bind-mounts `source` on `target`, creating `target` if needed.
+///
+/// `source` is opened first without following a final symlink, and the mount is made
+/// from that open folder (through `/proc/self/fd`): a symlink swapped in for the data
+/// folder can never make this node mount some other host path, and the path is looked up
+/// on the export once instead of twice (a check, then the mount).
 pub fn bind(source: &Path, target: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(source).ctx(|| {
-        format!(
-            "the volume's data folder {} is missing on the export",
-            source.display()
-        )
-    })?;
+    let folder = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+        .open(source)
+        .ctx(|| {
+            format!(
+                "the volume's data folder {} is missing on the export",
+                source.display()
+            )
+        })?;
+    let meta = folder
+        .metadata()
+        .ctx(|| format!("inspecting {}", source.display()))?;
     if !meta.is_dir() {
         return Err(Error::invalid(format!(
             "{} is not a directory; refusing to mount it",
@@ -35,10 +47,12 @@ pub fn bind(source: &Path, target: &Path) -> Result<()> {
         .mode(0o755)
         .create(target)
         .ctx(|| format!("creating the mountpoint {}", target.display()))?;
+    let opened = crate::pinned::through_proc(&folder);
+    let from = opened.as_deref().unwrap_or(source);
     Mount::builder()
         .fstype("none")
         .flags(MountFlags::BIND)
-        .mount(source, target)
+        .mount(from, target)
         .map(drop)
         .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))
 }

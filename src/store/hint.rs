@@ -19,6 +19,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::layout::SharedLayout;
 
 /// Digits in the file: wide enough for any u64, fixed so that an overwrite covers it all.
 const WIDTH: usize = 20;
@@ -32,7 +33,8 @@ pub(super) struct HintWriter {
 }
 
 impl HintWriter {
-    pub(super) fn open(path: &Path) -> Result<HintWriter> {
+    pub(super) fn open(layout: &SharedLayout) -> Result<HintWriter> {
+        let path = layout.generation_file();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -40,11 +42,11 @@ impl HintWriter {
             .truncate(false)
             .mode(0o644)
             .custom_flags(nix::libc::O_DSYNC)
-            .open(path)
+            .open(layout.at(&path))
             .ctx(|| format!("opening {}", path.display()))?;
         Ok(HintWriter {
             file,
-            path: path.to_path_buf(),
+            path,
             sized: false,
         })
     }
@@ -89,9 +91,11 @@ mod tests {
     #[test]
     fn overwrites_in_place_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("generation");
+        let layout = SharedLayout::new(dir.path());
+        layout.init().unwrap();
+        let path = layout.generation_file();
         std::fs::write(&path, "123456789012345678901234567890\n").unwrap();
-        let mut w = HintWriter::open(&path).unwrap();
+        let mut w = HintWriter::open(&layout.pinned()).unwrap();
         w.write(7).unwrap();
         assert_eq!(read(&path).unwrap(), 7);
         w.write(u64::MAX).unwrap();

@@ -463,7 +463,12 @@ impl Worker {
             let Ok(first) = jobs.recv() else { break };
             let batch = gather(first, &jobs, &mut stopping);
             if !batch.is_empty() {
+                // The hold's file work reaches the root's folders through open handles
+                // (see crate::pinned), closed when the hold ends.
+                let pinned = self.layout.pinned();
+                let unpinned = std::mem::replace(&mut self.layout, pinned);
                 self.run_session(batch, &jobs, &mut stopping);
+                self.layout = unpinned;
             }
             let trashed = std::mem::take(&mut self.trashed);
             if let (Some(janitor), false) = (&self.janitor, trashed.is_empty()) {
@@ -672,7 +677,8 @@ impl Worker {
     fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree, read_hint: bool) -> Result<()> {
         let stored = read_generation(db)?;
         let hint = if read_hint {
-            hint::read(&self.layout.generation_file()).unwrap_or(stored)
+            let file = self.layout.generation_file();
+            hint::read(&self.layout.at(&file)).unwrap_or(stored)
         } else {
             stored
         };
@@ -1092,8 +1098,8 @@ struct OpenStore {
 impl OpenStore {
     fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
-        let hint = HintWriter::open(&layout.generation_file())?;
-        let log = LogFile::open(&layout.meta_dir())?;
+        let hint = HintWriter::open(layout)?;
+        let log = LogFile::open(layout)?;
         Ok(OpenStore {
             db,
             tree,
@@ -1139,10 +1145,10 @@ fn start_janitor(layout: SharedLayout) -> Option<std::sync::mpsc::Sender<Vec<Pat
     let spawned = std::thread::Builder::new()
         .name("caravan-janitor".into())
         .spawn(move || {
-            if let Err(e) = layout.empty_trash() {
+            if let Err(e) = layout.pinned().empty_trash() {
                 tracing::warn!("emptying the trash: {e}");
             }
-            Janitor::default().run(&trashed);
+            Janitor::default().run(&layout, &trashed);
         });
     match spawned {
         Ok(_) => Some(send),
@@ -1175,12 +1181,15 @@ const JANITOR_MAX_AGE: Duration = Duration::from_secs(30);
 impl Janitor {
     /// Ends when the store thread drops its sender; what is left stays in the trash for
     /// the next start (which empties the whole trash).
-    fn run(mut self, trashed: &std::sync::mpsc::Receiver<Vec<PathBuf>>) {
+    fn run(mut self, layout: &SharedLayout, trashed: &std::sync::mpsc::Receiver<Vec<PathBuf>>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
+            // One round of deletions reaches the trash through one open handle.
+            let round = self.due().then(|| layout.pinned());
             while self.due() {
                 let (_, path) = self.backlog.pop_front().expect("due implies an entry");
-                if let Err(e) = crate::layout::remove_tree(&path) {
+                let layout = round.as_ref().unwrap_or(layout);
+                if let Err(e) = layout.remove_tree(&path) {
                     tracing::warn!("emptying the trash: {e}");
                 }
                 match trashed.try_recv() {

@@ -39,7 +39,7 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
         // bytes per volume), so nothing is lost. This is fixed when the database is
         // created (sled keeps it in `conf`).
         let config = sled::Config::new()
-            .path(layout.meta_dir())
+            .path(layout.at(&layout.meta_dir()))
             .segment_size(SEGMENT_SIZE)
             .cache_capacity(4 << 20)
             .mode(sled::Mode::LowSpace)
@@ -52,7 +52,7 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
                 return Ok((db, tree));
             }
             Err(sled::Error::Corruption { .. })
-                if !repaired && remove_unfinished_snapshots(&layout.meta_dir())? > 0 =>
+                if !repaired && remove_unfinished_snapshots(layout)? > 0 =>
             {
                 repaired = true;
             }
@@ -80,8 +80,9 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
 /// summarizes is still there, so it is safe to delete. Only called under the cluster lock,
 /// so no other process can be writing one. Called only when sled reports corruption;
 /// returns how many it removed.
-fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
-    let entries = match fs::read_dir(meta) {
+fn remove_unfinished_snapshots(layout: &SharedLayout) -> Result<usize> {
+    let meta = layout.meta_dir();
+    let entries = match fs::read_dir(layout.at(&meta)) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io(format!("reading {}", meta.display()), e)),
@@ -91,9 +92,10 @@ fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
-            tracing::warn!(file = %entry.path().display(), "removing a snapshot left unfinished by a crash");
+            let path = meta.join(&*name);
+            tracing::warn!(file = %path.display(), "removing a snapshot left unfinished by a crash");
             fs::remove_file(entry.path())
-                .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
             removed += 1;
         }
     }
@@ -104,18 +106,18 @@ fn remove_unfinished_snapshots(meta: &std::path::Path) -> Result<usize> {
 /// one round trip on a network filesystem instead of an open, an fsync and a close.
 pub(super) struct LogFile {
     meta: std::path::PathBuf,
+    /// Where a system call reaches `meta` (see [`SharedLayout::at`]).
+    meta_at: std::path::PathBuf,
     db: fs::File,
 }
 
 impl LogFile {
-    pub(super) fn open(meta: &std::path::Path) -> Result<LogFile> {
-        let path = meta.join("db");
-        let db = fs::File::open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        Ok(LogFile {
-            meta: meta.to_path_buf(),
-            db,
-        })
+    pub(super) fn open(layout: &SharedLayout) -> Result<LogFile> {
+        let meta = layout.meta_dir();
+        let meta_at = layout.at(&meta).into_owned();
+        let db = fs::File::open(meta_at.join("db"))
+            .map_err(|e| Error::io(format!("opening {}", meta.join("db").display()), e))?;
+        Ok(LogFile { meta, meta_at, db })
     }
 
     /// Makes the commit durable: fsyncs sled's log (`db`), and on this process's first
@@ -129,7 +131,7 @@ impl LogFile {
             .sync_all()
             .map_err(|e| err(&self.meta.join("db"), e))?;
         if with_folder {
-            fs::File::open(&self.meta)
+            fs::File::open(&self.meta_at)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| err(&self.meta, e))?;
         }
