@@ -38,6 +38,12 @@ pub struct ClusterLock {
 impl ClusterLock {
     /// Takes the exclusive lock on `path`, waiting at most until `deadline`.
     pub fn acquire(path: &Path, deadline: Instant) -> Result<ClusterLock> {
+        Self::acquire_at(path, path, deadline)
+    }
+
+    /// Like [`ClusterLock::acquire`], opening the file at `at` (a shorter way to the same
+    /// file, see [`crate::layout::SharedLayout::at`]); messages name `path`.
+    pub fn acquire_at(path: &Path, at: &Path, deadline: Instant) -> Result<ClusterLock> {
         install_wake_handler();
         let file = OpenOptions::new()
             .read(true)
@@ -45,7 +51,7 @@ impl ClusterLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(path)
+            .open(at)
             .ctx(|| format!("opening the cluster lock {}", path.display()))?;
         let lock = exclusive_whole_file();
         // Fast path: an uncontended lock needs no watchdog thread.

@@ -494,7 +494,9 @@ impl Worker {
         let _op = self
             .health
             .begin_internal("taking the cluster lock and committing");
-        let lock = match ClusterLock::acquire(&self.layout.lock_file(), deadline) {
+        let lock_file = self.layout.lock_file();
+        let lock = match ClusterLock::acquire_at(&lock_file, &self.layout.at(&lock_file), deadline)
+        {
             Ok(lock) => lock,
             Err(e) => {
                 self.health.failed(&e);
