@@ -463,6 +463,11 @@ impl Worker {
             let Ok(first) = jobs.recv() else { break };
             let batch = gather(first, &jobs, &mut stopping);
             if !batch.is_empty() {
+                // Opening the folders is the hold's first touch of the export: a stall
+                // must show from here on (see crate::health).
+                let _op = self
+                    .health
+                    .begin_internal("taking the cluster lock and committing");
                 // The hold's file work reaches the root's folders through open handles
                 // (see crate::pinned), closed when the hold ends.
                 let pinned = self.layout.pinned();
@@ -491,9 +496,6 @@ impl Worker {
     ) {
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let _op = self
-            .health
-            .begin_internal("taking the cluster lock and committing");
         let lock_file = self.layout.lock_file();
         let lock = match ClusterLock::acquire_at(&lock_file, &self.layout.at(&lock_file), deadline)
         {
