@@ -262,14 +262,26 @@ impl SharedLayout {
         }
     }
 
+    /// Moves `from` to `to`; `None` when `from` is not there (nothing to move). A missing
+    /// destination folder (the trash or archive deleted by hand) is an error, not that.
     fn rename_if_exists(&self, from: &Path, to: &Path) -> Result<Option<PathBuf>> {
+        let moving = || format!("moving {} to {}", from.display(), to.display());
         match fs::rename(self.at(from), self.at(to)) {
             Ok(()) => Ok(Some(to.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(
-                format!("moving {} to {}", from.display(), to.display()),
-                e,
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match fs::symlink_metadata(self.at(from)) {
+                    Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    _ => Err(Error::io(
+                        format!(
+                            "{} (is {} missing? restarting the daemon creates it again)",
+                            moving(),
+                            to.parent().unwrap_or(to).display()
+                        ),
+                        e,
+                    )),
+                }
+            }
+            Err(e) => Err(Error::io(moving(), e)),
         }
     }
 }
@@ -466,6 +478,21 @@ mod tests {
             "retained data must be adopted"
         );
         assert_eq!(fs::read(layout.data_dir("web").join("f")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn a_missing_trash_is_an_error_and_the_data_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(root.path());
+        layout.init().unwrap();
+        layout
+            .create_volume(&VolumeRecord::new("web", "a", VolumeOptions::default()))
+            .unwrap();
+        fs::remove_dir(layout.trash_dir()).unwrap();
+        let err = layout.pinned().trash_volume("web", "1").unwrap_err();
+        assert!(err.to_string().contains("missing?"), "{err}");
+        assert!(layout.data_dir("web").is_dir());
+        assert_eq!(layout.trash_volume("gone", "1").unwrap(), None);
     }
 
     #[test]
