@@ -308,6 +308,30 @@ fn remove_never_follows_symlinks_out_of_the_volume() {
 }
 
 #[test]
+fn mount_refuses_a_data_folder_replaced_by_a_symlink() {
+    if !require_root("mount_refuses_a_data_folder_replaced_by_a_symlink") {
+        return;
+    }
+    let s = Scratch::new();
+    let outside = s.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let d = Daemon::start(s.path(), &s.path().join("root"), "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"swapped","Opts":{}}"#);
+    // Someone with access to the export puts a symlink where the data folder was: a
+    // mount must not follow it to a folder of the host.
+    let data = d.root.join("volumes/swapped/data");
+    fs::remove_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&outside, &data).unwrap();
+    let err = d.err("VolumeDriver.Mount", r#"{"Name":"swapped","ID":"c1"}"#);
+    assert!(err.contains("refusing to mount"), "{err}");
+    let mountpoint = d.state.join("mounts/swapped");
+    assert!(!is_mountpoint(&mountpoint), "{}", mountpoint.display());
+    // The refused mount is not counted: the volume can still be removed.
+    d.ok("VolumeDriver.Remove", r#"{"Name":"swapped"}"#);
+    assert!(outside.is_dir());
+}
+
+#[test]
 fn sigterm_stops_cleanly_and_keeps_mounts_in_use() {
     if !require_root("sigterm_stops_cleanly_and_keeps_mounts_in_use") {
         return;
