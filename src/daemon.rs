@@ -149,9 +149,13 @@ pub async fn run(
     if nfs_mounted {
         let target = cfg.root.clone();
         // Lazily when busy: a container still using a volume from it keeps working.
-        match tokio::task::spawn_blocking(move || crate::mounts::unbind(&target)).await {
-            Ok(Ok(())) => tracing::info!("unmounted the NFS export"),
-            other => tracing::warn!("unmounting the NFS export: {other:?}"),
+        match run_blocking("unmounting the NFS export", cfg.timeout / 2, move || {
+            crate::mounts::unbind(&target)
+        })
+        .await
+        {
+            Ok(()) => tracing::info!("unmounted the NFS export"),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
     tracing::info!("caravan daemon stopped");

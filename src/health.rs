@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +50,8 @@ pub struct Health {
     stall_after: Duration,
     next_id: AtomicU64,
     inflight: Mutex<BTreeMap<u64, Op>>,
-    last_ok: Mutex<Option<(Instant, SystemTime)>>,
-    last_error: Mutex<Option<(SystemTime, String)>>,
+    last_ok: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<(Instant, String)>>,
     root: Mutex<Option<RootInfo>>,
 }
 
@@ -177,13 +177,12 @@ impl Health {
     }
 
     pub fn succeeded(&self) {
-        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), SystemTime::now()));
+        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     pub fn failed(&self, e: &Error) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((SystemTime::now(), e.to_string()));
+            Some((Instant::now(), e.to_string()));
     }
 
     /// The oldest operation still waiting, if it has waited longer than `stall_after`.
@@ -232,11 +231,10 @@ impl Health {
                 .last_ok
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .map(|(at, _)| at.elapsed().as_secs_f64()),
+                .map(|at| at.elapsed().as_secs_f64()),
             last_error_secs_ago: last_error
                 .as_ref()
-                .and_then(|(at, _)| at.elapsed().ok())
-                .map(|d| d.as_secs_f64()),
+                .map(|(at, _)| at.elapsed().as_secs_f64()),
             last_error: last_error.map(|(_, e)| e),
             stuck,
             blocking_in_flight,

@@ -1188,18 +1188,19 @@ impl Janitor {
     fn run(mut self, layout: &SharedLayout, trashed: &std::sync::mpsc::Receiver<Vec<PathBuf>>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
-            // One round of deletions reaches the trash through one open handle.
-            let round = self.due().then(|| layout.pinned());
-            while self.due() {
-                let (_, path) = self.backlog.pop_front().expect("due implies an entry");
-                let layout = round.as_ref().unwrap_or(layout);
-                if let Err(e) = layout.remove_tree(&path) {
-                    tracing::warn!("emptying the trash: {e}");
-                }
-                match trashed.try_recv() {
-                    Ok(paths) => self.arrived(paths),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            if self.due() {
+                // One round of deletions reaches the trash through one open handle.
+                let round = layout.pinned();
+                while self.due() {
+                    let (_, path) = self.backlog.pop_front().expect("due implies an entry");
+                    if let Err(e) = round.remove_tree(&path) {
+                        tracing::warn!("emptying the trash: {e}");
+                    }
+                    match trashed.try_recv() {
+                        Ok(paths) => self.arrived(paths),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    }
                 }
             }
             let next = match self.until_due() {
