@@ -477,6 +477,24 @@ fn info_text(i: &Info) -> String {
         i.store.max_lock_wait_ms,
     );
     text.push_str(&health_text(&i.health));
+    if let Some(why) = &i.standing.cut_off {
+        text.push_str(&format!("Cut off:      {why}\n"));
+    }
+    if let Some(why) = &i.standing.revalidating {
+        text.push_str(&format!(
+            "Re-validating: {why}; mounts of exclusive volumes wait until it is done\n"
+        ));
+    }
+    if let Some(e) = &i.standing.last_error {
+        text.push_str(&format!("Heartbeat:    failing: {e}\n"));
+    }
+    if i.store.session_failures > 0 {
+        text.push_str(&format!(
+            "Store:        {} hold(s) of the lock failed inside sled, last: {}\n",
+            i.store.session_failures,
+            i.store.last_failure.as_deref().unwrap_or("?")
+        ));
+    }
     if let Some(why) = &i.stale {
         text.push_str(&format!(
             "Stale:        figures above are the last known ({why})\n"

@@ -74,9 +74,9 @@ pub async fn run(
         // Warns, among other things, that a local root (such as the default) is not shared.
         let root_info = crate::root::check(&shared, &node, timeout / 2)?;
         tracing::info!(root = %shared.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
+        // Takes the node-name lock first: a second daemon with a live node's name stops here.
         let nodes = Arc::new(Nodes::new(&shared, &node, heartbeat, dead_after)?);
-        nodes.beat(HeartbeatState::Running)?;
-        nodes.observe()?;
+        nodes.round()?;
         h.set_root(root_info);
         // The store gets half the call budget, so that a call that waited for the lock
         // still has time left to bind-mount and answer.
@@ -84,6 +84,8 @@ pub async fn run(
         Ok((nodes, store))
     })
     .await?;
+    let beating = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    start_heartbeat(nodes.clone(), health.clone(), beating.clone())?;
     let svc = Service::start(
         cfg.node.clone(),
         store.clone(),
@@ -93,7 +95,7 @@ pub async fn run(
         health.clone(),
     )
     .await?;
-    let heartbeat = tokio::spawn(heartbeat_loop(nodes.clone(), svc.clone(), health));
+    let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
 
     let listener = bind_socket(&cfg.socket)?;
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
@@ -134,7 +136,8 @@ pub async fn run(
     if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &cfg.socket) {
         tracing::warn!("{e}");
     }
-    heartbeat.abort();
+    fencing.abort();
+    beating.store(false, std::sync::atomic::Ordering::SeqCst);
     let leaving = nodes.clone();
     match run_blocking("marking this node as left", cfg.timeout / 2, move || {
         leaving.beat(HeartbeatState::Left)
@@ -162,37 +165,46 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes this node's heartbeat and reads everyone else's, every interval, then fences. Each round runs
-/// off the async threads with a deadline; a round that hangs (a stalled export) is
-/// reported and the next one waits for it rather than piling up.
-async fn heartbeat_loop(nodes: Arc<Nodes>, svc: Arc<Service>, health: Arc<Health>) {
+/// Starts the heartbeat thread: every interval it writes this node's heartbeat and reads
+/// everyone else's ([`Nodes::round`]). It is an OS thread of its own, doing nothing else, so
+/// that nothing (fencing, store reads, usage walks, a busy async runtime or blocking pool)
+/// can make a live node look silent. A round blocked on a stalled export blocks only this
+/// thread; [`Health`] reports it.
+fn start_heartbeat(
+    nodes: Arc<Nodes>,
+    health: Arc<Health>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("caravan-heartbeat".into())
+        .spawn(move || {
+            let mut next = std::time::Instant::now();
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                next += nodes.interval();
+                if let Err(e) = health.watch("writing the heartbeat", || nodes.round()) {
+                    tracing::warn!("heartbeat: {e}");
+                }
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    // A round that overran its interval: start again from now, not in a burst.
+                    next = now;
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::io("starting the heartbeat thread", e))
+}
+
+/// Every heartbeat interval, gives up exclusive volumes another node took over (and
+/// re-validates after a lapse of this node's heartbeat); see [`Service::fence`].
+async fn fence_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
     let mut tick = tokio::time::interval(nodes.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Option<tokio::task::JoinHandle<Result<()>>> = None;
     loop {
         tick.tick().await;
-        if let Some(round) = pending.take() {
-            if !round.is_finished() {
-                tracing::warn!(
-                    "the last heartbeat round has not finished; the export may be stalled"
-                );
-                pending = Some(round);
-                continue;
-            }
-            if let Ok(Err(e)) = round.await {
-                tracing::warn!("heartbeat: {e}");
-            }
-            // With fresh liveness, give up exclusive volumes another node took over.
-            svc.fence().await;
-        }
-        let n = nodes.clone();
-        let h = health.clone();
-        pending = Some(tokio::task::spawn_blocking(move || {
-            h.watch("writing the heartbeat", || {
-                n.beat(HeartbeatState::Running)?;
-                n.observe()
-            })
-        }));
+        svc.fence().await;
     }
 }
 
@@ -315,7 +327,11 @@ async fn bounded<T: Send + 'static>(
     what: &str,
     fut: impl Future<Output = T> + Send + 'static,
 ) -> Result<T> {
-    match tokio::time::timeout(timeout, tokio::spawn(fut)).await {
+    // The task knows its deadline (crate::deadline): work it passes down gets only the
+    // time left, and a Mount that finishes too late takes itself back.
+    let deadline = std::time::Instant::now() + timeout;
+    let task = tokio::spawn(crate::deadline::within(deadline, fut));
+    match tokio::time::timeout_at(deadline.into(), task).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
         Err(_) => Err(Error::Timeout {

@@ -31,6 +31,8 @@ pub async fn run_blocking<T: Send + 'static>(
     limit: Duration,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    // Never longer than the call being served has left (see crate::deadline).
+    let limit = crate::deadline::remaining(limit);
     match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),

@@ -9,17 +9,19 @@
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
-//! - [`store`]: cluster metadata in sled: group commit, cached reads;
+//! - [`store`]: cluster metadata in sled: group commit, cached reads, the pure decisions;
 //! - [`health`]: is the export answering: stalled operations, the cap on stuck threads;
 //! - [`root`]: checks of the shared root at start (writable, locks shared, which filesystem);
 //! - [`nfs`]: mounting an NFSv4 export itself (`--nfs`);
-//! - [`node`]: node identity, heartbeats and liveness (no clock comparisons);
+//! - [`node`]: node identity, heartbeats and the liveness of incarnations (no clock
+//!   comparisons);
 //! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
 //! - [`service`]: the volume operations both APIs share (create, mount, remove, …);
 //! - [`plugin`]: Docker's VolumeDriver HTTP API;
 //! - [`api`]: the daemon's control API, used by the CLI;
 //! - [`spec`]: the `.spec` file that lets dockerd find the plugin;
 //! - [`config`]: daemon settings from flags, environment and the config file;
+//! - [`deadline`]: the deadline of the call being served, passed down to its work;
 //! - [`daemon`]: start-up, serving and graceful shutdown;
 //! - [`client`]: an HTTP client for the daemon's unix socket;
 //! - [`cli`]: the client commands and their output.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod layout;

@@ -1,26 +1,60 @@
-//! Node identity, heartbeats and liveness, without comparing clocks across hosts.
+//! Node identity, heartbeats and liveness of *incarnations*, without comparing clocks
+//! across hosts.
 //!
 //! Each daemon rewrites `<root>/.caravan/nodes/<node>.json` every heartbeat interval with
 //! a sequence number that only grows and a boot id that is new at every start. Observers
 //! never read the file's mtime or a timestamp from another host: they note, on their own
-//! monotonic clock, when they last saw the sequence (or the boot id) change. A node whose
-//! heartbeat has not moved for `dead_after` is dead. A node that stopped cleanly writes
-//! `state: left` and is treated as gone at once.
+//! monotonic clock, when they last saw each boot id beat.
 //!
-//! A node seen for the first time counts as alive until it has failed to move for
-//! `dead_after` on this observer's clock: after a restart an observer cannot know how old
-//! a heartbeat is, and declaring a live node dead would hand its volumes to another host.
+//! The rules (docs/semantics.md, "Liveness"):
+//!
+//! - What is judged is an **incarnation** (node name + boot id), the one recorded in the
+//!   mount or hold at stake. It is dead only when this observer has watched the node's
+//!   heartbeat file for `dead_after` without seeing that boot id beat; a boot id this
+//!   observer has not watched that long is alive. A clean stop (`state: left`) of that
+//!   same boot id is gone at once.
+//! - Silence is counted on a **seeing clock**: it advances only across heartbeat rounds
+//!   in which this node wrote its own beat *and* read everyone else's, and by at most
+//!   [`SEEING_GAP_CAP`] intervals per round. Time during which this observer was stalled,
+//!   frozen or cut off counts for nobody, so an export that every host lost for a while
+//!   (a server restart) kills nobody: everyone then has `dead_after` to be seen again.
+//! - An observer whose last good round is older than `dead_after` is the one cut off: it
+//!   declares nobody dead.
+//! - A commit seen in the store is evidence too: [`Nodes::saw_commit`] notes the
+//!   incarnations whose records changed.
+//! - Only one daemon runs per node name: [`Nodes::new`] holds an OFD lock on
+//!   `<node>.lock` for the daemon's lifetime, so an earlier boot id of *this* node's name
+//!   is known to be gone.
+//!
+//! The judging itself, [`Watchers::judge`], is a pure function of what was observed and
+//! of the seeing clock, tested apart from any file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{replace_file, SharedLayout};
+use crate::volume::is_safe_token;
+
+/// A heartbeat file larger than this is not a heartbeat (they are about 200 bytes).
+const MAX_HEARTBEAT_BYTES: u64 = 16 << 10;
+/// Boot ids remembered per node; a node restarting in a loop must not grow memory.
+const MAX_BOOTS_PER_NODE: usize = 16;
+/// Nodes remembered at most (heartbeat files are written by other machines).
+const MAX_NODES: usize = 4096;
+/// One heartbeat round advances the seeing clock by at most this many intervals: a round
+/// that took longer means this observer could not see for the rest of it.
+pub const SEEING_GAP_CAP: u32 = 2;
 
 /// What a node writes into its heartbeat file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,12 +94,44 @@ impl Liveness {
     }
 }
 
+/// The verdict on one incarnation, with what a message needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judgment {
+    pub state: Liveness,
+    /// While alive: how much more silence (on the seeing clock) until it would be dead.
+    pub dead_in: Option<Duration>,
+    /// Alive only because this observer is cut off and judges nobody.
+    pub observer_cut_off: bool,
+}
+
+impl Judgment {
+    fn alive(dead_in: Option<Duration>) -> Judgment {
+        Judgment {
+            state: Liveness::Alive,
+            dead_in,
+            observer_cut_off: false,
+        }
+    }
+
+    fn gone(state: Liveness) -> Judgment {
+        Judgment {
+            state,
+            dead_in: None,
+            observer_cut_off: false,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.state == Liveness::Alive
+    }
+}
+
 /// One node as `caravan nodes` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeView {
     pub node: String,
     pub state: Liveness,
-    /// Seconds since this observer last saw the heartbeat move (its own clock).
+    /// Seconds of this observer's seeing clock since the node's current boot id last beat.
     pub last_seen_secs: f64,
     pub boot_id: String,
     pub version: String,
@@ -74,11 +140,251 @@ pub struct NodeView {
     pub dead_in_secs: Option<f64>,
 }
 
-struct Observation {
-    seq: u64,
+/// This node's own standing: can it trust that it still holds its exclusive volumes?
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SelfReport {
+    /// Seconds since this node last wrote its heartbeat.
+    pub last_beat_secs: Option<f64>,
+    /// Set while this node is cut off (its beats or reads of the export fail or stall):
+    /// it then declares nobody dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_off: Option<String>,
+    /// Set while this node re-validates its exclusive volumes after being unable to beat
+    /// for `dead_after` (another node may have taken them over meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revalidating: Option<String>,
+    /// The last heartbeat error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Time that counts as "watching": advanced only by good heartbeat rounds, each by at most
+/// `cap`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeeingClock {
+    seen: Duration,
+    last_good: Option<Instant>,
+    cap: Duration,
+}
+
+impl SeeingClock {
+    pub fn new(cap: Duration) -> SeeingClock {
+        SeeingClock {
+            seen: Duration::ZERO,
+            last_good: None,
+            cap,
+        }
+    }
+
+    /// The seeing time at `at`: the time since the last good round counts, up to `cap`.
+    pub fn now(&self, at: Instant) -> Duration {
+        match self.last_good {
+            None => self.seen,
+            Some(t) => self.seen + at.saturating_duration_since(t).min(self.cap),
+        }
+    }
+
+    /// A round in which this observer wrote its beat and read everyone's ended at `at`.
+    pub fn good_round(&mut self, at: Instant) {
+        self.seen = self.now(at);
+        self.last_good = Some(at);
+    }
+
+    pub fn last_good(&self) -> Option<Instant> {
+        self.last_good
+    }
+}
+
+/// What this observer saw of one boot id of a node.
+#[derive(Debug, Clone)]
+struct BootSeen {
     boot_id: String,
-    changed_at: Instant,
-    last: Heartbeat,
+    seq: u64,
+    /// Seeing time of the last beat (a change of `seq`, or the first sight).
+    last_beat: Duration,
+    left: bool,
+}
+
+/// What this observer saw of one node name.
+#[derive(Debug, Clone)]
+struct Watch {
+    /// Seeing time when this observer first read the node's file.
+    first: Duration,
+    current: Heartbeat,
+    /// Most recently beating first.
+    boots: Vec<BootSeen>,
+}
+
+/// Every observation, and the pure judgment over them.
+#[derive(Debug)]
+pub struct Watchers {
+    me: String,
+    boot_id: String,
+    dead_after: Duration,
+    pub clock: SeeingClock,
+    watches: HashMap<String, Watch>,
+    /// Seeing time at which a commit in the store showed an incarnation alive.
+    commits: HashMap<(String, String), Duration>,
+}
+
+impl Watchers {
+    pub fn new(me: &str, boot_id: &str, interval: Duration, dead_after: Duration) -> Watchers {
+        Watchers {
+            me: me.to_string(),
+            boot_id: boot_id.to_string(),
+            dead_after,
+            clock: SeeingClock::new(interval * SEEING_GAP_CAP),
+            watches: HashMap::new(),
+            commits: HashMap::new(),
+        }
+    }
+
+    /// Takes in one heartbeat read at `at`. A new sequence number or a boot id not seen
+    /// before is a beat.
+    pub fn saw(&mut self, hb: Heartbeat, at: Instant) {
+        let now = self.clock.now(at);
+        if !self.watches.contains_key(&hb.node) && self.watches.len() >= MAX_NODES {
+            return;
+        }
+        let w = self
+            .watches
+            .entry(hb.node.clone())
+            .or_insert_with(|| Watch {
+                first: now,
+                current: hb.clone(),
+                boots: Vec::new(),
+            });
+        let left = hb.state == HeartbeatState::Left;
+        match w.boots.iter().position(|b| b.boot_id == hb.boot_id) {
+            Some(i) => {
+                let mut b = w.boots.remove(i);
+                if b.seq != hb.seq {
+                    b.seq = hb.seq;
+                    b.last_beat = now;
+                }
+                b.left = left;
+                w.boots.insert(0, b);
+            }
+            None => {
+                w.boots.insert(
+                    0,
+                    BootSeen {
+                        boot_id: hb.boot_id.clone(),
+                        seq: hb.seq,
+                        last_beat: now,
+                        left,
+                    },
+                );
+                w.boots.truncate(MAX_BOOTS_PER_NODE);
+            }
+        }
+        w.current = hb;
+    }
+
+    /// A commit in the store, seen at `at`, changed records of (`node`, `boot_id`): that
+    /// incarnation was alive after this observer's previous look at the store.
+    pub fn saw_commit(&mut self, node: &str, boot_id: &str, at: Instant) {
+        if self.commits.len() >= MAX_NODES * 4 {
+            self.commits.clear();
+        }
+        let now = self.clock.now(at);
+        self.commits
+            .insert((node.to_string(), boot_id.to_string()), now);
+    }
+
+    /// Whether this observer is cut off at `at`: no good round within `dead_after`.
+    pub fn cut_off(&self, at: Instant) -> bool {
+        self.clock
+            .last_good()
+            .is_none_or(|t| at.saturating_duration_since(t) > self.dead_after)
+    }
+
+    /// Judges the incarnation (`node`, `boot_id`) at `at`. `boot_id` is the one recorded
+    /// with the mount or hold at stake; `None` (a record from a version that did not
+    /// record it) judges the node's current boot id.
+    pub fn judge(&self, node: &str, boot_id: Option<&str>, at: Instant) -> Judgment {
+        if node == self.me {
+            // Only one daemon runs per name (the name lock), so an earlier boot id of this
+            // node's own name is gone.
+            return match boot_id {
+                Some(b) if b != self.boot_id => Judgment::gone(Liveness::Dead),
+                _ => Judgment::alive(None),
+            };
+        }
+        if self.cut_off(at) {
+            return Judgment {
+                state: Liveness::Alive,
+                dead_in: None,
+                observer_cut_off: true,
+            };
+        }
+        let Some(w) = self.watches.get(node) else {
+            // Never watched: it may be starting; only silence proves it gone.
+            return Judgment::alive(Some(self.dead_after));
+        };
+        let boot = boot_id.unwrap_or(&w.current.boot_id);
+        let seen = w.boots.iter().find(|b| b.boot_id == boot);
+        if seen.is_some_and(|b| b.left) {
+            return Judgment::gone(Liveness::Left);
+        }
+        // A boot id never seen in the file has been silent since this observer began
+        // watching the file (had it run, it would have written there).
+        let mut last = seen.map_or(w.first, |b| b.last_beat);
+        if let Some(c) = self.commits.get(&(node.to_string(), boot.to_string())) {
+            last = last.max(*c);
+        }
+        let silent = self.clock.now(at).saturating_sub(last);
+        if silent > self.dead_after {
+            Judgment::gone(Liveness::Dead)
+        } else {
+            Judgment::alive(Some(self.dead_after - silent))
+        }
+    }
+
+    fn views(&self, at: Instant, version: &str) -> Vec<NodeView> {
+        let mut out: Vec<NodeView> = self
+            .watches
+            .iter()
+            .filter(|(name, _)| **name != self.me)
+            .map(|(name, w)| {
+                let j = self.judge(name, None, at);
+                let last = w
+                    .boots
+                    .iter()
+                    .find(|b| b.boot_id == w.current.boot_id)
+                    .map_or(w.first, |b| b.last_beat);
+                NodeView {
+                    node: name.clone(),
+                    state: j.state,
+                    last_seen_secs: self.clock.now(at).saturating_sub(last).as_secs_f64(),
+                    boot_id: w.current.boot_id.clone(),
+                    version: w.current.version.clone(),
+                    dead_in_secs: j.dead_in.map(|d| d.as_secs_f64()),
+                }
+            })
+            .collect();
+        out.push(NodeView {
+            node: self.me.clone(),
+            state: Liveness::Alive,
+            last_seen_secs: 0.0,
+            boot_id: self.boot_id.clone(),
+            version: version.to_string(),
+            dead_in_secs: None,
+        });
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+}
+
+/// This node's own heartbeat record: when it last beat, and whether it must re-validate.
+#[derive(Debug, Default)]
+struct Own {
+    last_beat_ok: Option<Instant>,
+    /// Bumped each time re-validation becomes necessary; cleared by
+    /// [`Nodes::revalidated`] with the epoch it started from.
+    revalidate_epoch: u64,
+    revalidating: Option<String>,
+    last_error: Option<String>,
 }
 
 /// This node's heartbeat writer and its view of every other node.
@@ -89,26 +395,47 @@ pub struct Nodes {
     interval: Duration,
     dead_after: Duration,
     seq: Mutex<u64>,
-    seen: Mutex<HashMap<String, Observation>>,
+    watchers: Mutex<Watchers>,
+    own: Mutex<Own>,
+    /// The OFD lock on `<node>.lock`, held while the daemon lives (`None` in tests that
+    /// build observers without a daemon).
+    _name_lock: Option<File>,
 }
 
 impl Nodes {
+    /// This node's heartbeat writer, taking the node-name lock first: a second daemon
+    /// with a live node's name is refused.
     pub fn new(
         layout: &SharedLayout,
         me: &str,
         interval: Duration,
         dead_after: Duration,
     ) -> Result<Nodes> {
+        let mut nodes = Nodes::observer(layout, me, interval, dead_after)?;
+        nodes._name_lock = Some(lock_name(&nodes.dir, me)?);
+        Ok(nodes)
+    }
+
+    /// An observer without the name lock (tests, benchmarks).
+    pub fn observer(
+        layout: &SharedLayout,
+        me: &str,
+        interval: Duration,
+        dead_after: Duration,
+    ) -> Result<Nodes> {
         let dir = layout.nodes_dir();
-        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let boot_id = new_boot_id();
         Ok(Nodes {
             me: me.to_string(),
+            watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
             dir,
-            boot_id: new_boot_id(),
+            boot_id,
             interval,
             dead_after,
             seq: Mutex::new(0),
-            seen: Mutex::new(HashMap::new()),
+            own: Mutex::new(Own::default()),
+            _name_lock: None,
         })
     }
 
@@ -132,142 +459,204 @@ impl Nodes {
         self.dir.join(format!("{node}.json"))
     }
 
-    /// Writes this node's heartbeat (the next sequence number).
+    fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn own(&self) -> std::sync::MutexGuard<'_, Own> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes this node's heartbeat (the next sequence number). Writes are serialized, and
+    /// once `Left` is written no later `Running` beat can overwrite it.
     pub fn beat(&self, state: HeartbeatState) -> Result<()> {
-        let seq = {
-            let mut s = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-            *s += 1;
-            *s
-        };
+        let mut s = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if *s == u64::MAX {
+            return Ok(());
+        }
+        *s += 1;
+        let seq = *s;
         let hb = Heartbeat {
             node: self.me.clone(),
             seq,
             boot_id: self.boot_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state,
-            interval_ms: self.interval.as_millis() as u64,
+            interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
         };
+        let bytes = serde_json::to_vec(&hb)
+            .map_err(|e| Error::Store(format!("encoding the heartbeat: {e}")))?;
         // No fsync: the point is that other nodes see it move, which the rename gives.
-        replace_file(
-            &self.file(&self.me),
-            &serde_json::to_vec(&hb).expect("heartbeats serialize"),
-        )
-    }
-
-    /// Reads every heartbeat file and updates the observations.
-    pub fn observe(&self) -> Result<()> {
-        let now = Instant::now();
-        let entries = fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))?;
-        let mut read = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match read_heartbeat(&path) {
-                Ok(hb) => read.push(hb),
-                // A file being replaced, or damaged: the next round reads it again.
-                Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
-            }
-        }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for hb in read {
-            match seen.get_mut(&hb.node) {
-                Some(o) if o.seq == hb.seq && o.boot_id == hb.boot_id => o.last = hb,
-                Some(o) => {
-                    o.seq = hb.seq;
-                    o.boot_id = hb.boot_id.clone();
-                    o.changed_at = now;
-                    o.last = hb;
-                }
-                None => {
-                    seen.insert(
-                        hb.node.clone(),
-                        Observation {
-                            seq: hb.seq,
-                            boot_id: hb.boot_id.clone(),
-                            changed_at: now,
-                            last: hb,
-                        },
-                    );
-                }
-            }
+        replace_file(&self.file(&self.me), &bytes)?;
+        if state == HeartbeatState::Left {
+            *s = u64::MAX;
         }
         Ok(())
     }
 
-    /// The state of `node` as this observer judges it now. A node never seen (no
-    /// heartbeat file yet) counts as alive: it may be starting, and only silence over
-    /// `dead_after` proves it is gone.
-    pub fn liveness(&self, node: &str) -> Liveness {
-        if node == self.me {
-            return Liveness::Alive;
+    /// One heartbeat round: checks how long this node went without beating (past
+    /// `dead_after` it must re-validate its exclusive volumes), writes its beat, reads
+    /// everyone's, and advances the seeing clock if both worked.
+    pub fn round(&self) -> Result<()> {
+        let started = Instant::now();
+        {
+            let mut own = self.own();
+            let silent = own
+                .last_beat_ok
+                .map(|t| started.saturating_duration_since(t));
+            if let Some(silent) = silent.filter(|s| *s >= self.dead_after) {
+                if own.revalidating.is_none() {
+                    let why = format!(
+                        "this node could not write its heartbeat for {:.0}s (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                        silent.as_secs_f64(),
+                        self.dead_after.as_secs()
+                    );
+                    tracing::warn!(
+                        "{why}; refusing mounts of exclusive volumes until they are re-validated"
+                    );
+                    own.revalidating = Some(why);
+                }
+                own.revalidate_epoch += 1;
+            }
         }
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match seen.get(node) {
-            None => Liveness::Alive,
-            Some(o) if o.last.state == HeartbeatState::Left => Liveness::Left,
-            Some(o) if o.changed_at.elapsed() > self.dead_after => Liveness::Dead,
-            Some(_) => Liveness::Alive,
+        let result = self.beat(HeartbeatState::Running).and_then(|()| {
+            self.own().last_beat_ok = Some(Instant::now());
+            self.observe_at(started)
+        });
+        match &result {
+            Ok(()) => {
+                self.watchers().clock.good_round(Instant::now());
+                self.own().last_error = None;
+            }
+            Err(e) => self.own().last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    /// Reads every heartbeat file and updates the observations (does not advance the
+    /// seeing clock: only [`Nodes::round`] does).
+    pub fn observe(&self) -> Result<()> {
+        self.observe_at(Instant::now())
+    }
+
+    fn observe_at(&self, at: Instant) -> Result<()> {
+        let entries =
+            std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))?;
+        let mut read = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(node) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if node == self.me || !is_safe_token(node, 1, 255, false) {
+                continue;
+            }
+            match read_heartbeat(&entry.path(), node) {
+                Ok(hb) => read.push(hb),
+                // A file being replaced, or damaged: the next round reads it again.
+                Err(e) => tracing::debug!("skipping heartbeat {node}: {e}"),
+            }
+        }
+        let mut w = self.watchers();
+        for hb in read {
+            w.saw(hb, at);
+        }
+        Ok(())
+    }
+
+    /// A fresh read of one node's heartbeat, for a judgment made under the cluster lock.
+    pub fn refresh(&self, node: &str) {
+        if node == self.me || !is_safe_token(node, 1, 255, false) {
+            return;
+        }
+        let at = Instant::now();
+        match read_heartbeat(&self.file(node), node) {
+            Ok(hb) => self.watchers().saw(hb, at),
+            Err(e) => tracing::debug!("fresh read of heartbeat {node}: {e}"),
         }
     }
 
-    /// Seconds until a silent live node would be declared dead (for error messages).
-    pub fn dead_in(&self, node: &str) -> Option<Duration> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(node)
-            .map(|o| self.dead_after.saturating_sub(o.changed_at.elapsed()))
+    /// A commit in the store showed (`node`, `boot_id`) alive.
+    pub fn saw_commit(&self, node: &str, boot_id: &str) {
+        if node != self.me {
+            self.watchers().saw_commit(node, boot_id, Instant::now());
+        }
+    }
+
+    /// Judges the incarnation (`node`, `boot_id`) now.
+    pub fn judge(&self, node: &str, boot_id: Option<&str>) -> Judgment {
+        self.watchers().judge(node, boot_id, Instant::now())
+    }
+
+    /// The node's current state (its current boot id), for display.
+    pub fn liveness(&self, node: &str) -> Liveness {
+        self.judge(node, None).state
+    }
+
+    /// `Ok` while this node may act as the holder of its exclusive volumes: it has beaten
+    /// within `dead_after` and is not re-validating; else why not.
+    pub fn may_hold(&self) -> std::result::Result<(), String> {
+        let own = self.own();
+        if let Some(why) = &own.revalidating {
+            return Err(why.clone());
+        }
+        match own.last_beat_ok {
+            Some(t) if t.elapsed() < self.dead_after => Ok(()),
+            Some(t) => Err(format!(
+                "this node has not written its heartbeat for {:.0}s (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                t.elapsed().as_secs_f64(),
+                self.dead_after.as_secs()
+            )),
+            None => Err("this node has not written its heartbeat yet".into()),
+        }
+    }
+
+    /// The re-validation epoch to pass to [`Nodes::revalidated`], if one is needed.
+    pub fn revalidation_needed(&self) -> Option<u64> {
+        let own = self.own();
+        own.revalidating.as_ref().map(|_| own.revalidate_epoch)
+    }
+
+    /// The exclusive volumes were re-validated against a fresh read of the store begun
+    /// at `epoch`: unless another lapse began since, this node may hold again.
+    pub fn revalidated(&self, epoch: u64) {
+        let mut own = self.own();
+        if own.revalidate_epoch == epoch && own.revalidating.is_some() {
+            own.revalidating = None;
+            tracing::info!(
+                "exclusive volumes re-validated: this node serves as their holder again"
+            );
+        }
+    }
+
+    /// Whether this observer is cut off now (it then judges nobody dead).
+    pub fn cut_off(&self) -> bool {
+        self.watchers().cut_off(Instant::now())
+    }
+
+    pub fn self_report(&self) -> SelfReport {
+        let own = self.own();
+        let cut_off = self.cut_off().then(|| {
+            format!(
+                "no heartbeat round of this node succeeded within --dead-after ({}s): it declares no other node dead",
+                self.dead_after.as_secs()
+            )
+        });
+        SelfReport {
+            last_beat_secs: own.last_beat_ok.map(|t| t.elapsed().as_secs_f64()),
+            cut_off,
+            revalidating: own.revalidating.clone(),
+            last_error: own.last_error.clone(),
+        }
     }
 
     /// Every node this observer knows, sorted by name.
     pub fn views(&self) -> Vec<NodeView> {
-        let mut names: Vec<String> = {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.keys().cloned().collect()
-        };
-        if !names.contains(&self.me) {
-            names.push(self.me.clone());
-        }
-        names.sort();
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for name in names {
-            let state = if name == self.me {
-                Liveness::Alive
-            } else {
-                match seen.get(&name) {
-                    Some(o) if o.last.state == HeartbeatState::Left => Liveness::Left,
-                    Some(o) if o.changed_at.elapsed() > self.dead_after => Liveness::Dead,
-                    _ => Liveness::Alive,
-                }
-            };
-            let o = seen.get(&name);
-            let last_seen = o
-                .map(|o| o.changed_at.elapsed().as_secs_f64())
-                .unwrap_or(0.0);
-            out.push(NodeView {
-                node: name.clone(),
-                state,
-                last_seen_secs: if name == self.me { 0.0 } else { last_seen },
-                boot_id: if name == self.me {
-                    self.boot_id.clone()
-                } else {
-                    o.map(|o| o.boot_id.clone()).unwrap_or_default()
-                },
-                version: o
-                    .map(|o| o.last.version.clone())
-                    .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
-                dead_in_secs: (state == Liveness::Alive && name != self.me).then(|| {
-                    self.dead_after
-                        .saturating_sub(Duration::from_secs_f64(last_seen))
-                        .as_secs_f64()
-                }),
-            });
-        }
-        out
+        self.watchers()
+            .views(Instant::now(), env!("CARGO_PKG_VERSION"))
     }
 
-    /// The liveness of every known node, for decisions made in one pass.
+    /// The liveness of every known node's current boot id.
     pub fn snapshot(&self) -> BTreeMap<String, Liveness> {
         self.views()
             .into_iter()
@@ -276,85 +665,312 @@ impl Nodes {
     }
 }
 
-fn read_heartbeat(path: &Path) -> Result<Heartbeat> {
-    let bytes = fs::read(path).ctx(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+/// Takes the node-name lock: an exclusive OFD lock on `<nodes>/<node>.lock`, held by the
+/// returned file for the daemon's lifetime. The kernel (and the file server) release it
+/// when the daemon dies.
+fn lock_name(dir: &Path, node: &str) -> Result<File> {
+    let path = dir.join(format!("{node}.lock"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&path)
+        .ctx(|| format!("opening the node-name lock {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .ctx(|| format!("reading {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file; remove it so that caravan can lock the node name",
+            path.display()
+        )));
+    }
+    // SAFETY: flock is a plain C struct; all-zero is a valid value (l_pid must be 0 for OFD).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
+        Ok(_) => Ok(file),
+        Err(Errno::EAGAIN | Errno::EACCES) => {
+            let running = read_heartbeat(&dir.join(format!("{node}.json")), node)
+                .map(|hb| format!(" (boot id {}, version {})", hb.boot_id, hb.version))
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "another caravan daemon with node name {node:?} is running on this shared root{running}; \
+                 every host needs its own name: start this one with --node NAME (or CARAVAN_NODE=NAME)"
+            )))
+        }
+        Err(e) => Err(Error::io(
+            format!(
+                "locking {}; the filesystem must support OFD locks",
+                path.display()
+            ),
+            std::io::Error::from_raw_os_error(e as i32),
+        )),
+    }
+}
+
+/// Reads a heartbeat file that another machine wrote: a regular file (no link, no FIFO
+/// that would block the read), at most [`MAX_HEARTBEAT_BYTES`], naming the node its file
+/// is named after.
+fn read_heartbeat(path: &Path, node: &str) -> Result<Heartbeat> {
+    let shown = || path.display().to_string();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ctx(|| format!("reading {}", shown()))?;
+    let meta = file.metadata().ctx(|| format!("reading {}", shown()))?;
+    let ft = meta.file_type();
+    if !ft.is_file() || ft.is_fifo() {
+        return Err(Error::invalid(format!("{} is not a regular file", shown())));
+    }
+    if meta.len() > MAX_HEARTBEAT_BYTES {
+        return Err(Error::invalid(format!(
+            "{} has {} bytes, more than a heartbeat's {MAX_HEARTBEAT_BYTES}",
+            shown(),
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_HEARTBEAT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ctx(|| format!("reading {}", shown()))?;
+    let hb: Heartbeat =
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{}: {e}", shown())))?;
+    if hb.node != node || !is_safe_token(&hb.boot_id, 1, 128, false) {
+        return Err(Error::invalid(format!(
+            "{} names node {:?} with boot id {:?}; ignored",
+            shown(),
+            hb.node.chars().take(40).collect::<String>(),
+            hb.boot_id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(hb)
 }
 
 /// A random id for this start of the daemon (the kernel's UUID generator).
 fn new_boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/uuid")
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| format!("{}-{:?}", std::process::id(), Instant::now()))
+        .unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{}-{nanos}", std::process::id())
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pair(dead_after: Duration) -> (tempfile::TempDir, Nodes, Nodes) {
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn hb(node: &str, boot: &str, seq: u64, state: HeartbeatState) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            seq,
+            boot_id: boot.into(),
+            version: "test".into(),
+            state,
+            interval_ms: 1000,
+        }
+    }
+
+    /// An observer "me" (boot m1), interval 1 s, dead after 5 s, with one good round at t0.
+    fn watchers() -> (Watchers, Instant) {
+        let t0 = Instant::now();
+        let mut w = Watchers::new("me", "m1", SEC, 5 * SEC);
+        w.clock.good_round(t0);
+        (w, t0)
+    }
+
+    /// Good rounds every second from `from` to `to` seconds after t0, with `beats` seen
+    /// in each.
+    fn rounds(w: &mut Watchers, t0: Instant, from: u64, to: u64, beats: &[(&str, &str)]) {
+        for s in from..=to {
+            let at = t0 + SEC * s as u32;
+            for (i, (node, boot)) in beats.iter().enumerate() {
+                w.saw(
+                    hb(node, boot, s * 100 + i as u64, HeartbeatState::Running),
+                    at,
+                );
+            }
+            w.clock.good_round(at);
+        }
+    }
+
+    #[test]
+    fn a_beating_incarnation_is_alive_and_a_silent_one_dies_after_dead_after() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 3, &[("b", "b1")]);
+        assert!(w.judge("b", Some("b1"), t0 + 3 * SEC).is_alive());
+        rounds(&mut w, t0, 4, 8, &[]);
+        let j = w.judge("b", Some("b1"), t0 + 8 * SEC);
+        assert!(j.is_alive(), "5 s of silence is not more than 5 s: {j:?}");
+        rounds(&mut w, t0, 9, 9, &[]);
+        assert_eq!(w.judge("b", Some("b1"), t0 + 9 * SEC).state, Liveness::Dead);
+        assert_eq!(w.judge("b", None, t0 + 9 * SEC).state, Liveness::Dead);
+    }
+
+    #[test]
+    fn a_restarted_node_is_judged_by_its_new_boot_id() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
+        rounds(&mut w, t0, 3, 10, &[]);
+        assert_eq!(
+            w.judge("b", Some("b1"), t0 + 10 * SEC).state,
+            Liveness::Dead
+        );
+        // b restarts as b2: a mount it records with b2 is alive at once, b1's stay dead.
+        rounds(&mut w, t0, 11, 11, &[("b", "b2")]);
+        assert!(w.judge("b", Some("b2"), t0 + 11 * SEC).is_alive());
+        assert!(w.judge("b", None, t0 + 11 * SEC).is_alive());
+        assert_eq!(
+            w.judge("b", Some("b1"), t0 + 11 * SEC).state,
+            Liveness::Dead
+        );
+    }
+
+    #[test]
+    fn a_boot_id_known_only_from_a_commit_is_alive_until_dead_after() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 10, &[("b", "b1")]);
+        // b2's first commit is seen before its first heartbeat: the old rule (name only)
+        // would not apply, and a boot id never seen in the file counts as silent since
+        // the watch began (t0+1) — without the commit it would be dead.
+        assert_eq!(
+            w.judge("b", Some("b2"), t0 + 10 * SEC).state,
+            Liveness::Dead
+        );
+        w.saw_commit("b", "b2", t0 + 10 * SEC);
+        assert!(w.judge("b", Some("b2"), t0 + 10 * SEC).is_alive());
+        rounds(&mut w, t0, 11, 16, &[("b", "b1")]);
+        assert_eq!(
+            w.judge("b", Some("b2"), t0 + 16 * SEC).state,
+            Liveness::Dead
+        );
+    }
+
+    #[test]
+    fn an_unknown_node_is_alive_and_a_left_boot_is_gone_at_once() {
+        let (mut w, t0) = watchers();
+        assert!(w.judge("never", Some("x"), t0).is_alive());
+        w.saw(hb("b", "b1", 1, HeartbeatState::Left), t0);
+        assert_eq!(w.judge("b", Some("b1"), t0).state, Liveness::Left);
+        // The same name started again: its new boot is alive, the old one stays left.
+        w.saw(hb("b", "b2", 1, HeartbeatState::Running), t0 + SEC);
+        assert!(w.judge("b", Some("b2"), t0 + SEC).is_alive());
+        assert_eq!(w.judge("b", Some("b1"), t0 + SEC).state, Liveness::Left);
+    }
+
+    #[test]
+    fn time_the_observer_could_not_see_counts_for_nobody() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
+        // The export stalls for 60 s for everyone: no good round, then rounds resume.
+        let back = t0 + 62 * SEC;
+        assert!(w.cut_off(back), "no good round for 60 s: cut off");
+        let j = w.judge("b", Some("b1"), back);
+        assert!(j.is_alive() && j.observer_cut_off, "{j:?}");
+        // The first good round after the stall advances the clock by at most 2 s.
+        w.clock.good_round(back);
+        assert!(!w.cut_off(back));
+        assert!(w.judge("b", Some("b1"), back).is_alive());
+        // b stays silent: dead only once it stayed silent for dead_after of seeing time.
+        rounds(&mut w, back, 1, 2, &[]);
+        assert!(w.judge("b", Some("b1"), back + 2 * SEC).is_alive());
+        rounds(&mut w, back, 3, 4, &[]);
+        assert_eq!(
+            w.judge("b", Some("b1"), back + 4 * SEC).state,
+            Liveness::Dead
+        );
+    }
+
+    #[test]
+    fn earlier_boots_of_my_own_name_are_gone_and_mine_is_alive() {
+        let (w, t0) = watchers();
+        assert!(w.judge("me", Some("m1"), t0).is_alive());
+        assert!(w.judge("me", None, t0).is_alive());
+        assert_eq!(w.judge("me", Some("m0"), t0).state, Liveness::Dead);
+    }
+
+    #[test]
+    fn heartbeat_files_are_read_only_when_regular_small_and_named_right() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.json");
+        let good = serde_json::to_vec(&hb("b", "b1", 3, HeartbeatState::Running)).unwrap();
+        std::fs::write(&p, &good).unwrap();
+        assert_eq!(read_heartbeat(&p, "b").unwrap().seq, 3);
+        assert!(read_heartbeat(&p, "c").is_err(), "names another node");
+        std::fs::write(&p, vec![b' '; MAX_HEARTBEAT_BYTES as usize + 1]).unwrap();
+        assert!(read_heartbeat(&p, "b")
+            .unwrap_err()
+            .to_string()
+            .contains("bytes"));
+        std::fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_heartbeat(&p, "b").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(d.path().join("real"), &good).unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), &p).unwrap();
+        assert!(
+            read_heartbeat(&p, "b").is_err(),
+            "a symlink is not followed"
+        );
+    }
+
+    #[test]
+    fn a_second_daemon_with_a_live_name_is_refused_and_the_name_frees_when_it_stops() {
         let d = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(d.path());
-        let a = Nodes::new(&layout, "a", Duration::from_millis(50), dead_after).unwrap();
-        let b = Nodes::new(&layout, "b", Duration::from_millis(50), dead_after).unwrap();
-        (d, a, b)
+        let first = Nodes::new(&layout, "h3", SEC, 5 * SEC).unwrap();
+        first.beat(HeartbeatState::Running).unwrap();
+        let e = Nodes::new(&layout, "h3", SEC, 5 * SEC)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("\"h3\"") && e.contains("--node"), "{e}");
+        assert!(Nodes::new(&layout, "h4", SEC, 5 * SEC).is_ok());
+        drop(first);
+        assert!(Nodes::new(&layout, "h3", SEC, 5 * SEC).is_ok());
     }
 
     #[test]
-    fn a_silent_node_dies_after_dead_after_on_the_observers_clock() {
-        let (_d, a, b) = pair(Duration::from_millis(300));
-        b.beat(HeartbeatState::Running).unwrap();
-        a.observe().unwrap();
-        assert_eq!(a.liveness("b"), Liveness::Alive);
-        std::thread::sleep(Duration::from_millis(200));
-        b.beat(HeartbeatState::Running).unwrap();
-        a.observe().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        a.observe().unwrap();
-        assert_eq!(
-            a.liveness("b"),
-            Liveness::Alive,
-            "the beat 200 ms ago keeps it alive"
+    fn rounds_through_files_judge_a_restart_and_a_lapse_of_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(d.path());
+        let ms = Duration::from_millis;
+        let a = Nodes::observer(&layout, "a", ms(50), ms(300)).unwrap();
+        let b = Nodes::observer(&layout, "b", ms(50), ms(300)).unwrap();
+        b.round().unwrap();
+        a.round().unwrap();
+        assert!(a.judge("b", Some(b.boot_id())).is_alive());
+        assert!(b.may_hold().is_ok());
+        for _ in 0..8 {
+            std::thread::sleep(ms(50));
+            a.round().unwrap();
+        }
+        assert_eq!(a.judge("b", Some(b.boot_id())).state, Liveness::Dead);
+        // b was frozen all that time: it must not act as a holder until re-validated.
+        assert!(b.may_hold().is_err());
+        b.round().unwrap();
+        let epoch = b
+            .revalidation_needed()
+            .expect("a lapse needs re-validation");
+        assert!(b.may_hold().is_err());
+        b.revalidated(epoch);
+        assert!(b.may_hold().is_ok());
+        a.refresh("b");
+        assert!(
+            a.judge("b", Some(b.boot_id())).is_alive(),
+            "a fresh read sees b beat"
         );
-        std::thread::sleep(Duration::from_millis(200));
-        a.observe().unwrap();
-        assert_eq!(a.liveness("b"), Liveness::Dead);
-        assert!(a
-            .views()
-            .iter()
-            .any(|v| v.node == "b" && v.state == Liveness::Dead));
-        // It comes back: alive again at the next beat.
-        b.beat(HeartbeatState::Running).unwrap();
-        a.observe().unwrap();
-        assert_eq!(a.liveness("b"), Liveness::Alive);
-    }
-
-    #[test]
-    fn a_clean_stop_is_left_at_once_and_self_is_always_alive() {
-        let (_d, a, b) = pair(Duration::from_secs(60));
-        b.beat(HeartbeatState::Left).unwrap();
-        a.observe().unwrap();
-        assert_eq!(a.liveness("b"), Liveness::Left);
-        assert_eq!(a.liveness("a"), Liveness::Alive);
-        assert_eq!(a.liveness("never-seen"), Liveness::Alive);
-    }
-
-    #[test]
-    fn a_stale_file_seen_first_counts_as_alive_until_dead_after() {
-        let (d, _a, b) = pair(Duration::from_millis(200));
-        b.beat(HeartbeatState::Running).unwrap();
-        // A new observer (restarted) finds b's old file: alive, then dead after 200 ms.
-        let c = Nodes::new(
-            &SharedLayout::new(d.path()),
-            "c",
-            Duration::from_millis(50),
-            Duration::from_millis(200),
-        )
-        .unwrap();
-        c.observe().unwrap();
-        assert_eq!(c.liveness("b"), Liveness::Alive);
-        std::thread::sleep(Duration::from_millis(250));
-        c.observe().unwrap();
-        assert_eq!(c.liveness("b"), Liveness::Dead);
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
-use crate::node::{Liveness, NodeView, Nodes};
+use crate::node::{Liveness, NodeView, Nodes, SelfReport};
 use crate::store::{Mutation, Outcome, Store, StoreStats};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, Holder, Takeover, VolumeOptions,
@@ -30,6 +30,8 @@ use crate::volume::{
 const USAGE_TTL: Duration = Duration::from_secs(5);
 /// Time budget for measuring one volume's usage during a Get.
 const USAGE_BUDGET: Duration = Duration::from_millis(200);
+/// An answer must be ready this long before the call's deadline to count as delivered.
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// A volume as the APIs show it (Docker's `Status`, `caravan inspect`, `caravan list --json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,6 +125,9 @@ pub struct Info {
     /// Set when the export did not answer: the figures are the last known ones.
     pub stale: Option<String>,
     pub health: HealthReport,
+    /// This node's own standing: cut off, re-validating its exclusive volumes.
+    #[serde(default)]
+    pub standing: SelfReport,
 }
 
 /// The node's volume service.
@@ -269,11 +274,21 @@ impl Service {
     }
 
     /// Counts a mount of (this node, `id`) and returns the mountpoint, bind-mounting it on
-    /// the node's first mount.
+    /// the node's first mount (or again, when the bind mount vanished behind the daemon's
+    /// back). A mount that could not be answered before the call's deadline (see
+    /// [`crate::deadline`]) is taken back: dockerd saw it fail and will never unmount it.
     pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
         validate_name(name)?;
         validate_mount_id(id)?;
         let _guard = self.locks.lock(name).await;
+        let late = || Error::Timeout {
+            what: format!("mounting volume {name}"),
+            after: self.fs_timeout * 2,
+        };
+        if !crate::deadline::answerable(ANSWER_MARGIN) {
+            // Queued behind other calls past the caller's patience: never start.
+            return Err(late());
+        }
         let mutation = Mutation::Mount {
             name: name.to_string(),
             node: self.node.clone(),
@@ -285,22 +300,27 @@ impl Service {
                 // drops calls whose caller left, but one already being committed goes
                 // through). dockerd saw a failure and will never unmount this ID: queue
                 // the unmount that takes it back (an unknown ID is a no-op).
-                let undo = Mutation::Unmount {
-                    name: name.to_string(),
-                    node: self.node.clone(),
-                    id: id.to_string(),
-                };
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    if let Err(u) = store.apply(undo).await {
-                        tracing::warn!("taking back a mount that timed out: {u}");
-                    }
-                });
+                self.take_back_later(name, id);
             }
             return Err(e);
         }
         self.forget_usage(name);
         let target = self.local.mountpoint(name);
+        if self.is_bound(name) {
+            let t = target.clone();
+            let present = self
+                .blocking("reading mountinfo", move || {
+                    Ok(mounts::mount_table()?.iter().any(|m| m.mount_point == t))
+                })
+                .await;
+            if let Ok(false) = present {
+                tracing::warn!(volume = %name, mountpoint = %target.display(), "the bind mount vanished behind the daemon's back (unmounted by hand?); mounting it again");
+                self.bound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+            }
+        }
         if !self.is_bound(name) {
             let source = self.shared().data_dir(name);
             let t = target.clone();
@@ -309,14 +329,7 @@ impl Service {
                 .await
             {
                 // Take the count back so the cluster does not believe this node uses it.
-                let undo = Mutation::Unmount {
-                    name: name.to_string(),
-                    node: self.node.clone(),
-                    id: id.to_string(),
-                };
-                if let Err(u) = self.store.apply(undo).await {
-                    tracing::error!(volume = %name, "could not take back the mount record: {u}");
-                }
+                self.take_back(name, id).await;
                 return Err(e);
             }
             self.bound
@@ -324,7 +337,55 @@ impl Service {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name.to_string());
         }
+        if !crate::deadline::answerable(ANSWER_MARGIN) {
+            tracing::warn!(volume = %name, id, "the mount finished after its caller's deadline; taking it back");
+            self.take_back(name, id).await;
+            return Err(late());
+        }
         Ok(target)
+    }
+
+    /// Takes back a mount of (this node, `id`) that its caller never saw succeed: the
+    /// count, and the bind mount if it was this node's last.
+    async fn take_back(&self, name: &str, id: &str) {
+        let undo = Mutation::Unmount {
+            name: name.to_string(),
+            node: self.node.clone(),
+            id: id.to_string(),
+        };
+        match self.store.apply(undo).await {
+            Ok(Outcome::Unmounted {
+                record: Some(r), ..
+            }) if r.node_mount_count(&self.node) == 0 && self.is_bound(name) => {
+                if let Err(e) = self.unbind(name).await {
+                    tracing::error!(volume = %name, "taking back a mount: {e}");
+                }
+            }
+            Ok(Outcome::Unmounted { record: None, .. }) if self.is_bound(name) => {
+                if let Err(e) = self.unbind(name).await {
+                    tracing::error!(volume = %name, "taking back a mount: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(u) => {
+                tracing::error!(volume = %name, "could not take back the mount record: {u}; retrying in the background");
+                self.take_back_later(name, id);
+            }
+        }
+    }
+
+    fn take_back_later(&self, name: &str, id: &str) {
+        let undo = Mutation::Unmount {
+            name: name.to_string(),
+            node: self.node.clone(),
+            id: id.to_string(),
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(u) = store.apply(undo).await {
+                tracing::warn!("taking back a mount that timed out: {u}");
+            }
+        });
     }
 
     /// Counts an unmount of (this node, `id`); unmounts the bind mount after the node's
@@ -383,9 +444,22 @@ impl Service {
     /// Fencing: an exclusive volume this node still has bind-mounted but that another node
     /// now holds (it was taken over while this node was away) is unmounted here, so this
     /// node's containers stop reaching data that is no longer theirs to write. Their later
-    /// Unmount calls succeed (unknown IDs). Called after every heartbeat round.
+    /// Unmount calls succeed (unknown IDs). Runs every heartbeat interval, apart from the
+    /// heartbeat itself; after this node could not beat for `dead_after` (see
+    /// [`Nodes::may_hold`]) it is also the re-validation that lets it hold again.
     pub async fn fence(&self) {
+        let epoch = self.nodes.revalidation_needed();
+        let beating = self
+            .nodes
+            .self_report()
+            .last_beat_secs
+            .is_some_and(|s| Duration::from_secs_f64(s) < self.nodes.dead_after());
+        if epoch.is_some() && !beating {
+            // Still unable to beat: re-validate once the export answers again.
+            return;
+        }
         let taken: Vec<(String, String)> = {
+            // A fresh look: the generation check reloads if anyone committed.
             let Ok(snap) = self.store.snapshot().await else {
                 return;
             };
@@ -399,12 +473,17 @@ impl Service {
                 })
                 .collect()
         };
+        let mut all_dropped = true;
         for (name, holder) in taken {
             let _guard = self.locks.lock(&name).await;
             tracing::warn!(volume = %name, holder = %holder, "this node lost the exclusive volume to another node; unmounting it here");
             if let Err(e) = self.unbind(&name).await {
                 tracing::error!(volume = %name, "fencing: {e}");
+                all_dropped = false;
             }
+        }
+        if let (Some(epoch), true) = (epoch, all_dropped) {
+            self.nodes.revalidated(epoch);
         }
     }
 
@@ -524,6 +603,7 @@ impl Service {
             store: self.store.stats(),
             stale,
             health: self.health.report(),
+            standing: self.nodes.self_report(),
         })
     }
 

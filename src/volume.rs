@@ -95,7 +95,6 @@ impl OnDelete {
 
 /// The options a volume is created with (`docker volume create -o k=v`, or CLI flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VolumeOptions {
     /// Size in bytes. Recorded and reported; not yet enforced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +110,10 @@ pub struct VolumeOptions {
     pub on_delete: OnDelete,
     #[serde(default, skip_serializing_if = "Access::is_shared")]
     pub access: Access,
+    /// Options this version does not know, kept as they were stored (a newer node wrote
+    /// them) so that rewriting the record loses nothing. See [`VolumeRecord::format`].
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// Who may mount a volume at once.
@@ -152,6 +155,10 @@ pub struct Holder {
     pub node: String,
     /// Bumped at every grant and takeover; a node whose grant is older has been fenced.
     pub generation: u64,
+    /// The incarnation (boot id) of `node` the grant was made to; `None` in records from
+    /// versions that did not record it. Liveness is judged on this incarnation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// One change of holder that did not go through a release: the old holder was dead or
@@ -331,7 +338,23 @@ pub struct VolumeRecord {
     /// The latest takeovers, oldest first (at most [`TAKEOVER_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub takeovers: Vec<Takeover>,
+    /// For each node in `mounts`: the boot id of the incarnation that last changed that
+    /// node's mounts. A node's mounts are stale only when *that* incarnation is dead.
+    /// Missing for mounts recorded by versions that did not record it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incarnations: BTreeMap<String, String>,
+    /// The record format that wrote this record ([`RECORD_FORMAT`]; 0 before formats were
+    /// numbered). A node refuses to change a record of a newer format than its own.
+    #[serde(default)]
+    pub format: u32,
+    /// Fields this version does not know, kept as stored (see `format`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
+
+/// The record format this version writes. 1: mounts and holds record the boot id of the
+/// incarnation that made them (`incarnations`, `holder.boot_id`).
+pub const RECORD_FORMAT: u32 = 1;
 
 impl VolumeRecord {
     pub fn new(name: &str, node: &str, options: VolumeOptions) -> Self {
@@ -347,20 +370,42 @@ impl VolumeRecord {
             holder: None,
             generation: 0,
             takeovers: Vec::new(),
+            incarnations: BTreeMap::new(),
+            format: RECORD_FORMAT,
+            unknown: BTreeMap::new(),
         }
+    }
+
+    /// Refuses a change to a record that a newer version wrote: rewriting it could drop
+    /// what that version relies on.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.format > RECORD_FORMAT {
+            return Err(Error::invalid(format!(
+                "volume {} was last written by a newer caravan (record format {}; this daemon writes format {RECORD_FORMAT}); upgrade this node before changing it (docs/configuration.md, \"Upgrades\")",
+                self.name, self.format
+            )));
+        }
+        Ok(())
     }
 
     /// RFC 3339, as Docker's `CreatedAt` wants it.
     pub fn created_at_rfc3339(&self) -> String {
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.created_at))
-            .to_string()
+        // Stored by another node: a time past what RFC 3339 can show is not trusted.
+        const YEAR_10000: u64 = 253_402_300_800;
+        match UNIX_EPOCH.checked_add(Duration::from_secs(self.created_at)) {
+            Some(t) if self.created_at < YEAR_10000 => {
+                humantime::format_rfc3339_seconds(t).to_string()
+            }
+            _ => "1970-01-01T00:00:00Z".to_string(),
+        }
     }
 
     /// Total mount count of one node.
     pub fn node_mount_count(&self, node: &str) -> u32 {
+        // Counts come from the export: add them without wrapping.
         self.mounts
             .get(node)
-            .map(|ids| ids.values().sum())
+            .map(|ids| ids.values().fold(0u32, |a, c| a.saturating_add(*c)))
             .unwrap_or(0)
     }
 
@@ -373,14 +418,18 @@ impl VolumeRecord {
             .collect()
     }
 
-    /// Records one Mount call for (node, id); returns the node's total afterwards.
-    pub fn add_mount(&mut self, node: &str, id: &str) -> u32 {
-        *self
+    /// Records one Mount call for (node, id) by the incarnation `boot_id`; returns the
+    /// node's total afterwards.
+    pub fn add_mount(&mut self, node: &str, boot_id: &str, id: &str) -> u32 {
+        let count = self
             .mounts
             .entry(node.to_string())
             .or_default()
             .entry(id.to_string())
-            .or_insert(0) += 1;
+            .or_insert(0);
+        *count = count.saturating_add(1);
+        self.incarnations
+            .insert(node.to_string(), boot_id.to_string());
         self.node_mount_count(node)
     }
 
@@ -389,12 +438,15 @@ impl VolumeRecord {
     pub fn remove_mount(&mut self, node: &str, id: &str) -> Option<u32> {
         let ids = self.mounts.get_mut(node)?;
         let count = ids.get_mut(id)?;
-        *count -= 1;
-        if *count == 0 {
+        // A stored 0 (another node wrote it) counts as the last one, never wraps.
+        if *count <= 1 {
             ids.remove(id);
+        } else {
+            *count -= 1;
         }
         if ids.is_empty() {
             self.mounts.remove(node);
+            self.incarnations.remove(node);
         }
         Some(self.node_mount_count(node))
     }
@@ -532,9 +584,10 @@ mod tests {
     #[test]
     fn mount_counts_per_node_and_id() {
         let mut v = VolumeRecord::new("web", "a", VolumeOptions::default());
-        assert_eq!(v.add_mount("a", "id1"), 1);
-        assert_eq!(v.add_mount("a", "id1"), 2);
-        assert_eq!(v.add_mount("b", "id2"), 1);
+        assert_eq!(v.add_mount("a", "a1", "id1"), 1);
+        assert_eq!(v.add_mount("a", "a1", "id1"), 2);
+        assert_eq!(v.add_mount("b", "b1", "id2"), 1);
+        assert_eq!(v.incarnations.get("b").map(String::as_str), Some("b1"));
         assert_eq!(v.mounted_on(), vec!["a", "b"]);
         assert_eq!(v.remove_mount("a", "unknown"), None);
         assert_eq!(v.remove_mount("c", "id1"), None);
@@ -543,6 +596,48 @@ mod tests {
         assert_eq!(v.mounted_on(), vec!["b"]);
         assert_eq!(v.remove_mount("b", "id2"), Some(0));
         assert!(v.mounts.is_empty());
+        assert!(v.incarnations.is_empty(), "no mounts, no incarnation");
+    }
+
+    #[test]
+    fn stored_counts_and_times_from_another_node_never_wrap_or_panic() {
+        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default());
+        v.mounts
+            .entry("a".into())
+            .or_default()
+            .insert("zero".into(), 0);
+        assert_eq!(
+            v.remove_mount("a", "zero"),
+            Some(0),
+            "a stored 0 is the last"
+        );
+        v.mounts
+            .entry("b".into())
+            .or_default()
+            .extend([("x".to_string(), u32::MAX), ("y".to_string(), 5)]);
+        assert_eq!(v.node_mount_count("b"), u32::MAX);
+        for t in [u64::MAX, 253_402_300_800] {
+            v.created_at = t;
+            assert_eq!(v.created_at_rfc3339(), "1970-01-01T00:00:00Z");
+        }
+    }
+
+    #[test]
+    fn fields_of_a_newer_version_survive_a_rewrite_and_its_format_is_refused() {
+        let newer = r#"{"name":"web","created_by":"a","created_at":1,
+            "options":{"on_delete":"delete","quota_mode":"hard"},
+            "format":7,"snapshots":["s1"]}"#;
+        let r: VolumeRecord = serde_json::from_str(newer).unwrap();
+        assert_eq!(r.options.unknown["quota_mode"], "hard");
+        let again: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(again["snapshots"][0], "s1");
+        assert_eq!(again["options"]["quota_mode"], "hard");
+        let e = r.check_writable().unwrap_err().to_string();
+        assert!(e.contains("format 7") && e.contains("upgrade"), "{e}");
+        let old = r#"{"name":"web","created_by":"a","created_at":1,"options":{}}"#;
+        let r: VolumeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.format, 0);
+        r.check_writable().unwrap();
     }
 
     #[test]
@@ -552,7 +647,7 @@ mod tests {
             "a",
             VolumeOptions::from_map([("size", "1G")]).unwrap(),
         );
-        v.add_mount("a", "x");
+        v.add_mount("a", "a1", "x");
         let back: VolumeRecord = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!(back, v);
         assert!(v.created_at_rfc3339().ends_with('Z'));

@@ -30,6 +30,9 @@ pub(super) struct HintWriter {
     path: PathBuf,
     /// Whether the file's length is known to be the fixed width.
     sized: bool,
+    /// The value in the file: read at open (only the lock holder writes it), then the
+    /// last one written.
+    last: u64,
 }
 
 impl HintWriter {
@@ -44,11 +47,27 @@ impl HintWriter {
             .custom_flags(nix::libc::O_DSYNC)
             .open(layout.at(&path))
             .ctx(|| format!("opening {}", path.display()))?;
+        let mut text = [0u8; WIDTH + 2];
+        let n = file
+            .read_at(&mut text, 0)
+            .ctx(|| format!("reading {}", path.display()))?;
+        // Garbage (a hand edit, a torn write by a crash) reads as 0: sled's generation
+        // then decides alone.
+        let last = std::str::from_utf8(&text[..n])
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
         Ok(HintWriter {
             file,
             path,
             sized: false,
+            last,
         })
+    }
+
+    /// The generation the file holds.
+    pub(super) fn last(&self) -> u64 {
+        self.last
     }
 
     pub(super) fn write(&mut self, generation: u64) -> Result<()> {
@@ -63,6 +82,7 @@ impl HintWriter {
                 .ctx(|| format!("writing {}", self.path.display()))?;
             self.sized = true;
         }
+        self.last = generation;
         Ok(())
     }
 }

@@ -1,0 +1,92 @@
+//! The changes the store applies, and what each did.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crate::volume::{VolumeOptions, VolumeRecord};
+
+/// A change to the cluster metadata, applied under the cluster lock.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Create {
+        name: String,
+        options: VolumeOptions,
+        node: String,
+    },
+    Remove {
+        name: String,
+    },
+    Mount {
+        name: String,
+        node: String,
+        id: String,
+    },
+    Unmount {
+        name: String,
+        node: String,
+        id: String,
+    },
+    /// An operator's takeover of an exclusive volume: make `node` the holder, now if the
+    /// holder is dead or gone (or `force`), else fail.
+    Takeover {
+        name: String,
+        node: String,
+        force: bool,
+    },
+    /// After a restart: keep `node`'s mount records only for volumes in `bound` (the bind
+    /// mounts really present on the host) and not taken over by another node; drop the rest.
+    ReconcileNode {
+        node: String,
+        bound: BTreeSet<String>,
+    },
+}
+
+impl Mutation {
+    /// What the mutation does, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Mutation::Create { .. } => "creating the volume",
+            Mutation::Remove { .. } => "removing the volume",
+            Mutation::Mount { .. } => "mounting the volume",
+            Mutation::Unmount { .. } => "unmounting the volume",
+            Mutation::Takeover { .. } => "taking the volume over",
+            Mutation::ReconcileNode { .. } => "reconciling this node's mounts",
+        }
+    }
+}
+
+/// What a mutation did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Created {
+        record: VolumeRecord,
+        /// The volume existed already with the same options (Create is idempotent).
+        existed: bool,
+        /// The data folder was there already (retained data) and was adopted.
+        adopted: bool,
+    },
+    Removed {
+        record: VolumeRecord,
+        /// Where the data went (trash, archive), if it moved.
+        moved_to: Option<PathBuf>,
+    },
+    Mounted {
+        record: VolumeRecord,
+        node_count: u32,
+    },
+    Unmounted {
+        /// `None` when the volume does not exist (any more).
+        record: Option<VolumeRecord>,
+        /// `None` when the ID was not mounted on the node.
+        node_count: Option<u32>,
+    },
+    TookOver {
+        record: VolumeRecord,
+    },
+    Reconciled {
+        /// Volumes whose records for the node were dropped, with the count dropped.
+        dropped: Vec<(String, u32)>,
+        /// Volumes that still have records for the node.
+        kept: Vec<String>,
+    },
+}
