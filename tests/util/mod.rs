@@ -40,8 +40,13 @@ pub fn in_ci() -> bool {
         .unwrap_or(false)
 }
 
+/// The caravan binary under test: this build's, or `CARAVAN_TEST_BIN` (to run the same
+/// tests against another build, e.g. the one before a fix).
 pub fn caravan_bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("caravan")
+    match std::env::var_os("CARAVAN_TEST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => assert_cmd::cargo::cargo_bin("caravan"),
+    }
 }
 
 /// A temporary folder under /tmp that unmounts anything mounted below it before deleting.
