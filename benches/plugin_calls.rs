@@ -14,6 +14,11 @@
 //!   roots: `1,16`).
 //! - `CARAVAN_BENCH_LOG`: the daemons' `--log-level` (default `warn`; `debug` logs each hold
 //!   of the cluster lock and each commit with their times).
+//!
+//! While the client rounds run, a watcher reads every daemon's heartbeat file through the
+//! last root (another host's mount of the export) every 20 ms and reports the longest gap
+//! between two beats of each: a live node must never look silent because it was busy
+//! (target: under twice the heartbeat interval).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -86,10 +91,15 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let watch = HeartbeatWatch::start(
+        roots.last().unwrap(),
+        (0..roots.len()).map(|i| format!("bench{i}")).collect(),
+    );
     let mut rows = Vec::new();
     for &clients in &client_counts {
         rows.extend(run_round(&sockets, clients, ops, &format!("c{clients}")));
     }
+    let gaps = watch.finish();
 
     // Scale: fill to each size with 16 clients (this doubles as a sustained-create
     // figure), then time one client's Create, Mount, Unmount, Remove and List there.
@@ -135,6 +145,13 @@ fn main() {
     println!("\nat scale, one client:");
     print_rows(&scale_rows, &floor);
     print_scaling(&rows);
+    for (node, gap, beats) in &gaps {
+        println!(
+            "heartbeat under load: {node}: longest gap between beats seen through another mount {:.0} ms over {beats} beats ({:.2}x the 1 s interval; target < 2x)",
+            gap.as_secs_f64() * 1e3,
+            gap.as_secs_f64()
+        );
+    }
     println!(
         "\ndaemon RSS: idle {:.1} MiB, with {filled} volumes {:.1} MiB",
         idle_rss as f64 / 1024.0,
@@ -523,4 +540,54 @@ fn fs_kind(root: &Path) -> String {
     nix::sys::statfs::statfs(root)
         .map(|s| format!("{:?}", s.filesystem_type()))
         .unwrap_or_else(|_| "unknown filesystem".into())
+}
+
+/// Reads each daemon's heartbeat file every 20 ms and keeps the longest time between two
+/// changes of its sequence number (the view of another node, on this machine's clock).
+struct HeartbeatWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(String, Duration, u64)>>,
+}
+
+impl HeartbeatWatch {
+    fn start(root: &Path, nodes: Vec<String>) -> HeartbeatWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dir = root.join(".caravan/nodes");
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // node -> (last seq, when it changed, longest gap, beats)
+            let mut seen: Vec<(Option<u64>, Instant, Duration, u64)> =
+                vec![(None, Instant::now(), Duration::ZERO, 0); nodes.len()];
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                for (i, node) in nodes.iter().enumerate() {
+                    let seq = fs::read(dir.join(format!("{node}.json")))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["seq"].as_u64());
+                    let (last, at, gap, beats) = &mut seen[i];
+                    if seq.is_some() && seq != *last {
+                        let now = Instant::now();
+                        if last.is_some() {
+                            *gap = (*gap).max(now - *at);
+                            *beats += 1;
+                        }
+                        *last = seq;
+                        *at = now;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            nodes
+                .into_iter()
+                .zip(seen)
+                .map(|(n, (_, _, gap, beats))| (n, gap, beats))
+                .collect()
+        });
+        HeartbeatWatch { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(String, Duration, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
 }

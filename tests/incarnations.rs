@@ -158,7 +158,7 @@ fn a_second_daemon_with_a_live_nodes_name_refuses_to_start() {
     let other = s.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let started = Instant::now();
-    let out = Command::new(util::caravan_bin())
+    let mut second = Command::new(util::caravan_bin())
         .arg("daemon")
         .arg("--root")
         .arg(&root)
@@ -172,8 +172,23 @@ fn a_second_daemon_with_a_live_nodes_name_refuses_to_start() {
         .arg(other.join("spec"))
         .arg("--config")
         .arg("/dev/null")
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .unwrap();
+    // It must exit on its own; one still running after 10 s is serving.
+    while second.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!(
+                "a second daemon named h3 is still running after 10 s (serving: {})",
+                other.join("h3.sock").exists()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
