@@ -1,5 +1,5 @@
-//! Docker's VolumeDriver API, as dockerd 20.10 and later use it (see
-//! `docs/docker-protocol.md` for the rules this follows).
+//! Docker's VolumeDriver API, as dockerd 20.10 and later use it (docs/semantics.md says
+//! what each call does across hosts; the rules below are the protocol's).
 //!
 //! Every answer is HTTP 200 with a JSON body, never an empty one; an error is
 //! `{"Err": "message"}`, which dockerd shows to the user as `create web: message`, etc.

@@ -1,7 +1,7 @@
 //! The cluster metadata store: sled on the shared export, one writer at a time.
 //!
 //! sled is a single-process database (it `flock`s its files while open), so every node
-//! follows the same discipline for every commit (design notes §3):
+//! follows the same discipline for every commit (docs/semantics.md, "The metadata store"):
 //!
 //! 1. take the cluster lock ([`ClusterLock`], bounded wait);
 //! 2. open sled, bring the in-memory copy up to date if another node committed, apply
