@@ -519,8 +519,28 @@ impl Nodes {
                 own.revalidate_epoch += 1;
             }
         }
+        let writing = Instant::now();
         let result = self.beat(HeartbeatState::Running).and_then(|()| {
-            self.own().last_beat_ok = Some(Instant::now());
+            let landed = Instant::now();
+            let mut own = self.own();
+            // A write that itself took dead_after (a hard mount blocked on a server only
+            // this host lost) is a lapse too: others may have judged this node dead.
+            let previous = own.last_beat_ok.unwrap_or(writing);
+            if landed.saturating_duration_since(previous) >= self.dead_after {
+                if own.revalidating.is_none() {
+                    let why = format!(
+                        "writing this node's heartbeat took until {:.0}s after the previous one (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                        landed.saturating_duration_since(previous).as_secs_f64(),
+                        self.dead_after.as_secs()
+                    );
+                    tracing::warn!("{why}; refusing mounts of exclusive volumes until they are re-validated");
+                    own.revalidating = Some(why);
+                }
+                own.revalidate_epoch += 1;
+            }
+            // When the write began, not when it returned: the beat is no younger than that.
+            own.last_beat_ok = Some(writing);
+            drop(own);
             self.observe_at(started)
         });
         match &result {

@@ -295,11 +295,19 @@ impl Service {
             id: id.to_string(),
         };
         if let Err(e) = self.store.apply(mutation).await {
-            if let Error::Timeout { .. } = e {
-                // The mount may still be committed after we gave up waiting (the store
-                // drops calls whose caller left, but one already being committed goes
-                // through). dockerd saw a failure and will never unmount this ID: queue
-                // the unmount that takes it back (an unknown ID is a no-op).
+            // Unless the store decided against it, the mount may have been committed all
+            // the same (a timeout while it was being committed, a hold that failed after
+            // writing). dockerd saw a failure and will never unmount this ID: queue the
+            // unmount that takes it back (an unknown ID is a no-op).
+            let decided = matches!(
+                e,
+                Error::Invalid(_)
+                    | Error::NoSuchVolume(_)
+                    | Error::ExclusiveHeld { .. }
+                    | Error::Busy(_)
+                    | Error::ExportStalled { .. }
+            );
+            if !decided {
                 self.take_back_later(name, id);
             }
             return Err(e);
@@ -346,32 +354,50 @@ impl Service {
     }
 
     /// Takes back a mount of (this node, `id`) that its caller never saw succeed: the
-    /// count, and the bind mount if it was this node's last.
+    /// count, and the bind mount if it was this node's last. With a time budget of its own
+    /// (the call's is spent by now), under the caller's hold of the volume lock.
     async fn take_back(&self, name: &str, id: &str) {
+        let budget = std::time::Instant::now() + self.fs_timeout * 2;
+        crate::deadline::within(budget, self.take_back_now(name, id)).await
+    }
+
+    async fn take_back_now(&self, name: &str, id: &str) {
         let undo = Mutation::Unmount {
             name: name.to_string(),
             node: self.node.clone(),
             id: id.to_string(),
         };
-        match self.store.apply(undo).await {
+        let last = match self.store.apply(undo).await {
             Ok(Outcome::Unmounted {
                 record: Some(r), ..
-            }) if r.node_mount_count(&self.node) == 0 && self.is_bound(name) => {
-                if let Err(e) = self.unbind(name).await {
-                    tracing::error!(volume = %name, "taking back a mount: {e}");
-                }
-            }
-            Ok(Outcome::Unmounted { record: None, .. }) if self.is_bound(name) => {
-                if let Err(e) = self.unbind(name).await {
-                    tracing::error!(volume = %name, "taking back a mount: {e}");
-                }
-            }
-            Ok(_) => {}
+            }) => r.node_mount_count(&self.node) == 0,
+            Ok(Outcome::Unmounted { record: None, .. }) => true,
+            Ok(_) => false,
             Err(u) => {
                 tracing::error!(volume = %name, "could not take back the mount record: {u}; retrying in the background");
                 self.take_back_later(name, id);
+                return;
+            }
+        };
+        // The mount table decides, not the in-memory set: a bind that timed out may have
+        // finished after all.
+        if last && (self.is_bound(name) || self.really_mounted(name).await) {
+            if let Err(e) = self.unbind(name).await {
+                tracing::error!(volume = %name, "taking back a mount: {e}");
             }
         }
+    }
+
+    /// Whether this node's mountpoint of `name` is a mount point now (per mountinfo).
+    async fn really_mounted(&self, name: &str) -> bool {
+        let target = self.local.mountpoint(name);
+        self.blocking("reading mountinfo", move || {
+            Ok(mounts::mount_table()?
+                .iter()
+                .any(|m| m.mount_point == target))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn take_back_later(&self, name: &str, id: &str) {
@@ -458,25 +484,33 @@ impl Service {
             // Still unable to beat: re-validate once the export answers again.
             return;
         }
-        let taken: Vec<(String, String)> = {
-            // A fresh look: the generation check reloads if anyone committed.
+        // One fresh look (the generation check reloads if anyone committed) finds the
+        // candidates; each is checked again under its volume's lock, so that a Mount or
+        // Unmount of it half done meanwhile is never undone by a stale decision.
+        let candidates: Vec<String> = {
             let Ok(snap) = self.store.snapshot().await else {
                 return;
             };
             let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone();
             bound
-                .iter()
-                .filter_map(|name| {
-                    let r = snap.volumes.get(name)?;
-                    let h = r.holder.as_ref()?;
-                    (h.node != self.node).then(|| (name.clone(), h.node.clone()))
-                })
+                .into_iter()
+                .filter(|name| lost_here(snap.volumes.get(name), &self.node).is_some())
                 .collect()
         };
         let mut all_dropped = true;
-        for (name, holder) in taken {
+        for name in candidates {
             let _guard = self.locks.lock(&name).await;
-            tracing::warn!(volume = %name, holder = %holder, "this node lost the exclusive volume to another node; unmounting it here");
+            if !self.is_bound(&name) {
+                continue;
+            }
+            let lost = {
+                let Ok(snap) = self.store.snapshot().await else {
+                    return;
+                };
+                lost_here(snap.volumes.get(&name), &self.node)
+            };
+            let Some(why) = lost else { continue };
+            tracing::warn!(volume = %name, "{why}; unmounting it here");
             if let Err(e) = self.unbind(&name).await {
                 tracing::error!(volume = %name, "fencing: {e}");
                 all_dropped = false;
@@ -756,6 +790,29 @@ impl Service {
             f()
         })
         .await
+    }
+}
+
+/// Why this node must no longer have `record`'s volume bind-mounted, if it must not: an
+/// exclusive volume another node holds, one nobody holds (this node's claim was voided
+/// and the volume released since), or one that records no mount of this node.
+fn lost_here(record: Option<&VolumeRecord>, node: &str) -> Option<String> {
+    let r = record?;
+    if r.options.access != crate::volume::Access::Exclusive {
+        return None;
+    }
+    match &r.holder {
+        Some(h) if h.node != node => Some(format!(
+            "this node lost the exclusive volume to node {}",
+            h.node
+        )),
+        None => Some(
+            "this node's claim on the exclusive volume was voided and the volume released".into(),
+        ),
+        Some(_) if r.node_mount_count(node) == 0 => {
+            Some("the exclusive volume records no mount of this node".into())
+        }
+        Some(_) => None,
     }
 }
 

@@ -184,6 +184,10 @@ pub fn reconcile(record: &mut VolumeRecord, bound: bool, who: Committer<'_>) -> 
     let count = record.node_mount_count(who.node);
     record.mounts.remove(who.node);
     record.incarnations.remove(who.node);
+    // Its mounts are gone (the host rebooted): no Unmount will ever release its hold.
+    if record.holder.as_ref().is_some_and(|h| h.node == who.node) {
+        record.holder = None;
+    }
     Some(count)
 }
 
@@ -541,6 +545,12 @@ mod tests {
         r.add_mount("h3", "h3-b1", "b");
         assert_eq!(reconcile(&mut r, false, H3_NEW), Some(2));
         assert!(r.mounts.is_empty());
+        // A holder whose bind mounts are gone (a reboot) releases its hold.
+        let mut held = volume("exclusive");
+        let mut ev = Vec::new();
+        mount(&mut held, "a", H3_OLD, &mut Script::default(), &mut ev).unwrap();
+        assert_eq!(reconcile(&mut held, false, H3_NEW), Some(1));
+        assert!(held.holder.is_none(), "no Unmount will ever release it");
         let mut x = volume("exclusive");
         let mut ev = Vec::new();
         mount(&mut x, "a", H3_OLD, &mut Script::default(), &mut ev).unwrap();

@@ -332,7 +332,7 @@ impl Worker {
             .filter(|d| matches!(d, Decided::Apply(..)))
             .count() as u64;
         let jobs = decided.len();
-        let replies = self.after_commit(open, decided);
+        let (replies, intact) = self.after_commit(open, decided);
         tracing::debug!(
             jobs,
             decide_ms = t_decide.as_secs_f64() * 1e3,
@@ -343,7 +343,7 @@ impl Worker {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.commits += 1;
         stats.mutations += mutations;
-        (replies, true)
+        (replies, intact)
     }
 
     /// Reloads the in-memory copy if sled's generation moved since it was loaded. With
@@ -688,7 +688,11 @@ impl Worker {
     /// once) and turns the decisions into replies. A remove whose data could not be moved
     /// aside is undone (its record written back in this same hold) and fails: otherwise
     /// the next create of the name would adopt the old data.
-    fn after_commit(&mut self, open: &mut OpenStore, decided: Vec<Decided>) -> Vec<Reply> {
+    ///
+    /// Returns the replies, and whether sled and the cache still agree (when writing a
+    /// record back failed part-way they may not: the hold then ends, and the next one
+    /// reopens sled and reloads).
+    fn after_commit(&mut self, open: &mut OpenStore, decided: Vec<Decided>) -> (Vec<Reply>, bool) {
         let mut disposals = Vec::new();
         for d in &decided {
             if let Decided::Apply(_, Ok((_, AfterCommit::Dispose(record)))) = d {
@@ -729,8 +733,12 @@ impl Worker {
                 cache.hint = generation;
             })
         };
+        if restored.is_err() {
+            self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
+        }
+        let intact = restored.is_ok();
         let mut moved = moved.into_iter();
-        decided
+        let replies = decided
             .into_iter()
             .map(|d| match d {
                 Decided::Apply(r, Ok((mut outcome, AfterCommit::Dispose(record)))) => {
@@ -765,7 +773,8 @@ impl Worker {
                 Decided::Apply(r, decision) => Reply::Apply(r, decision.map(|(o, _)| o)),
                 Decided::Refresh(r) => Reply::Refresh(r, Ok(())),
             })
-            .collect()
+            .collect();
+        (replies, intact)
     }
 }
 
