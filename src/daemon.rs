@@ -52,10 +52,15 @@ pub async fn run(
             .create(&cfg.root)
             .ctx(|| format!("creating the local root {}", cfg.root.display()))?;
     }
-    let local = NodeLayout {
+    let mut local = NodeLayout {
         state_dir: cfg.state_dir.clone(),
     };
     local.init()?;
+    // Mountpoints are compared with /proc/self/mountinfo, which shows resolved paths: a
+    // state folder reached through a symlink would never match.
+    if let Ok(resolved) = std::fs::canonicalize(&local.state_dir) {
+        local.state_dir = resolved;
+    }
 
     // Everything that touches the export before serving, within the call timeout: a
     // frozen export makes the daemon exit with a clear error instead of hanging in its

@@ -264,24 +264,29 @@ impl SharedLayout {
 
     /// Moves `from` to `to`; `None` when `from` is not there (nothing to move). A missing
     /// destination folder (the trash or archive deleted by hand) is an error, not that.
+    /// After an error the two paths decide: on a network filesystem a rename whose reply
+    /// was lost may have happened all the same, and then the data is at `to`.
     fn rename_if_exists(&self, from: &Path, to: &Path) -> Result<Option<PathBuf>> {
         let moving = || format!("moving {} to {}", from.display(), to.display());
-        match fs::rename(self.at(from), self.at(to)) {
-            Ok(()) => Ok(Some(to.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match fs::symlink_metadata(self.at(from)) {
-                    Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    _ => Err(Error::io(
-                        format!(
-                            "{} (is {} missing? restarting the daemon creates it again)",
-                            moving(),
-                            to.parent().unwrap_or(to).display()
-                        ),
-                        e,
-                    )),
-                }
+        let Err(e) = fs::rename(self.at(from), self.at(to)) else {
+            return Ok(Some(to.to_path_buf()));
+        };
+        let gone = |p: &Path| matches!(fs::symlink_metadata(self.at(p)), Err(g) if g.kind() == std::io::ErrorKind::NotFound);
+        match (gone(from), gone(to)) {
+            (true, false) => {
+                tracing::warn!("{}: {e}, but it happened", moving());
+                Ok(Some(to.to_path_buf()))
             }
-            Err(e) => Err(Error::io(moving(), e)),
+            (true, true) => Ok(None),
+            _ if e.kind() == std::io::ErrorKind::NotFound => Err(Error::io(
+                format!(
+                    "{} (is {} missing? restarting the daemon creates it again)",
+                    moving(),
+                    to.parent().unwrap_or(to).display()
+                ),
+                e,
+            )),
+            _ => Err(Error::io(moving(), e)),
         }
     }
 }

@@ -281,6 +281,19 @@ impl Watchers {
         w.current = hb;
     }
 
+    /// `node`'s heartbeat file is there but could not be read or decoded at `at` (a newer
+    /// version's format, a damaged file): this observer cannot see the node, and blindness
+    /// must not count as silence, so its current boot id counts as beating.
+    pub fn saw_unreadable(&mut self, node: &str, at: Instant) {
+        let now = self.clock.now(at);
+        if let Some(w) = self.watches.get_mut(node) {
+            let current = w.current.boot_id.clone();
+            if let Some(b) = w.boots.iter_mut().find(|b| b.boot_id == current) {
+                b.last_beat = now;
+            }
+        }
+    }
+
     /// A commit in the store, seen at `at`, changed records of (`node`, `boot_id`): that
     /// incarnation was alive after this observer's previous look at the store.
     pub fn saw_commit(&mut self, node: &str, boot_id: &str, at: Instant) {
@@ -563,6 +576,7 @@ impl Nodes {
         let entries =
             std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))?;
         let mut read = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(node) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
@@ -573,13 +587,20 @@ impl Nodes {
             }
             match read_heartbeat(&entry.path(), node) {
                 Ok(hb) => read.push(hb),
-                // A file being replaced, or damaged: the next round reads it again.
-                Err(e) => tracing::debug!("skipping heartbeat {node}: {e}"),
+                // Replaced meanwhile: the next round reads it again.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::debug!("unreadable heartbeat {node}: {e}");
+                    unreadable.push(node.to_string());
+                }
             }
         }
         let mut w = self.watchers();
         for hb in read {
             w.saw(hb, at);
+        }
+        for node in unreadable {
+            w.saw_unreadable(&node, at);
         }
         Ok(())
     }
@@ -908,6 +929,22 @@ mod tests {
         rounds(&mut w, back, 3, 4, &[]);
         assert_eq!(
             w.judge("b", Some("b1"), back + 4 * SEC).state,
+            Liveness::Dead
+        );
+    }
+
+    #[test]
+    fn a_node_whose_file_cannot_be_read_is_not_silent() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
+        for s in 3..=20u32 {
+            w.saw_unreadable("b", t0 + SEC * s);
+            w.clock.good_round(t0 + SEC * s);
+        }
+        assert!(w.judge("b", Some("b1"), t0 + 20 * SEC).is_alive());
+        rounds(&mut w, t0, 21, 27, &[]);
+        assert_eq!(
+            w.judge("b", Some("b1"), t0 + 27 * SEC).state,
             Liveness::Dead
         );
     }
