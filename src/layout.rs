@@ -426,6 +426,10 @@ impl NodeLayout {
     pub fn mountpoint(&self, name: &str) -> PathBuf {
         self.mounts_dir().join(name)
     }
+    /// Unmounts recorded until the export answers (see [`crate::pending`]).
+    pub fn pending_unmounts_file(&self) -> PathBuf {
+        self.state_dir.join("pending-unmounts.json")
+    }
     pub fn init(&self) -> Result<()> {
         fs::DirBuilder::new()
             .recursive(true)

@@ -16,6 +16,7 @@
 //! - [`node`]: node identity, heartbeats and the liveness of incarnations (no clock
 //!   comparisons);
 //! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
+//! - [`pending`]: unmounts recorded on this node until the export answers;
 //! - [`service`]: the volume operations both APIs share (create, mount, remove, …);
 //! - [`plugin`]: Docker's VolumeDriver HTTP API;
 //! - [`api`]: the daemon's control API, used by the CLI;
@@ -39,6 +40,7 @@ pub mod lock;
 pub mod mounts;
 pub mod nfs;
 pub mod node;
+pub mod pending;
 pub mod pinned;
 pub mod plugin;
 pub mod root;

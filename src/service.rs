@@ -20,6 +20,7 @@ use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
 use crate::node::{Liveness, NodeView, Nodes, SelfReport};
+use crate::pending::{PendingUnmount, PendingUnmounts};
 use crate::store::{Mutation, Outcome, Store, StoreStats};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, Holder, Takeover, VolumeOptions,
@@ -146,6 +147,10 @@ pub struct Service {
     /// The last List answer rendered, with the generation it shows (see
     /// [`Service::list_rendered`]).
     list_answer: Mutex<Option<(u64, Bytes)>>,
+    /// Unmounts not yet committed (see [`crate::pending`]).
+    pending: PendingUnmounts,
+    /// This service, for the background work it starts.
+    me: std::sync::Weak<Service>,
 }
 
 impl Service {
@@ -159,7 +164,10 @@ impl Service {
         nodes: Arc<Nodes>,
         health: Arc<Health>,
     ) -> Result<Arc<Service>> {
-        let svc = Arc::new(Service {
+        let pending = PendingUnmounts::load(local.pending_unmounts_file());
+        let svc = Arc::new_cyclic(|me| Service {
+            me: me.clone(),
+            pending,
             node,
             store,
             local,
@@ -172,6 +180,7 @@ impl Service {
             health,
             list_answer: Mutex::new(None),
         });
+        svc.replay_pending().await;
         svc.reconcile().await?;
         Ok(svc)
     }
@@ -299,15 +308,8 @@ impl Service {
             // the same (a timeout while it was being committed, a hold that failed after
             // writing). dockerd saw a failure and will never unmount this ID: queue the
             // unmount that takes it back (an unknown ID is a no-op).
-            let decided = matches!(
-                e,
-                Error::Invalid(_)
-                    | Error::NoSuchVolume(_)
-                    | Error::ExclusiveHeld { .. }
-                    | Error::Busy(_)
-                    | Error::ExportStalled { .. }
-            );
-            if !decided {
+            // (A stalled export refuses before queueing: nothing was committed then.)
+            if uncertain(&e) && !matches!(e, Error::ExportStalled { .. }) {
                 self.take_back_later(name, id);
             }
             return Err(e);
@@ -416,10 +418,35 @@ impl Service {
 
     /// Counts an unmount of (this node, `id`); unmounts the bind mount after the node's
     /// last. An unknown ID succeeds (dockerd may repeat an Unmount after its own crash).
+    /// One that cannot be committed now (the export stalled or unreachable) fails, and is
+    /// recorded on this node and applied as soon as the export answers, also after a
+    /// restart: dockerd never sends it again.
     pub async fn unmount(&self, name: &str, id: &str) -> Result<()> {
         validate_name(name)?;
         validate_mount_id(id)?;
         let _guard = self.locks.lock(name).await;
+        match self.unmount_locked(name, id).await {
+            Err(e) if uncertain(&e) => {
+                let p = PendingUnmount {
+                    name: name.to_string(),
+                    id: id.to_string(),
+                };
+                if let Err(w) = self.pending.add(p.clone()) {
+                    tracing::error!(volume = %name, id, "could not record the unmount: {w}");
+                    return Err(e);
+                }
+                self.retry_pending(p);
+                Err(Error::Busy(format!(
+                    "{e}; this unmount is recorded in {} and will be applied as soon as the export answers (also after a restart of the daemon)",
+                    self.pending.file().display()
+                )))
+            }
+            r => r,
+        }
+    }
+
+    /// The unmount itself, under the volume's lock.
+    async fn unmount_locked(&self, name: &str, id: &str) -> Result<()> {
         let mutation = Mutation::Unmount {
             name: name.to_string(),
             node: self.node.clone(),
@@ -441,6 +468,54 @@ impl Service {
             self.unbind(name).await?;
         }
         Ok(())
+    }
+
+    /// At start, before reconciling: the unmounts recorded by an earlier run.
+    async fn replay_pending(&self) {
+        for p in self.pending.list() {
+            match self.unmount_locked(&p.name, &p.id).await {
+                Ok(()) => {
+                    tracing::info!(volume = %p.name, id = %p.id, "applied an unmount recorded before the restart");
+                    self.pending.remove(&p);
+                }
+                Err(e) if uncertain(&e) => self.retry_pending(p),
+                Err(e) => {
+                    tracing::warn!(volume = %p.name, id = %p.id, "dropping a recorded unmount: {e}");
+                    self.pending.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// Retries a recorded unmount in the background until the export answers.
+    fn retry_pending(&self, p: PendingUnmount) {
+        let Some(svc) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                let _guard = svc.locks.lock(&p.name).await;
+                if !svc.pending.contains(&p) {
+                    return;
+                }
+                match svc.unmount_locked(&p.name, &p.id).await {
+                    Ok(()) => {
+                        tracing::info!(volume = %p.name, id = %p.id, "applied a recorded unmount");
+                        svc.pending.remove(&p);
+                        return;
+                    }
+                    Err(e) if uncertain(&e) => {
+                        tracing::debug!("recorded unmount still waiting: {e}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %p.name, id = %p.id, "dropping a recorded unmount: {e}");
+                        svc.pending.remove(&p);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Makes this node the holder of an exclusive volume. Without `force` it waits (within
@@ -791,6 +866,19 @@ impl Service {
         })
         .await
     }
+}
+
+/// Whether a failed store call may succeed when tried again later (the export did not
+/// answer, or the outcome is unknown), as opposed to a decision against it.
+fn uncertain(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ExportStalled { .. }
+            | Error::Timeout { .. }
+            | Error::Io { .. }
+            | Error::Store(_)
+            | Error::ShuttingDown
+    )
 }
 
 /// Why this node must no longer have `record`'s volume bind-mounted, if it must not: an

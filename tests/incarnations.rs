@@ -264,3 +264,35 @@ fn a_remove_whose_data_cannot_move_fails_and_keeps_the_volume() {
         "a new volume starts empty"
     );
 }
+
+/// An Unmount that could not be committed (the export stalled) is recorded on the node;
+/// a daemon that stops before the export answers applies it at its next start, so the
+/// mount ID never stays counted forever. Here the record is written as a stopped daemon
+/// leaves it; tests/testbed.rs makes a real stall.
+#[test]
+fn a_recorded_unmount_is_applied_at_the_next_start() {
+    if !require_root("a_recorded_unmount_is_applied_at_the_next_start") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let mut a = fast_node(&s, &root, "a");
+    let b = fast_node(&s, &root, "b");
+    a.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    a.ok("VolumeDriver.Mount", r#"{"Name":"vol","ID":"gone"}"#);
+    assert!(a.stop().success());
+    std::fs::write(
+        a.state.join("pending-unmounts.json"),
+        r#"[{"name":"vol","id":"gone"},{"name":"../etc","id":"x"}]"#,
+    )
+    .unwrap();
+    a.spawn();
+    assert_eq!(util::node_count(&b, "vol", "a"), 0, "applied at start");
+    assert!(!util::is_mountpoint(&a.mountpoint("vol")), "and unbound");
+    let left: Value =
+        serde_json::from_slice(&std::fs::read(a.state.join("pending-unmounts.json")).unwrap())
+            .unwrap();
+    assert_eq!(left, serde_json::json!([]), "nothing left recorded");
+    b.ok("VolumeDriver.Remove", r#"{"Name":"vol"}"#);
+    assert!(a.log_text().contains("recorded before the restart"));
+}

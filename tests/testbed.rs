@@ -423,10 +423,11 @@ fn export_outage(outage: &Outage) {
     // once an operation has waited 2 s (a quarter of it).
     ok(&["testbed", "host", "1", "up", "--timeout", "8s"]);
     let bound = Duration::from_secs(12);
-    for v in ["tb-fz", "tb-fz-rm"] {
+    for v in ["tb-fz", "tb-fz-rm", "tb-fz-un"] {
         dk_ok(1, &["volume", "create", "-d", "caravan", v]);
     }
     stdout_ok(1, "run tb-c1", run_sleeper(1, "tb-c1", "tb-fz"));
+    stdout_ok(1, "run tb-c2", run_sleeper(1, "tb-c2", "tb-fz-un"));
     dk_ok(1, &["exec", "tb-c1", "sh", "-c", "echo before > /data/f"]);
 
     ok(&["testbed", "export", outage.stop]);
@@ -441,6 +442,9 @@ fn export_outage(outage: &Outage) {
     report.push(("caravan list", t));
     let (ps, t) = timed(|| dk(1, &["ps"]));
     report.push(("docker ps", t));
+    // A container removed meanwhile: dockerd sends its Unmount once, now.
+    let (_, t) = timed(|| dk(1, &["rm", "-f", "tb-c2"]));
+    report.push(("docker rm -f (an Unmount)", t));
     // A daemon starting now gives up with a clear error instead of hanging in its
     // start-up. (Its process may still only end once the export answers: a FUSE request
     // the server has received cannot be interrupted.)
@@ -493,6 +497,11 @@ fn export_outage(outage: &Outage) {
     // The running container's data is still there, the refused remove can be done now,
     // and the metadata is consistent.
     assert_eq!(dk_ok(1, &["exec", "tb-c1", "cat", "/data/f"]), "before");
+    // The Unmount sent during the outage was recorded and applied once it ended: the
+    // volume is no longer counted as mounted on h1, and can be removed.
+    util::eventually(Duration::from_secs(30), "the recorded unmount", || {
+        dk(1, &["volume", "rm", "tb-fz-un"]).status.success()
+    });
     dk_ok(1, &["volume", "rm", "tb-fz-rm"]);
     dk_ok(1, &["volume", "create", "-d", "caravan", "tb-fz-rm"]);
     let list = caravan_h1(&["list", "--json"]);

@@ -179,15 +179,9 @@ impl Store {
     /// Applies one mutation (group-committed with whatever else is queued).
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome> {
         // With the export stalled, queueing would only make the caller wait out its
-        // timeout. An unmount is queued all the same (it must not be lost: dockerd will
-        // not send it again) and applied once the export answers.
-        if let Err(e) = self.health.refuse_if_stalled(mutation.describe()) {
-            if let Mutation::Unmount { .. } = mutation {
-                let (reply, _) = oneshot::channel();
-                let _ = self.queue.send(Job::Apply { mutation, reply });
-            }
-            return Err(e);
-        }
+        // timeout. (An unmount refused here is recorded and retried by the service: see
+        // crate::pending.)
+        self.health.refuse_if_stalled(mutation.describe())?;
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job::Apply { mutation, reply })
