@@ -410,6 +410,8 @@ pub struct Nodes {
     seq: Mutex<u64>,
     watchers: Mutex<Watchers>,
     own: Mutex<Own>,
+    /// The state last logged for each node's current boot id (changes are logged once).
+    logged: Mutex<HashMap<String, (String, Liveness)>>,
     /// The OFD lock on `<node>.lock`, held while the daemon lives (`None` in tests that
     /// build observers without a daemon).
     _name_lock: Option<File>,
@@ -448,6 +450,7 @@ impl Nodes {
             dead_after,
             seq: Mutex::new(0),
             own: Mutex::new(Own::default()),
+            logged: Mutex::new(HashMap::new()),
             _name_lock: None,
         })
     }
@@ -560,10 +563,34 @@ impl Nodes {
             Ok(()) => {
                 self.watchers().clock.good_round(Instant::now());
                 self.own().last_error = None;
+                self.log_changes();
             }
             Err(e) => self.own().last_error = Some(e.to_string()),
         }
         result
+    }
+
+    /// Logs each node whose current boot id changed state since the last round (for
+    /// operators, and for tests that check no live node was ever judged dead).
+    fn log_changes(&self) {
+        let views = self.views();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        for v in views.into_iter().filter(|v| v.node != self.me) {
+            let now = (v.boot_id.clone(), v.state);
+            if logged.get(&v.node) == Some(&now) {
+                continue;
+            }
+            let first = !logged.contains_key(&v.node);
+            match v.state {
+                Liveness::Dead => tracing::warn!(node = %v.node, boot_id = %v.boot_id, silent_secs = format_args!("{:.1}", v.last_seen_secs), "node judged dead"),
+                Liveness::Left => tracing::info!(node = %v.node, boot_id = %v.boot_id, "node left"),
+                Liveness::Alive if first => tracing::debug!(node = %v.node, boot_id = %v.boot_id, "node seen"),
+                Liveness::Alive => tracing::info!(node = %v.node, boot_id = %v.boot_id, "node alive"),
+            }
+            if logged.len() < MAX_NODES || logged.contains_key(&v.node) {
+                logged.insert(v.node, now);
+            }
+        }
     }
 
     /// Reads every heartbeat file and updates the observations (does not advance the

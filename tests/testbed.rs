@@ -534,3 +534,130 @@ fn export_outage(outage: &Outage) {
     }
     drop(bed);
 }
+
+/// The heartbeat under load: three hosts on the GlusterFS export, 16 clients each mixing
+/// creates, mounts, unmounts and removes for 60 s (`CARAVAN_SOAK_SECS`), with
+/// `--dead-after 3s`: no node is ever judged dead by another (each daemon logs every
+/// change of its verdicts), and the longest gap between two beats of each node, read
+/// through another host's mount every 20 ms, stays under twice the 1 s interval.
+#[test]
+fn no_live_node_is_judged_dead_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root("no_live_node_is_judged_dead_under_load") {
+        return;
+    }
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = script(&["testbed", "down"]);
+        }
+    }
+    ok(&["testbed", "up", "3"]);
+    let _down = Down;
+    let secs = util::env_num("CARAVAN_SOAK_SECS", 60) as u64;
+    let bed = PathBuf::from("/var/lib/caravan-testbed");
+    let roots: Vec<PathBuf> = (1..=3)
+        .map(|k| bed.join(format!("h{k}/export/soak")))
+        .collect();
+    let s = util::Scratch::new();
+    let fast = ["--dead-after", "3s", "--heartbeat", "1s"];
+    let daemons: Vec<util::Daemon> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let node = format!("s{}", i + 1);
+            let spec = s.path().join(format!("spec-{node}"));
+            util::Daemon::start_with(s.path(), r, &node, spec, "caravan", &fast)
+        })
+        .collect();
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let (calls, failures, gaps) = std::thread::scope(|scope| {
+        // Each node's beats as seen through the next host's mount.
+        let watcher = scope.spawn(|| {
+            let mut last: Vec<(Option<u64>, Instant, Duration)> =
+                vec![(None, Instant::now(), Duration::ZERO); 3];
+            while Instant::now() < stop {
+                for (i, l) in last.iter_mut().enumerate() {
+                    let file = roots[(i + 1) % 3].join(format!(".caravan/nodes/s{}.json", i + 1));
+                    let seq = std::fs::read(&file)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["seq"].as_u64());
+                    if seq.is_some() && seq != l.0 {
+                        let now = Instant::now();
+                        if l.0.is_some() {
+                            l.2 = l.2.max(now - l.1);
+                        }
+                        *l = (seq, now, l.2);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            last.into_iter().map(|l| l.2).collect::<Vec<_>>()
+        });
+        let clients: Vec<_> = (0..48)
+            .map(|c| {
+                let d = &daemons[c % 3];
+                scope.spawn(move || {
+                    let (mut calls, mut failures) = (0u64, Vec::new());
+                    let mut i = 0;
+                    while Instant::now() < stop {
+                        let name = format!("soak-{c}-{i}");
+                        i += 1;
+                        for (method, body) in [
+                            ("Create", format!(r#"{{"Name":"{name}","Opts":{{}}}}"#)),
+                            ("Mount", format!(r#"{{"Name":"{name}","ID":"c{c}"}}"#)),
+                            ("Unmount", format!(r#"{{"Name":"{name}","ID":"c{c}"}}"#)),
+                            ("Remove", format!(r#"{{"Name":"{name}"}}"#)),
+                        ] {
+                            let v = d.plugin(&format!("VolumeDriver.{method}"), &body);
+                            calls += 1;
+                            let err = v["Err"].as_str().unwrap_or("").to_string();
+                            if !err.is_empty() {
+                                failures.push(format!("{method} {name}: {err}"));
+                            }
+                        }
+                    }
+                    (calls, failures)
+                })
+            })
+            .collect();
+        let (mut calls, mut failures) = (0, Vec::new());
+        for c in clients {
+            let (n, f) = c.join().unwrap();
+            calls += n;
+            failures.extend(f);
+        }
+        (calls, failures, watcher.join().unwrap())
+    });
+    eprintln!(
+        "soak: {calls} calls in {secs} s from 3 hosts x 16 clients ({:.0}/s), {} failed",
+        calls as f64 / secs as f64,
+        failures.len()
+    );
+    for (i, gap) in gaps.iter().enumerate() {
+        eprintln!(
+            "soak: longest gap between beats of s{}: {:.0} ms",
+            i + 1,
+            gap.as_secs_f64() * 1e3
+        );
+    }
+    assert!(calls > 1000, "too little load to prove anything: {calls} calls");
+    for d in &daemons {
+        let log = d.log_text();
+        let dead: Vec<&str> = log.lines().filter(|l| l.contains("node judged dead")).collect();
+        assert!(dead.is_empty(), "{} judged a live node dead:\n{}", d.node, dead.join("\n"));
+    }
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap < Duration::from_secs(2),
+            "s{}'s heartbeat paused {gap:?} under load",
+            i + 1
+        );
+    }
+    assert!(
+        failures.len() * 100 <= calls as usize,
+        "more than 1% of the calls failed: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+}
