@@ -582,10 +582,16 @@ impl Nodes {
             }
             let first = !logged.contains_key(&v.node);
             match v.state {
-                Liveness::Dead => tracing::warn!(node = %v.node, boot_id = %v.boot_id, silent_secs = format_args!("{:.1}", v.last_seen_secs), "node judged dead"),
+                Liveness::Dead => {
+                    tracing::warn!(node = %v.node, boot_id = %v.boot_id, silent_secs = format_args!("{:.1}", v.last_seen_secs), "node judged dead")
+                }
                 Liveness::Left => tracing::info!(node = %v.node, boot_id = %v.boot_id, "node left"),
-                Liveness::Alive if first => tracing::debug!(node = %v.node, boot_id = %v.boot_id, "node seen"),
-                Liveness::Alive => tracing::info!(node = %v.node, boot_id = %v.boot_id, "node alive"),
+                Liveness::Alive if first => {
+                    tracing::debug!(node = %v.node, boot_id = %v.boot_id, "node seen")
+                }
+                Liveness::Alive => {
+                    tracing::info!(node = %v.node, boot_id = %v.boot_id, "node alive")
+                }
             }
             if logged.len() < MAX_NODES || logged.contains_key(&v.node) {
                 logged.insert(v.node, now);

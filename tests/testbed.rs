@@ -642,11 +642,22 @@ fn no_live_node_is_judged_dead_under_load() {
             gap.as_secs_f64() * 1e3
         );
     }
-    assert!(calls > 1000, "too little load to prove anything: {calls} calls");
+    assert!(
+        calls > 1000,
+        "too little load to prove anything: {calls} calls"
+    );
     for d in &daemons {
         let log = d.log_text();
-        let dead: Vec<&str> = log.lines().filter(|l| l.contains("node judged dead")).collect();
-        assert!(dead.is_empty(), "{} judged a live node dead:\n{}", d.node, dead.join("\n"));
+        let dead: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("node judged dead"))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "{} judged a live node dead:\n{}",
+            d.node,
+            dead.join("\n")
+        );
     }
     for (i, gap) in gaps.iter().enumerate() {
         assert!(

@@ -118,6 +118,7 @@ pub struct Store {
     health: Arc<Health>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     panic_next: Arc<std::sync::atomic::AtomicBool>,
+    fail_next_fsync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -133,6 +134,7 @@ impl Store {
         let cache = Arc::new(RwLock::new(Snapshot::default()));
         let stats = Arc::new(Mutex::new(StoreStats::default()));
         let panic_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fail_next_fsync = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut worker = Worker {
             layout: layout.clone(),
             cache: cache.clone(),
@@ -149,6 +151,8 @@ impl Store {
             nodes,
             health: health.clone(),
             panic_next: panic_next.clone(),
+            fail_next_fsync: fail_next_fsync.clone(),
+            unsure: None,
         };
         let thread = std::thread::Builder::new()
             .name("caravan-store".into())
@@ -165,7 +169,16 @@ impl Store {
             health,
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             panic_next,
+            fail_next_fsync,
         })
+    }
+
+    /// Makes the next commit's fsync fail after sled's flush went through (for tests of
+    /// how an uncertain commit is settled).
+    #[doc(hidden)]
+    pub fn inject_fsync_failure(&self) {
+        self.fail_next_fsync
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes the next hold of the lock panic inside, as sled does on a broken export
@@ -439,6 +452,40 @@ mod tests {
         assert!(snap.volumes.contains_key("before") && snap.volumes.contains_key("after"));
         drop(snap);
         store.stop();
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_fsync_failed_after_the_flush_is_settled_by_a_fresh_open() {
+        let (dir, store) = store();
+        store.apply(create("first")).await.unwrap();
+        let g = store.snapshot().await.unwrap().generation;
+        store.inject_fsync_failure();
+        // It landed (sled flushed it to this local disk): it counts, and says so.
+        store.apply(create("second")).await.unwrap();
+        store
+            .apply(Mutation::Remove {
+                name: "first".into(),
+            })
+            .await
+            .unwrap();
+        {
+            let snap = store.snapshot().await.unwrap();
+            assert!(snap.volumes.contains_key("second") && !snap.volumes.contains_key("first"));
+            assert_eq!(snap.generation, g + 2);
+        }
+        let other = Store::start(
+            SharedLayout::new(dir.path()),
+            Duration::from_secs(5),
+            None,
+            crate::health::Health::new(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let seen = other.snapshot().await.unwrap();
+        assert_eq!(seen.volumes.keys().collect::<Vec<_>>(), vec!["second"]);
+        assert!(
+            !dir.path().join("volumes/first").exists(),
+            "the remove's disposal ran"
+        );
     }
 
     #[tokio::test]

@@ -52,6 +52,11 @@ pub(super) struct Worker {
     pub(super) health: Arc<Health>,
     /// Set by a test to make the next hold panic inside, as sled does on a broken export.
     pub(super) panic_next: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a test to make the next commit's fsync fail after sled's flush went through.
+    pub(super) fail_next_fsync: Arc<std::sync::atomic::AtomicBool>,
+    /// The generation of a commit whose fsync failed after sled's flush went through: it
+    /// may be durable, and only a fresh open of sled can tell (see `verify_landed`).
+    pub(super) unsure: Option<u64>,
 }
 
 /// Filesystem work that must follow a successful commit (still under the lock).
@@ -176,7 +181,7 @@ impl Worker {
             stats.sessions += 1;
         }
         let mut open = match OpenStore::open(&self.layout, deadline) {
-            Ok(open) => open,
+            Ok(open) => Some(open),
             Err(e) => {
                 self.health.failed(&e);
                 lock.release();
@@ -195,6 +200,7 @@ impl Worker {
             let commit_started = Instant::now();
             let callers = batch.len();
             let (replies, ok) = self.commit_locked(&mut open, batch);
+            let ok = ok && open.is_some();
             // Replies go out at once: the commit is durable, and callers that answer
             // quickly (the next Mount of a busy host) land in this same hold.
             send_all(replies);
@@ -229,7 +235,15 @@ impl Worker {
 
     /// One commit inside a hold of the lock. Returns the replies to send, and whether the
     /// commit went through (after a failure the hold ends and the next one reopens sled).
-    fn commit_locked(&mut self, open: &mut OpenStore, mut batch: Vec<Job>) -> (Vec<Reply>, bool) {
+    fn commit_locked(
+        &mut self,
+        slot: &mut Option<OpenStore>,
+        mut batch: Vec<Job>,
+    ) -> (Vec<Reply>, bool) {
+        let Some(open) = slot.as_mut() else {
+            let e = Error::Store("the store is not open in this hold".into());
+            return (fail_all(batch, &e), false);
+        };
         if self
             .panic_next
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -290,6 +304,16 @@ impl Worker {
         } else {
             self.write(open, &overlay)
         };
+        let committed = match (committed, self.unsure.take()) {
+            (Err(e), Some(next)) => self.verify_landed(slot, next, e),
+            (c, _) => c,
+        };
+        let committed = match committed {
+            Ok(_) if slot.is_none() => Err(Error::Store(
+                "the store was closed during the commit".into(),
+            )),
+            c => c,
+        };
         let t_write = t0.elapsed();
 
         let events = std::mem::take(&mut self.events);
@@ -302,14 +326,7 @@ impl Worker {
                 self.health.failed(&e);
                 // Nothing was applied; the next batch reloads before deciding.
                 self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
-                let mut replies = Vec::new();
-                for d in decided {
-                    replies.push(match d {
-                        Decided::Apply(r, _) => Reply::Apply(r, Err(clone_err(&e))),
-                        Decided::Refresh(r) => Reply::Refresh(r, Err(clone_err(&e))),
-                    });
-                }
-                return (replies, false);
+                return (fail_decided(decided, &e), false);
             }
         };
         for event in events {
@@ -332,7 +349,14 @@ impl Worker {
             .filter(|d| matches!(d, Decided::Apply(..)))
             .count() as u64;
         let jobs = decided.len();
-        let (replies, intact) = self.after_commit(open, decided);
+        let (replies, intact) = match slot.as_mut() {
+            Some(open) => self.after_commit(open, decided),
+            // Not reached: a commit that landed has its store open (checked above).
+            None => (
+                fail_decided(decided, &Error::Store("the store is closed".into())),
+                false,
+            ),
+        };
         tracing::debug!(
             jobs,
             decide_ms = t_decide.as_secs_f64() * 1e3,
@@ -624,7 +648,8 @@ impl Worker {
             match rec {
                 Some(r) => batch.insert(
                     name.as_bytes(),
-                    serde_json::to_vec(r).expect("records serialize"),
+                    serde_json::to_vec(r)
+                        .map_err(|e| Error::Store(format!("encoding volume {name}: {e}")))?,
                 ),
                 None => batch.remove(name.as_bytes()),
             }
@@ -635,7 +660,23 @@ impl Worker {
             .map_err(|e| store_err("writing the generation", e))?;
         db.flush().map_err(|e| store_err("flushing", e))?;
         let t_flushed = t0.elapsed();
-        open.log.fsync(!self.synced_folder)?;
+        let synced = if self
+            .fail_next_fsync
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            Err(Error::io(
+                "fsync (injected by a test)",
+                std::io::Error::from_raw_os_error(nix::libc::EIO),
+            ))
+        } else {
+            open.log.fsync(!self.synced_folder)
+        };
+        if let Err(e) = synced {
+            // sled has the batch and flushed it: it may be durable. The caller decides
+            // from a fresh open (see verify_landed), never by guessing.
+            self.unsure = Some(next);
+            return Err(e);
+        }
         self.synced_folder = true;
         tracing::trace!(
             hint_ms = t_hint.as_secs_f64() * 1e3,
@@ -644,6 +685,28 @@ impl Worker {
             "commit written"
         );
         Ok(next)
+    }
+
+    /// After a commit whose fsync failed once sled's flush had gone through: closes sled
+    /// and opens it again (still under the cluster lock, so nobody else committed) to
+    /// see whether the commit's generation is stored. Landed: the commit counts, and its
+    /// after-commit work (binds, disposals) must run. Not landed: it failed. The reopened
+    /// store is left in `slot` (empty when the reopen failed: the hold ends).
+    fn verify_landed(&mut self, slot: &mut Option<OpenStore>, next: u64, e: Error) -> Result<u64> {
+        tracing::warn!("{e}: sled's flush went through, so the commit may be durable; opening the store again to see");
+        drop(slot.take());
+        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout)?;
+        let stored = read_generation(&reopened.db)?;
+        *slot = Some(reopened);
+        if stored >= next {
+            tracing::warn!(
+                generation = next,
+                "the commit landed although its fsync failed; it counts"
+            );
+            Ok(next)
+        } else {
+            Err(e)
+        }
     }
 
     /// Makes the folders of the batch's new volumes (one per name not in the cache), all
@@ -976,6 +1039,17 @@ fn note_panics_in(stats: Arc<Mutex<StoreStats>>) {
             previous(info)
         }));
     });
+}
+
+/// The replies to a batch whose commit failed.
+fn fail_decided(decided: Vec<Decided>, e: &Error) -> Vec<Reply> {
+    decided
+        .into_iter()
+        .map(|d| match d {
+            Decided::Apply(r, _) => Reply::Apply(r, Err(clone_err(e))),
+            Decided::Refresh(r) => Reply::Refresh(r, Err(clone_err(e))),
+        })
+        .collect()
 }
 
 /// The text of a caught panic.
