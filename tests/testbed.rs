@@ -672,3 +672,155 @@ fn no_live_node_is_judged_dead_under_load() {
         &failures[..failures.len().min(10)]
     );
 }
+
+/// A partitioned exclusive holder comes back to its senses: host 3 holds volume `pv`,
+/// is busy committing, and its link to everyone is cut for longer than the GlusterFS
+/// client's ping timeout (set to 10 s), so its calls inside sled fail with ENOTCONN;
+/// host 2 takes `pv` over once host 3 has been silent for --dead-after and the file
+/// server has freed the cluster lock host 3 held; when the link comes back, host 3 (its
+/// store still working, whatever sled did) drops its bind mount of `pv`, refuses to
+/// mount it, and serves on.
+#[test]
+fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root("a_partitioned_holder_drops_its_claim_when_the_link_comes_back") {
+        return;
+    }
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = script(&["testbed", "down"]);
+        }
+    }
+    ok(&["testbed", "up", "3"]);
+    let _down = Down;
+    ok(&["testbed", "ping-timeout", "10"]);
+    let bed = PathBuf::from("/var/lib/caravan-testbed");
+    let s = util::Scratch::new();
+    let flags = ["--dead-after", "5s", "--heartbeat", "1s", "--timeout", "8s"];
+    let daemons: Vec<util::Daemon> = (1..=3)
+        .map(|k| {
+            let node = format!("p{k}");
+            let root = bed.join(format!("h{k}/export/part"));
+            let spec = s.path().join(format!("spec-{node}"));
+            util::Daemon::start_with(s.path(), &root, &node, spec, "caravan", &flags)
+        })
+        .collect();
+    struct LinkUp;
+    impl Drop for LinkUp {
+        fn drop(&mut self) {
+            let _ = script(&["testbed", "link", "3", "up"]);
+        }
+    }
+    let (h2, h3) = (&daemons[1], &daemons[2]);
+    h3.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"pv","Opts":{"access":"exclusive"}}"#,
+    );
+    let mp3 = h3.ok("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c3"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(format!("{mp3}/written-by-h3"), "before the cut").unwrap();
+    // A commit through host 2 proves host 3's hold of the cluster lock ended: a lock held
+    // by a host that is cut off is freed only when the file server gives up on it
+    // (GlusterFS: about 42 s), which would only measure the server here.
+    h2.ok("VolumeDriver.Create", r#"{"Name":"probe","Opts":{}}"#);
+
+    // Host 3 is busy committing when the link goes: its store is inside sled when the
+    // client's calls start failing with ENOTCONN (where sled 0.34 unwraps I/O errors).
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let committer = {
+        let (busy, socket) = (busy.clone(), h3.socket.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while busy.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = format!(r#"{{"Name":"busy-{i}","Opts":{{}}}}"#);
+                let _ = util::try_http(&socket, "POST", "/VolumeDriver.Create", &body, false);
+                i += 1;
+            }
+        })
+    };
+    util::eventually(
+        Duration::from_secs(10),
+        "host 3 to be busy committing",
+        || {
+            let v = h3.plugin("VolumeDriver.Get", r#"{"Name":"busy-3"}"#);
+            v["Err"].as_str().is_some_and(str::is_empty)
+        },
+    );
+    ok(&["testbed", "link", "3", "down"]);
+    let _link_up = LinkUp;
+    let cut = Instant::now();
+    let mut last = String::new();
+    loop {
+        let v = h2.plugin("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c2"}"#);
+        if v["Err"].as_str().is_some_and(str::is_empty) {
+            break;
+        }
+        last = v["Err"].as_str().unwrap_or("").to_string();
+        // Host 3 was inside a hold of the cluster lock when it was cut off: the file
+        // server frees that lock only when it gives up on host 3 (about 42 s here).
+        assert!(
+            cut.elapsed() < Duration::from_secs(120),
+            "host 2 did not take pv over within 120 s; last error: {last}\nhost 2's log:\n{}",
+            h2.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("partition: host 2's last refusal before the takeover: {last}");
+    let took_over = cut.elapsed();
+    eprintln!(
+        "partition: host 2 took pv over {:.1} s after the cut",
+        took_over.as_secs_f64()
+    );
+    assert!(
+        took_over >= Duration::from_secs(5),
+        "taken over before --dead-after: {took_over:?}"
+    );
+    let mp2 = h2.mountpoint("pv");
+    assert_eq!(
+        std::fs::read_to_string(mp2.join("written-by-h3")).unwrap(),
+        "before the cut"
+    );
+    let v = h3.plugin("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c3b"}"#);
+    let err = v["Err"].as_str().unwrap_or("").to_string();
+    assert!(!err.is_empty(), "the cut-off holder mounted pv: {v}");
+    eprintln!("partition: host 3's Mount while cut off: {err}");
+
+    drop(_link_up);
+    let back = Instant::now();
+    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    committer.join().unwrap();
+    util::eventually(
+        Duration::from_secs(90),
+        "host 3 to drop its bind mount of pv",
+        || !util::is_mountpoint(&h3.mountpoint("pv")),
+    );
+    eprintln!(
+        "partition: host 3 dropped pv {:.1} s after the link came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(
+        h3.log_text().contains("lost the exclusive volume"),
+        "it says so"
+    );
+    util::eventually(
+        Duration::from_secs(60),
+        "host 3's store to work again",
+        || {
+            let v = h3.plugin("VolumeDriver.Create", r#"{"Name":"after","Opts":{}}"#);
+            v["Err"].as_str().is_some_and(str::is_empty)
+        },
+    );
+    let err = h3.err("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c3c"}"#);
+    assert!(err.contains("held by node p2"), "{err}");
+    let st = util::status(h2, "pv");
+    assert_eq!(st["holder"]["node"], "p2", "{st}");
+    let info = h3.api("GET", "/v1/info", "").1;
+    eprintln!(
+        "partition: host 3's store after the partition: {} failed holds ({})",
+        info["store"]["session_failures"], info["store"]["last_failure"]
+    );
+    assert!(info["standing"]["revalidating"].is_null(), "{info}");
+}
