@@ -112,6 +112,11 @@ fn torture_three_nodes_with_kills() {
         let body = format!(r#"{{"Name":"{v}","Opts":{{"access":"exclusive"}}}}"#);
         assert_eq!(call(&socket(0), "Create", &body), Ok(String::new()));
     }
+    // One volume per node that the killer mounts through it right after each restart.
+    for v in ["r0", "r1", "r2"] {
+        let body = format!(r#"{{"Name":"{v}","Opts":{{}}}}"#);
+        assert_eq!(call(&socket(0), "Create", &body), Ok(String::new()));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..6).map(|_| Arc::default()).collect();
@@ -181,7 +186,12 @@ fn torture_three_nodes_with_kills() {
                             "Unmount"
                         };
                         match call(&sock, method, &format!(r#"{{"Name":"{v}","ID":"{id}"}}"#)) {
-                            Ok(e) if e.is_empty() || e.contains("held by node") => {}
+                            // Refused while another node holds it, or while this one
+                            // re-validates after a freeze.
+                            Ok(e)
+                                if e.is_empty()
+                                    || e.contains("held by node")
+                                    || e.contains("re-validating") => {}
                             Ok(e) => panic!("worker {w}: {method} {v}: {e}"),
                             Err(_) => {}
                         }
@@ -204,26 +214,77 @@ fn torture_three_nodes_with_kills() {
         }));
     }
 
-    // The killer: SIGKILL a random node, leave it down a moment, start it again.
+    // The killer: SIGKILL a random node, leave it down a moment, start it again, and
+    // at once mount a volume through it while another node tries to remove that volume
+    // (it must refuse: the mount is a new incarnation's). Every fourth round freezes the
+    // node with SIGSTOP for longer than --dead-after instead (its exclusive volumes may be
+    // taken over meanwhile; it must drop them before mounting them again). Once, a second
+    // daemon with a live node's name tries to start (it must refuse).
     let mut rng = Rng(seed);
     let until = Instant::now() + Duration::from_secs(secs);
-    let mut kills = 0;
+    let (mut kills, mut freezes, mut refused_removes) = (0, 0, 0);
+    let mut removed_under_a_mount = Vec::new();
+    let mut duplicate_tried = false;
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(400 + rng.below(1200)));
         let i = rng.below(3) as usize;
-        let mut d = daemons[i].write().unwrap();
-        d.kill9();
-        std::thread::sleep(Duration::from_millis(rng.below(600)));
-        d.spawn();
+        if rng.below(4) == 0 {
+            let d = daemons[i].read().unwrap();
+            signal(&d, nix::sys::signal::Signal::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(2600 + rng.below(600)));
+            signal(&d, nix::sys::signal::Signal::SIGCONT);
+            freezes += 1;
+            continue;
+        }
+        {
+            let mut d = daemons[i].write().unwrap();
+            d.kill9();
+            std::thread::sleep(Duration::from_millis(rng.below(600)));
+            d.spawn();
+        }
         kills += 1;
+        let (v, id) = (format!("r{i}"), format!("k{kills}"));
+        let mounted = call(
+            &socket(i),
+            "Mount",
+            &format!(r#"{{"Name":"{v}","ID":"{id}"}}"#),
+        );
+        if mounted == Ok(String::new()) {
+            let other = (i + 1 + rng.below(2) as usize) % 3;
+            match call(&socket(other), "Remove", &format!(r#"{{"Name":"{v}"}}"#)) {
+                Ok(e) if e.is_empty() => removed_under_a_mount.push(format!(
+                    "{v} removed through {} right after {} restarted and mounted it",
+                    names[other], names[i]
+                )),
+                Ok(_) => refused_removes += 1,
+                Err(_) => {}
+            }
+            let _ = call(
+                &socket(i),
+                "Unmount",
+                &format!(r#"{{"Name":"{v}","ID":"{id}"}}"#),
+            );
+        }
+        if !duplicate_tried && kills >= 2 {
+            duplicate_tried = true;
+            assert_duplicate_refused(&s, &roots[i], names[i]);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().expect("a worker panicked");
     }
     eprintln!(
-        "torture: {} operations, {kills} kills",
+        "torture: {} operations, {kills} kills, {freezes} freezes, {refused_removes} removes refused under a restarted node's mount",
         acked.lock().unwrap()
+    );
+    assert!(
+        removed_under_a_mount.is_empty(),
+        "removes acknowledged under a live mount: {removed_under_a_mount:?}"
+    );
+    assert!(
+        kills < 3 || refused_removes > 0,
+        "no remove was tried under a restarted node's mount: the check checked nothing"
     );
 
     // 1. The metadata opens cleanly on every node, and every node lists the same.
@@ -401,4 +462,47 @@ impl Exclusive {
             grant,
         })
     }
+}
+
+/// A second daemon with `node`'s name on `root` must exit with an error naming the name,
+/// within 10 s, without serving.
+fn assert_duplicate_refused(s: &Scratch, root: &std::path::Path, node: &str) {
+    let dir = s.path().join(format!("duplicate-{node}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = std::process::Command::new(util::caravan_bin())
+        .arg("daemon")
+        .arg("--root")
+        .arg(root)
+        .arg("--node")
+        .arg(node)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .arg("--spec-dir")
+        .arg(dir.join("spec"))
+        .arg("--config")
+        .arg("/dev/null")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("a second daemon named {node} ran for 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("node name \"{node}\"")),
+        "{err}"
+    );
+}
+
+fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), sig).unwrap();
 }
