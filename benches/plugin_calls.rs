@@ -530,7 +530,7 @@ impl Drop for BenchDaemon {
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for p in info.lines().filter_map(|l| l.split(' ').nth(4)) {
             if Path::new(p).starts_with(&self.state) {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+                let _ = sys_mount::unmount(p, sys_mount::UnmountFlags::DETACH);
             }
         }
     }

@@ -120,27 +120,9 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
 /// Decodes `%XX` escapes in one path segment (the CLI escapes what a name cannot hold,
 /// so that a bad name reaches validation whole and is refused by name).
 fn percent_decode(segment: &str) -> String {
-    let b = segment.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn to_json<T: Serialize>(v: &T) -> Value {

@@ -256,15 +256,12 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
 /// A name as one URL path segment. Names the daemon accepts need no escaping; anything
 /// else is percent-encoded so that the daemon sees it whole and refuses it by name.
 fn path_segment(name: &str) -> String {
-    let mut s = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
+    /// Every byte but the ones a valid name is made of.
+    const NOT_NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'-');
+    percent_encoding::utf8_percent_encode(name, NOT_NAME).to_string()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {

@@ -220,7 +220,7 @@ fn a_bind_mount_that_vanished_is_made_again() {
     a.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
     let mp = a.mountpoint("vol");
     a.ok("VolumeDriver.Mount", r#"{"Name":"vol","ID":"one"}"#);
-    nix::mount::umount(&mp).unwrap();
+    sys_mount::unmount(&mp, sys_mount::UnmountFlags::empty()).unwrap();
     assert!(!util::is_mountpoint(&mp));
     a.ok("VolumeDriver.Mount", r#"{"Name":"vol","ID":"two"}"#);
     assert!(util::is_mountpoint(&mp), "mounted again");

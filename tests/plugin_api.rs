@@ -390,7 +390,7 @@ fn restart_after_reboot_drops_records_of_mounts_that_are_gone() {
     d.ok("VolumeDriver.Mount", r#"{"Name":"gone","ID":"c1"}"#);
     d.kill9();
     // A reboot takes the bind mounts (and the containers) away.
-    nix::mount::umount2(&d.mountpoint("gone"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    sys_mount::unmount(d.mountpoint("gone"), sys_mount::UnmountFlags::DETACH).unwrap();
     d.spawn();
     assert_eq!(node_count(&d, "gone", "a"), 0);
     d.ok("VolumeDriver.Remove", r#"{"Name":"gone"}"#);

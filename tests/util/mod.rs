@@ -84,7 +84,7 @@ pub fn unmount_below(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
-        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        let _ = sys_mount::unmount(p, sys_mount::UnmountFlags::DETACH);
     }
 }
 
