@@ -1,31 +1,27 @@
-//! Start-up, serving and graceful shutdown of `caravan daemon`.
+//! Start-up, the heartbeat thread and graceful shutdown of `caravan daemon` (the socket
+//! and the HTTP glue are in [`crate::server`]).
 //!
-//! Start: prepare the shared root and the node's state folder, start the store, reconcile
-//! this node's mounts, bind the socket (mode 0600), write the spec file, serve.
+//! Start: prepare the shared root and the node's state folder, take the node-name lock and
+//! beat, start the heartbeat thread and the store, reconcile this node's mounts, bind the
+//! socket (mode 0600), write the spec file, serve.
 //! Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight calls finish (bounded by the
 //! call timeout), remove the socket and the spec file, stop the store, exit 0. Bind mounts stay: containers
 //! that use them keep running, and the next start counts them again.
 
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde_json::{json, Value};
-use tokio::net::UnixListener;
-use warp::http::{Method, StatusCode};
-use warp::Filter;
-
 use crate::config::DaemonConfig;
+use crate::deadline::blocking as run_blocking;
 use crate::error::{Error, IoContext, Result};
-use crate::health::{run_blocking, Health};
+use crate::health::Health;
 use crate::layout::{NodeLayout, SharedLayout};
 use crate::node::{HeartbeatState, Nodes};
 use crate::service::Service;
+use crate::spec;
 use crate::store::Store;
-use crate::{api, plugin, spec};
 
 /// Runs the daemon until `shutdown` resolves (normally a signal; see [`shutdown_signal`]).
 pub async fn run(
@@ -102,7 +98,7 @@ pub async fn run(
     .await?;
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
 
-    let listener = bind_socket(&cfg.socket)?;
+    let listener = crate::server::bind_socket(&cfg.socket)?;
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
     tracing::info!(
         node = %cfg.node,
@@ -116,7 +112,7 @@ pub async fn run(
     // Serve until the signal; then stop accepting and give in-flight calls (each bounded
     // by the call timeout) a little more than that to answer.
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(routes(svc, cfg.timeout))
+    let server = warp::serve(crate::server::routes(svc, cfg.timeout))
         .incoming(listener)
         .graceful(async move {
             let _ = stopped.await;
@@ -233,130 +229,4 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     })
-}
-
-/// Binds the unix socket, refusing to steal it from a running daemon and replacing a stale
-/// file left by one that died.
-fn bind_socket(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .ctx(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::invalid(format!(
-                "another caravan daemon is already serving {}; stop it first or pass another --socket",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path)
-            .ctx(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    let listener = UnixListener::bind(path).ctx(|| format!("binding {}", path.display()))?;
-    // Root only: the API can mount and delete volumes.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
-}
-
-/// One filter for everything on the socket; dispatch happens on the path.
-fn routes(
-    svc: Arc<Service>,
-    timeout: Duration,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
-    warp::method()
-        .and(warp::path::full())
-        .and(warp::body::bytes())
-        .then(
-            move |method: Method, path: warp::path::FullPath, body: Bytes| {
-                let svc = svc.clone();
-                async move { dispatch(svc, timeout, method, path.as_str().to_string(), body).await }
-            },
-        )
-        .recover(|_rejection: warp::Rejection| async move {
-            // Only reachable when the body cannot be read.
-            Ok::<_, std::convert::Infallible>(reply(
-                StatusCode::BAD_REQUEST,
-                json!({ "Err": "could not read the request body" }),
-            ))
-        })
-        .unify()
-}
-
-async fn dispatch(
-    svc: Arc<Service>,
-    timeout: Duration,
-    method: Method,
-    path: String,
-    body: Bytes,
-) -> warp::reply::Response {
-    if path == "/Plugin.Activate" {
-        return reply(StatusCode::OK, plugin::activate());
-    }
-    if let Some(m) = path.strip_prefix("/VolumeDriver.") {
-        let m = m.to_string();
-        let answer = bounded(timeout, "VolumeDriver call", async move {
-            plugin::handle(svc, &m, &body).await
-        })
-        .await;
-        return match answer {
-            Ok(body) => reply_body(body),
-            Err(e) => reply(StatusCode::OK, json!({ "Err": e.to_string() })),
-        };
-    }
-    if path.starts_with("/v1/") {
-        let m = method.as_str().to_string();
-        let (status, v) = bounded(timeout, "control call", async move {
-            api::handle(svc, &m, &path, &body).await
-        })
-        .await
-        .unwrap_or_else(|e| (e.status(), json!({ "error": e.to_string() })));
-        return reply(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            v,
-        );
-    }
-    reply(
-        StatusCode::NOT_FOUND,
-        json!({ "Err": format!("no such endpoint {path}"), "error": format!("no such endpoint {path}") }),
-    )
-}
-
-/// Runs a call in its own task, so that it completes (and leaves consistent state) even if
-/// its answer comes too late, and answers an error at the deadline.
-async fn bounded<T: Send + 'static>(
-    timeout: Duration,
-    what: &str,
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<T> {
-    // The task knows its deadline (crate::deadline): work it passes down gets only the
-    // time left, and a Mount that finishes too late takes itself back.
-    let deadline = std::time::Instant::now() + timeout;
-    let task = tokio::spawn(crate::deadline::within(deadline, fut));
-    match tokio::time::timeout_at(deadline.into(), task).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
-        Err(_) => Err(Error::Timeout {
-            what: what.to_string(),
-            after: timeout,
-        }),
-    }
-}
-
-fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
-    use warp::Reply;
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
-}
-
-/// A plugin answer already rendered to JSON; plugin answers are always HTTP 200.
-fn reply_body(body: Bytes) -> warp::reply::Response {
-    let mut r = warp::reply::Response::new(body.into());
-    r.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    r
 }

@@ -1,8 +1,12 @@
-//! The deadline of the call being served, passed down without threading it through every
-//! signature: the server sets it for the task that answers one call (see
-//! [`crate::daemon`]), and blocking work ([`crate::health::run_blocking`]) and the
-//! operations that must not outlive their caller ([`crate::service::Service::mount`]) read
-//! it.
+//! Deadlines: the one place where work is bounded in time.
+//!
+//! - [`serve`] runs one call in its own task with its deadline, and answers a timeout
+//!   error at the deadline (the server's calls, see [`crate::server`]);
+//! - [`blocking`] runs blocking work on the export off the async threads, waiting at most
+//!   its limit *and* what is left of the call being served;
+//! - [`current`], [`remaining`] and [`answerable`] let an operation that must not outlive
+//!   its caller ([`crate::service::Service::mount`]) see the deadline, which is passed
+//!   down as a task-local instead of through every signature.
 //!
 //! Why it matters: dockerd gives up on a call at its own timeout and never sends the
 //! matching undo (a Mount it saw fail is never unmounted). Work that finishes after the
@@ -11,6 +15,8 @@
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
 
 tokio::task_local! {
     static CALL_DEADLINE: Instant;
@@ -37,6 +43,47 @@ pub fn remaining(limit: Duration) -> Duration {
 /// `margin` to spare for sending it.
 pub fn answerable(margin: Duration) -> bool {
     current().is_none_or(|d| Instant::now() + margin < d)
+}
+
+/// Runs blocking work on the export off the async threads, waiting for it at most
+/// `limit`. Work that is still blocked then (a stalled export) keeps its thread until the
+/// export answers; the caller gets a timeout error and goes on.
+pub async fn blocking<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    // Never longer than the call being served has left.
+    let limit = remaining(limit);
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            after: limit,
+        }),
+    }
+}
+
+/// Runs a call in its own task, so that it completes (and leaves consistent state) even if
+/// its answer comes too late, and answers an error at the deadline.
+pub async fn serve<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    // The task knows its deadline: work it passes down gets only the time left, and a
+    // Mount that finishes too late takes itself back.
+    let deadline = std::time::Instant::now() + timeout;
+    let task = tokio::spawn(within(deadline, fut));
+    match tokio::time::timeout_at(deadline.into(), task).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            after: timeout,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -23,26 +23,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::root::RootInfo;
 
-/// Runs blocking work on the export off the async threads, waiting for it at most
-/// `limit`. Work that is still blocked then (a stalled export) keeps its thread until the
-/// export answers; the caller gets a timeout error and goes on.
-pub async fn run_blocking<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    // Never longer than the call being served has left (see crate::deadline).
-    let limit = crate::deadline::remaining(limit);
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
-        Err(_) => Err(Error::Timeout {
-            what: what.to_string(),
-            after: limit,
-        }),
-    }
-}
-
 /// Callers' blocking operations on the export allowed at once (store and heartbeat
 /// threads are not counted: there is one of each).
 pub const MAX_BLOCKING: usize = 64;

@@ -22,8 +22,9 @@
 //! - [`api`]: the daemon's control API, used by the CLI;
 //! - [`spec`]: the `.spec` file that lets dockerd find the plugin;
 //! - [`config`]: daemon settings from flags, environment and the config file;
-//! - [`deadline`]: the deadline of the call being served, passed down to its work;
-//! - [`daemon`]: start-up, serving and graceful shutdown;
+//! - [`deadline`]: bounding work in time: a call's deadline, passed down to its work;
+//! - [`daemon`]: start-up, the heartbeat thread, graceful shutdown;
+//! - [`server`]: the socket and the HTTP glue of both APIs;
 //! - [`client`]: an HTTP client for the daemon's unix socket;
 //! - [`cli`]: the client commands and their output.
 
@@ -44,6 +45,7 @@ pub mod pending;
 pub mod pinned;
 pub mod plugin;
 pub mod root;
+pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;

@@ -860,7 +860,7 @@ impl Service {
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let ticket = self.health.begin(what)?;
-        crate::health::run_blocking(what, limit, move || {
+        crate::deadline::blocking(what, limit, move || {
             let _ticket = ticket;
             f()
         })

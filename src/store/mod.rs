@@ -276,12 +276,11 @@ impl Store {
         let started = Instant::now();
         let file = self.layout.generation_file();
         let health = self.health.clone();
-        let value = crate::health::run_blocking(
-            "reading the cluster generation",
-            self.timeout,
-            move || health.watch("checking the cluster generation", || hint::read(&file)),
-        )
-        .await?;
+        let value =
+            crate::deadline::blocking("reading the cluster generation", self.timeout, move || {
+                health.watch("checking the cluster generation", || hint::read(&file))
+            })
+            .await?;
         *last = Some((started, value));
         Ok(value)
     }
