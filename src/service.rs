@@ -21,7 +21,7 @@ use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
 use crate::node::{Liveness, NodeView, Nodes, SelfReport};
 use crate::pending::{PendingUnmount, PendingUnmounts};
-use crate::store::{Mutation, Outcome, Store, StoreStats};
+use crate::store::{Created, Reconciled, Removed, Store, StoreStats, Unmounted};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, Holder, Takeover, VolumeOptions,
     VolumeRecord,
@@ -202,13 +202,8 @@ impl Service {
         let present = self
             .blocking("reading mountinfo", move || mounts::mounted_below(&dir))
             .await?;
-        let mutation = Mutation::ReconcileNode {
-            node: self.node.clone(),
-            bound: present.clone(),
-        };
-        let Outcome::Reconciled { dropped, kept } = self.store.apply(mutation).await? else {
-            return Err(Error::Store("unexpected outcome of a reconcile".into()));
-        };
+        let Reconciled { dropped, kept } =
+            self.store.reconcile(&self.node, present.clone()).await?;
         for (name, count) in &dropped {
             tracing::warn!(volume = %name, count, "dropped mount records of this node: the bind mount is gone (host rebooted?)");
         }
@@ -231,41 +226,25 @@ impl Service {
 
     pub async fn create(&self, name: &str, options: VolumeOptions) -> Result<VolumeView> {
         validate_name(name)?;
-        let mutation = Mutation::Create {
-            name: name.to_string(),
-            options,
-            node: self.node.clone(),
-        };
-        match self.store.apply(mutation).await? {
-            Outcome::Created {
-                record,
-                existed,
-                adopted,
-            } => {
-                if adopted {
-                    tracing::info!(volume = %name, "adopted existing data on the export");
-                }
-                if existed {
-                    tracing::debug!(volume = %name, "create of an existing volume: nothing to do");
-                }
-                Ok(self.view(&record, None))
-            }
-            _ => Err(Error::Store("unexpected outcome of a create".into())),
+        let Created {
+            record,
+            existed,
+            adopted,
+        } = self.store.create(name, options, &self.node).await?;
+        if adopted {
+            tracing::info!(volume = %name, "adopted existing data on the export");
         }
+        if existed {
+            tracing::debug!(volume = %name, "create of an existing volume: nothing to do");
+        }
+        Ok(self.view(&record, None))
     }
 
     pub async fn remove(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         let _guard = self.locks.lock(name).await;
-        let out = self
-            .store
-            .apply(Mutation::Remove {
-                name: name.to_string(),
-            })
-            .await?;
-        if let Outcome::Removed { moved_to, record } = out {
-            tracing::info!(volume = %name, on_delete = record.options.on_delete.as_str(), moved_to = ?moved_to, "removed");
-        }
+        let Removed { record, moved_to } = self.store.remove(name).await?;
+        tracing::info!(volume = %name, on_delete = record.options.on_delete.as_str(), moved_to = ?moved_to, "removed");
         // Not counted as mounted anywhere, so this node holds no bind mount; clear a
         // leftover one all the same.
         if self.is_bound(name) {
@@ -298,12 +277,7 @@ impl Service {
             // Queued behind other calls past the caller's patience: never start.
             return Err(late());
         }
-        let mutation = Mutation::Mount {
-            name: name.to_string(),
-            node: self.node.clone(),
-            id: id.to_string(),
-        };
-        if let Err(e) = self.store.apply(mutation).await {
+        if let Err(e) = self.store.mount(name, &self.node, id).await {
             // Unless the store decided against it, the mount may have been committed all
             // the same (a timeout while it was being committed, a hold that failed after
             // writing). dockerd saw a failure and will never unmount this ID: queue the
@@ -364,17 +338,11 @@ impl Service {
     }
 
     async fn take_back_now(&self, name: &str, id: &str) {
-        let undo = Mutation::Unmount {
-            name: name.to_string(),
-            node: self.node.clone(),
-            id: id.to_string(),
-        };
-        let last = match self.store.apply(undo).await {
-            Ok(Outcome::Unmounted {
+        let last = match self.store.unmount(name, &self.node, id).await {
+            Ok(Unmounted {
                 record: Some(r), ..
             }) => r.node_mount_count(&self.node) == 0,
-            Ok(Outcome::Unmounted { record: None, .. }) => true,
-            Ok(_) => false,
+            Ok(Unmounted { record: None, .. }) => true,
             Err(u) => {
                 tracing::error!(volume = %name, "could not take back the mount record: {u}; retrying in the background");
                 self.take_back_later(name, id);
@@ -403,14 +371,14 @@ impl Service {
     }
 
     fn take_back_later(&self, name: &str, id: &str) {
-        let undo = Mutation::Unmount {
-            name: name.to_string(),
-            node: self.node.clone(),
-            id: id.to_string(),
-        };
-        let store = self.store.clone();
+        let (store, name, node, id) = (
+            self.store.clone(),
+            name.to_string(),
+            self.node.clone(),
+            id.to_string(),
+        );
         tokio::spawn(async move {
-            if let Err(u) = store.apply(undo).await {
+            if let Err(u) = store.unmount(&name, &node, &id).await {
                 tracing::warn!("taking back a mount that timed out: {u}");
             }
         });
@@ -447,14 +415,7 @@ impl Service {
 
     /// The unmount itself, under the volume's lock.
     async fn unmount_locked(&self, name: &str, id: &str) -> Result<()> {
-        let mutation = Mutation::Unmount {
-            name: name.to_string(),
-            node: self.node.clone(),
-            id: id.to_string(),
-        };
-        let Outcome::Unmounted { record, node_count } = self.store.apply(mutation).await? else {
-            return Err(Error::Store("unexpected outcome of an unmount".into()));
-        };
+        let Unmounted { record, node_count } = self.store.unmount(name, &self.node, id).await?;
         if node_count.is_none() {
             tracing::info!(volume = %name, id, "unmount for an ID this node does not hold: nothing to do");
         }
@@ -526,14 +487,8 @@ impl Service {
         let _guard = self.locks.lock(name).await;
         let deadline = Instant::now() + self.nodes.dead_after() + self.nodes.interval() * 3;
         loop {
-            let mutation = Mutation::Takeover {
-                name: name.to_string(),
-                node: self.node.clone(),
-                force,
-            };
-            match self.store.apply(mutation).await {
-                Ok(Outcome::TookOver { record }) => return Ok(self.view(&record, None)),
-                Ok(_) => return Err(Error::Store("unexpected outcome of a takeover".into())),
+            match self.store.takeover(name, &self.node, force).await {
+                Ok(record) => return Ok(self.view(&record, None)),
                 Err(Error::ExclusiveHeld { .. }) if !force && Instant::now() < deadline => {
                     tokio::time::sleep(self.nodes.interval()).await;
                 }

@@ -46,7 +46,8 @@ pub mod mutation;
 mod sled_files;
 mod worker;
 
-pub use mutation::{Mutation, Outcome};
+use mutation::FromOutcome;
+pub use mutation::{Created, Mounted, Mutation, Outcome, Reconciled, Removed, Unmounted};
 use worker::Worker;
 
 /// How long a reader waits for the export before answering from the last known state.
@@ -189,8 +190,83 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Creates a volume (idempotent for the same options).
+    pub async fn create(
+        &self,
+        name: &str,
+        options: crate::volume::VolumeOptions,
+        node: &str,
+    ) -> Result<Created> {
+        self.call(Mutation::Create {
+            name: name.to_string(),
+            options,
+            node: node.to_string(),
+        })
+        .await
+    }
+
+    /// Removes a volume no live incarnation has mounted, and disposes of its data.
+    pub async fn remove(&self, name: &str) -> Result<Removed> {
+        self.call(Mutation::Remove {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Counts a Mount of (`node`, `id`), claiming an exclusive volume.
+    pub async fn mount(&self, name: &str, node: &str, id: &str) -> Result<Mounted> {
+        self.call(Mutation::Mount {
+            name: name.to_string(),
+            node: node.to_string(),
+            id: id.to_string(),
+        })
+        .await
+    }
+
+    /// Counts an Unmount of (`node`, `id`).
+    pub async fn unmount(&self, name: &str, node: &str, id: &str) -> Result<Unmounted> {
+        self.call(Mutation::Unmount {
+            name: name.to_string(),
+            node: node.to_string(),
+            id: id.to_string(),
+        })
+        .await
+    }
+
+    /// Makes `node` the holder of an exclusive volume; returns the new record.
+    pub async fn takeover(&self, name: &str, node: &str, force: bool) -> Result<VolumeRecord> {
+        self.call(Mutation::Takeover {
+            name: name.to_string(),
+            node: node.to_string(),
+            force,
+        })
+        .await
+    }
+
+    /// After a restart: keeps `node`'s mounts of the volumes in `bound`, drops the rest.
+    pub async fn reconcile(
+        &self,
+        node: &str,
+        bound: std::collections::BTreeSet<String>,
+    ) -> Result<Reconciled> {
+        self.call(Mutation::ReconcileNode {
+            node: node.to_string(),
+            bound,
+        })
+        .await
+    }
+
+    async fn call<T: FromOutcome>(&self, mutation: Mutation) -> Result<T> {
+        let what = mutation.describe();
+        T::from_outcome(self.apply(mutation).await?).ok_or_else(|| {
+            Error::Store(format!(
+                "{what}: the store answered with the outcome of another kind of change (a bug; please report it)"
+            ))
+        })
+    }
+
     /// Applies one mutation (group-committed with whatever else is queued).
-    pub async fn apply(&self, mutation: Mutation) -> Result<Outcome> {
+    pub(crate) async fn apply(&self, mutation: Mutation) -> Result<Outcome> {
         // With the export stalled, queueing would only make the caller wait out its
         // timeout. (An unmount refused here is recorded and retried by the service: see
         // crate::pending.)

@@ -90,3 +90,115 @@ pub enum Outcome {
         kept: Vec<String>,
     },
 }
+
+/// What a Create did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub record: VolumeRecord,
+    /// The volume existed already with the same options (Create is idempotent).
+    pub existed: bool,
+    /// The data folder was there already (retained data) and was adopted.
+    pub adopted: bool,
+}
+
+/// What a Remove did.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub record: VolumeRecord,
+    /// Where the data went (trash, archive), if it moved.
+    pub moved_to: Option<PathBuf>,
+}
+
+/// What a Mount did.
+#[derive(Debug, Clone)]
+pub struct Mounted {
+    pub record: VolumeRecord,
+    /// The node's mount count afterwards.
+    pub node_count: u32,
+}
+
+/// What an Unmount did.
+#[derive(Debug, Clone)]
+pub struct Unmounted {
+    /// `None` when the volume does not exist (any more).
+    pub record: Option<VolumeRecord>,
+    /// `None` when the ID was not mounted on the node.
+    pub node_count: Option<u32>,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    /// Volumes whose records for the node were dropped, with the count dropped.
+    pub dropped: Vec<(String, u32)>,
+    /// Volumes that still have records for the node.
+    pub kept: Vec<String>,
+}
+
+/// The typed result of one kind of mutation, taken out of its [`Outcome`] (the store
+/// answers each mutation with the outcome of its own kind; see `Store`'s typed calls).
+pub trait FromOutcome: Sized {
+    fn from_outcome(o: Outcome) -> Option<Self>;
+}
+
+impl FromOutcome for Created {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::Created {
+                record,
+                existed,
+                adopted,
+            } => Some(Created {
+                record,
+                existed,
+                adopted,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl FromOutcome for Removed {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::Removed { record, moved_to } => Some(Removed { record, moved_to }),
+            _ => None,
+        }
+    }
+}
+
+impl FromOutcome for Mounted {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::Mounted { record, node_count } => Some(Mounted { record, node_count }),
+            _ => None,
+        }
+    }
+}
+
+impl FromOutcome for Unmounted {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::Unmounted { record, node_count } => Some(Unmounted { record, node_count }),
+            _ => None,
+        }
+    }
+}
+
+impl FromOutcome for VolumeRecord {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::TookOver { record } => Some(record),
+            _ => None,
+        }
+    }
+}
+
+impl FromOutcome for Reconciled {
+    fn from_outcome(o: Outcome) -> Option<Self> {
+        match o {
+            Outcome::Reconciled { dropped, kept } => Some(Reconciled { dropped, kept }),
+            _ => None,
+        }
+    }
+}
