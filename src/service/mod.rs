@@ -4,7 +4,11 @@
 //! the bind mounts. Mount and Unmount of one volume are serialized on this node (a
 //! per-volume lock) so that the decision to bind or unbind always matches the count just
 //! committed. Each operation runs to completion in its own task even if the caller stops
-//! waiting, so a timed-out call never leaves a count without its bind mount.
+//! waiting, so a timed-out call never leaves a count without its bind mount (a Mount that
+//! finishes past its caller's deadline takes itself back; an Unmount that cannot be
+//! committed is recorded, see [`crate::pending`]).
+//!
+//! The shapes the APIs show are in `views`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -12,20 +16,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
+
+mod views;
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts;
-use crate::node::{Liveness, NodeView, Nodes, SelfReport};
+use crate::node::{Liveness, NodeView, Nodes};
 use crate::pending::{PendingUnmount, PendingUnmounts};
-use crate::store::{Created, Reconciled, Removed, Store, StoreStats, Unmounted};
+use crate::store::{Created, Reconciled, Removed, Store, Unmounted};
 use crate::volume::{
-    format_size, human_bytes, validate_mount_id, validate_name, Holder, Takeover, VolumeOptions,
-    VolumeRecord,
+    format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
 };
+pub use views::{Info, NodeInfo, NodeMounts, UsageView, VolumeView};
 
 /// How long a usage figure is reused (dockerd sends a Get before every Mount and Unmount).
 const USAGE_TTL: Duration = Duration::from_secs(5);
@@ -33,103 +38,6 @@ const USAGE_TTL: Duration = Duration::from_secs(5);
 const USAGE_BUDGET: Duration = Duration::from_millis(200);
 /// An answer must be ready this long before the call's deadline to count as delivered.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
-
-/// A volume as the APIs show it (Docker's `Status`, `caravan inspect`, `caravan list --json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct VolumeView {
-    pub name: String,
-    /// Where this node mounts the volume (present only while mounted here).
-    pub mountpoint: String,
-    pub mounted_here: bool,
-    pub created_at: String,
-    pub created_by: String,
-    pub options: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageView>,
-    /// Mounts per node: the total count and how many distinct mount IDs.
-    pub mounts: BTreeMap<String, NodeMounts>,
-    /// The data folder on the shared export.
-    pub data: String,
-    /// `shared` or `exclusive`.
-    #[serde(default = "shared")]
-    pub access: String,
-    /// For exclusive volumes: the node that may mount it now, and its grant's generation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holder: Option<Holder>,
-    /// The fencing token (bumped at every grant and takeover).
-    #[serde(default)]
-    pub generation: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub takeovers: Vec<Takeover>,
-    /// True when the export could not be reached and this is the last known state.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stale: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeMounts {
-    pub count: u32,
-    pub ids: usize,
-    /// The node's state as this node sees it: alive, dead or left.
-    #[serde(default = "alive")]
-    pub node_state: Liveness,
-    /// Mounts of a dead or left node: shown, but they do not block a remove.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stale: bool,
-}
-
-fn shared() -> String {
-    "shared".into()
-}
-
-fn alive() -> Liveness {
-    Liveness::Alive
-}
-
-/// A node and its mounts, for `caravan nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeInfo {
-    #[serde(flatten)]
-    pub view: NodeView,
-    /// Volumes this node has mounted, with their counts.
-    pub mounts: BTreeMap<String, u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UsageView {
-    pub bytes: u64,
-    pub human: String,
-    pub files: u64,
-    /// False when counting stopped at its time budget: the figures are a lower bound.
-    pub complete: bool,
-}
-
-/// What `caravan info` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Info {
-    pub version: String,
-    pub node: String,
-    pub root: String,
-    pub state_dir: String,
-    pub volumes: usize,
-    /// Volumes mounted on this node.
-    pub mounted_here: usize,
-    /// Mount count on this node, over all volumes and IDs.
-    pub mounts_here: u32,
-    /// Mount count over the whole cluster.
-    pub mounts_total: u32,
-    pub generation: u64,
-    pub uptime_secs: u64,
-    pub store: StoreStats,
-    /// Set when the export did not answer: the figures are the last known ones.
-    pub stale: Option<String>,
-    pub health: HealthReport,
-    /// This node's own standing: cut off, re-validating its exclusive volumes.
-    #[serde(default)]
-    pub standing: SelfReport,
-}
 
 /// The node's volume service.
 pub struct Service {
