@@ -25,7 +25,9 @@
 //!
 //! Parts: [`mutation`] (the changes and their outcomes), [`decide`] (the pure rules that
 //! decide them, liveness included), `worker` (the store thread: holds, commits, the file
-//! work around them), `janitor` (deleting trashed data), `hint` and `sled_files`.
+//! work around them), `batching` (what one commit takes, how long a hold lasts),
+//! `disposal` (moving removed volumes' data aside after the commit),
+//! `janitor` (deleting trashed data), `hint` and `sled_files`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -39,7 +41,9 @@ use crate::layout::SharedLayout;
 use crate::node::Nodes;
 use crate::volume::VolumeRecord;
 
+mod batching;
 pub mod decide;
+mod disposal;
 mod hint;
 mod janitor;
 pub mod mutation;

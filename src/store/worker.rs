@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
+use super::batching::{gather, gather_settled, hold_limit, linger};
 use super::decide::{self, Committer, Event, Oracle};
+use super::disposal::in_parallel;
 use super::hint::HintWriter;
 use super::janitor::start_janitor;
 use super::sled_files::{open_db, read_generation, LogFile, GENERATION_KEY};
@@ -18,17 +20,7 @@ use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
 use crate::node::{Judgment, Liveness, Nodes};
-use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};
-
-/// Most mutations folded into one commit.
-const MAX_BATCH: usize = 512;
-/// Bounds of how long a hold of the cluster lock waits for more work after a commit (see
-/// [`linger`]).
-const LINGER: (Duration, Duration) = (Duration::from_millis(3), Duration::from_millis(25));
-/// Shortest hold limit (see [`hold_limit`]).
-const MIN_HOLD: Duration = Duration::from_millis(50);
-/// A hold may last this many times what opening sled cost in it.
-const HOLD_PER_OPEN: u32 = 4;
+use crate::volume::{VolumeOptions, VolumeRecord};
 
 /// The store thread's state.
 pub(super) struct Worker {
@@ -61,7 +53,7 @@ pub(super) struct Worker {
 
 /// Filesystem work that must follow a successful commit (still under the lock).
 #[allow(clippy::large_enum_variant)] // lives for one commit
-enum AfterCommit {
+pub(super) enum AfterCommit {
     Nothing,
     Dispose(VolumeRecord),
 }
@@ -623,7 +615,7 @@ impl Worker {
     }
 
     /// Writes the overlay and the next generation, durably. Returns the new generation.
-    fn write(
+    pub(super) fn write(
         &mut self,
         open: &mut OpenStore,
         overlay: &BTreeMap<String, Option<VolumeRecord>>,
@@ -744,105 +736,10 @@ impl Worker {
             .map(|(r, adopted)| (r.name.clone(), (r, adopted)))
             .collect()
     }
-
-    /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at
-    /// once) and turns the decisions into replies.
-    /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at
-    /// once) and turns the decisions into replies. A remove whose data could not be moved
-    /// aside is undone (its record written back in this same hold) and fails: otherwise
-    /// the next create of the name would adopt the old data.
-    ///
-    /// Returns the replies, and whether sled and the cache still agree (when writing a
-    /// record back failed part-way they may not: the hold then ends, and the next one
-    /// reopens sled and reloads).
-    fn after_commit(&mut self, open: &mut OpenStore, decided: Vec<Decided>) -> (Vec<Reply>, bool) {
-        let mut disposals = Vec::new();
-        for d in &decided {
-            if let Decided::Apply(_, Ok((_, AfterCommit::Dispose(record)))) = d {
-                let tag = if record.options.on_delete == OnDelete::Delete {
-                    self.trash_tag += 1;
-                    // Unique across nodes too: two hosts can run daemons with the same pid.
-                    let nanos = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.subsec_nanos())
-                        .unwrap_or(0);
-                    format!("{}.{}.{nanos}", std::process::id(), self.trash_tag)
-                } else {
-                    String::new()
-                };
-                disposals.push((record.clone(), tag));
-            }
-        }
-        let moved: Vec<_> = in_parallel(&disposals, |(record, tag)| {
-            self.layout.dispose_volume(record, tag)
-        });
-        let failed: BTreeMap<String, Option<VolumeRecord>> = disposals
-            .iter()
-            .zip(&moved)
-            .filter(|(_, m)| m.is_err())
-            .map(|((r, _), _)| (r.name.clone(), Some(r.clone())))
-            .collect();
-        let restored = if failed.is_empty() {
-            Ok(())
-        } else {
-            self.write(open, &failed).map(|generation| {
-                let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-                for (name, rec) in &failed {
-                    if let Some(r) = rec {
-                        cache.volumes.insert(name.clone(), r.clone());
-                    }
-                }
-                cache.generation = generation;
-                cache.hint = generation;
-            })
-        };
-        if restored.is_err() {
-            self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
-        }
-        let intact = restored.is_ok();
-        let mut moved = moved.into_iter();
-        let replies = decided
-            .into_iter()
-            .map(|d| match d {
-                Decided::Apply(r, Ok((mut outcome, AfterCommit::Dispose(record)))) => {
-                    match moved.next().expect("one result per disposal") {
-                        Ok(to) => {
-                            if let (Some(path), OnDelete::Delete) =
-                                (&to, record.options.on_delete)
-                            {
-                                self.trashed.push(path.clone());
-                            }
-                            if let Outcome::Removed { moved_to, .. } = &mut outcome {
-                                *moved_to = to;
-                            }
-                            Reply::Apply(r, Ok(outcome))
-                        }
-                        Err(e) => {
-                            let name = &record.name;
-                            let msg = match &restored {
-                                Ok(()) => format!(
-                                    "could not move the data of volume {name} aside ({e}); the volume is kept as it was: try the remove again"
-                                ),
-                                Err(e2) => format!(
-                                    "volume {name} was removed from the metadata, but its data could not be moved aside ({e}) and the record could not be written back ({e2}); the data stays at {}: move it away by hand before creating a volume of this name again",
-                                    self.layout.volume_dir(name).display()
-                                ),
-                            };
-                            tracing::error!(volume = %name, "{msg}");
-                            Reply::Apply(r, Err(Error::Store(msg)))
-                        }
-                    }
-                }
-                Decided::Apply(r, decision) => Reply::Apply(r, decision.map(|(o, _)| o)),
-                Decided::Refresh(r) => Reply::Refresh(r, Ok(())),
-            })
-            .collect();
-        (replies, intact)
-    }
 }
 
 /// What one hold of the cluster lock keeps open.
-struct OpenStore {
+pub(super) struct OpenStore {
     db: sled::Db,
     tree: sled::Tree,
     hint: HintWriter,
@@ -867,88 +764,6 @@ impl OpenStore {
 /// adopted).
 type Prepared = BTreeMap<String, (VolumeRecord, Result<bool>)>;
 
-/// How many threads a batch's folder work may use at once.
-const PARALLEL_IO: usize = 16;
-
-/// `f` over every item, on up to [`PARALLEL_IO`] threads; results in the items' order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let per_thread = items.len().div_ceil(PARALLEL_IO);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(per_thread)
-            .map(|chunk| s.spawn(|| chunk.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
-}
-
-/// The first job plus whatever else is queued, up to [`MAX_BATCH`]. A `Stop` is taken out
-/// and noted in `stopping`.
-fn gather(first: Job, jobs: &std::sync::mpsc::Receiver<Job>, stopping: &mut bool) -> Vec<Job> {
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match jobs.try_recv() {
-            Ok(j) => batch.push(j),
-            Err(_) => break,
-        }
-    }
-    let before = batch.len();
-    batch.retain(|j| !matches!(j, Job::Stop));
-    *stopping |= batch.len() != before;
-    batch
-}
-
-/// Inside a hold, after a commit that answered several callers: the first job plus
-/// whatever arrives without a gap longer than a quarter of what the last commit cost, for
-/// at most that cost (and `linger`) in all. The callers answered by one commit send their
-/// next calls a little apart; taken one by one they would each pay a whole commit, taken
-/// together they share one.
-fn gather_settled(
-    first: Job,
-    jobs: &std::sync::mpsc::Receiver<Job>,
-    stopping: &mut bool,
-    commit_cost: Duration,
-    linger: Duration,
-) -> Vec<Job> {
-    let mut batch = gather(first, jobs, stopping);
-    let until = Instant::now() + commit_cost.min(linger);
-    let gap = commit_cost / 4;
-    while batch.len() < MAX_BATCH && !*stopping {
-        let wait = gap.min(until.saturating_duration_since(Instant::now()));
-        if wait.is_zero() {
-            break;
-        }
-        match jobs.recv_timeout(wait) {
-            Ok(job) => batch.extend(gather(job, jobs, stopping)),
-            Err(_) => break,
-        }
-    }
-    batch
-}
-
-/// How long one hold of the cluster lock may last: long enough that opening sled is at
-/// most a fifth of it, and never less than [`MIN_HOLD`]. On three GlusterFS hosts with 16
-/// callers each, going from 2 to 4 opens' worth raised Mount from 151 to 207 ops/s and
-/// Create from 95 to 108, and cut their p50 from 386/502 ms to 53/137 ms; p99 rose to
-/// about a second (the other nodes wait longer for their turn).
-fn hold_limit(open_cost: Duration) -> Duration {
-    (open_cost * HOLD_PER_OPEN).max(MIN_HOLD)
-}
-
-/// How long a hold waits for more work after a commit: a quarter of what opening sled
-/// cost, within [`LINGER`]. Long enough for a caller to get its answer, finish its own
-/// work (a bind mount over a network filesystem takes a few round trips) and send the
-/// next call; short enough that waiting costs other nodes less than the open it saves.
-fn linger(open_cost: Duration) -> Duration {
-    (open_cost / 4).clamp(LINGER.0, LINGER.1)
-}
-
 fn send_all(replies: Vec<Reply>) {
     for reply in replies {
         reply.send();
@@ -969,7 +784,7 @@ fn fail_all(batch: Vec<Job>, e: &Error) -> Vec<Reply> {
 
 /// A job after its mutation was decided in memory, before the commit.
 #[allow(clippy::large_enum_variant)] // lives for one commit
-enum Decided {
+pub(super) enum Decided {
     Apply(
         oneshot::Sender<Result<Outcome>>,
         Result<(Outcome, AfterCommit)>,
@@ -979,7 +794,7 @@ enum Decided {
 
 /// An answer to a queued job, sent once the lock is released.
 #[allow(clippy::large_enum_variant)] // lives for one commit
-enum Reply {
+pub(super) enum Reply {
     Apply(oneshot::Sender<Result<Outcome>>, Result<Outcome>),
     Refresh(oneshot::Sender<Result<()>>, Result<()>),
 }
