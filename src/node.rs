@@ -398,6 +398,8 @@ struct Own {
     revalidate_epoch: u64,
     revalidating: Option<String>,
     last_error: Option<String>,
+    /// Whether the last cut-off state logged was "cut off".
+    cut_off_logged: bool,
 }
 
 /// This node's heartbeat writer and its view of every other node.
@@ -563,11 +565,33 @@ impl Nodes {
             Ok(()) => {
                 self.watchers().clock.good_round(Instant::now());
                 self.own().last_error = None;
+                self.log_cut_off();
                 self.log_changes();
             }
-            Err(e) => self.own().last_error = Some(e.to_string()),
+            Err(e) => {
+                self.own().last_error = Some(e.to_string());
+                self.log_cut_off();
+            }
         }
         result
+    }
+
+    /// Logs once when this node becomes cut off (it then declares nobody dead), and once
+    /// when it can see again.
+    fn log_cut_off(&self) {
+        let cut_off = self.cut_off();
+        let mut own = self.own();
+        if cut_off != own.cut_off_logged {
+            own.cut_off_logged = cut_off;
+            if cut_off {
+                tracing::warn!(
+                    "no heartbeat round of this node succeeded within --dead-after ({}s): it is cut off from the export and declares no other node dead",
+                    self.dead_after.as_secs()
+                );
+            } else {
+                tracing::info!("heartbeat rounds succeed again: this node judges the others again");
+            }
+        }
     }
 
     /// Logs each node whose current boot id changed state since the last round (for

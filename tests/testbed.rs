@@ -824,3 +824,88 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
     );
     assert!(info["standing"]["revalidating"].is_null(), "{info}");
 }
+
+/// An export that every host loses for a while (the GlusterFS brick frozen for four
+/// times --dead-after) sets off no wave of takeovers or removes when it answers again:
+/// time nobody could see counts for nobody, so nobody is judged dead, an exclusive volume
+/// stays with its holder, and a volume mounted on another host cannot be removed.
+#[test]
+fn an_export_stall_every_host_saw_kills_nobody() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root("an_export_stall_every_host_saw_kills_nobody") {
+        return;
+    }
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = script(&["testbed", "export", "thaw"]);
+            let _ = script(&["testbed", "down"]);
+        }
+    }
+    ok(&["testbed", "up", "3"]);
+    let _down = Down;
+    let bed = PathBuf::from("/var/lib/caravan-testbed");
+    let s = util::Scratch::new();
+    let flags = ["--dead-after", "3s", "--heartbeat", "1s", "--timeout", "8s"];
+    let daemons: Vec<util::Daemon> = (1..=3)
+        .map(|k| {
+            let node = format!("q{k}");
+            let root = bed.join(format!("h{k}/export/stall"));
+            let spec = s.path().join(format!("spec-{node}"));
+            util::Daemon::start_with(s.path(), &root, &node, spec, "caravan", &flags)
+        })
+        .collect();
+    let (q1, q2, q3) = (&daemons[0], &daemons[1], &daemons[2]);
+    q1.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"sx","Opts":{"access":"exclusive"}}"#,
+    );
+    q1.ok("VolumeDriver.Mount", r#"{"Name":"sx","ID":"one"}"#);
+    q2.ok("VolumeDriver.Create", r#"{"Name":"ss","Opts":{}}"#);
+    q2.ok("VolumeDriver.Mount", r#"{"Name":"ss","ID":"two"}"#);
+
+    // The stall is the stimulus here, so it lasts a fixed time: 12 s, four dead-afters.
+    ok(&["testbed", "export", "freeze"]);
+    std::thread::sleep(Duration::from_secs(12));
+    ok(&["testbed", "export", "thaw"]);
+
+    // Right after, and for a few heartbeats, another host keeps trying.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut refusals = 0;
+    while Instant::now() < until {
+        let m = q3.plugin("VolumeDriver.Mount", r#"{"Name":"sx","ID":"three"}"#);
+        assert!(
+            !m["Err"].as_str().is_some_and(str::is_empty),
+            "q3 took sx over from q1 right after the stall"
+        );
+        let r = q3.plugin("VolumeDriver.Remove", r#"{"Name":"ss"}"#);
+        assert!(
+            !r["Err"].as_str().is_some_and(str::is_empty),
+            "q3 removed ss under q2's mount right after the stall"
+        );
+        refusals += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = q3.err("VolumeDriver.Mount", r#"{"Name":"sx","ID":"three"}"#);
+    assert!(err.contains("held by node q1"), "{err}");
+    let st = util::status(q1, "sx");
+    assert_eq!(st["holder"]["node"], "q1", "{st}");
+    assert!(
+        st["takeovers"].as_array().is_none_or(|t| t.is_empty()),
+        "{st}"
+    );
+    for d in &daemons {
+        let log = d.log_text();
+        let dead: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("node judged dead"))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "{} judged a node dead:\n{}",
+            d.node,
+            dead.join("\n")
+        );
+    }
+    eprintln!("stall: {refusals} takeover and remove attempts after the thaw, all refused");
+}
