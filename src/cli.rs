@@ -485,6 +485,9 @@ fn info_text(i: &Info) -> String {
     if let Some(e) = &i.standing.last_error {
         text.push_str(&format!("Heartbeat:    failing: {e}\n"));
     }
+    if !i.store.thread_running {
+        text.push_str("Store:        STOPPED: nothing can be committed; restart the daemon\n");
+    }
     if i.store.session_failures > 0 {
         text.push_str(&format!(
             "Store:        {} hold(s) of the lock failed inside sled, last: {}\n",

@@ -107,6 +107,9 @@ pub struct StoreStats {
     pub session_failures: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// Whether the store thread runs (it only stops with the daemon).
+    #[serde(default)]
+    pub thread_running: bool,
 }
 
 /// Handle to the store thread and the in-memory copy. Cheap to clone.
@@ -278,7 +281,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job::Apply { mutation, reply })
-            .map_err(|_| Error::ShuttingDown)?;
+            .map_err(|_| self.gone())?;
         self.wait(rx, "committing to the cluster metadata").await?
     }
 
@@ -328,7 +331,7 @@ impl Store {
             let (reply, rx) = oneshot::channel();
             self.queue
                 .send(Job::Refresh { reply })
-                .map_err(|_| Error::ShuttingDown)?;
+                .map_err(|_| self.gone())?;
             self.wait(rx, "reloading the cluster metadata").await??;
         }
         Ok(self.cache.read().unwrap_or_else(|p| p.into_inner()))
@@ -371,7 +374,32 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        stats.thread_running = self.thread_running();
+        stats
+    }
+
+    /// Whether the store thread is still there to commit.
+    fn thread_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// The error for a job the store thread will never take: the daemon is stopping, or
+    /// the thread is gone (which only a bug can do: say so, never fail silently).
+    fn gone(&self) -> Error {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Error::ShuttingDown;
+        }
+        let last = self.stats().last_failure.unwrap_or_default();
+        tracing::error!("the store thread has stopped; {last}");
+        Error::Store(format!(
+            "the store thread has stopped ({}); restart the daemon (`caravan info` shows the last failure)",
+            if last.is_empty() { "no failure was recorded" } else { &last }
+        ))
     }
 
     pub fn layout(&self) -> &SharedLayout {
