@@ -16,7 +16,7 @@
 //!   of the cluster lock and each commit with their times).
 //!
 //! While the client rounds run, a watcher reads every daemon's heartbeat file through the
-//! last root (another host's mount of the export) every 20 ms and reports the longest gap
+//! last root (another host's mount of the export) every 100 ms and reports the longest gap
 //! between two beats of each: a live node must never look silent because it was busy
 //! (target: under twice the heartbeat interval).
 
@@ -147,7 +147,7 @@ fn main() {
     print_scaling(&rows);
     for (node, gap, beats) in &gaps {
         println!(
-            "heartbeat under load: {node}: longest gap between beats seen through another mount {:.0} ms over {beats} beats ({:.2}x the 1 s interval; target < 2x)",
+            "heartbeat under load: {node}: longest gap between beats seen through another mount {:.0} ms (to 0.1 s) over {beats} beats ({:.2}x the 1 s interval; target < 2x)",
             gap.as_secs_f64() * 1e3,
             gap.as_secs_f64()
         );
@@ -542,7 +542,7 @@ fn fs_kind(root: &Path) -> String {
         .unwrap_or_else(|_| "unknown filesystem".into())
 }
 
-/// Reads each daemon's heartbeat file every 20 ms and keeps the longest time between two
+/// Reads each daemon's heartbeat file every 100 ms and keeps the longest time between two
 /// changes of its sequence number (the view of another node, on this machine's clock).
 struct HeartbeatWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -575,7 +575,9 @@ impl HeartbeatWatch {
                         *at = now;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Not faster: on GlusterFS each read costs the brick several requests, and
+                // at 20 ms the watcher alone cost the Mount and Lifecycle rows about 15%.
+                std::thread::sleep(Duration::from_millis(100));
             }
             nodes
                 .into_iter()

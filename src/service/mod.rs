@@ -278,18 +278,18 @@ impl Service {
         .unwrap_or(false)
     }
 
+    /// Takes back a mount of (this node, `id`) whose outcome is uncertain, as a recorded
+    /// unmount (see [`crate::pending`]): retried until the export answers, replayed after
+    /// a restart, and unbinding if it was this node's last mount. An unknown ID is a no-op.
     fn take_back_later(&self, name: &str, id: &str) {
-        let (store, name, node, id) = (
-            self.store.clone(),
-            name.to_string(),
-            self.node.clone(),
-            id.to_string(),
-        );
-        tokio::spawn(async move {
-            if let Err(u) = store.unmount(&name, &node, &id).await {
-                tracing::warn!("taking back a mount that timed out: {u}");
-            }
-        });
+        let p = PendingUnmount {
+            name: name.to_string(),
+            id: id.to_string(),
+        };
+        if let Err(e) = self.pending.add(p.clone()) {
+            tracing::error!(volume = %name, id, "could not record the take-back of a mount: {e}");
+        }
+        self.retry_pending(p);
     }
 
     /// Counts an unmount of (this node, `id`); unmounts the bind mount after the node's
@@ -323,6 +323,13 @@ impl Service {
 
     /// The unmount itself, under the volume's lock.
     async fn unmount_locked(&self, name: &str, id: &str) -> Result<()> {
+        // With a time budget of its own: an Unmount that waited for the volume's lock past
+        // its call's deadline must still finish its work (dockerd never sends it again).
+        let budget = Instant::now() + self.fs_timeout * 2;
+        crate::deadline::within(budget, self.unmount_now(name, id)).await
+    }
+
+    async fn unmount_now(&self, name: &str, id: &str) -> Result<()> {
         let Unmounted { record, node_count } = self.store.unmount(name, &self.node, id).await?;
         if node_count.is_none() {
             tracing::info!(volume = %name, id, "unmount for an ID this node does not hold: nothing to do");
@@ -392,10 +399,15 @@ impl Service {
     /// volume from a live holder, which drops its claim when it notices.
     pub async fn takeover(&self, name: &str, force: bool) -> Result<VolumeView> {
         validate_name(name)?;
-        let _guard = self.locks.lock(name).await;
         let deadline = Instant::now() + self.nodes.dead_after() + self.nodes.interval() * 3;
         loop {
-            match self.store.takeover(name, &self.node, force).await {
+            // The volume's lock only for each attempt, not across the wait: Mounts and
+            // Unmounts of it on this node go on meanwhile.
+            let attempt = {
+                let _guard = self.locks.lock(name).await;
+                self.store.takeover(name, &self.node, force).await
+            };
+            match attempt {
                 Ok(record) => return Ok(self.view(&record, None)),
                 Err(Error::ExclusiveHeld { .. }) if !force && Instant::now() < deadline => {
                     tokio::time::sleep(self.nodes.interval()).await;

@@ -55,7 +55,17 @@ impl Worker {
         let restored = if failed.is_empty() {
             Ok(())
         } else {
-            self.write(open, &failed).map(|generation| {
+            let written = self.write(open, &failed);
+            // A write-back whose fsync failed may have landed or not: this hold cannot
+            // tell, so it ends and the next one reloads (see `intact` below), and the
+            // remove's caller is told what is known.
+            let written = match (written, self.unsure.take()) {
+                (Err(e), Some(_)) => Err(Error::Store(format!(
+                    "{e}; whether the record was written back is not known: `caravan inspect` shows it"
+                ))),
+                (w, _) => w,
+            };
+            written.map(|generation| {
                 let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
                 for (name, rec) in &failed {
                     if let Some(r) = rec {

@@ -658,6 +658,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot be read"), "{e}");
+        // Its mounts still count: an Unmount must not pass as "nothing mounted".
+        let e = store
+            .apply(Mutation::Unmount {
+                name: "newer".into(),
+                node: "n1".into(),
+                id: "x".into(),
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be read"), "{e}");
         store.stop();
     }
 }

@@ -232,6 +232,8 @@ impl Worker {
         slot: &mut Option<OpenStore>,
         mut batch: Vec<Job>,
     ) -> (Vec<Reply>, bool) {
+        // Only this commit's own write may leave an uncertain outcome to settle.
+        self.unsure = None;
         let Some(open) = slot.as_mut() else {
             let e = Error::Store("the store is not open in this hold".into());
             return (fail_all(batch, &e), false);
@@ -562,6 +564,13 @@ impl Worker {
             }
             Mutation::Unmount { name, node, id } => {
                 let mut record = current(name, overlay);
+                // Not "no such volume": a record this version cannot read still counts
+                // its mounts, and the caller must not unbind on the strength of it.
+                if record.is_none() {
+                    if let Some(e) = unreadable(name) {
+                        return Err(e);
+                    }
+                }
                 let node_count = match record.as_mut() {
                     Some(r) => decide::unmount(r, id, who(node))?,
                     None => None,
