@@ -16,9 +16,9 @@
 //! ([`crate::volume::validate_name`]), so a name is always one safe path component.
 
 use std::borrow::Cow;
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,18 +47,23 @@ impl SharedLayout {
     /// through open handles ([`crate::pinned`]): on a network filesystem with caches off
     /// each path component saved is a LOOKUP and a GETATTR at the server. Hold it for one
     /// hold of the cluster lock or one janitor round, not longer.
-    pub fn pinned(&self) -> SharedLayout {
+    ///
+    /// The folders are opened without following symlinks: one that another machine
+    /// replaced by a link (or by something else) is refused, naming it, and the hold or
+    /// round does nothing.
+    pub fn pinned(&self) -> Result<SharedLayout> {
         let dirs = [
-            self.root.clone(),
             self.control_dir(),
             self.meta_dir(),
             self.trash_dir(),
             self.volumes_dir(),
         ];
-        SharedLayout {
+        let pins = PinnedDirs::open(&self.root, &dirs)
+            .map_err(|(path, e)| crate::beneath::refused_or_io(&path, e))?;
+        Ok(SharedLayout {
             root: self.root.clone(),
-            pins: Some(Arc::new(PinnedDirs::open(&dirs))),
-        }
+            pins: Some(Arc::new(pins)),
+        })
     }
 
     /// The path a system call should use for `path` (which is under the root): through a
@@ -103,6 +108,35 @@ impl SharedLayout {
         self.volume_dir(name).join("volume.json")
     }
 
+    /// Opens `rel` (under the root) as a directory handle without following any link:
+    /// `O_PATH` by default, readable with `readable` (for `fchmod`/`fchown`, listing).
+    /// A link or another kind of file in the way is refused, naming the path.
+    fn open_dir_beneath(&self, rel: &str, readable: bool) -> Result<File> {
+        use nix::fcntl::OFlag;
+        let shown = self.root.join(rel);
+        let flags = if readable {
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY
+        } else {
+            OFlag::O_PATH | OFlag::O_DIRECTORY
+        };
+        crate::beneath::open_root(&self.root)
+            .and_then(|root| {
+                crate::beneath::open(root, Path::new(rel), flags, nix::sys::stat::Mode::empty())
+            })
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))
+    }
+
+    /// A volume's folder, `volumes/<name>`, opened without following links.
+    pub fn open_volume_dir(&self, name: &str) -> Result<File> {
+        self.open_dir_beneath(&format!("volumes/{name}"), false)
+    }
+
+    /// A volume's data folder, `volumes/<name>/data`, opened without following links (what
+    /// a bind mount and the usage walk start from).
+    pub fn open_data_dir(&self, name: &str) -> Result<File> {
+        self.open_dir_beneath(&format!("volumes/{name}/data"), true)
+    }
+
     /// Creates the control folders if this is a new root. The root itself must exist: it is
     /// the mounted export, and creating it would hide a missing mount.
     pub fn init(&self) -> Result<()> {
@@ -131,6 +165,25 @@ impl SharedLayout {
                 .create(&dir)
                 .ctx(|| format!("creating {} (is the shared root writable?)", dir.display()))?;
         }
+        // What was already there may have been put there by another machine: every
+        // control folder must be a plain directory, reached without a link.
+        let root = crate::beneath::open_root(&self.root)
+            .ctx(|| format!("opening {}", self.root.display()))?;
+        for dir in [
+            self.control_dir(),
+            self.trash_dir(),
+            self.nodes_dir(),
+            self.volumes_dir(),
+            self.archive_dir(),
+            self.meta_dir(),
+        ] {
+            let rel = dir.strip_prefix(&self.root).expect("under the root");
+            match crate::beneath::open_dir(&root, rel) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(crate::beneath::refused_or_io(&dir, e)),
+            }
+        }
         Ok(())
     }
 
@@ -144,35 +197,47 @@ impl SharedLayout {
             }
             _ => {}
         }
+        // From here on through the folder's handle: a `volumes/<name>` that another
+        // machine made a link is refused, and nothing is created, chmod-ed or written
+        // through it.
+        let vdir_handle = self.open_volume_dir(&record.name)?;
+        let inside = crate::beneath::proc_path(&vdir_handle);
         let data = self.data_dir(&record.name);
-        let adopted = match fs::DirBuilder::new().mode(0o755).create(self.at(&data)) {
+        let adopted = match fs::DirBuilder::new()
+            .mode(0o755)
+            .create(inside.join("data"))
+        {
             Ok(()) => false,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let m = fs::symlink_metadata(self.at(&data))
-                    .ctx(|| format!("inspecting {}", data.display()))?;
-                if !m.is_dir() {
-                    return Err(Error::invalid(format!(
-                        "{} exists and is not a directory; move it away and create the volume again",
-                        data.display()
-                    )));
-                }
-                true
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
             Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
         };
-        apply_ownership(&data, &self.at(&data), &record.options)?;
+        let data_handle = crate::beneath::open(
+            &vdir_handle,
+            Path::new("data"),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) | Some(nix::libc::ENOTDIR) => Error::invalid(format!(
+                "{} exists and is not a directory; move it away and create the volume again",
+                data.display()
+            )),
+            _ => Error::io(format!("opening {}", data.display()), e),
+        })?;
+        apply_ownership(&data, &data_handle, &record.options)?;
         let path = self.record_file(&record.name);
+        let path_at = inside.join("volume.json");
         let content = record_file_content(record);
         if adopted {
-            return write_via_rename(&path, &self.at(&path), &content, true).map(|()| true);
+            return write_via_rename(&path, &path_at, &content, true).map(|()| true);
         }
         // The data folder is new and nobody looks into it before the commit that adds the
         // volume: the record needs no temporary name and rename (two round trips fewer on
         // a network filesystem), only to be complete and durable before that commit. A
         // record left without its data folder (the folder deleted by hand) is replaced.
-        match write_new_file(&self.at(&path), &content) {
+        match write_new_file(&path_at, &content) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                write_via_rename(&path, &self.at(&path), &content, true)?
+                write_via_rename(&path, &path_at, &content, true)?
             }
             r => r.ctx(|| format!("writing {}", path.display()))?,
         }
@@ -214,7 +279,15 @@ impl SharedLayout {
     /// For on_delete=retain: the data stays; only the record beside it goes, so that a
     /// rebuild of the index does not bring the volume back.
     pub fn retain_volume(&self, name: &str) -> Result<()> {
-        match fs::remove_file(self.at(&self.record_file(name))) {
+        let vdir = match self.open_volume_dir(name) {
+            Ok(h) => h,
+            // Nothing there: nothing to keep out of a rebuild.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(crate::beneath::proc_path(&vdir).join("volume.json")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
                 format!("removing {}", self.record_file(name).display()),
                 e,
@@ -316,19 +389,32 @@ fn record_file_content(record: &VolumeRecord) -> Vec<u8> {
     serde_json::to_vec_pretty(&RecordFile::from(record)).expect("records serialize")
 }
 
-/// Writes a file that must not exist yet, with fsync.
+/// 64 bits no other machine can guess: `n` hashed with this process's random keys.
+fn unpredictable(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    h.write_u64(n);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Writes a file that must not exist yet, with fsync (a link in its place is not followed).
 fn write_new_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
     f.write_all(content)?;
     f.sync_all()
 }
 
-fn apply_ownership(dir: &Path, at: &Path, o: &VolumeOptions) -> Result<()> {
+/// Owner and mode of a volume's data folder, set on its open handle (never by path).
+fn apply_ownership(dir: &Path, handle: &File, o: &VolumeOptions) -> Result<()> {
     if o.uid.is_some() || o.gid.is_some() {
-        std::os::unix::fs::lchown(at, o.uid, o.gid).ctx(|| {
+        std::os::unix::fs::fchown(handle, o.uid, o.gid).ctx(|| {
             format!(
                 "setting the owner of {} (is the export squashing root?)",
                 dir.display()
@@ -336,7 +422,8 @@ fn apply_ownership(dir: &Path, at: &Path, o: &VolumeOptions) -> Result<()> {
         })?;
     }
     if let Some(mode) = o.mode {
-        fs::set_permissions(at, fs::Permissions::from_mode(mode))
+        handle
+            .set_permissions(fs::Permissions::from_mode(mode))
             .ctx(|| format!("setting the mode of {}", dir.display()))?;
     }
     Ok(())
@@ -356,13 +443,20 @@ pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
 
 /// Writes `path` (reached at `at`, see [`SharedLayout::at`]) through a temporary name.
 fn write_via_rename(path: &Path, at: &Path, content: &[u8], durable: bool) -> Result<()> {
-    // Unique per write: threads of one daemon may write the same file at once (two
-    // creates of one new volume), and daemons on two hosts may share a pid.
+    // Unique per write (threads of one daemon may write the same file at once, and
+    // daemons on two hosts may share a pid) and unpredictable: another machine must not
+    // be able to plant something at the name. Created with O_EXCL | O_NOFOLLOW anyway, so
+    // whatever is there (a link to a host file) makes the write fail, never followed.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = at.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let tmp = at.with_extension(format!("tmp.{:016x}", unpredictable(n)));
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)?;
         f.write_all(content)?;
         if durable {
             f.sync_all()?;
@@ -384,16 +478,29 @@ pub struct Usage {
     pub complete: bool,
 }
 
-pub fn disk_usage(path: &Path, budget: Duration) -> Usage {
+///
+/// The walk starts from an open folder and opens each subfolder from its parent's handle
+/// without following links ([`crate::beneath`]): a folder swapped for a link during the
+/// walk is skipped, never walked into. Pending subfolders are kept by name, so the walk
+/// holds one open handle per level, not one per folder.
+pub fn disk_usage(top: File, budget: Duration) -> Usage {
     let until = Instant::now() + budget;
     let mut usage = Usage {
         bytes: 0,
         files: 0,
         complete: true,
     };
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
+    let mut stack: Vec<(std::rc::Rc<File>, Option<std::ffi::OsString>)> =
+        vec![(std::rc::Rc::new(top), None)];
+    while let Some((parent, name)) = stack.pop() {
+        let dir = match name {
+            None => parent,
+            Some(name) => match crate::beneath::open_dir(&*parent, Path::new(&name)) {
+                Ok(d) => std::rc::Rc::new(d),
+                Err(_) => continue,
+            },
+        };
+        let Ok(entries) = fs::read_dir(crate::beneath::proc_path(&dir)) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -403,10 +510,10 @@ pub fn disk_usage(path: &Path, budget: Duration) -> Usage {
             }
             let Ok(m) = entry.metadata() else { continue };
             // Allocated blocks, as du counts them (sparse files count what they use).
-            usage.bytes += m.blocks() * 512;
+            usage.bytes = usage.bytes.saturating_add(m.blocks().saturating_mul(512));
             usage.files += 1;
             if m.is_dir() {
-                stack.push(entry.path());
+                stack.push((dir.clone(), Some(entry.file_name())));
             }
         }
     }
@@ -498,7 +605,11 @@ mod tests {
             .create_volume(&VolumeRecord::new("web", "a", VolumeOptions::default()))
             .unwrap();
         fs::remove_dir(layout.trash_dir()).unwrap();
-        let err = layout.pinned().trash_volume("web", "1").unwrap_err();
+        let err = layout
+            .pinned()
+            .unwrap()
+            .trash_volume("web", "1")
+            .unwrap_err();
         assert!(err.to_string().contains("missing?"), "{err}");
         assert!(layout.data_dir("web").is_dir());
         assert_eq!(layout.trash_volume("gone", "1").unwrap(), None);
@@ -516,7 +627,7 @@ mod tests {
     fn usage_counts_blocks() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("a"), vec![1u8; 100_000]).unwrap();
-        let u = disk_usage(d.path(), Duration::from_secs(5));
+        let u = disk_usage(File::open(d.path()).unwrap(), Duration::from_secs(5));
         assert!(u.complete);
         assert_eq!(u.files, 1);
         assert!(u.bytes >= 100_000, "{u:?}");

@@ -6,6 +6,7 @@
 //!
 //! Module map:
 //! - [`volume`]: names, options and the volume record (pure, validated);
+//! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
@@ -29,6 +30,7 @@
 //! - [`cli`]: the client commands and their output.
 
 pub mod api;
+pub mod beneath;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -51,6 +51,8 @@ impl ClusterLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // The export is written by other machines: never follow a link planted here.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(at)
             .ctx(|| format!("opening the cluster lock {}", path.display()))?;
         let lock = exclusive_whole_file();

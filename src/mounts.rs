@@ -9,30 +9,22 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use sys_mount::{Mount, MountFlags, UnmountFlags};
 
 use crate::error::{Error, IoContext, Result};
 
-/// Bind-mounts `source` on `target`, creating `target` if needed.
+/// Bind-mounts the open folder `folder` (whose path on the export is `source`, for
+/// messages) on `target`, creating `target` if needed.
 ///
-/// `source` is opened first without following a final symlink, and the mount is made
-/// from that open folder (through `/proc/self/fd`): a symlink swapped in for the data
-/// folder can never make this node mount some other host path, and the path is looked up
-/// on the export once instead of twice (a check, then the mount).
-pub fn bind(source: &Path, target: &Path) -> Result<()> {
-    let folder = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
-        .open(source)
-        .ctx(|| {
-            format!(
-                "the volume's data folder {} is missing on the export",
-                source.display()
-            )
-        })?;
+/// The folder was opened without following any link (see
+/// [`crate::layout::SharedLayout::open_data_dir`]) and the mount is made from that handle
+/// through `/proc/self/fd`: a symlink put in place of the volume's folders can never make
+/// this node mount some other host path. After mounting, the mount is checked to be that
+/// very folder (device and inode), and undone otherwise.
+pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
     let meta = folder
         .metadata()
         .ctx(|| format!("inspecting {}", source.display()))?;
@@ -47,14 +39,25 @@ pub fn bind(source: &Path, target: &Path) -> Result<()> {
         .mode(0o755)
         .create(target)
         .ctx(|| format!("creating the mountpoint {}", target.display()))?;
-    let opened = crate::pinned::through_proc(&folder);
-    let from = opened.as_deref().unwrap_or(source);
+    let from = crate::pinned::through_proc(folder).ok_or_else(|| {
+        Error::invalid("bind mounts need /proc (mounted from an open folder, never by path)")
+    })?;
     Mount::builder()
         .fstype("none")
         .flags(MountFlags::BIND)
-        .mount(from, target)
+        .mount(&from, target)
         .map(drop)
-        .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))
+        .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))?;
+    let mounted = fs::metadata(target).ctx(|| format!("inspecting {}", target.display()))?;
+    if (mounted.dev(), mounted.ino()) != (meta.dev(), meta.ino()) {
+        let _ = unbind(target);
+        return Err(Error::invalid(format!(
+            "the mount on {} is not the folder {} that was opened; undone",
+            target.display(),
+            source.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Unmounts `target` and removes the empty mountpoint. A busy mount is detached lazily

@@ -405,7 +405,11 @@ struct Own {
 /// This node's heartbeat writer and its view of every other node.
 pub struct Nodes {
     me: String,
+    /// Where system calls reach the heartbeat folder: through `_dir_handle`.
     dir: PathBuf,
+    /// The folder's real path, for messages.
+    shown: PathBuf,
+    _dir_handle: File,
     boot_id: String,
     interval: Duration,
     dead_after: Duration,
@@ -429,7 +433,7 @@ impl Nodes {
         dead_after: Duration,
     ) -> Result<Nodes> {
         let mut nodes = Nodes::observer(layout, me, interval, dead_after)?;
-        nodes._name_lock = Some(lock_name(&nodes.dir, me)?);
+        nodes._name_lock = Some(lock_name(&nodes.dir, &nodes.shown, me)?);
         Ok(nodes)
     }
 
@@ -440,13 +444,22 @@ impl Nodes {
         interval: Duration,
         dead_after: Duration,
     ) -> Result<Nodes> {
-        let dir = layout.nodes_dir();
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let shown = layout.nodes_dir();
+        std::fs::create_dir_all(&shown).ctx(|| format!("creating {}", shown.display()))?;
+        // Held for the daemon's life and used for every heartbeat file: opened without
+        // following links, so a `nodes` folder replaced by a link to a host folder is
+        // refused (and one replaced later is not followed).
+        let handle = crate::beneath::open_root(&layout.root)
+            .and_then(|root| crate::beneath::open_dir(root, Path::new(".caravan/nodes")))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
+        let dir = crate::beneath::proc_path(&handle);
         let boot_id = new_boot_id();
         Ok(Nodes {
             me: me.to_string(),
             watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
             dir,
+            shown,
+            _dir_handle: handle,
             boot_id,
             interval,
             dead_after,
@@ -631,7 +644,7 @@ impl Nodes {
 
     fn observe_at(&self, at: Instant) -> Result<()> {
         let entries =
-            std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))?;
+            std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.shown.display()))?;
         let mut read = Vec::new();
         let mut unreadable = Vec::new();
         for entry in entries.flatten() {
@@ -766,8 +779,9 @@ impl Nodes {
 /// Takes the node-name lock: an exclusive OFD lock on `<nodes>/<node>.lock`, held by the
 /// returned file for the daemon's lifetime. The kernel (and the file server) release it
 /// when the daemon dies.
-fn lock_name(dir: &Path, node: &str) -> Result<File> {
-    let path = dir.join(format!("{node}.lock"));
+fn lock_name(dir: &Path, shown: &Path, node: &str) -> Result<File> {
+    let at = dir.join(format!("{node}.lock"));
+    let path = shown.join(format!("{node}.lock"));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -775,7 +789,7 @@ fn lock_name(dir: &Path, node: &str) -> Result<File> {
         .truncate(false)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path)
+        .open(&at)
         .ctx(|| format!("opening the node-name lock {}", path.display()))?;
     let meta = file
         .metadata()

@@ -15,11 +15,15 @@
 //! a hold could reach a folder another node has since replaced.
 //!
 //! The real paths stay what messages show; only system calls use the shortcut.
+//!
+//! The folders are opened below the root without following any symlink
+//! ([`crate::beneath`]): one planted by another machine at `.caravan/trash` or `volumes`
+//! makes the pin fail, with an error that names it, instead of sending the hold's file work
+//! (deletes included) to wherever it points.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -38,29 +42,41 @@ struct Pin {
 }
 
 impl PinnedDirs {
-    /// Opens `dirs`, parents before children (each is reached through the pins before
-    /// it). A directory that cannot be opened is left out: calls under it use its real
-    /// path and report their own errors. Without `/proc` nothing is pinned.
-    pub fn open<P: AsRef<Path>>(dirs: &[P]) -> PinnedDirs {
+    /// Opens `root` (the configured path, as given) and `dirs` below it, each without
+    /// following a symlink anywhere under the root. A directory that does not exist is
+    /// left out (calls under it use its real path and report their own errors); one that
+    /// is a link, or cannot be opened, is an error naming it. Without `/proc` nothing is
+    /// pinned.
+    pub fn open<P: AsRef<Path>>(
+        root: &Path,
+        dirs: &[P],
+    ) -> Result<PinnedDirs, (PathBuf, std::io::Error)> {
         let mut pinned = PinnedDirs::default();
         if !proc_fd_works() {
-            return pinned;
+            return Ok(pinned);
         }
+        let root_dir = crate::beneath::open_root(root).map_err(|e| (root.to_path_buf(), e))?;
         for dir in dirs {
             let real = dir.as_ref();
-            let opened = OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
-                .open(pinned.at(real));
-            if let Ok(file) = opened {
-                pinned.pins.push(Pin {
+            let Ok(rel) = real.strip_prefix(root) else {
+                continue;
+            };
+            match crate::beneath::open_dir(&root_dir, rel) {
+                Ok(file) => pinned.pins.push(Pin {
                     real: real.to_path_buf(),
                     via: fd_path(&file),
                     _dir: file,
-                });
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err((real.to_path_buf(), e)),
             }
         }
-        pinned
+        pinned.pins.push(Pin {
+            real: root.to_path_buf(),
+            via: fd_path(&root_dir),
+            _dir: root_dir,
+        });
+        Ok(pinned)
     }
 
     /// The path a system call should use for `path`: through the deepest pinned directory
@@ -120,8 +136,12 @@ mod tests {
         fs::create_dir_all(&b).unwrap();
         fs::write(b.join("f"), b"x").unwrap();
         let missing = root.path().join("missing");
-        let pins = PinnedDirs::open(&[&a, &b, &missing]);
-        assert_eq!(pins.len(), 2, "a missing folder is left out");
+        let pins = PinnedDirs::open(root.path(), &[&a, &b, &missing]).unwrap();
+        assert_eq!(
+            pins.len(),
+            3,
+            "the root, a and b; a missing folder is left out"
+        );
 
         let f = b.join("f");
         let via = pins.at(&f);
@@ -137,8 +157,8 @@ mod tests {
         assert!(pins.at(&b).starts_with("/proc/self/fd"));
         assert!(fs::metadata(pins.at(&b)).unwrap().is_dir());
 
-        let outside = root.path().join("other");
-        assert_eq!(pins.at(&outside), outside.as_path());
+        let elsewhere = Path::new("/elsewhere/other");
+        assert_eq!(pins.at(elsewhere), elsewhere);
         // Creating through a pin lands in the real folder.
         fs::create_dir(pins.at(&a.join("new"))).unwrap();
         assert!(a.join("new").is_dir());
@@ -149,9 +169,26 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let a = root.path().join("a");
         fs::create_dir(&a).unwrap();
-        let pins = PinnedDirs::open(&[&a]);
+        let pins = PinnedDirs::open(root.path(), &[&a]).unwrap();
         fs::rename(&a, root.path().join("moved")).unwrap();
         fs::write(pins.at(&a.join("f")), b"x").unwrap();
         assert!(root.path().join("moved/f").exists());
+    }
+
+    #[test]
+    fn a_folder_replaced_by_a_link_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let outside = d.path().join("outside");
+        fs::create_dir_all(root.join(".caravan")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("canary"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join(".caravan/trash")).unwrap();
+        let (path, e) =
+            PinnedDirs::open(&root, &[root.join(".caravan"), root.join(".caravan/trash")])
+                .unwrap_err();
+        assert_eq!(path, root.join(".caravan/trash"));
+        assert!(crate::beneath::is_refused_link(&e), "{e}");
+        assert!(outside.join("canary").exists());
     }
 }

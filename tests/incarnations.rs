@@ -4,7 +4,6 @@
 
 mod util;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -158,48 +157,15 @@ fn a_second_daemon_with_a_live_nodes_name_refuses_to_start() {
     let other = s.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let started = Instant::now();
-    let mut second = Command::new(util::caravan_bin())
-        .arg("daemon")
-        .arg("--root")
-        .arg(&root)
-        .arg("--node")
-        .arg("h3")
-        .arg("--state-dir")
-        .arg(other.join("state"))
-        .arg("--socket")
-        .arg(other.join("h3.sock"))
-        .arg("--spec-dir")
-        .arg(other.join("spec"))
-        .arg("--config")
-        .arg("/dev/null")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // It must exit on its own; one still running after 10 s is serving.
-    while second.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!(
-                "a second daemon named h3 is still running after 10 s (serving: {})",
-                other.join("h3.sock").exists()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "a duplicate must not serve: {stderr}"
-    );
+    let (status, stderr) =
+        util::daemon_that_must_exit(&other, &root, "h3", "a second daemon named h3");
+    assert!(!status.success(), "a duplicate must not serve: {stderr}");
     assert!(
         stderr.contains("node name \"h3\"") && stderr.contains("--node"),
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(!other.join("h3.sock").exists(), "it never served");
+    assert!(!other.join("sock").exists(), "it never served");
     // The first one is untouched.
     first.ok("VolumeDriver.Create", r#"{"Name":"ok","Opts":{}}"#);
     first.kill9();

@@ -468,37 +468,10 @@ impl Exclusive {
 /// within 10 s, without serving.
 fn assert_duplicate_refused(s: &Scratch, root: &std::path::Path, node: &str) {
     let dir = s.path().join(format!("duplicate-{node}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = std::process::Command::new(util::caravan_bin())
-        .arg("daemon")
-        .arg("--root")
-        .arg(root)
-        .arg("--node")
-        .arg(node)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("sock"))
-        .arg("--spec-dir")
-        .arg(dir.join("spec"))
-        .arg("--config")
-        .arg("/dev/null")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("a second daemon named {node} ran for 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, err) =
+        util::daemon_that_must_exit(&dir, root, node, "a second daemon with a live name");
     assert!(
-        !out.status.success() && err.contains(&format!("node name \"{node}\"")),
+        !status.success() && err.contains(&format!("node name \"{node}\"")),
         "{err}"
     );
 }

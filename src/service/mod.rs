@@ -214,10 +214,13 @@ impl Service {
             }
         }
         if !self.is_bound(name) {
-            let source = self.shared().data_dir(name);
+            let (shared, volume) = (self.shared().clone(), name.to_string());
             let t = target.clone();
             if let Err(e) = self
-                .blocking("bind-mounting", move || mounts::bind(&source, &t))
+                .blocking("bind-mounting", move || {
+                    let folder = shared.open_data_dir(&volume)?;
+                    mounts::bind(&folder, &shared.data_dir(&volume), &t)
+                })
                 .await
             {
                 // Take the count back so the cluster does not believe this node uses it.
@@ -683,11 +686,11 @@ impl Service {
                 return Some(*u);
             }
         }
-        let dir = self.shared().data_dir(name);
+        let (shared, volume) = (self.shared().clone(), name.to_string());
         // A Get must answer even when the export does not: give up on the figure soon.
         let u = self
             .blocking_within("measuring usage", USAGE_BUDGET * 5, move || {
-                Ok(disk_usage(&dir, USAGE_BUDGET))
+                Ok(disk_usage(shared.open_data_dir(&volume)?, USAGE_BUDGET))
             })
             .await
             .ok()?;

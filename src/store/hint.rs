@@ -44,7 +44,8 @@ impl HintWriter {
             .create(true)
             .truncate(false)
             .mode(0o644)
-            .custom_flags(nix::libc::O_DSYNC)
+            // Never through a link another machine planted here (it would be truncated).
+            .custom_flags(nix::libc::O_DSYNC | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(layout.at(&path))
             .ctx(|| format!("opening {}", path.display()))?;
         let mut text = [0u8; WIDTH + 2];
@@ -90,7 +91,17 @@ impl HintWriter {
 /// Reads the hint. A missing or empty file reads as 0 (a root that never committed, or
 /// a file being created this instant): readers then reload, which is always safe.
 pub(super) fn read(path: &Path) -> Result<u64> {
-    match std::fs::read_to_string(path) {
+    use std::io::Read;
+    // A regular file of a few bytes, not followed through a link, never read whole.
+    let text = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|f| {
+            let mut s = String::new();
+            f.take(64).read_to_string(&mut s).map(|_| s)
+        });
+    match text {
         Ok(s) if s.trim().is_empty() => Ok(0),
         Ok(s) => s.trim().parse().map_err(|_| {
             Error::Store(format!(
@@ -115,7 +126,7 @@ mod tests {
         layout.init().unwrap();
         let path = layout.generation_file();
         std::fs::write(&path, "123456789012345678901234567890\n").unwrap();
-        let mut w = HintWriter::open(&layout.pinned()).unwrap();
+        let mut w = HintWriter::open(&layout.pinned().unwrap()).unwrap();
         w.write(7).unwrap();
         assert_eq!(read(&path).unwrap(), 7);
         w.write(u64::MAX).unwrap();

@@ -16,8 +16,13 @@ pub(super) fn start_janitor(layout: SharedLayout) -> Option<std::sync::mpsc::Sen
     let spawned = std::thread::Builder::new()
         .name("caravan-janitor".into())
         .spawn(move || {
-            if let Err(e) = layout.pinned().empty_trash() {
-                tracing::warn!("emptying the trash: {e}");
+            match layout.pinned() {
+                Ok(pinned) => {
+                    if let Err(e) = pinned.empty_trash() {
+                        tracing::warn!("emptying the trash: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("not emptying the trash: {e}"),
             }
             Janitor::default().run(&layout, &trashed);
         });
@@ -55,9 +60,22 @@ impl Janitor {
     fn run(mut self, layout: &SharedLayout, trashed: &std::sync::mpsc::Receiver<Vec<PathBuf>>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
-            if self.due() {
-                // One round of deletions reaches the trash through one open handle.
-                let round = layout.pinned();
+            // One round of deletions reaches the trash through one open handle, opened
+            // without following links: a trash replaced by a link is never emptied.
+            let round = match self.due().then(|| layout.pinned()) {
+                Some(Err(e)) => {
+                    tracing::error!("not emptying the trash: {e}");
+                    match trashed.recv_timeout(JANITOR_IDLE) {
+                        Ok(paths) => self.arrived(paths),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    continue;
+                }
+                Some(Ok(round)) => Some(round),
+                None => None,
+            };
+            if let Some(round) = round {
                 while self.due() {
                     let (_, path) = self.backlog.pop_front().expect("due implies an entry");
                     if let Err(e) = round.remove_tree(&path) {

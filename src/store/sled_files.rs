@@ -29,6 +29,7 @@ pub(super) fn read_generation(db: &sled::Db) -> Result<u64> {
 /// Opens sled, retrying while the previous holder's file lock is still being released
 /// (sled's background threads, or a network filesystem releasing locks asynchronously).
 pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled::Db, sled::Tree)> {
+    refuse_planted_files(layout)?;
     let mut backoff = Duration::from_millis(1);
     let mut repaired = false;
     loop {
@@ -73,6 +74,32 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
     }
 }
 
+/// sled opens its own files by path and follows links: before it does, every entry of its
+/// folder must be a regular file (or its `blobs` folder). A link, FIFO or device there was
+/// planted by another machine; sled would write through it.
+fn refuse_planted_files(layout: &SharedLayout) -> Result<()> {
+    let meta = layout.meta_dir();
+    let entries = match fs::read_dir(layout.at(&meta)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", meta.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
+        let blobs = entry.file_name() == "blobs" && ft.is_dir();
+        if !(ft.is_file() || blobs) {
+            return Err(Error::invalid(format!(
+                "{} is not a regular file (a symlink, or another kind of file put there by another machine?); refusing to open the metadata through it: remove it",
+                meta.join(entry.file_name()).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// sled 0.34 writes a snapshot while it opens (`snap.<lsn>.generating`, then a rename),
 /// but when it looks for the latest snapshot it does not skip `.generating` files. A kill
 /// during that write leaves a partial file that makes every later open fail with
@@ -115,7 +142,11 @@ impl LogFile {
     pub(super) fn open(layout: &SharedLayout) -> Result<LogFile> {
         let meta = layout.meta_dir();
         let meta_at = layout.at(&meta).into_owned();
-        let db = fs::File::open(meta_at.join("db"))
+        use std::os::unix::fs::OpenOptionsExt;
+        let db = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(meta_at.join("db"))
             .map_err(|e| Error::io(format!("opening {}", meta.join("db").display()), e))?;
         Ok(LogFile { meta, meta_at, db })
     }

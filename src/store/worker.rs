@@ -108,7 +108,14 @@ impl Worker {
                     .begin_internal("taking the cluster lock and committing");
                 // The hold's file work reaches the root's folders through open handles
                 // (see crate::pinned), closed when the hold ends.
-                let pinned = self.layout.pinned();
+                let pinned = match self.layout.pinned() {
+                    Ok(pinned) => pinned,
+                    Err(e) => {
+                        self.health.failed(&e);
+                        send_all(fail_all(batch, &e));
+                        continue;
+                    }
+                };
                 let unpinned = std::mem::replace(&mut self.layout, pinned);
                 // sled unwraps I/O errors in places (its log writer, on drop): on a broken
                 // export it panics. The hold is the boundary: its handles are thrown away

@@ -418,3 +418,42 @@ pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Starts `caravan daemon` on `root` as `node`, with folders of its own under `dir`, and
+/// waits (at most 10 s) for it to exit, as a daemon that must refuse to start does;
+/// returns its exit status and stderr. Panics, naming `why`, if it is still running then.
+pub fn daemon_that_must_exit(
+    dir: &Path,
+    root: &Path,
+    node: &str,
+    why: &str,
+) -> (std::process::ExitStatus, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut child = Command::new(caravan_bin())
+        .args(["daemon", "--config", "/dev/null", "--node", node, "--root"])
+        .arg(root)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .arg("--spec-dir")
+        .arg(dir.join("spec"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}: the daemon was still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

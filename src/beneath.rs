@@ -1,0 +1,196 @@
+//! Opening paths under the shared root without ever following a symlink.
+//!
+//! Other machines can write the export, and caravan runs as root: a symlink planted at
+//! `.caravan/trash`, `volumes/<name>` or a temporary name would otherwise turn a delete,
+//! a chmod, a write or a bind mount into one on this host's own files. So a path under
+//! the root is opened relative to a directory handle with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (the kernel refuses any
+//! link, `..` escape or absolute component), or, on kernels without `openat2` (before
+//! 5.6), one component at a time with `O_NOFOLLOW`. The root itself is the operator's
+//! configured path and is opened as given.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+/// Opens `rel` (relative, without `..`) below the directory `dir` with `flags` (plus
+/// `O_CLOEXEC`), refusing every symlink on the way and at the end. A link anywhere fails
+/// with `ELOOP` (or `EXDEV`/`ENOTDIR`), never followed.
+pub fn open(dir: impl AsFd, rel: &Path, flags: OFlag, mode: Mode) -> std::io::Result<File> {
+    check_relative(rel)?;
+    let flags = flags | OFlag::O_CLOEXEC;
+    let how = OpenHow::new().flags(flags).mode(mode).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    let fd = match openat2(dir.as_fd(), rel, how) {
+        Err(Errno::ENOSYS) => by_components(dir, rel, flags, mode)?,
+        r => r.map_err(std::io::Error::from)?,
+    };
+    Ok(File::from(fd))
+}
+
+/// Opens a directory `rel` below `dir` as an `O_PATH` handle (for `/proc/self/fd` paths,
+/// `fchown`-style calls through them, and bind mounts).
+pub fn open_dir(dir: impl AsFd, rel: &Path) -> std::io::Result<File> {
+    open(dir, rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+}
+
+/// Opens the root (a configured, trusted path) as a directory handle.
+pub fn open_root(root: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
+        .open(root)
+}
+
+/// The path through `/proc/self/fd` that reaches an open file from this process.
+pub fn proc_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+fn check_relative(rel: &Path) -> std::io::Result<()> {
+    let ok =
+        rel.components().count() > 0 && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a plain relative path", rel.display()),
+        ))
+    }
+}
+
+/// The fallback without `openat2`: each directory with `O_NOFOLLOW | O_DIRECTORY`, the last
+/// component with `O_NOFOLLOW` (and, for an `O_PATH` open, which would open a link itself,
+/// a check that it is not one).
+fn by_components(dir: impl AsFd, rel: &Path, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let parts: Vec<_> = rel.components().collect();
+    let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
+    let mut current: Option<OwnedFd> = None;
+    for part in dirs {
+        let next = {
+            let at = current
+                .as_ref()
+                .map(|f| f.as_fd())
+                .unwrap_or_else(|| dir.as_fd());
+            openat(
+                at,
+                part.as_os_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?
+        };
+        current = Some(next);
+    }
+    let at = current
+        .as_ref()
+        .map(|f| f.as_fd())
+        .unwrap_or_else(|| dir.as_fd());
+    let fd = openat(at, last.as_os_str(), flags | OFlag::O_NOFOLLOW, mode)?;
+    if flags.contains(OFlag::O_PATH) {
+        let file = File::from(fd);
+        let is_link = file
+            .metadata()
+            .map(|m| m.file_type().is_symlink())
+            .map_err(|_| Errno::EIO)?;
+        if is_link {
+            return Err(Errno::ELOOP);
+        }
+        return Ok(OwnedFd::from(file));
+    }
+    Ok(fd)
+}
+
+/// The error for opening `path` (shown as is) below the root: a link in the way is named
+/// as one, with what to do; anything else is an I/O error.
+pub fn refused_or_io(path: &Path, e: std::io::Error) -> crate::Error {
+    if is_refused_link(&e) {
+        crate::Error::invalid(format!(
+            "{} is not a plain directory (a symlink, or another kind of file put there by another machine?); caravan never works through links on the export: replace it with a directory",
+            path.display()
+        ))
+    } else {
+        crate::Error::io(format!("opening {}", path.display()), e)
+    }
+}
+
+/// Whether `e` means "a link (or another kind of file) was in the way": the export was
+/// tampered with, as opposed to a missing file or an I/O error.
+pub fn is_refused_link(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ELOOP) | Some(nix::libc::EXDEV) | Some(nix::libc::ENOTDIR)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree() -> (tempfile::TempDir, File, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), b"inside").unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("canary"), b"host file").unwrap();
+        let fd = open_root(&root).unwrap();
+        (d, fd, outside)
+    }
+
+    #[test]
+    fn plain_paths_open_and_links_anywhere_are_refused() {
+        let (d, root, outside) = tree();
+        let f = open(&root, Path::new("a/b/f"), OFlag::O_RDONLY, Mode::empty()).unwrap();
+        assert_eq!(fs::read(proc_path(&f)).unwrap(), b"inside");
+        assert!(open_dir(&root, Path::new("a/b")).is_ok());
+        let r = d.path().join("root");
+        // A link as a middle component, as the last one, and to a file.
+        std::os::unix::fs::symlink(&outside, r.join("a/mid")).unwrap();
+        std::os::unix::fs::symlink(outside.join("canary"), r.join("a/last")).unwrap();
+        for rel in ["a/mid/canary", "a/mid", "a/last"] {
+            let e = open(&root, Path::new(rel), OFlag::O_RDONLY, Mode::empty()).unwrap_err();
+            assert!(is_refused_link(&e), "{rel}: {e}");
+            let e = open_dir(&root, Path::new(rel)).unwrap_err();
+            assert!(is_refused_link(&e), "{rel}: {e}");
+        }
+        for bad in ["../outside/canary", "/etc/passwd", "a/../a/b/f", ""] {
+            assert!(
+                open(&root, Path::new(bad), OFlag::O_RDONLY, Mode::empty()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fallback_without_openat2_refuses_links_too() {
+        let (d, root, outside) = tree();
+        let r = d.path().join("root");
+        std::os::unix::fs::symlink(&outside, r.join("a/mid")).unwrap();
+        let f = by_components(&root, Path::new("a/b/f"), OFlag::O_RDONLY, Mode::empty());
+        assert!(f.is_ok());
+        for rel in ["a/mid/canary", "a/mid"] {
+            for flags in [
+                OFlag::O_RDONLY,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                OFlag::O_PATH,
+            ] {
+                assert!(
+                    by_components(&root, Path::new(rel), flags, Mode::empty()).is_err(),
+                    "{rel} {flags:?}"
+                );
+            }
+        }
+    }
+}

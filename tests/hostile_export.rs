@@ -1,0 +1,154 @@
+//! The export is hostile input: another machine can plant links where caravan works. Each
+//! test plants links to canary files and folders outside the root and checks that the
+//! daemon, running as root, never deletes, overwrites, chmods or mounts them (issue 12's
+//! defects 1 to 4).
+
+mod util;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use util::{require_root, Daemon, Scratch};
+
+/// A canary folder outside the root with a file and a subfolder in it.
+fn canary_tree(s: &Scratch) -> std::path::PathBuf {
+    let c = s.path().join("canary");
+    fs::create_dir_all(c.join("sub")).unwrap();
+    fs::write(c.join("file"), "host data").unwrap();
+    fs::write(c.join("sub/file"), "host data").unwrap();
+    c
+}
+
+fn assert_canary_intact(c: &Path) {
+    assert_eq!(fs::read_to_string(c.join("file")).unwrap(), "host data");
+    assert_eq!(fs::read_to_string(c.join("sub/file")).unwrap(), "host data");
+}
+
+/// Defect 1: a trash replaced by a link to a host folder is never emptied; removes are
+/// refused with a message naming it, and the host folder survives.
+#[test]
+fn a_trash_replaced_by_a_link_is_never_emptied() {
+    if !require_root("a_trash_replaced_by_a_link_is_never_emptied") {
+        return;
+    }
+    let s = Scratch::new();
+    let canary = canary_tree(&s);
+    let root = s.path().join("root");
+    let mut d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    assert!(d.stop().success());
+    let trash = root.join(".caravan/trash");
+    fs::remove_dir(&trash).unwrap();
+    std::os::unix::fs::symlink(&canary, &trash).unwrap();
+    // A start refuses the root, naming the link.
+    let (status, err) = util::daemon_that_must_exit(
+        &s.path().join("second"),
+        &root,
+        "a",
+        "a start on a root whose trash is a link",
+    );
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(".caravan/trash") && err.contains("symlink"),
+        "{err}"
+    );
+    assert_canary_intact(&canary);
+    // Planted under a running daemon: removes fail, naming it; nothing is deleted.
+    fs::remove_file(&trash).unwrap();
+    fs::create_dir(&trash).unwrap();
+    d.spawn();
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol2","Opts":{}}"#);
+    fs::remove_dir(&trash).unwrap();
+    std::os::unix::fs::symlink(&canary, &trash).unwrap();
+    util::eventually(Duration::from_secs(5), "removes to be refused", || {
+        let v = d.plugin("VolumeDriver.Remove", r#"{"Name":"vol2"}"#);
+        v["Err"].as_str().unwrap_or("").contains("symlink")
+    });
+    assert_canary_intact(&canary);
+    assert!(
+        root.join("volumes/vol2/data").is_dir(),
+        "the volume's data stays"
+    );
+}
+
+/// Defect 3: a volume folder replaced by a link to a host folder is not mounted, not
+/// created through, and not chmod-ed or written into.
+#[test]
+fn a_volume_folder_replaced_by_a_link_is_refused() {
+    if !require_root("a_volume_folder_replaced_by_a_link_is_refused") {
+        return;
+    }
+    let s = Scratch::new();
+    let canary = canary_tree(&s);
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    let vdir = root.join("volumes/vol");
+    fs::remove_dir_all(&vdir).unwrap();
+    fs::create_dir(canary.join("data")).unwrap();
+    std::os::unix::fs::symlink(&canary, &vdir).unwrap();
+    let err = d.err("VolumeDriver.Mount", r#"{"Name":"vol","ID":"m1"}"#);
+    assert!(err.contains("never works through links"), "{err}");
+    assert!(!util::is_mountpoint(&d.mountpoint("vol")));
+    // A create of a new name whose folder another machine made a link first.
+    std::os::unix::fs::symlink(&canary, root.join("volumes/planted")).unwrap();
+    let before = fs::metadata(&canary).unwrap().permissions();
+    let err = d.err(
+        "VolumeDriver.Create",
+        r#"{"Name":"planted","Opts":{"mode":"0777","uid":"1234"}}"#,
+    );
+    assert!(err.contains("never works through links"), "{err}");
+    assert!(
+        !canary.join("volume.json").exists(),
+        "no record written outside"
+    );
+    assert_eq!(fs::metadata(&canary).unwrap().permissions(), before);
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(fs::metadata(canary.join("data")).unwrap().uid(), 1234);
+    assert_canary_intact(&canary);
+}
+
+/// Defects 2 and 4: temporary names and the generation file planted as links to a host
+/// file: the host file is never overwritten or truncated.
+#[test]
+fn planted_temporary_names_and_a_linked_generation_file_overwrite_nothing() {
+    if !require_root("planted_temporary_names_and_a_linked_generation_file_overwrite_nothing") {
+        return;
+    }
+    let s = Scratch::new();
+    let canary = canary_tree(&s);
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    // The old predictable names, for the next writes of this daemon.
+    let pid = d.pid();
+    for n in 0..200 {
+        for f in [
+            format!(".caravan/nodes/a.tmp.{pid}.{n}"),
+            format!("volumes/vol.tmp.{pid}.{n}"),
+        ] {
+            let _ = std::os::unix::fs::symlink(canary.join("file"), root.join(f));
+        }
+    }
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    // Heartbeats keep being written (two more rounds), the host file is untouched.
+    let seq = || -> u64 {
+        fs::read(root.join(".caravan/nodes/a.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0)
+    };
+    let first = seq();
+    util::eventually(Duration::from_secs(10), "two more heartbeats", || {
+        seq() >= first + 2
+    });
+    assert_canary_intact(&canary);
+    let generation = root.join(".caravan/generation");
+    fs::remove_file(&generation).unwrap();
+    std::os::unix::fs::symlink(canary.join("file"), &generation).unwrap();
+    let err = d.err("VolumeDriver.Create", r#"{"Name":"other","Opts":{}}"#);
+    assert!(!err.is_empty());
+    assert_canary_intact(&canary);
+}
