@@ -29,7 +29,8 @@ pub fn open(dir: impl AsFd, rel: &Path, flags: OFlag, mode: Mode) -> std::io::Re
             | ResolveFlag::RESOLVE_NO_MAGICLINKS,
     );
     let fd = match openat2(dir.as_fd(), rel, how) {
-        Err(Errno::ENOSYS) => by_components(dir, rel, flags, mode)?,
+        // Without openat2 (before Linux 5.6), or with it filtered out by a seccomp policy.
+        Err(Errno::ENOSYS | Errno::EPERM) => by_components(dir, rel, flags, mode)?,
         r => r.map_err(std::io::Error::from)?,
     };
     Ok(File::from(fd))

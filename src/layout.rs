@@ -57,9 +57,21 @@ impl SharedLayout {
             self.meta_dir(),
             self.trash_dir(),
             self.volumes_dir(),
+            self.archive_dir(),
         ];
-        let pins = PinnedDirs::open(&self.root, &dirs)
-            .map_err(|(path, e)| crate::beneath::refused_or_io(&path, e))?;
+        let pins = PinnedDirs::open(&self.root, &dirs).map_err(|(path, e)| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::io(
+                    format!(
+                        "opening {} (deleted by hand? restarting the daemon creates it again)",
+                        path.display()
+                    ),
+                    e,
+                )
+            } else {
+                crate::beneath::refused_or_io(&path, e)
+            }
+        })?;
         Ok(SharedLayout {
             root: self.root.clone(),
             pins: Some(Arc::new(pins)),
@@ -108,33 +120,24 @@ impl SharedLayout {
         self.volume_dir(name).join("volume.json")
     }
 
-    /// Opens `rel` (under the root) as a directory handle without following any link:
-    /// `O_PATH` by default, readable with `readable` (for `fchmod`/`fchown`, listing).
-    /// A link or another kind of file in the way is refused, naming the path.
-    fn open_dir_beneath(&self, rel: &str, readable: bool) -> Result<File> {
-        use nix::fcntl::OFlag;
+    /// Opens `rel` (under the root) as an `O_PATH` directory handle without following any
+    /// link. A link or another kind of file in the way is refused, naming the path.
+    fn open_dir_beneath(&self, rel: &str) -> Result<File> {
         let shown = self.root.join(rel);
-        let flags = if readable {
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY
-        } else {
-            OFlag::O_PATH | OFlag::O_DIRECTORY
-        };
         crate::beneath::open_root(&self.root)
-            .and_then(|root| {
-                crate::beneath::open(root, Path::new(rel), flags, nix::sys::stat::Mode::empty())
-            })
+            .and_then(|root| crate::beneath::open_dir(root, Path::new(rel)))
             .map_err(|e| crate::beneath::refused_or_io(&shown, e))
     }
 
     /// A volume's folder, `volumes/<name>`, opened without following links.
     pub fn open_volume_dir(&self, name: &str) -> Result<File> {
-        self.open_dir_beneath(&format!("volumes/{name}"), false)
+        self.open_dir_beneath(&format!("volumes/{name}"))
     }
 
     /// A volume's data folder, `volumes/<name>/data`, opened without following links (what
     /// a bind mount and the usage walk start from).
     pub fn open_data_dir(&self, name: &str) -> Result<File> {
-        self.open_dir_beneath(&format!("volumes/{name}/data"), true)
+        self.open_dir_beneath(&format!("volumes/{name}/data"))
     }
 
     /// Creates the control folders if this is a new root. The root itself must exist: it is
@@ -152,8 +155,12 @@ impl SharedLayout {
                 self.root.display()
             )));
         }
+        // What is already there may have been put there by another machine: checked
+        // before anything is created through it, and again after.
+        self.refuse_linked_control_dirs()?;
         for (dir, mode) in [
             (self.control_dir(), 0o700),
+            (self.meta_dir(), 0o700),
             (self.trash_dir(), 0o700),
             (self.nodes_dir(), 0o700),
             (self.volumes_dir(), 0o711),
@@ -165,8 +172,11 @@ impl SharedLayout {
                 .create(&dir)
                 .ctx(|| format!("creating {} (is the shared root writable?)", dir.display()))?;
         }
-        // What was already there may have been put there by another machine: every
-        // control folder must be a plain directory, reached without a link.
+        self.refuse_linked_control_dirs()
+    }
+
+    /// Every control folder that exists must be a plain directory, reached without a link.
+    fn refuse_linked_control_dirs(&self) -> Result<()> {
         let root = crate::beneath::open_root(&self.root)
             .ctx(|| format!("opening {}", self.root.display()))?;
         for dir in [
@@ -211,19 +221,16 @@ impl SharedLayout {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
             Err(e) => return Err(Error::io(format!("creating {}", data.display()), e)),
         };
-        let data_handle = crate::beneath::open(
-            &vdir_handle,
-            Path::new("data"),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ELOOP) | Some(nix::libc::ENOTDIR) => Error::invalid(format!(
+        let data_handle =
+            crate::beneath::open_dir(&vdir_handle, Path::new("data")).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(nix::libc::ELOOP) | Some(nix::libc::ENOTDIR) => Error::invalid(format!(
                 "{} exists and is not a directory; move it away and create the volume again",
                 data.display()
             )),
-            _ => Error::io(format!("opening {}", data.display()), e),
-        })?;
+                    _ => Error::io(format!("opening {}", data.display()), e),
+                }
+            })?;
         apply_ownership(&data, &data_handle, &record.options)?;
         let path = self.record_file(&record.name);
         let path_at = inside.join("volume.json");
@@ -411,10 +418,12 @@ fn write_new_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Owner and mode of a volume's data folder, set on its open handle (never by path).
+/// Owner and mode of a volume's data folder, set on its open (`O_PATH`) handle through
+/// `/proc/self/fd`, which reaches that very folder: never by a path on the export.
 fn apply_ownership(dir: &Path, handle: &File, o: &VolumeOptions) -> Result<()> {
+    let at = crate::beneath::proc_path(handle);
     if o.uid.is_some() || o.gid.is_some() {
-        std::os::unix::fs::fchown(handle, o.uid, o.gid).ctx(|| {
+        std::os::unix::fs::chown(&at, o.uid, o.gid).ctx(|| {
             format!(
                 "setting the owner of {} (is the export squashing root?)",
                 dir.display()
@@ -422,8 +431,7 @@ fn apply_ownership(dir: &Path, handle: &File, o: &VolumeOptions) -> Result<()> {
         })?;
     }
     if let Some(mode) = o.mode {
-        handle
-            .set_permissions(fs::Permissions::from_mode(mode))
+        fs::set_permissions(&at, fs::Permissions::from_mode(mode))
             .ctx(|| format!("setting the mode of {}", dir.display()))?;
     }
     Ok(())
@@ -454,7 +462,7 @@ fn write_via_rename(path: &Path, at: &Path, content: &[u8], durable: bool) -> Re
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(0o644)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&tmp)?;
         f.write_all(content)?;
@@ -490,9 +498,12 @@ pub fn disk_usage(top: File, budget: Duration) -> Usage {
         files: 0,
         complete: true,
     };
-    let mut stack: Vec<(std::rc::Rc<File>, Option<std::ffi::OsString>)> =
-        vec![(std::rc::Rc::new(top), None)];
-    while let Some((parent, name)) = stack.pop() {
+    // Each level pending holds its parent's handle: bounded, so that a deep tree made in
+    // a volume cannot use up the daemon's file descriptors.
+    const MAX_DEPTH: usize = 256;
+    let mut stack: Vec<(std::rc::Rc<File>, Option<std::ffi::OsString>, usize)> =
+        vec![(std::rc::Rc::new(top), None, 0)];
+    while let Some((parent, name, depth)) = stack.pop() {
         let dir = match name {
             None => parent,
             Some(name) => match crate::beneath::open_dir(&*parent, Path::new(&name)) {
@@ -513,7 +524,11 @@ pub fn disk_usage(top: File, budget: Duration) -> Usage {
             usage.bytes = usage.bytes.saturating_add(m.blocks().saturating_mul(512));
             usage.files += 1;
             if m.is_dir() {
-                stack.push((dir.clone(), Some(entry.file_name())));
+                if depth + 1 >= MAX_DEPTH {
+                    usage.complete = false;
+                } else {
+                    stack.push((dir.clone(), Some(entry.file_name()), depth + 1));
+                }
             }
         }
     }
@@ -605,11 +620,14 @@ mod tests {
             .create_volume(&VolumeRecord::new("web", "a", VolumeOptions::default()))
             .unwrap();
         fs::remove_dir(layout.trash_dir()).unwrap();
-        let err = layout
-            .pinned()
-            .unwrap()
-            .trash_volume("web", "1")
-            .unwrap_err();
+        // A hold refuses to start without it (nothing then works under its name) ...
+        let err = layout.pinned().unwrap_err();
+        assert!(
+            err.to_string().contains("restarting the daemon creates it"),
+            "{err}"
+        );
+        // ... and a move by path says what is missing.
+        let err = layout.trash_volume("web", "1").unwrap_err();
         assert!(err.to_string().contains("missing?"), "{err}");
         assert!(layout.data_dir("web").is_dir());
         assert_eq!(layout.trash_volume("gone", "1").unwrap(), None);

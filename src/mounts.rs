@@ -48,7 +48,13 @@ pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
         .mount(&from, target)
         .map(drop)
         .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))?;
-    let mounted = fs::metadata(target).ctx(|| format!("inspecting {}", target.display()))?;
+    let mounted = match fs::metadata(target) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = unbind(target);
+            return Err(Error::io(format!("inspecting {}", target.display()), e));
+        }
+    };
     if (mounted.dev(), mounted.ino()) != (meta.dev(), meta.ino()) {
         let _ = unbind(target);
         return Err(Error::invalid(format!(

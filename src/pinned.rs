@@ -43,10 +43,8 @@ struct Pin {
 
 impl PinnedDirs {
     /// Opens `root` (the configured path, as given) and `dirs` below it, each without
-    /// following a symlink anywhere under the root. A directory that does not exist is
-    /// left out (calls under it use its real path and report their own errors); one that
-    /// is a link, or cannot be opened, is an error naming it. Without `/proc` nothing is
-    /// pinned.
+    /// following a symlink anywhere under the root. One that is a link, is missing, or
+    /// cannot be opened is an error naming it. Without `/proc` nothing is pinned.
     pub fn open<P: AsRef<Path>>(
         root: &Path,
         dirs: &[P],
@@ -67,7 +65,8 @@ impl PinnedDirs {
                     via: fd_path(&file),
                     _dir: file,
                 }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Missing is refused too: calls under it would go through its parent's
+                // handle by name, and another machine could put a link there meanwhile.
                 Err(e) => return Err((real.to_path_buf(), e)),
             }
         }
@@ -136,12 +135,10 @@ mod tests {
         fs::create_dir_all(&b).unwrap();
         fs::write(b.join("f"), b"x").unwrap();
         let missing = root.path().join("missing");
-        let pins = PinnedDirs::open(root.path(), &[&a, &b, &missing]).unwrap();
-        assert_eq!(
-            pins.len(),
-            3,
-            "the root, a and b; a missing folder is left out"
-        );
+        let (path, _) = PinnedDirs::open(root.path(), &[&a, &b, &missing]).unwrap_err();
+        assert_eq!(path, missing, "a missing folder is refused");
+        let pins = PinnedDirs::open(root.path(), &[&a, &b]).unwrap();
+        assert_eq!(pins.len(), 3, "the root, a and b");
 
         let f = b.join("f");
         let via = pins.at(&f);

@@ -7,6 +7,7 @@
 //! (`nolock`, `local_lock=`), and a plain local filesystem (a warning: fine on one host,
 //! but volumes are not shared).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,15 @@ pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<R
     };
     layout.init().map_err(|e| explain_write_error(root, e))?;
     let probe = layout.nodes_dir().join(format!(".probe-{node}"));
-    std::fs::write(&probe, b"caravan write check\n")
+    // Never through a link another machine planted at the name: O_EXCL | O_NOFOLLOW.
+    let _ = std::fs::remove_file(&probe);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"caravan write check\n"))
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| {
             explain_write_error(root, Error::io(format!("writing {}", probe.display()), e))

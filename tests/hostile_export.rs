@@ -152,3 +152,19 @@ fn planted_temporary_names_and_a_linked_generation_file_overwrite_nothing() {
     assert!(!err.is_empty());
     assert_canary_intact(&canary);
 }
+
+/// The start-up write check never writes through a link planted at its name.
+#[test]
+fn the_start_up_write_check_never_writes_through_a_planted_link() {
+    if !require_root("the_start_up_write_check_never_writes_through_a_planted_link") {
+        return;
+    }
+    let s = Scratch::new();
+    let canary = canary_tree(&s);
+    let root = s.path().join("root");
+    fs::create_dir_all(root.join(".caravan/nodes")).unwrap();
+    std::os::unix::fs::symlink(canary.join("file"), root.join(".caravan/nodes/.probe-a")).unwrap();
+    let d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    assert_canary_intact(&canary);
+}

@@ -213,7 +213,10 @@ fn a_remove_whose_data_cannot_move_fails_and_keeps_the_volume() {
     let trash = root.join(".caravan/trash");
     std::fs::remove_dir(&trash).unwrap();
     let err = a.err("VolumeDriver.Remove", r#"{"Name":"vol"}"#);
-    assert!(err.contains("the volume is kept"), "{err}");
+    assert!(
+        err.contains("the volume is kept") || err.contains("restarting the daemon creates it"),
+        "{err}"
+    );
     let listed: Value = a.ok("VolumeDriver.List", "");
     assert!(listed.to_string().contains("\"vol\""), "{listed}");
     assert!(root.join("volumes/vol/data/keep").exists());

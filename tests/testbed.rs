@@ -801,9 +801,15 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
         "partition: host 3 dropped pv {:.1} s after the link came back",
         back.elapsed().as_secs_f64()
     );
+    let log = h3.log_text();
     assert!(
-        h3.log_text().contains("lost the exclusive volume"),
-        "it says so"
+        log.lines()
+            .any(|l| l.contains("unmounting it here") && l.contains("pv")),
+        "host 3 says why it unmounted pv:\n{}",
+        log.lines()
+            .filter(|l| l.contains("pv") || l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     util::eventually(
         Duration::from_secs(60),
