@@ -26,6 +26,10 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 pub struct PendingUnmount {
     pub name: String,
     pub id: String,
+    /// Taking back a Mount whose outcome was uncertain (not an Unmount dockerd sent): a
+    /// later Mount of the same ID that succeeds cancels it (see [`PendingUnmounts::cancel_take_backs`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub take_back: bool,
 }
 
 /// The recorded unmounts and their file.
@@ -90,6 +94,24 @@ impl PendingUnmounts {
         self.persist(&set)
     }
 
+    /// A Mount of (`name`, `id`) just succeeded: take-backs of earlier attempts with that
+    /// ID must not run after it. dockerd retries a failed Mount with the same ID; a
+    /// take-back applied after the retry succeeded could remove the retry's count (when
+    /// the earlier attempt never landed) and leave a live mount uncounted, which a remove
+    /// elsewhere would then delete. Cancelled, the worst case is one extra count (the
+    /// earlier attempt did land), which keeps the volume from removal but loses nothing.
+    pub fn cancel_take_backs(&self, name: &str, id: &str) {
+        let mut set = self.set();
+        let before = set.len();
+        set.retain(|p| !(p.take_back && p.name == name && p.id == id));
+        if set.len() != before {
+            tracing::info!(volume = %name, id, "a Mount with this ID succeeded: the take-back of an earlier attempt is cancelled");
+            if let Err(e) = self.persist(&set) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
     pub fn remove(&self, p: &PendingUnmount) {
         let mut set = self.set();
         if set.remove(p) {
@@ -137,12 +159,26 @@ mod tests {
         let one = PendingUnmount {
             name: "web".into(),
             id: "abc".into(),
+            take_back: false,
         };
         p.add(one.clone()).unwrap();
         let again = PendingUnmounts::load(file.clone());
         assert_eq!(again.list(), vec![one.clone()]);
         again.remove(&one);
         assert!(PendingUnmounts::load(file.clone()).list().is_empty());
+        // A take-back is cancelled by a later successful Mount of its ID; an Unmount is not.
+        let back = PendingUnmount {
+            take_back: true,
+            ..one.clone()
+        };
+        again.add(back.clone()).unwrap();
+        again.add(one.clone()).unwrap();
+        again.cancel_take_backs("web", "abc");
+        assert_eq!(
+            PendingUnmounts::load(file.clone()).list(),
+            vec![one.clone()]
+        );
+        again.remove(&one);
         std::fs::write(
             &file,
             r#"[{"name":"../x","id":"a"},{"name":"ok","id":"b"}]"#,

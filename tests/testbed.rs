@@ -819,8 +819,34 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
             v["Err"].as_str().is_some_and(str::is_empty)
         },
     );
-    let err = h3.err("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c3c"}"#);
-    assert!(err.contains("held by node p2"), "{err}");
+    let v = h3.plugin("VolumeDriver.Mount", r#"{"Name":"pv","ID":"c3c"}"#);
+    let err = v["Err"].as_str().unwrap_or("").to_string();
+    let events = |d: &util::Daemon| {
+        d.log_text()
+            .lines()
+            .filter(|l| {
+                [
+                    "exclusive",
+                    "judged",
+                    "taken",
+                    "lost",
+                    "re-valid",
+                    "cut off",
+                    "sled",
+                    "alive",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        err.contains("held by node p2"),
+        "host 3 mounted pv again ({v}):\nhost 3:\n{}\nhost 2:\n{}",
+        events(h3),
+        events(h2)
+    );
     let st = util::status(h2, "pv");
     assert_eq!(st["holder"]["node"], "p2", "{st}");
     let info = h3.api("GET", "/v1/info", "").1;

@@ -196,6 +196,9 @@ impl Service {
             }
             return Err(e);
         }
+        // Under the volume's lock, before the retry task can take it: see
+        // PendingUnmounts::cancel_take_backs.
+        self.pending.cancel_take_backs(name, id);
         self.forget_usage(name);
         let target = self.local.mountpoint(name);
         if self.is_bound(name) {
@@ -288,6 +291,7 @@ impl Service {
         let p = PendingUnmount {
             name: name.to_string(),
             id: id.to_string(),
+            take_back: true,
         };
         if let Err(e) = self.pending.add(p.clone()) {
             tracing::error!(volume = %name, id, "could not record the take-back of a mount: {e}");
@@ -309,6 +313,7 @@ impl Service {
                 let p = PendingUnmount {
                     name: name.to_string(),
                     id: id.to_string(),
+                    take_back: false,
                 };
                 if let Err(w) = self.pending.add(p.clone()) {
                     tracing::error!(volume = %name, id, "could not record the unmount: {w}");
