@@ -28,6 +28,8 @@ pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Before anything is started, mounted or deleted.
+    crate::server::check_socket_path(&cfg.socket)?;
     let nfs_mounted = match &cfg.nfs {
         Some(export) => {
             let (export, options, target) =

@@ -442,3 +442,40 @@ fn the_daemon_keeps_serving_past_its_call_timeout() {
     d.ok("VolumeDriver.List", "{}");
     assert!(d.stop().success());
 }
+
+/// `--socket` pointing at something that is not a stale socket (a regular file, a path
+/// too long for a socket) is refused before anything is deleted or started.
+#[test]
+fn a_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
+    if !require_root("a_socket_path_that_is_not_a_socket_is_refused_and_left_alone") {
+        return;
+    }
+    let s = Scratch::new();
+    let file = s.path().join("precious");
+    fs::write(&file, "keep me").unwrap();
+    let too_long = s.path().join("x".repeat(120));
+    for (socket, expect) in [
+        (file.clone(), "is not a socket"),
+        (too_long, "at most 107 bytes"),
+    ] {
+        let out = std::process::Command::new(util::caravan_bin())
+            .args(["daemon", "--node", "a", "--config", "/dev/null"])
+            .arg("--root")
+            .arg(s.path().join("root"))
+            .arg("--state-dir")
+            .arg(s.path().join("state"))
+            .arg("--spec-dir")
+            .arg(s.path().join("spec"))
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{err}");
+    }
+    assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+    assert!(
+        !s.path().join("root/.caravan").exists(),
+        "refused before anything started"
+    );
+}

@@ -636,6 +636,9 @@ mod tests {
             let t = db.open_tree("volumes").unwrap();
             t.insert("newer", &br#"{"name":"newer","created_by":7}"#[..])
                 .unwrap();
+            let outside =
+                br#"{"name":"../../outside","created_by":"x","created_at":1,"options":{}}"#;
+            t.insert("../../outside", &outside[..]).unwrap();
             db.flush().unwrap();
         }
         let (_, store) = (
@@ -650,6 +653,11 @@ mod tests {
         );
         let e = store.apply(create("newer")).await.unwrap_err().to_string();
         assert!(e.contains("cannot be read") && e.contains("upgrade"), "{e}");
+        {
+            let snap = store.snapshot().await.unwrap();
+            assert!(snap.volumes.is_empty(), "{:?}", snap.volumes.keys());
+            assert!(snap.unreadable["../../outside"].contains("not a valid volume name"));
+        }
         let e = store
             .apply(Mutation::Remove {
                 name: "newer".into(),

@@ -396,6 +396,13 @@ impl Worker {
             let (k, v) = item.map_err(|e| Error::Store(format!("reading volumes: {e}")))?;
             let name = String::from_utf8_lossy(&k).into_owned();
             match serde_json::from_slice::<VolumeRecord>(&v) {
+                // Written by another machine: a name that is not a valid volume name (say
+                // `../../outside`) would become a path; it is reported, never used.
+                Ok(_) if crate::volume::validate_name(&name).is_err() => {
+                    let why = "its key is not a valid volume name".to_string();
+                    tracing::error!(volume = ?name.chars().take(40).collect::<String>(), "skipping a record: {why}");
+                    unreadable.insert(name, why);
+                }
                 Ok(rec) if rec.name == name => {
                     volumes.insert(name, rec);
                 }
