@@ -57,9 +57,9 @@ impl ClusterLock {
             .ctx(|| format!("opening the cluster lock {}", path.display()))?;
         let lock = exclusive_whole_file();
         // Fast path: an uncontended lock needs no watchdog thread.
-        match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
-            Ok(_) => return Ok(ClusterLock { file }),
-            Err(Errno::EAGAIN | Errno::EACCES) => {}
+        match try_lock_exclusive(&file) {
+            Ok(true) => return Ok(ClusterLock { file }),
+            Ok(false) => {}
             Err(e) => return Err(lock_error(path, e)),
         }
         let watchdog = Watchdog::arm(deadline);
@@ -98,6 +98,17 @@ fn lock_error(path: &Path, e: Errno) -> Error {
         format!("locking {}{hint}", path.display()),
         std::io::Error::from_raw_os_error(e as i32),
     )
+}
+
+/// Tries to take an exclusive OFD lock on the whole of `file` without waiting: `Ok(true)`
+/// when taken, `Ok(false)` when another open file description holds it (on this host or,
+/// on a shared filesystem, on another).
+pub fn try_lock_exclusive(file: &File) -> nix::Result<bool> {
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&exclusive_whole_file())) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn exclusive_whole_file() -> libc::flock {

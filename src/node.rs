@@ -37,8 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
@@ -800,13 +798,9 @@ fn lock_name(dir: &Path, shown: &Path, node: &str) -> Result<File> {
             path.display()
         )));
     }
-    // SAFETY: flock is a plain C struct; all-zero is a valid value (l_pid must be 0 for OFD).
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as _;
-    lock.l_whence = libc::SEEK_SET as _;
-    match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
-        Ok(_) => Ok(file),
-        Err(Errno::EAGAIN | Errno::EACCES) => {
+    match crate::lock::try_lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => {
             let running = read_heartbeat(&dir.join(format!("{node}.json")), node)
                 .map(|hb| format!(" (boot id {}, version {})", hb.boot_id, hb.version))
                 .unwrap_or_default();

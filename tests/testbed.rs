@@ -546,30 +546,9 @@ fn no_live_node_is_judged_dead_under_load() {
     if !util::require_root("no_live_node_is_judged_dead_under_load") {
         return;
     }
-    struct Down;
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = script(&["testbed", "down"]);
-        }
-    }
-    ok(&["testbed", "up", "3"]);
-    let _down = Down;
     let secs = util::env_num("CARAVAN_SOAK_SECS", 60) as u64;
-    let bed = PathBuf::from("/var/lib/caravan-testbed");
-    let roots: Vec<PathBuf> = (1..=3)
-        .map(|k| bed.join(format!("h{k}/export/soak")))
-        .collect();
-    let s = util::Scratch::new();
-    let fast = ["--dead-after", "3s", "--heartbeat", "1s"];
-    let daemons: Vec<util::Daemon> = roots
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let node = format!("s{}", i + 1);
-            let spec = s.path().join(format!("spec-{node}"));
-            util::Daemon::start_with(s.path(), r, &node, spec, "caravan", &fast)
-        })
-        .collect();
+    let bed = three_hosts("s", "soak", &["--dead-after", "3s", "--heartbeat", "1s"]);
+    let (roots, daemons) = (&bed.roots, &bed.daemons);
     let stop = Instant::now() + Duration::from_secs(secs);
     let (calls, failures, gaps) = std::thread::scope(|scope| {
         // Each node's beats as seen through the next host's mount.
@@ -646,7 +625,7 @@ fn no_live_node_is_judged_dead_under_load() {
         calls > 1000,
         "too little load to prove anything: {calls} calls"
     );
-    for d in &daemons {
+    for d in daemons {
         let log = d.log_text();
         let dead: Vec<&str> = log
             .lines()
@@ -686,26 +665,10 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
     if !util::require_root("a_partitioned_holder_drops_its_claim_when_the_link_comes_back") {
         return;
     }
-    struct Down;
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = script(&["testbed", "down"]);
-        }
-    }
-    ok(&["testbed", "up", "3"]);
-    let _down = Down;
-    ok(&["testbed", "ping-timeout", "10"]);
-    let bed = PathBuf::from("/var/lib/caravan-testbed");
-    let s = util::Scratch::new();
     let flags = ["--dead-after", "5s", "--heartbeat", "1s", "--timeout", "8s"];
-    let daemons: Vec<util::Daemon> = (1..=3)
-        .map(|k| {
-            let node = format!("p{k}");
-            let root = bed.join(format!("h{k}/export/part"));
-            let spec = s.path().join(format!("spec-{node}"));
-            util::Daemon::start_with(s.path(), &root, &node, spec, "caravan", &flags)
-        })
-        .collect();
+    let bed = three_hosts("p", "part", &flags);
+    ok(&["testbed", "ping-timeout", "10"]);
+    let daemons = &bed.daemons;
     struct LinkUp;
     impl Drop for LinkUp {
         fn drop(&mut self) {
@@ -867,26 +830,9 @@ fn an_export_stall_every_host_saw_kills_nobody() {
     if !util::require_root("an_export_stall_every_host_saw_kills_nobody") {
         return;
     }
-    struct Down;
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = script(&["testbed", "export", "thaw"]);
-            let _ = script(&["testbed", "down"]);
-        }
-    }
-    ok(&["testbed", "up", "3"]);
-    let _down = Down;
-    let bed = PathBuf::from("/var/lib/caravan-testbed");
-    let s = util::Scratch::new();
     let flags = ["--dead-after", "3s", "--heartbeat", "1s", "--timeout", "8s"];
-    let daemons: Vec<util::Daemon> = (1..=3)
-        .map(|k| {
-            let node = format!("q{k}");
-            let root = bed.join(format!("h{k}/export/stall"));
-            let spec = s.path().join(format!("spec-{node}"));
-            util::Daemon::start_with(s.path(), &root, &node, spec, "caravan", &flags)
-        })
-        .collect();
+    let bed = three_hosts("q", "stall", &flags);
+    let daemons = &bed.daemons;
     let (q1, q2, q3) = (&daemons[0], &daemons[1], &daemons[2]);
     q1.ok(
         "VolumeDriver.Create",
@@ -926,7 +872,7 @@ fn an_export_stall_every_host_saw_kills_nobody() {
         st["takeovers"].as_array().is_none_or(|t| t.is_empty()),
         "{st}"
     );
-    for d in &daemons {
+    for d in daemons {
         let log = d.log_text();
         let dead: Vec<&str> = log
             .lines()
@@ -940,4 +886,54 @@ fn an_export_stall_every_host_saw_kills_nobody() {
         );
     }
     eprintln!("stall: {refusals} takeover and remove attempts after the thaw, all refused");
+}
+
+/// Three caravan daemons, `{prefix}1` to `{prefix}3`, one on each test-bed host's GlusterFS
+/// mount (in the export's folder `sub`), started with `flags`. Brings the test bed up, and
+/// tears it down (brick thawed, links restored) when dropped, after the daemons.
+fn three_hosts(prefix: &str, sub: &str, flags: &[&str]) -> ThreeHosts {
+    ok(&["testbed", "up", "3"]);
+    let down = Down;
+    let bed = PathBuf::from("/var/lib/caravan-testbed");
+    let scratch = util::Scratch::new();
+    let roots: Vec<PathBuf> = (1..=3)
+        .map(|k| bed.join(format!("h{k}/export/{sub}")))
+        .collect();
+    let daemons = roots
+        .iter()
+        .enumerate()
+        .map(|(i, root)| {
+            let node = format!("{prefix}{}", i + 1);
+            let spec = scratch.path().join(format!("spec-{node}"));
+            util::Daemon::start_with(scratch.path(), root, &node, spec, "caravan", flags)
+        })
+        .collect();
+    ThreeHosts {
+        daemons,
+        roots,
+        _scratch: scratch,
+        _down: down,
+    }
+}
+
+/// What [`three_hosts`] starts; fields drop in this order.
+struct ThreeHosts {
+    daemons: Vec<util::Daemon>,
+    roots: Vec<PathBuf>,
+    _scratch: util::Scratch,
+    _down: Down,
+}
+
+/// Tears the test bed down whatever happened: the brick thawed and every link restored
+/// first, so that nothing is left waiting on it.
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = script(&["testbed", "export", "thaw"]);
+        for k in ["1", "2", "3"] {
+            let _ = script(&["testbed", "link", k, "up"]);
+        }
+        let _ = script(&["testbed", "down"]);
+    }
 }
