@@ -45,16 +45,7 @@ impl ClusterLock {
     /// file, see [`crate::layout::SharedLayout::at`]); messages name `path`.
     pub fn acquire_at(path: &Path, at: &Path, deadline: Instant) -> Result<ClusterLock> {
         install_wake_handler();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // The export is written by other machines: never follow a link planted here.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(at)
-            .ctx(|| format!("opening the cluster lock {}", path.display()))?;
+        let file = open_lock_file(path, at, "the cluster lock")?;
         let lock = exclusive_whole_file();
         // Fast path: an uncontended lock needs no watchdog thread.
         match try_lock_exclusive(&file) {
@@ -98,6 +89,31 @@ fn lock_error(path: &Path, e: Errno) -> Error {
         format!("locking {}{hint}", path.display()),
         std::io::Error::from_raw_os_error(e as i32),
     )
+}
+
+/// Opens (creating it if needed) a lock file on the export, reached at `at` and named
+/// `path` in messages. The export is written by other machines: a link planted there is
+/// never followed, and anything but a regular file (a FIFO would block the open) refused.
+pub fn open_lock_file(path: &Path, at: &Path, what: &str) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(at)
+        .ctx(|| format!("opening {what} {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .ctx(|| format!("reading {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file; remove it so that caravan can take {what}",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Tries to take an exclusive OFD lock on the whole of `file` without waiting: `Ok(true)`

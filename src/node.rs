@@ -780,24 +780,7 @@ impl Nodes {
 fn lock_name(dir: &Path, shown: &Path, node: &str) -> Result<File> {
     let at = dir.join(format!("{node}.lock"));
     let path = shown.join(format!("{node}.lock"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&at)
-        .ctx(|| format!("opening the node-name lock {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .ctx(|| format!("reading {}", path.display()))?;
-    if !meta.file_type().is_file() {
-        return Err(Error::invalid(format!(
-            "{} is not a regular file; remove it so that caravan can lock the node name",
-            path.display()
-        )));
-    }
+    let file = crate::lock::open_lock_file(&path, &at, "the node-name lock")?;
     match crate::lock::try_lock_exclusive(&file) {
         Ok(true) => Ok(file),
         Ok(false) => {
