@@ -16,7 +16,6 @@
 //!
 //! Errors answer a 4xx or 5xx status with `{"error": "message"}`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::service::Service;
-use crate::volume::VolumeOptions;
+use crate::volume::OptionMap;
 
 /// Body of `POST /v1/volumes`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,7 +32,7 @@ use crate::volume::VolumeOptions;
 pub struct CreateRequest {
     pub name: String,
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: OptionMap,
 }
 
 /// Body of the mount and unmount requests.
@@ -84,9 +83,11 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
         ("GET", ["v1", "nodes"]) => ok(to_json(&svc.nodes().await?)),
         ("POST", ["v1", "volumes"]) => {
             let req: CreateRequest = parse_body(body)?;
-            let options =
-                VolumeOptions::from_map(req.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-            Ok((201, to_json(&svc.create(&req.name, options).await?)))
+            let options = req.options.options()?;
+            // 201 only for a volume this call made; an existing one with the same
+            // options is answered 200, as Docker's own API does.
+            let (view, existed) = svc.create(&req.name, options).await?;
+            Ok((if existed { 200 } else { 201 }, to_json(&view)))
         }
         ("GET", ["v1", "volumes", name]) => ok(to_json(&svc.get(name).await?)),
         ("DELETE", ["v1", "volumes", name]) => {
@@ -111,9 +112,7 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
             svc.unmount(name, &req.id).await?;
             ok(json!({}))
         }
-        _ => Err(Error::invalid(format!(
-            "no such endpoint: {method} {path} (is the CLI newer than the daemon?)"
-        ))),
+        _ => Err(Error::NoSuchEndpoint(format!("{method} {path}"))),
     }
 }
 
@@ -130,5 +129,10 @@ fn to_json<T: Serialize>(v: &T) -> Value {
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if !body.trim_ascii().starts_with(b"{") {
+        return Err(Error::invalid(
+            "invalid request body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")))
 }

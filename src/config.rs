@@ -21,6 +21,8 @@ pub const DEFAULT_DRIVER: &str = "caravan";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(15);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `caravan daemon` flags. Every one is optional here so that the file can fill it in.
 #[derive(Debug, Clone, Default, Args)]
@@ -63,10 +65,19 @@ pub struct DaemonArgs {
     /// How often this node writes its heartbeat [default: 1s, at most dead-after / 3]
     #[arg(long, env = "CARAVAN_HEARTBEAT", value_parser = parse_heartbeat)]
     pub heartbeat: Option<Duration>,
+    /// Connections served at once on the socket; more wait until one closes
+    /// [default: 512, range 8 to 65536]
+    #[arg(long, env = "CARAVAN_MAX_CONNECTIONS", value_parser = parse_max_connections)]
+    pub max_connections: Option<usize>,
+    /// Time a connection has to send a whole request head (from being accepted or from
+    /// its previous answer: also the idle timeout), and then its body [default: 10s]
+    #[arg(long, env = "CARAVAN_HEADER_TIMEOUT", value_parser = parse_header_timeout)]
+    pub header_timeout: Option<Duration>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "CARAVAN_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// Config file (TOML with the same keys, in snake_case) [default: /etc/caravan/caravan.toml if it exists]
+    /// Config file (TOML with the same keys, in snake_case; /dev/null for none)
+    /// [default: /etc/caravan/caravan.toml if it exists]
     #[arg(long, env = "CARAVAN_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -86,6 +97,8 @@ struct FileConfig {
     timeout: Option<String>,
     dead_after: Option<String>,
     heartbeat: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
     log_level: Option<String>,
 }
 
@@ -106,6 +119,8 @@ pub struct DaemonConfig {
     pub timeout: Duration,
     pub dead_after: Duration,
     pub heartbeat: Duration,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
     pub log_level: tracing::Level,
 }
 
@@ -144,6 +159,23 @@ fn parse_heartbeat(s: &str) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 1s"))?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
         return Err(format!("{s} is out of range: use 100ms to 60s"));
+    }
+    Ok(d)
+}
+
+fn parse_max_connections(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (8..=65536).contains(&n) && !s.starts_with('+') => Ok(n),
+        _ => Err(format!(
+            "invalid connection limit {s:?}: use a whole number from 8 to 65536"
+        )),
+    }
+}
+
+fn parse_header_timeout(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 10s"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
+        return Err(format!("{s} is out of range: use 1s to 5m"));
     }
     Ok(d)
 }
@@ -239,6 +271,16 @@ impl DaemonArgs {
                 humantime::format_duration(dead_after)
             )));
         }
+        let max_connections = match self.max_connections.or(file.max_connections) {
+            Some(n) => parse_max_connections(&n.to_string())
+                .map_err(|e| Error::invalid(format!("max_connections: {e}")))?,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let header_timeout = match self.header_timeout {
+            Some(d) => d,
+            None => from_file(file.header_timeout, parse_header_timeout, "header_timeout")?
+                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+        };
         let log_level = parse_level(
             self.log_level
                 .or(file.log_level)
@@ -269,6 +311,8 @@ impl DaemonArgs {
             timeout,
             dead_after,
             heartbeat,
+            max_connections,
+            header_timeout,
             log_level,
         };
         for (what, p) in [
@@ -288,12 +332,38 @@ impl DaemonArgs {
     }
 }
 
+/// The largest config file read: the whole key set fits in 2 KiB.
+const MAX_CONFIG_BYTES: u64 = 64 << 10;
+
 fn read_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
+    use std::io::Read;
+    // `--config /dev/null`: explicitly none (the default file is then not read either).
+    if path == Path::new("/dev/null") {
+        return Ok(FileConfig::default());
+    }
+    let reading = |e| Error::io(format!("reading the config file {}", path.display()), e);
+    // A regular file only, and a bounded one: a FIFO would block start-up and a device
+    // would be read forever.
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(reading)?;
+    let meta = file.metadata().map_err(reading)?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return Err(Error::invalid(format!(
+            "config file {}: not a regular file of at most {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES)
+        .read_to_string(&mut text)
+        .map_err(reading)?;
     toml::from_str(&text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, log_level",
             path.display()
         ))
     })

@@ -30,6 +30,12 @@ pub async fn run(
 ) -> Result<()> {
     // Before anything is started, mounted or deleted.
     crate::server::check_socket_path(&cfg.socket)?;
+    let fds = crate::server::fd_budget(cfg.max_connections)?;
+    tracing::debug!(
+        open_files = fds,
+        max_connections = cfg.max_connections,
+        "file descriptor budget"
+    );
     let nfs_mounted = match &cfg.nfs {
         Some(export) => {
             let (export, options, target) =
@@ -113,26 +119,18 @@ pub async fn run(
 
     // Serve until the signal; then stop accepting and give in-flight calls (each bounded
     // by the call timeout) a little more than that to answer.
-    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(crate::server::routes(svc, cfg.timeout))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stopped.await;
-        });
-    let mut serving = tokio::spawn(server.run());
-    tokio::select! {
-        _ = shutdown => {}
-        r = &mut serving => {
-            return Err(Error::Store(format!("the server stopped unexpectedly: {r:?}")));
-        }
-    }
-    let _ = stop_accepting.send(());
-    if tokio::time::timeout(cfg.timeout + Duration::from_secs(5), serving)
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight calls did not finish in time; exiting anyway");
-    }
+    let limits = crate::server::Limits {
+        max_connections: cfg.max_connections,
+        header_timeout: cfg.header_timeout,
+    };
+    crate::server::serve(
+        listener,
+        crate::server::routes(svc, cfg.timeout),
+        limits,
+        shutdown,
+        cfg.timeout + Duration::from_secs(1),
+    )
+    .await;
     if let Err(e) = std::fs::remove_file(&cfg.socket) {
         tracing::warn!("removing {}: {e}", cfg.socket.display());
     }

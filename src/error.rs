@@ -60,6 +60,10 @@ pub enum Error {
 
     #[error("metadata store: {0}")]
     Store(String),
+
+    /// A control API route this daemon does not serve.
+    #[error("no such endpoint: {0}; is the CLI newer than the daemon? (`caravan --version` and `caravan info` show both versions)")]
+    NoSuchEndpoint(String),
 }
 
 impl Error {
@@ -79,7 +83,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::Invalid(_) => 400,
-            Error::NoSuchVolume(_) | Error::NotMounted(_) => 404,
+            Error::NoSuchVolume(_) | Error::NotMounted(_) | Error::NoSuchEndpoint(_) => 404,
             Error::Conflict { .. } | Error::InUse { .. } | Error::ExclusiveHeld { .. } => 409,
             Error::Timeout { .. }
             | Error::ShuttingDown
@@ -88,6 +92,17 @@ impl Error {
             Error::Io { .. } | Error::Store(_) => 500,
         }
     }
+}
+
+/// Quotes a value from a request or from the export for an error message: at most 40
+/// characters, so that a megabyte of input is never echoed into answers and logs.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 40;
+    if s.chars().count() <= MAX {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{:?}… ({} bytes)", head, s.len())
 }
 
 /// Adds a context line to I/O results: `std::fs::read(p).ctx(|| format!("reading {p:?}"))`.

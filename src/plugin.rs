@@ -5,7 +5,6 @@
 //! `{"Err": "message"}`, which dockerd shows to the user as `create web: message`, etc.
 //! Requests carry no Content-Type, so bodies are parsed from raw bytes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,9 +14,12 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::service::Service;
-use crate::volume::VolumeOptions;
+use crate::volume::OptionMap;
 
-/// The plugin request body. Fields Docker does not send for a method stay empty.
+/// The plugin request body: a JSON object. Fields Docker does not send for a method stay
+/// empty; unknown fields are ignored, as dockerd's own plugin helpers
+/// (go-plugins-helpers) ignore them, so a newer dockerd's additions do not break calls. A
+/// field or option given twice is refused.
 #[derive(Debug, Default, Deserialize)]
 struct Request {
     #[serde(rename = "Name", default)]
@@ -25,7 +27,7 @@ struct Request {
     #[serde(rename = "ID", default)]
     id: String,
     #[serde(rename = "Opts", default)]
-    opts: Option<HashMap<String, String>>,
+    opts: Option<OptionMap>,
 }
 
 /// `/Plugin.Activate`: needs no state, and may never be called in this process's lifetime
@@ -91,18 +93,32 @@ fn parse(method: &str, body: &[u8]) -> Result<Request> {
             ))),
         };
     }
-    serde_json::from_slice(trimmed).map_err(|e| {
+    let bad = |why: String| {
         Error::invalid(format!(
-            "invalid request body for VolumeDriver.{method}: {e}; expected JSON like {{\"Name\":\"vol\"}}"
+            "invalid request body for VolumeDriver.{method}: {why}; expected a JSON object like {{\"Name\":\"vol\"}}"
         ))
-    })
+    };
+    // serde would take an array as the struct's fields by position.
+    if !trimmed.starts_with(b"{") {
+        return Err(bad("not a JSON object".into()));
+    }
+    let req: Request = serde_json::from_slice(trimmed).map_err(|e| bad(e.to_string()))?;
+    let named = matches!(
+        method,
+        "Create" | "Remove" | "Mount" | "Unmount" | "Path" | "Get"
+    );
+    if req.name.is_empty() && named {
+        return Err(Error::invalid(format!(
+            "Name is required for VolumeDriver.{method}: expected a JSON object like {{\"Name\":\"vol\"}}"
+        )));
+    }
+    Ok(req)
 }
 
 async fn dispatch(svc: &Arc<Service>, method: &str, req: Request) -> Result<Value> {
     match method {
         "Create" => {
-            let opts = req.opts.unwrap_or_default();
-            let options = VolumeOptions::from_map(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            let options = req.opts.unwrap_or_default().options()?;
             svc.create(&req.name, options).await?;
             Ok(json!({ "Err": "" }))
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 
 /// The longest volume name accepted. Docker sets none; this keeps every path built from a
 /// name (`<root>/volumes/<name>/data`, `<state-dir>/mounts/<name>`) far below `NAME_MAX`.
@@ -33,13 +33,10 @@ pub fn is_safe_token(s: &str, min: usize, max: usize, alnum_first: bool) -> bool
 pub fn validate_name(name: &str) -> Result<()> {
     const RULE: &str =
         "names are 2 to 128 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit";
-    let shown = || {
-        let mut s: String = name.chars().take(40).collect();
-        if name.chars().count() > 40 {
-            s.push('…');
-        }
-        format!("{s:?}")
-    };
+    if name.is_empty() {
+        return Err(Error::invalid(format!("a volume name is required: {RULE}")));
+    }
+    let shown = || crate::error::shown(name);
     if name.len() < 2 || name.len() > MAX_NAME_LEN {
         return Err(Error::invalid(format!(
             "invalid volume name {} ({} bytes): {RULE}",
@@ -78,7 +75,8 @@ impl OnDelete {
             "retain" => Ok(OnDelete::Retain),
             "archive" => Ok(OnDelete::Archive),
             _ => Err(Error::invalid(format!(
-                "invalid value {s:?} for option on_delete: accepted values are {}",
+                "invalid value {} for option on_delete: accepted values are {}",
+                shown(s),
                 Self::ACCEPTED
             ))),
         }
@@ -134,7 +132,8 @@ impl Access {
             "shared" => Ok(Access::Shared),
             "exclusive" => Ok(Access::Exclusive),
             _ => Err(Error::invalid(format!(
-                "invalid value {s:?} for option access: accepted values are shared, exclusive"
+                "invalid value {} for option access: accepted values are shared, exclusive",
+                shown(s)
             ))),
         }
     }
@@ -176,6 +175,47 @@ pub struct Takeover {
 /// How many takeovers a record keeps.
 pub const TAKEOVER_HISTORY: usize = 32;
 
+/// Options as a request carries them: strings by key. A key given twice is refused
+/// (serde's maps keep the last, which would let a second `size` silently win).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct OptionMap(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for OptionMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OptionMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of option names to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<OptionMap, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "option {} is given twice",
+                            shown(&k)
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(OptionMap(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+impl OptionMap {
+    pub fn options(&self) -> Result<VolumeOptions> {
+        VolumeOptions::from_map(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
 impl VolumeOptions {
     pub const ACCEPTED_KEYS: &'static str = "size, uid, gid, mode, on_delete, access";
 
@@ -193,7 +233,8 @@ impl VolumeOptions {
                 "access" => o.access = Access::parse(value)?,
                 _ => {
                     return Err(Error::invalid(format!(
-                        "unknown option {key:?}: accepted options are {}",
+                        "unknown option {}: accepted options are {}",
+                        shown(key),
                         Self::ACCEPTED_KEYS
                     )))
                 }
@@ -237,13 +278,17 @@ impl fmt::Display for VolumeOptions {
 }
 
 /// Parses a size such as `512M`, `10G`, `1T`, `4096` or `1GiB` (binary units, case-insensitive).
+///
+/// Every option value is taken exactly as given, by one rule: digits are ASCII digits
+/// only (no sign, no spaces), words are matched exactly. Nothing is trimmed.
 pub fn parse_size(s: &str) -> Result<u64> {
     let bad = || {
         Error::invalid(format!(
-            "invalid size {s:?}: use a whole number of bytes with an optional unit K, M, G, T or P (powers of 1024), for example 512M or 10G"
+            "invalid size {}: use a whole number of bytes with an optional unit K, M, G, T or P (powers of 1024), for example 512M or 10G",
+            shown(s)
         ))
     };
-    let t = s.trim();
+    let t = s;
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
@@ -262,7 +307,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
     if bytes == 0 {
         return Err(Error::invalid(format!(
-            "invalid size {s:?}: a size must be larger than 0"
+            "invalid size {}: a size must be larger than 0",
+            shown(s)
         )));
     }
     Ok(bytes)
@@ -296,22 +342,29 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+fn all_digits(s: &str, radix: u32) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_digit(radix))
+}
+
 fn parse_id(key: &str, s: &str) -> Result<u32> {
-    match s.trim().parse::<u32>() {
-        Ok(v) if v != u32::MAX => Ok(v),
+    match s.parse::<u32>() {
+        Ok(v) if v != u32::MAX && all_digits(s, 10) => Ok(v),
         _ => Err(Error::invalid(format!(
-            "invalid value {s:?} for option {key}: use a numeric id from 0 to 4294967294"
+            "invalid value {} for option {key}: use a numeric id from 0 to 4294967294",
+            shown(s)
         ))),
     }
 }
 
+/// Permission bits only: setuid, setgid and sticky on a volume's root would apply to a
+/// folder every container and host shares, so they are refused.
 fn parse_mode(s: &str) -> Result<u32> {
-    let t = s.trim();
-    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let digits = s.strip_prefix("0o").unwrap_or(s);
     match u32::from_str_radix(digits, 8) {
-        Ok(v) if v <= 0o7777 && !digits.is_empty() => Ok(v),
+        Ok(v) if v <= 0o777 && all_digits(digits, 8) => Ok(v),
         _ => Err(Error::invalid(format!(
-            "invalid value {s:?} for option mode: use octal permission bits from 0 to 7777, for example 755 or 0770"
+            "invalid value {} for option mode: use octal permission bits from 0 to 777, for example 755 or 0770 (setuid, setgid and sticky bits are not accepted)",
+            shown(s)
         ))),
     }
 }
@@ -458,8 +511,8 @@ pub fn validate_mount_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid mount ID {:?}: IDs are 1 to 128 characters of a-z A-Z 0-9 _ . -",
-            id.chars().take(40).collect::<String>()
+            "invalid mount ID {}: IDs are 1 to 128 characters of a-z A-Z 0-9 _ . -",
+            shown(id)
         )))
     }
 }
@@ -494,7 +547,12 @@ mod tests {
             "..",
         ] {
             let err = validate_name(bad).unwrap_err().to_string();
-            assert!(err.contains("invalid volume name"), "{bad:?}: {err}");
+            let expected = if bad.is_empty() {
+                "a volume name is required"
+            } else {
+                "invalid volume name"
+            };
+            assert!(err.contains(expected), "{bad:?}: {err}");
         }
     }
 

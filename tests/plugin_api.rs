@@ -210,6 +210,117 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert!(!s.path().join("x").exists());
 }
 
+/// Strict where dockerd is strict (issue 12, defect 9): POST only, a JSON object, no key
+/// given twice, option values taken exactly, permission bits only, short echoes.
+#[test]
+fn the_protocol_is_as_strict_as_dockerd() {
+    if !require_root("the_protocol_is_as_strict_as_dockerd") {
+        return;
+    }
+    let s = Scratch::new();
+    let d = Daemon::start(s.path(), &s.path().join("root"), "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"keep"}"#);
+    // Any method but POST is refused, and removes nothing.
+    for method in ["GET", "PUT", "DELETE"] {
+        let (status, v) = util::http(
+            &d.socket,
+            method,
+            "/VolumeDriver.Remove",
+            r#"{"Name":"keep"}"#,
+            false,
+        );
+        assert_eq!(status, 405, "{method}: {v}");
+        assert!(v["Err"].as_str().unwrap().contains("POST only"), "{v}");
+    }
+    let (status, _) = util::http(&d.socket, "GET", "/Plugin.Activate", "", false);
+    assert_eq!(status, 405);
+    let huge = "y".repeat(100_000);
+    for (body, expect) in [
+        (
+            r#"["arr1","",{"size":"1G"}]"#.to_string(),
+            "not a JSON object",
+        ),
+        (
+            r#"{"Name":"dup1","Name":"dup2"}"#.to_string(),
+            "duplicate field `Name`",
+        ),
+        (
+            r#"{"Name":"dup1","Opts":{"size":"1G","size":"2G"}}"#.to_string(),
+            "option \"size\" is given twice",
+        ),
+        (r#"{"Opts":{}}"#.to_string(), "Name is required"),
+        (
+            r#"{"Name":"m1","Opts":{"mode":"4755"}}"#.to_string(),
+            "0 to 777",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"mode":"7777"}}"#.to_string(),
+            "0 to 777",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"mode":"+777"}}"#.to_string(),
+            "0 to 777",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"mode":" 7 "}}"#.to_string(),
+            "0 to 777",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"uid":"+5"}}"#.to_string(),
+            "numeric id",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"size":" 1G "}}"#.to_string(),
+            "invalid size",
+        ),
+        (
+            r#"{"Name":"m1","Opts":{"on_delete":"retain "}}"#.to_string(),
+            "delete, retain, archive",
+        ),
+        (
+            format!(r#"{{"Name":"m1","Opts":{{"size":"{huge}"}}}}"#),
+            "(100000 bytes)",
+        ),
+        (
+            format!(r#"{{"Name":"m1","Opts":{{"{huge}":"1"}}}}"#),
+            "(100000 bytes)",
+        ),
+    ] {
+        let err = d.err("VolumeDriver.Create", &body);
+        assert!(
+            err.contains(expect),
+            "{}: {err}",
+            &body[..body.len().min(80)]
+        );
+        assert!(
+            err.len() < 400,
+            "an error echoed {} bytes of input",
+            err.len()
+        );
+    }
+    let err = d.err("VolumeDriver.Mount", r#"{"ID":"x1"}"#);
+    assert!(err.contains("Name is required"), "{err}");
+    assert!(
+        !d.log_text().contains(&huge[..1000]),
+        "a long value was logged whole"
+    );
+    // Fields dockerd may add in a newer version are ignored, as its own helpers do.
+    d.ok("VolumeDriver.Get", r#"{"Name":"keep","Future":1}"#);
+    // Only "keep" exists.
+    let list = d.ok("VolumeDriver.List", "{}");
+    assert_eq!(list["Volumes"].as_array().unwrap().len(), 1, "{list}");
+
+    // The control API: 404 for a route it does not serve, 201 only for a new volume.
+    let (status, v) = d.api("GET", "/v1/nonsense", "");
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = d.api("POST", "/v1/volumes", r#"{"name":"fresh"}"#);
+    assert_eq!(status, 201);
+    let (status, _) = d.api("POST", "/v1/volumes", r#"{"name":"fresh"}"#);
+    assert_eq!(status, 200);
+    let (status, v) = d.api("POST", "/v1/volumes", r#"["fresh2"]"#);
+    assert_eq!(status, 400, "{v}");
+}
+
 #[test]
 fn create_with_other_options_is_refused_not_changed() {
     if !require_root("create_with_other_options_is_refused_not_changed") {

@@ -625,7 +625,7 @@ fn no_live_node_is_judged_dead_under_load() {
         calls > 1000,
         "too little load to prove anything: {calls} calls"
     );
-    assert_nobody_judged_dead(daemons);
+    util::assert_nobody_judged_dead(daemons);
     for (i, gap) in gaps.iter().enumerate() {
         assert!(
             *gap < Duration::from_secs(2),
@@ -860,7 +860,7 @@ fn an_export_stall_every_host_saw_kills_nobody() {
         st["takeovers"].as_array().is_none_or(|t| t.is_empty()),
         "{st}"
     );
-    assert_nobody_judged_dead(daemons);
+    util::assert_nobody_judged_dead(daemons);
     eprintln!("stall: {refusals} takeover and remove attempts after the thaw, all refused");
 }
 
@@ -911,22 +911,5 @@ impl Drop for Down {
             let _ = script(&["testbed", "link", k, "up"]);
         }
         let _ = script(&["testbed", "down"]);
-    }
-}
-
-/// No daemon logged another as judged dead (each logs every change of its verdicts).
-fn assert_nobody_judged_dead(daemons: &[util::Daemon]) {
-    for d in daemons {
-        let log = d.log_text();
-        let dead: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("node judged dead"))
-            .collect();
-        assert!(
-            dead.is_empty(),
-            "{} judged a node dead:\n{}",
-            d.node,
-            dead.join("\n")
-        );
     }
 }

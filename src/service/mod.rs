@@ -132,7 +132,9 @@ impl Service {
         Ok(())
     }
 
-    pub async fn create(&self, name: &str, options: VolumeOptions) -> Result<VolumeView> {
+    /// Creates a volume, or finds it already there with the same options (Create is
+    /// idempotent); the flag says which.
+    pub async fn create(&self, name: &str, options: VolumeOptions) -> Result<(VolumeView, bool)> {
         validate_name(name)?;
         let Created {
             record,
@@ -145,7 +147,7 @@ impl Service {
         if existed {
             tracing::debug!(volume = %name, "create of an existing volume: nothing to do");
         }
-        Ok(self.view(&record, None))
+        Ok((self.view(&record, None), existed))
     }
 
     pub async fn remove(&self, name: &str) -> Result<()> {

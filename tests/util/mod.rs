@@ -102,6 +102,12 @@ pub struct Daemon {
     /// Started from a thread that lives as long as the test process, with
     /// PR_SET_PDEATHSIG, so that it stops when the test binary exits.
     pub tied_to_process: bool,
+    /// The daemon's RLIMIT_NOFILE (soft and hard), as a host's limit would be; `None`
+    /// inherits the test's.
+    pub open_files: Option<u64>,
+    /// Settings passed as `CARAVAN_*` environment variables (which an older build, run by
+    /// `CARAVAN_TEST_BIN`, ignores where it does not know them, unlike flags).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -151,6 +157,8 @@ impl Daemon {
             log: scratch.join(format!("{node}.log")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tied_to_process: false,
+            open_files: None,
+            env: Vec::new(),
         }
     }
 
@@ -179,9 +187,20 @@ impl Daemon {
             .arg("/dev/null")
             .args(&self.extra)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(n) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         let child = if self.tied_to_process {
             spawn_tied(cmd)
         } else {
@@ -456,4 +475,21 @@ pub fn daemon_that_must_exit(
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// No daemon logged another as judged dead (each logs every change of its verdicts).
+pub fn assert_nobody_judged_dead(daemons: &[Daemon]) {
+    for d in daemons {
+        let log = d.log_text();
+        let dead: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("node judged dead"))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "{} judged a node dead:\n{}",
+            d.node,
+            dead.join("\n")
+        );
+    }
 }

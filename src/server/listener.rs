@@ -1,0 +1,275 @@
+//! The accept loop, with the limits a socket that anything on the host can connect to
+//! needs: every connection costs a file descriptor and a task, so a client that connects
+//! and never finishes a request (or 20 000 of them) must not use up the descriptors the
+//! heartbeat and the store need, or the memory of the host.
+//!
+//! - **Connections**: at most [`Limits::max_connections`] are served at once. Past it the
+//!   loop stops accepting (new clients wait in the kernel's backlog, not in this
+//!   process) and says so once in the log, until the count falls below the limit again.
+//!   The daemon checks at start-up that the limit leaves [`RESERVED_FDS`] descriptors
+//!   free under `RLIMIT_NOFILE` (see [`fd_budget`]).
+//! - **Header timeout**: a connection must deliver a whole request head within
+//!   [`Limits::header_timeout`] of being accepted or of its previous answer, and the
+//!   body within the same time again; otherwise it is closed. hyper measures the head
+//!   from the moment it starts waiting, so this is also the idle timeout of a keep-alive
+//!   connection. dockerd reconnects at once (and retries a call whose connection closed
+//!   under it), so closing idle connections costs it nothing.
+//! - **Body**: at most [`MAX_BODY`] bytes; a longer one is refused with 413 before it is
+//!   read whole.
+//! - **Shutdown**: idle connections are closed at once, calls in flight are answered,
+//!   and a half-sent request is not waited for.
+//!
+//! hyper serves each connection; warp's filter ([`super::routes`]) is called as a tower
+//! service ([`warp::service`]), the way warp documents for custom servers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use warp::http::{Request, StatusCode};
+
+use super::routes::reply;
+use crate::error::{Error, Result};
+
+/// The largest request body served: the biggest real request (a Create with every option)
+/// is a few hundred bytes.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The largest request head: dockerd's are about 200 bytes.
+const MAX_HEAD: usize = 16 << 10;
+
+/// File descriptors kept free of connections: the store (sled's files, the lock, the
+/// hint), the heartbeat and the reads of the other nodes' heartbeats, mounts, logs.
+pub const RESERVED_FDS: u64 = 256;
+
+/// What one daemon serves at most; see the module documentation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (the soft default of 1024
+/// is a leftover of `select(2)`, which nothing here uses) and checks that
+/// `max_connections` leaves [`RESERVED_FDS`] free. Returns the soft limit now in force.
+pub fn fd_budget(max_connections: usize) -> Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| Error::io("reading RLIMIT_NOFILE", e.into()))?;
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("could not raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let needed = (max_connections as u64).saturating_add(RESERVED_FDS);
+    if needed > soft {
+        return Err(Error::invalid(format!(
+            "--max-connections {max_connections} needs {needed} file descriptors ({RESERVED_FDS} are kept for the store and the heartbeat), but this process may open only {soft} (ulimit -n, or LimitNOFILE= in the systemd unit): raise that limit or lower --max-connections"
+        )));
+    }
+    Ok(soft)
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and waits at most
+/// `drain` for the calls in flight.
+pub async fn serve<F>(
+    listener: UnixListener,
+    filter: F,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    F: warp::Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (calls, _) = tokio::sync::watch::channel(0usize);
+    let calls = Arc::new(calls);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut at_limit = false;
+    loop {
+        // A slot first, then accept: past the limit, clients wait in the backlog and cost
+        // this process nothing.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !at_limit {
+                    at_limit = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: new connections wait until one closes (idle ones close after {}); if this is dockerd's own load, raise --max-connections",
+                        humantime::format_duration(limits.header_timeout)
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        if at_limit && slots.available_permits() >= limits.max_connections / 2 {
+            at_limit = false;
+            tracing::info!("connections are below the limit again");
+        }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: nothing to do but wait for descriptors to free.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = Connection {
+            warp: warp::service(filter.clone()),
+            body_timeout: limits.header_timeout,
+            calls: calls.clone(),
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD.max(8192))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log_connection_end(&e);
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Idle connections close now and the others after their answer. Only calls are
+    // waited for: a connection still sending its request (or sending nothing) is not.
+    let closing = graceful.shutdown();
+    let mut in_flight = calls.subscribe();
+    tokio::select! {
+        _ = closing => {}
+        _ = in_flight.wait_for(|n| *n == 0) => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!(calls = *calls.borrow(), "calls still in flight after {}; exiting anyway", humantime::format_duration(drain));
+        }
+    }
+}
+
+/// Counts a call in flight from its head to its answer (or until it is dropped).
+struct CallInFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl CallInFlight {
+    fn start(calls: &Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        calls.send_modify(|n| *n += 1);
+        CallInFlight(calls.clone())
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A connection that ends badly is the client's business (it went away, or sent
+/// something that is not HTTP): worth a debug line, never an error.
+fn log_connection_end(e: &hyper::Error) {
+    if e.is_timeout() {
+        tracing::debug!("closed a connection that sent no complete request in time");
+    } else if e.is_parse() || e.is_parse_too_large() {
+        tracing::debug!("closed a connection that sent something other than HTTP/1.1: {e}");
+    } else {
+        tracing::debug!("a connection ended: {e}");
+    }
+}
+
+/// One connection's service: reads the body within its limits, then hands the request to
+/// warp.
+#[derive(Clone)]
+struct Connection<S> {
+    warp: S,
+    body_timeout: Duration,
+    calls: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Connection<S>
+where
+    S: tower_service::Service<
+            Request<Full<Bytes>>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = warp::reply::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut warp = self.warp.clone();
+        let body_timeout = self.body_timeout;
+        let call = CallInFlight::start(&self.calls);
+        Box::pin(async move {
+            let _call = call;
+            let (parts, body) = req.into_parts();
+            let declared = parts
+                .headers
+                .get(warp::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY as u64) {
+                return Ok(too_large());
+            }
+            let read = tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY).collect());
+            let bytes = match read.await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Ok(too_large()),
+                Ok(Err(e)) => {
+                    return Ok(reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "Err": format!("could not read the request body: {e}") }),
+                    ))
+                }
+                Err(_) => {
+                    return Ok(reply(
+                        StatusCode::REQUEST_TIMEOUT,
+                        json!({ "Err": format!("the request body did not arrive within {}", humantime::format_duration(body_timeout)) }),
+                    ))
+                }
+            };
+            warp.call(Request::from_parts(parts, Full::new(bytes)))
+                .await
+        })
+    }
+}
+
+fn too_large() -> warp::reply::Response {
+    let msg = format!(
+        "request body over {MAX_BODY} bytes: plugin and control requests are a few hundred bytes"
+    );
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({ "Err": msg, "error": msg }),
+    )
+}
