@@ -69,8 +69,11 @@ pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) ->
 }
 
 async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value)> {
+    // Every segment counts, an empty one too: `/v1/volumes/` (a name of "") must reach
+    // name validation, not be taken for the list.
     let decoded: Vec<String> = path
-        .trim_matches('/')
+        .strip_prefix('/')
+        .unwrap_or(path)
         .split('/')
         .map(percent_decode)
         .collect();

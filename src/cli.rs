@@ -427,7 +427,7 @@ pub fn inspect_text(v: &VolumeView) -> String {
         if v.mounted_here {
             v.mountpoint.clone()
         } else {
-            format!("{} (not mounted on this node)", v.mountpoint)
+            "none (not mounted on this node)".to_string()
         },
     );
     if v.mounts.is_empty() {
@@ -473,7 +473,7 @@ fn info_text(i: &Info) -> String {
         i.store.last_lock_wait_ms,
         i.store.max_lock_wait_ms,
     );
-    text.push_str(&health_text(&i.health));
+    text.push_str(&health_text(&i.health, i.stale.as_deref()));
     if let Some(why) = &i.standing.cut_off {
         text.push_str(&format!("Cut off:      {why}\n"));
     }
@@ -503,7 +503,10 @@ fn info_text(i: &Info) -> String {
     text
 }
 
-fn health_text(h: &HealthReport) -> String {
+/// `unreadable`: why the metadata could not be read just now, if it could not (an export
+/// that answers with errors, or a metadata folder deleted under the daemon, is not a
+/// healthy one).
+fn health_text(h: &HealthReport, unreadable: Option<&str>) -> String {
     let ago = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s ago"));
     let mut text = String::new();
     if let Some(r) = &h.root {
@@ -520,7 +523,9 @@ fn health_text(h: &HealthReport) -> String {
     }
     text.push_str(&format!(
         "Export:       {}\nLast success: {}\n",
-        if h.export_responding {
+        if let (true, Some(why)) = (h.export_responding, unreadable) {
+            format!("responding, but FAILING: {why}")
+        } else if h.export_responding {
             "responding".to_string()
         } else {
             format!(

@@ -275,6 +275,10 @@ fn bad_names_and_options_fail_with_one_line() {
         (vec!["inspect", "a/b"], "invalid volume name \"a/b\""),
         (vec!["mount", "nosuch"], "no such volume"),
         (vec!["delete", "nosuch"], "no such volume"),
+        (vec!["umount", "nosuch"], "no such volume"),
+        (vec!["inspect", ""], "a volume name is required"),
+        (vec!["delete", ""], "a volume name is required"),
+        (vec!["umount", ""], "a volume name is required"),
     ] {
         let out = caravan(&d).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -286,5 +290,80 @@ fn bad_names_and_options_fail_with_one_line() {
     assert_eq!(
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         Value::Array(vec![])
+    );
+    // Usage errors are clap's: exit 2, as README says.
+    for args in [vec!["frobnicate"], vec!["create"], vec!["list", "--bogus"]] {
+        let out = caravan(&d).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// Docker is told a mountpoint only where the volume is mounted: Get and List on another
+/// host (or before the first mount) answer none.
+#[test]
+fn a_volume_not_mounted_here_has_no_mountpoint() {
+    if !require_root("a_volume_not_mounted_here_has_no_mountpoint") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    let b = Daemon::start(s.path(), &root, "b");
+    a.ok("VolumeDriver.Create", r#"{"Name":"web"}"#);
+    let mp = a.ok("VolumeDriver.Mount", r#"{"Name":"web","ID":"c1"}"#)["Mountpoint"].clone();
+    let get =
+        |d: &Daemon| d.ok("VolumeDriver.Get", r#"{"Name":"web"}"#)["Volume"]["Mountpoint"].clone();
+    let listed = |d: &Daemon| d.ok("VolumeDriver.List", "{}")["Volumes"][0]["Mountpoint"].clone();
+    assert_eq!(get(&a), mp);
+    assert_eq!(listed(&a), mp);
+    assert_eq!(get(&b), "");
+    assert_eq!(listed(&b), "");
+    let out = caravan(&b).args(["inspect", "web"]).output().unwrap();
+    assert!(
+        stdout(&out).contains("none (not mounted on this node)"),
+        "{}",
+        stdout(&out)
+    );
+    a.ok("VolumeDriver.Unmount", r#"{"Name":"web","ID":"c1"}"#);
+    assert_eq!(get(&a), "");
+    assert_eq!(listed(&a), "");
+}
+
+/// A metadata folder deleted under a running daemon: every mutation names it, and `caravan
+/// info` does not call such an export healthy.
+#[test]
+fn a_deleted_metadata_folder_is_reported_not_hidden() {
+    if !require_root("a_deleted_metadata_folder_is_reported_not_hidden") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    std::fs::remove_dir_all(root.join(".caravan")).unwrap();
+    // A hold of the lock begun before the deletion (the start-up's own) may still commit;
+    // every one after it fails, naming the folder.
+    let mut last = String::new();
+    util::eventually(
+        std::time::Duration::from_secs(5),
+        "a create to fail",
+        || {
+            let out = caravan(&d).args(["create", "vv"]).output().unwrap();
+            last = stderr(&out);
+            out.status.code() == Some(1)
+        },
+    );
+    assert!(
+        last.contains(".caravan") && last.contains("deleted by hand"),
+        "{last}"
+    );
+    let out = caravan(&d).arg("info").output().unwrap();
+    let text = stdout(&out);
+    let export = text
+        .lines()
+        .find(|l| l.starts_with("Export:"))
+        .unwrap_or_default();
+    assert!(
+        export.contains("FAILING") && export.contains(".caravan"),
+        "{text}"
     );
 }

@@ -39,22 +39,46 @@ const USAGE_BUDGET: Duration = Duration::from_millis(200);
 /// An answer must be ready this long before the call's deadline to count as delivered.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
+/// The volumes bind-mounted on this node, and a version that changes with them.
+#[derive(Debug, Default)]
+struct BoundHere {
+    names: BTreeSet<String>,
+    version: u64,
+}
+
+impl BoundHere {
+    fn insert(&mut self, name: &str) {
+        self.names.insert(name.to_string());
+        self.version += 1;
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+        self.version += 1;
+    }
+
+    fn replace(&mut self, names: BTreeSet<String>) {
+        self.names = names;
+        self.version += 1;
+    }
+}
+
 /// The node's volume service.
 pub struct Service {
     node: String,
     store: Store,
     local: NodeLayout,
     /// Volumes bind-mounted on this node.
-    bound: Mutex<BTreeSet<String>>,
+    bound: Mutex<BoundHere>,
     locks: VolumeLocks,
     usage: Mutex<HashMap<String, (Instant, Usage)>>,
     fs_timeout: Duration,
     started: Instant,
     nodes: Arc<Nodes>,
     health: Arc<Health>,
-    /// The last List answer rendered, with the generation it shows (see
-    /// [`Service::list_rendered`]).
-    list_answer: Mutex<Option<(u64, Bytes)>>,
+    /// The last List answer rendered, with the metadata generation and the version of
+    /// `bound` it shows (see [`Service::list_rendered`]).
+    list_answer: Mutex<Option<((u64, u64), Bytes)>>,
     /// Unmounts not yet committed (see [`crate::pending`]).
     pending: PendingUnmounts,
     /// This service, for the background work it starts.
@@ -79,7 +103,7 @@ impl Service {
             node,
             store,
             local,
-            bound: Mutex::new(BTreeSet::new()),
+            bound: Mutex::new(BoundHere::default()),
             locks: VolumeLocks::default(),
             usage: Mutex::new(HashMap::new()),
             fs_timeout,
@@ -128,7 +152,7 @@ impl Service {
         if !kept.is_empty() {
             tracing::info!(volumes = ?kept, "kept mounts still in use on this node");
         }
-        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = kept.into_iter().collect();
+        self.bound_here().replace(kept.into_iter().collect());
         Ok(())
     }
 
@@ -212,10 +236,7 @@ impl Service {
                 .await;
             if let Ok(false) = present {
                 tracing::warn!(volume = %name, mountpoint = %target.display(), "the bind mount vanished behind the daemon's back (unmounted by hand?); mounting it again");
-                self.bound
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(name);
+                self.bound_here().remove(name);
             }
         }
         if !self.is_bound(name) {
@@ -232,10 +253,7 @@ impl Service {
                 self.take_back(name, id).await;
                 return Err(e);
             }
-            self.bound
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_string());
+            self.bound_here().insert(name);
         }
         if !crate::deadline::answerable(ANSWER_MARGIN) {
             tracing::warn!(volume = %name, id, "the mount finished after its caller's deadline; taking it back");
@@ -353,6 +371,9 @@ impl Service {
         if remaining == 0 && self.is_bound(name) {
             self.unbind(name).await?;
         }
+        if record.is_none() {
+            return Err(Error::NoSuchVolume(name.to_string()));
+        }
         Ok(())
     }
 
@@ -451,7 +472,7 @@ impl Service {
             let Ok(snap) = self.store.snapshot().await else {
                 return;
             };
-            let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let bound = self.bound_here().names.clone();
             bound
                 .into_iter()
                 .filter(|name| lost_here(snap.volumes.get(name), &self.node).is_some())
@@ -540,24 +561,25 @@ impl Service {
     /// callers at once each rendering their own copy starved the heartbeat.
     pub async fn list_rendered(
         &self,
-        render: impl FnOnce(&mut dyn Iterator<Item = (&str, PathBuf)>) -> Bytes,
+        render: impl FnOnce(&mut dyn Iterator<Item = (&str, String)>) -> Bytes,
     ) -> Result<Bytes> {
         let read = self.store.read().await?;
         if let Some(why) = &read.stale {
             tracing::warn!("List answered from the last known metadata: {why}");
         }
-        let generation = read.snapshot.generation;
+        let bound = self.bound_here();
+        let key = (read.snapshot.generation, bound.version);
         let mut memo = self.list_answer.lock().unwrap_or_else(|p| p.into_inner());
         match &*memo {
-            Some((g, answer)) if *g == generation => Ok(answer.clone()),
+            Some((k, answer)) if *k == key => Ok(answer.clone()),
             _ => {
                 let mut names = read
                     .snapshot
                     .volumes
                     .keys()
-                    .map(|n| (n.as_str(), self.local.mountpoint(n)));
+                    .map(|n| (n.as_str(), self.shown_mountpoint(n, &bound)));
                 let answer = render(&mut names);
-                *memo = Some((generation, answer.clone()));
+                *memo = Some((key, answer.clone()));
                 Ok(answer)
             }
         }
@@ -570,35 +592,52 @@ impl Service {
     }
 
     pub async fn info(&self) -> Result<Info> {
-        let read = self.store.read().await?;
-        let (snap, stale) = (read.snapshot, read.stale);
-        let mounts_total = snap
-            .volumes
-            .values()
-            .flat_map(|r| r.mounts.values())
-            .flat_map(|ids| ids.values())
-            .sum();
-        let mounts_here = snap
-            .volumes
-            .values()
-            .map(|r| r.node_mount_count(&self.node))
-            .sum();
-        Ok(Info {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            node: self.node.clone(),
-            root: self.shared().root.display().to_string(),
-            state_dir: self.local.state_dir.display().to_string(),
-            volumes: snap.volumes.len(),
-            mounted_here: self.bound.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            mounts_here,
-            mounts_total,
-            generation: snap.generation,
-            uptime_secs: self.started.elapsed().as_secs(),
-            store: self.store.stats(),
-            stale,
-            health: self.health.report(),
-            standing: self.nodes.self_report(),
-        })
+        let mut info = {
+            let read = self.store.read().await?;
+            let (snap, stale) = (read.snapshot, read.stale);
+            let mounts_total = snap
+                .volumes
+                .values()
+                .flat_map(|r| r.mounts.values())
+                .flat_map(|ids| ids.values())
+                .sum();
+            let mounts_here = snap
+                .volumes
+                .values()
+                .map(|r| r.node_mount_count(&self.node))
+                .sum();
+            Info {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                node: self.node.clone(),
+                root: self.shared().root.display().to_string(),
+                state_dir: self.local.state_dir.display().to_string(),
+                volumes: snap.volumes.len(),
+                mounted_here: self.bound_here().names.len(),
+                mounts_here,
+                mounts_total,
+                generation: snap.generation,
+                uptime_secs: self.started.elapsed().as_secs(),
+                store: self.store.stats(),
+                stale,
+                health: self.health.report(),
+                standing: self.nodes.self_report(),
+            }
+        };
+        if info.stale.is_none() {
+            // A fresh read may come from the cache: check that the metadata folders are
+            // still there (deleted by hand, the next mutation would fail), so that info
+            // never calls such an export healthy.
+            let shared = self.shared().clone();
+            if let Err(e) = self
+                .blocking("checking the metadata folders", move || {
+                    shared.pinned().map(drop)
+                })
+                .await
+            {
+                info.stale = Some(e.to_string());
+            }
+        }
+        Ok(info)
     }
 
     /// Every node this node knows of, with its state and mounts.
@@ -640,10 +679,17 @@ impl Service {
     }
 
     fn view(&self, r: &VolumeRecord, usage: Option<Usage>) -> VolumeView {
+        let (mountpoint, mounted_here) = {
+            let bound = self.bound_here();
+            (
+                self.shown_mountpoint(&r.name, &bound),
+                bound.names.contains(&r.name),
+            )
+        };
         VolumeView {
             name: r.name.clone(),
-            mountpoint: self.local.mountpoint(&r.name).display().to_string(),
-            mounted_here: self.is_bound(&r.name),
+            mountpoint,
+            mounted_here,
             created_at: r.created_at_rfc3339(),
             created_by: r.created_by.clone(),
             options: r
@@ -708,21 +754,29 @@ impl Service {
         Some(u)
     }
 
+    fn bound_here(&self) -> std::sync::MutexGuard<'_, BoundHere> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn is_bound(&self, name: &str) -> bool {
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+        self.bound_here().names.contains(name)
+    }
+
+    /// Where Docker is told the volume is: its mountpoint while it is mounted on this
+    /// node, nothing otherwise (the folder is then an empty directory, or absent).
+    fn shown_mountpoint(&self, name: &str, bound: &BoundHere) -> String {
+        if bound.names.contains(name) {
+            self.local.mountpoint(name).display().to_string()
+        } else {
+            String::new()
+        }
     }
 
     async fn unbind(&self, name: &str) -> Result<()> {
         let target = self.local.mountpoint(name);
         self.blocking("unmounting", move || mounts::unbind(&target))
             .await?;
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.bound_here().remove(name);
         Ok(())
     }
 
