@@ -131,7 +131,9 @@ fn to_json<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("API types serialize")
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+/// Decodes a control request body: a JSON object of the request's type (pure, so that it
+/// can be fuzzed).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     if !body.trim_ascii().starts_with(b"{") {
         return Err(Error::invalid(
             "invalid request body: expected a JSON object",

@@ -495,6 +495,11 @@ fn info_text(i: &Info) -> String {
             i.store.last_failure.as_deref().unwrap_or("?")
         ));
     }
+    for (key, why) in &i.skipped_records {
+        text.push_str(&format!(
+            "Skipped:      stored record {key}, left untouched: {why}\n"
+        ));
+    }
     if let Some(why) = &i.stale {
         text.push_str(&format!(
             "Stale:        figures above are the last known ({why})\n"

@@ -196,6 +196,18 @@ impl DaemonArgs {
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
+        self.resolve_with(file)
+    }
+
+    /// [`DaemonArgs::resolve`] with the config file's text given (its name is for
+    /// messages only): the decoder of the file, pure apart from reading the host name and
+    /// the current directory, so that it can be fuzzed.
+    pub fn resolve_text(self, text: &str, origin: &Path) -> Result<DaemonConfig> {
+        let file = parse_file(text, origin)?;
+        self.resolve_with(file)
+    }
+
+    fn resolve_with(self, file: FileConfig) -> Result<DaemonConfig> {
         let state_dir = self
             .state_dir
             .or(file.state_dir)
@@ -361,7 +373,11 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     file.take(MAX_CONFIG_BYTES)
         .read_to_string(&mut text)
         .map_err(reading)?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&text, path)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
             "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, log_level",
             path.display()

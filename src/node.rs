@@ -828,14 +828,24 @@ fn read_heartbeat(path: &Path, node: &str) -> Result<Heartbeat> {
     file.take(MAX_HEARTBEAT_BYTES + 1)
         .read_to_end(&mut bytes)
         .ctx(|| format!("reading {}", shown()))?;
-    let hb: Heartbeat =
-        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{}: {e}", shown())))?;
+    decode_heartbeat(&bytes, node).map_err(|e| Error::invalid(format!("{}: {e}", shown())))
+}
+
+/// Decodes the heartbeat of `node` from the bytes of its file (written by another machine:
+/// anything may be there). Pure, so that it can be fuzzed.
+pub fn decode_heartbeat(bytes: &[u8], node: &str) -> Result<Heartbeat> {
+    if bytes.len() as u64 > MAX_HEARTBEAT_BYTES {
+        return Err(Error::invalid(format!(
+            "{} bytes, more than a heartbeat's {MAX_HEARTBEAT_BYTES}",
+            bytes.len()
+        )));
+    }
+    let hb: Heartbeat = serde_json::from_slice(bytes).map_err(|e| Error::invalid(e.to_string()))?;
     if hb.node != node || !is_safe_token(&hb.boot_id, 1, 128, false) {
         return Err(Error::invalid(format!(
-            "{} names node {:?} with boot id {:?}; ignored",
-            shown(),
-            hb.node.chars().take(40).collect::<String>(),
-            hb.boot_id.chars().take(40).collect::<String>()
+            "names node {} with boot id {}; ignored",
+            crate::error::shown(&hb.node),
+            crate::error::shown(&hb.boot_id)
         )));
     }
     Ok(hb)

@@ -21,13 +21,13 @@ use crate::volume::OptionMap;
 /// (go-plugins-helpers) ignore them, so a newer dockerd's additions do not break calls. A
 /// field or option given twice is refused.
 #[derive(Debug, Default, Deserialize)]
-struct Request {
+pub struct Request {
     #[serde(rename = "Name", default)]
-    name: String,
+    pub name: String,
     #[serde(rename = "ID", default)]
-    id: String,
+    pub id: String,
     #[serde(rename = "Opts", default)]
-    opts: Option<OptionMap>,
+    pub opts: Option<OptionMap>,
 }
 
 /// `/Plugin.Activate`: needs no state, and may never be called in this process's lifetime
@@ -81,7 +81,8 @@ async fn list(svc: &Service) -> Result<Bytes> {
     .await
 }
 
-fn parse(method: &str, body: &[u8]) -> Result<Request> {
+/// Decodes the body of `/VolumeDriver.<method>` (pure, so that it can be fuzzed).
+pub fn parse(method: &str, body: &[u8]) -> Result<Request> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         // List and Capabilities carry no fields; for the others an empty body is a resend

@@ -405,6 +405,22 @@ pub struct VolumeRecord {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
+/// Decodes a record from the store, where another machine may have written anything:
+/// the key must be a valid volume name (it becomes a path) and the record must name it.
+/// Counts and times are checked where they are used (no wrap, no panic). Pure, so that
+/// it can be fuzzed; the error says why the record is skipped.
+pub fn decode_stored(key: &[u8], value: &[u8]) -> std::result::Result<VolumeRecord, String> {
+    let name = std::str::from_utf8(key).map_err(|_| "its key is not UTF-8".to_string())?;
+    if validate_name(name).is_err() {
+        return Err("its key is not a valid volume name".into());
+    }
+    let rec: VolumeRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    if rec.name != name {
+        return Err(format!("it names volume {}", shown(&rec.name)));
+    }
+    Ok(rec)
+}
+
 /// The record format this version writes. 1: mounts and holds record the boot id of the
 /// incarnation that made them (`incarnations`, `holder.boot_id`).
 pub const RECORD_FORMAT: u32 = 1;

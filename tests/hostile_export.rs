@@ -168,3 +168,92 @@ fn the_start_up_write_check_never_writes_through_a_planted_link() {
     d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
     assert_canary_intact(&canary);
 }
+
+/// Defect 6: records in the store that another machine wrote, with absurd times, counts
+/// and keys: they never panic a call, never wrap, never break the listing of the other
+/// volumes, and `caravan info` reports the ones it skips.
+#[test]
+fn absurd_records_from_another_machine_break_nothing() {
+    if !require_root("absurd_records_from_another_machine_break_nothing") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let mut d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"good"}"#);
+    assert!(d.stop().success());
+    {
+        // As another machine would, straight into the store.
+        let db = sled::Config::new()
+            .path(root.join(".caravan/meta"))
+            .segment_size(64 << 10)
+            .open()
+            .unwrap();
+        let t = db.open_tree("volumes").unwrap();
+        let rec = |name: &str, rest: &str| {
+            format!(r#"{{"name":"{name}","created_by":"x","options":{{}},{rest}}}"#)
+        };
+        let max = u32::MAX;
+        for (key, value) in [
+            ("../../outside", rec("../../outside", r#""created_at":1"#)),
+            ("notjson", "{nope".to_string()),
+            ("wrongkey", rec("other", r#""created_at":1"#)),
+            (
+                "future",
+                rec("future", &format!(r#""created_at":{}"#, u64::MAX)),
+            ),
+            ("year10k", rec("year10k", r#""created_at":253402300800"#)),
+            (
+                "zero",
+                rec("zero", r#""created_at":1,"mounts":{"a":{"c1":0}}"#),
+            ),
+            (
+                "huge",
+                rec(
+                    "huge",
+                    &format!(r#""created_at":1,"mounts":{{"b":{{"x":{max},"y":{max}}}}}"#),
+                ),
+            ),
+        ] {
+            t.insert(key, value.as_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    d.spawn();
+    let list = d.ok("VolumeDriver.List", "{}");
+    let mut names: Vec<&str> = list["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["future", "good", "huge", "year10k", "zero"],
+        "{list}"
+    );
+    for name in ["future", "year10k"] {
+        let v = d.ok("VolumeDriver.Get", &format!(r#"{{"Name":"{name}"}}"#));
+        assert_eq!(v["Volume"]["CreatedAt"], "1970-01-01T00:00:00Z", "{v}");
+    }
+    // A stored count of 0 never wraps: the unmount leaves the volume removable.
+    d.ok("VolumeDriver.Unmount", r#"{"Name":"zero","ID":"c1"}"#);
+    d.ok("VolumeDriver.Remove", r#"{"Name":"zero"}"#);
+    // Counts past u32::MAX still count as mounted, never as 0.
+    let err = d.err("VolumeDriver.Remove", r#"{"Name":"huge"}"#);
+    assert!(err.contains("in use"), "{err}");
+    let (status, info) = d.api("GET", "/v1/info", "");
+    assert_eq!(status, 200, "{info}");
+    let skipped = info["skipped_records"].as_object().unwrap();
+    assert_eq!(skipped.len(), 3, "{info}");
+    assert!(skipped["\"../../outside\""]
+        .as_str()
+        .unwrap()
+        .contains("not a valid volume name"));
+    assert!(skipped["\"wrongkey\""]
+        .as_str()
+        .unwrap()
+        .contains("names volume"));
+    assert!(d.log_text().contains("skipping a stored record"));
+}

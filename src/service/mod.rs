@@ -595,17 +595,18 @@ impl Service {
         let mut info = {
             let read = self.store.read().await?;
             let (snap, stale) = (read.snapshot, read.stale);
+            // Counts another machine may have written: summed without wrapping.
             let mounts_total = snap
                 .volumes
                 .values()
                 .flat_map(|r| r.mounts.values())
                 .flat_map(|ids| ids.values())
-                .sum();
+                .fold(0u32, |a, n| a.saturating_add(*n));
             let mounts_here = snap
                 .volumes
                 .values()
                 .map(|r| r.node_mount_count(&self.node))
-                .sum();
+                .fold(0u32, u32::saturating_add);
             Info {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 node: self.node.clone(),
@@ -621,6 +622,11 @@ impl Service {
                 stale,
                 health: self.health.report(),
                 standing: self.nodes.self_report(),
+                skipped_records: snap
+                    .unreadable
+                    .iter()
+                    .map(|(k, why)| (crate::error::shown(k), why.clone()))
+                    .collect(),
             }
         };
         if info.stale.is_none() {

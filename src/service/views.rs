@@ -105,4 +105,8 @@ pub struct Info {
     /// This node's own standing: cut off, re-validating its exclusive volumes.
     #[serde(default)]
     pub standing: SelfReport,
+    /// Records in the store that failed their checks (another machine wrote them, or an
+    /// older or newer version), by key (shortened), with why: left untouched, never used.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_records: BTreeMap<String, String>,
 }

@@ -394,32 +394,17 @@ impl Worker {
         let mut unreadable = BTreeMap::new();
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| Error::Store(format!("reading volumes: {e}")))?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            match serde_json::from_slice::<VolumeRecord>(&v) {
-                // Written by another machine: a name that is not a valid volume name (say
-                // `../../outside`) would become a path; it is reported, never used.
-                Ok(_) if crate::volume::validate_name(&name).is_err() => {
-                    let why = "its key is not a valid volume name".to_string();
-                    tracing::error!(volume = ?name.chars().take(40).collect::<String>(), "skipping a record: {why}");
-                    unreadable.insert(name, why);
-                }
-                Ok(rec) if rec.name == name => {
-                    volumes.insert(name, rec);
-                }
+            match crate::volume::decode_stored(&k, &v) {
                 Ok(rec) => {
-                    let why = format!(
-                        "it names volume {:?}",
-                        rec.name.chars().take(40).collect::<String>()
-                    );
-                    tracing::error!(volume = %name, "skipping a record under the wrong key: {why}");
-                    unreadable.insert(name, why);
+                    volumes.insert(rec.name.clone(), rec);
                 }
-                // A record that does not decode is skipped, not fatal: one bad entry must
-                // not take every other volume down with it. It is remembered, so that no
-                // call mistakes the name for a free one and overwrites it.
-                Err(e) => {
-                    tracing::error!(volume = %name, "skipping an unreadable record: {e}");
-                    unreadable.insert(name, e.to_string());
+                // A record that does not decode or check is skipped, not fatal: one bad
+                // entry must not take every other volume down with it. It is remembered,
+                // so that no call mistakes the name for a free one and overwrites it.
+                Err(why) => {
+                    let name = String::from_utf8_lossy(&k).into_owned();
+                    tracing::error!(volume = %crate::error::shown(&name), "skipping a stored record: {why}");
+                    unreadable.insert(name, why);
                 }
             }
         }
