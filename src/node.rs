@@ -416,6 +416,8 @@ pub struct Nodes {
     own: Mutex<Own>,
     /// The state last logged for each node's current boot id (changes are logged once).
     logged: Mutex<HashMap<String, (String, Liveness)>>,
+    /// Nodes whose heartbeat file could not be read at the last round (logged once each).
+    unreadable: Mutex<std::collections::BTreeSet<String>>,
     /// The OFD lock on `<node>.lock`, held while the daemon lives (`None` in tests that
     /// build observers without a daemon).
     _name_lock: Option<File>,
@@ -464,6 +466,7 @@ impl Nodes {
             seq: Mutex::new(0),
             own: Mutex::new(Own::default()),
             logged: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(Default::default()),
             _name_lock: None,
         })
     }
@@ -657,12 +660,11 @@ impl Nodes {
                 Ok(hb) => read.push(hb),
                 // Replaced meanwhile: the next round reads it again.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::debug!("unreadable heartbeat {node}: {e}");
-                    unreadable.push(node.to_string());
-                }
+                Err(e) => unreadable.push((node.to_string(), e)),
             }
         }
+        self.log_unreadable(&read, &unreadable);
+        let unreadable: Vec<String> = unreadable.into_iter().map(|(n, _)| n).collect();
         let mut w = self.watchers();
         for hb in read {
             w.saw(hb, at);
@@ -671,6 +673,29 @@ impl Nodes {
             w.saw_unreadable(&node, at);
         }
         Ok(())
+    }
+
+    /// Warns once about each heartbeat file that cannot be read (a FIFO, a device, an
+    /// oversized or garbled file, perhaps planted by another machine), naming it, and
+    /// says when it can be read again.
+    fn log_unreadable(&self, read: &[Heartbeat], unreadable: &[(String, Error)]) {
+        let mut logged = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        for (node, e) in unreadable {
+            if logged.insert(node.clone()) {
+                let file = self.shown.join(format!("{node}.json"));
+                // The error names the file by its /proc/self/fd path: show the real one.
+                let why = e.to_string().replace(
+                    &self.dir.display().to_string(),
+                    &self.shown.display().to_string(),
+                );
+                tracing::warn!(file = %file.display(), "skipping a heartbeat file that cannot be read: {why}");
+            }
+        }
+        for hb in read {
+            if logged.remove(&hb.node) {
+                tracing::info!(node = %hb.node, "the heartbeat file of this node can be read again");
+            }
+        }
     }
 
     /// A fresh read of one node's heartbeat, for a judgment made under the cluster lock.

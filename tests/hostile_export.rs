@@ -257,3 +257,50 @@ fn absurd_records_from_another_machine_break_nothing() {
         .contains("names volume"));
     assert!(d.log_text().contains("skipping a stored record"));
 }
+
+/// Defect 5: a FIFO and a 300 MB sparse file planted as heartbeats in `.caravan/nodes/`:
+/// neither blocks nor bloats the heartbeat, every mutation still works, and the log names
+/// both.
+#[test]
+fn a_fifo_and_a_huge_file_planted_as_heartbeats_are_skipped() {
+    if !require_root("a_fifo_and_a_huge_file_planted_as_heartbeats_are_skipped") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    let nodes = root.join(".caravan/nodes");
+    nix::unistd::mkfifo(
+        &nodes.join("fifo.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let huge = fs::File::create(nodes.join("huge.json")).unwrap();
+    huge.set_len(300 << 20).unwrap();
+    // Three heartbeat rounds read (or skip) them.
+    util::eventually(
+        Duration::from_secs(10),
+        "warnings naming both files",
+        || {
+            let log = a.log_text();
+            log.contains("fifo.json") && log.contains("huge.json")
+        },
+    );
+    let t = std::time::Instant::now();
+    a.ok("VolumeDriver.Create", r#"{"Name":"after"}"#);
+    a.ok("VolumeDriver.Remove", r#"{"Name":"after"}"#);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "mutations took {:?}",
+        t.elapsed()
+    );
+    let status = fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 128 << 10, "peak memory {hwm_kib} KiB");
+    let (_, info) = a.api("GET", "/v1/info", "");
+    assert!(info["standing"]["cut_off"].is_null(), "{info}");
+}
