@@ -28,8 +28,21 @@ pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    // Before anything is started, mounted or deleted.
-    crate::server::check_socket_path(&cfg.socket)?;
+    // Before anything is started, mounted or deleted. A socket passed by systemd is
+    // served as it is; otherwise --socket is checked (and bound later).
+    let activated = crate::systemd::activated_socket()?;
+    let socket_path = match &activated {
+        Some((_, path)) => {
+            if *path != cfg.socket {
+                tracing::warn!(passed = %path.display(), socket = %cfg.socket.display(), "systemd passed a socket on another path than --socket; serving the one passed (the spec file names it)");
+            }
+            path.clone()
+        }
+        None => {
+            crate::server::check_socket_path(&cfg.socket)?;
+            cfg.socket.clone()
+        }
+    };
     let fds = crate::server::fd_budget(cfg.max_connections)?;
     tracing::debug!(
         open_files = fds,
@@ -106,16 +119,33 @@ pub async fn run(
     .await?;
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
 
-    let listener = crate::server::bind_socket(&cfg.socket)?;
-    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &cfg.socket)?;
+    let socket_activated = activated.is_some();
+    let listener = match activated {
+        Some((listener, _)) => listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+            .map_err(|e| Error::io("serving the socket systemd passed", e))?,
+        None => crate::server::bind_socket(&cfg.socket)?,
+    };
+    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &socket_path)?;
     tracing::info!(
         node = %cfg.node,
         root = %cfg.root.display(),
-        socket = %cfg.socket.display(),
+        socket = %socket_path.display(),
+        socket_activated,
         spec = %spec_path.display(),
         version = env!("CARGO_PKG_VERSION"),
         "caravan daemon serving"
     );
+    crate::systemd::notify_ready(&format!(
+        "serving {} as node {}",
+        socket_path.display(),
+        cfg.node
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        crate::systemd::notify_stopping();
+    };
 
     // Serve until the signal; then stop accepting and give in-flight calls (each bounded
     // by the call timeout) a little more than that to answer.
@@ -131,11 +161,15 @@ pub async fn run(
         cfg.timeout + Duration::from_secs(1),
     )
     .await;
-    if let Err(e) = std::fs::remove_file(&cfg.socket) {
-        tracing::warn!("removing {}: {e}", cfg.socket.display());
-    }
-    if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &cfg.socket) {
-        tracing::warn!("{e}");
+    // A socket systemd listens on stays, and so does the spec file that names it: the
+    // next call queues there and systemd starts caravan again to serve it.
+    if !socket_activated {
+        if let Err(e) = std::fs::remove_file(&socket_path) {
+            tracing::warn!("removing {}: {e}", socket_path.display());
+        }
+        if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &socket_path) {
+            tracing::warn!("{e}");
+        }
     }
     fencing.abort();
     beating.store(false, std::sync::atomic::Ordering::SeqCst);

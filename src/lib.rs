@@ -51,6 +51,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod systemd;
 pub mod volume;
 
 pub use error::{Error, Result};

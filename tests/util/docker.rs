@@ -78,8 +78,8 @@ pub fn docker_err(args: &[&str]) -> String {
 /// share one driver name and one socket path, served by one daemon per test binary.
 pub const DRIVER: &str = "caravan-e2e";
 /// Fixed for good: dockerd remembers the socket of a plugin it activated, for its lifetime.
-const SOCKET: &str = "/run/caravan-test/e2e/caravan.sock";
-const BASE: &str = "/var/lib/caravan-test/e2e";
+pub const SOCKET: &str = "/run/caravan-test/e2e/caravan.sock";
+pub const BASE: &str = "/var/lib/caravan-test/e2e";
 
 /// The shared daemon. Tests take it shared; tests that restart it take it exclusively.
 pub fn shared_daemon() -> &'static RwLock<Daemon> {
