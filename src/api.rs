@@ -54,17 +54,45 @@ pub struct TakeoverRequest {
 pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let started = Instant::now();
     let result = route(&svc, method, path, body).await;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let took = started.elapsed();
+    let ms = took.as_secs_f64() * 1e3;
     let node = svc.node();
+    let name = route_name(method, path);
+    let path = crate::error::cut(path);
     match result {
         Ok((status, v)) => {
-            tracing::info!(target: "caravan::call", method, path, node, ms = format_args!("{ms:.2}"), outcome = "ok");
+            crate::metrics::global().call("control", name, "ok", took);
+            tracing::info!(target: "caravan::call", method, path = %path, node, ms = format_args!("{ms:.2}"), outcome = "ok");
             (status, v)
         }
         Err(e) => {
-            tracing::warn!(target: "caravan::call", method, path, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
+            let outcome = if e.status() == 404 {
+                "not_found"
+            } else {
+                "error"
+            };
+            crate::metrics::global().call("control", name, outcome, took);
+            tracing::warn!(target: "caravan::call", method, path = %path, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
             (e.status(), json!({ "error": e.to_string() }))
         }
+    }
+}
+
+/// The route as a metrics label (a fixed set, whatever the path holds).
+fn route_name(method: &str, path: &str) -> &'static str {
+    let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["v1", "info"]) => "info",
+        ("GET", ["v1", "health"]) => "health",
+        ("GET", ["v1", "volumes"]) => "list",
+        ("GET", ["v1", "nodes"]) => "nodes",
+        ("POST", ["v1", "volumes"]) => "create",
+        ("GET", ["v1", "volumes", _]) => "inspect",
+        ("DELETE", ["v1", "volumes", _]) => "delete",
+        ("POST", ["v1", "volumes", _, "mount"]) => "mount",
+        ("POST", ["v1", "volumes", _, "unmount"]) => "unmount",
+        ("POST", ["v1", "volumes", _, "takeover"]) => "takeover",
+        _ => "other",
     }
 }
 

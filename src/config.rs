@@ -73,6 +73,10 @@ pub struct DaemonArgs {
     /// its previous answer: also the idle timeout), and then its body [default: 10s]
     #[arg(long, env = "CARAVAN_HEADER_TIMEOUT", value_parser = parse_header_timeout)]
     pub header_timeout: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics: PORT (on 127.0.0.1) or HOST:PORT
+    /// [default: off]
+    #[arg(long, env = "CARAVAN_METRICS", value_parser = parse_metrics_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "CARAVAN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -99,6 +103,7 @@ struct FileConfig {
     heartbeat: Option<String>,
     max_connections: Option<usize>,
     header_timeout: Option<String>,
+    metrics: Option<String>,
     log_level: Option<String>,
 }
 
@@ -121,6 +126,8 @@ pub struct DaemonConfig {
     pub heartbeat: Duration,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     pub log_level: tracing::Level,
 }
 
@@ -178,6 +185,17 @@ fn parse_header_timeout(s: &str) -> std::result::Result<Duration, String> {
         return Err(format!("{s} is out of range: use 1s to 5m"));
     }
     Ok(d)
+}
+
+/// `PORT` (loopback: metrics name nodes and counts, and need not leave the host) or
+/// `HOST:PORT`.
+fn parse_metrics_addr(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("invalid metrics address {s:?}: use a port (served on 127.0.0.1), or HOST:PORT such as 127.0.0.1:9464 or [::1]:9464")
+    })
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level> {
@@ -293,6 +311,17 @@ impl DaemonArgs {
             None => from_file(file.header_timeout, parse_header_timeout, "header_timeout")?
                 .unwrap_or(DEFAULT_HEADER_TIMEOUT),
         };
+        let metrics = match self.metrics {
+            Some(a) => Some(a),
+            None => file
+                .metrics
+                .as_deref()
+                .map(|s| {
+                    parse_metrics_addr(s)
+                        .map_err(|e| Error::invalid(format!("metrics in the config file: {e}")))
+                })
+                .transpose()?,
+        };
         let log_level = parse_level(
             self.log_level
                 .or(file.log_level)
@@ -325,6 +354,7 @@ impl DaemonArgs {
             heartbeat,
             max_connections,
             header_timeout,
+            metrics,
             log_level,
         };
         for (what, p) in [
@@ -379,7 +409,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
     toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, log_level",
             path.display()
         ))
     })

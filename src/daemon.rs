@@ -44,6 +44,17 @@ pub async fn run(
         }
     };
     let fds = crate::server::fd_budget(cfg.max_connections)?;
+    // Bound now, so that a port in use fails the start before anything else.
+    let metrics_listener = cfg
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| {
+                    Error::io(format!("binding the metrics address {addr} (--metrics)"), e)
+                })
+        })
+        .transpose()?;
     tracing::debug!(
         open_files = fds,
         max_connections = cfg.max_connections,
@@ -153,14 +164,49 @@ pub async fn run(
         max_connections: cfg.max_connections,
         header_timeout: cfg.header_timeout,
     };
+    // Both servers stop on the one signal.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics = match (metrics_listener, cfg.metrics) {
+        (Some(tcp), Some(addr)) => {
+            let tcp = tokio::net::TcpListener::from_std(tcp)
+                .map_err(|e| Error::io(format!("serving the metrics address {addr}"), e))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "metrics are served beyond this host (no authentication): keep the port firewalled");
+            }
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            let metrics_limits = crate::server::Limits {
+                max_connections: 16,
+                header_timeout: cfg.header_timeout,
+            };
+            Some(tokio::spawn(crate::server::serve(
+                tcp,
+                crate::server::metrics_routes(svc.clone(), cfg.timeout),
+                metrics_limits,
+                stopped(stop.subscribe()),
+                Duration::from_secs(1),
+            )))
+        }
+        _ => None,
+    };
+    let rx = stop.subscribe();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     crate::server::serve(
         listener,
         crate::server::routes(svc, cfg.timeout),
         limits,
-        shutdown,
+        stopped(rx),
         cfg.timeout + Duration::from_secs(1),
     )
     .await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     // A socket systemd listens on stays, and so does the spec file that names it: the
     // next call queues there and systemd starts caravan again to serve it.
     if !socket_activated {

@@ -94,15 +94,24 @@ impl Error {
     }
 }
 
+/// How much of a value from outside is ever echoed into an answer or the log.
+const SHOWN_CHARS: usize = 40;
+
 /// Quotes a value from a request or from the export for an error message: at most 40
 /// characters, so that a megabyte of input is never echoed into answers and logs.
 pub fn shown(s: &str) -> String {
-    const MAX: usize = 40;
-    if s.chars().count() <= MAX {
-        return format!("{s:?}");
+    match cut(s) {
+        std::borrow::Cow::Borrowed(s) => format!("{s:?}"),
+        std::borrow::Cow::Owned(head) => format!("{head:?}… ({} bytes)", s.len()),
     }
-    let head: String = s.chars().take(MAX).collect();
-    format!("{:?}… ({} bytes)", head, s.len())
+}
+
+/// The first 40 characters of a value from outside, unquoted (for log fields).
+pub fn cut(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((end, _)) => std::borrow::Cow::Owned(s[..end].to_string()),
+    }
 }
 
 /// Adds a context line to I/O results: `std::fs::read(p).ctx(|| format!("reading {p:?}"))`.

@@ -40,6 +40,7 @@ pub mod error;
 pub mod health;
 pub mod layout;
 pub mod lock;
+pub mod metrics;
 pub mod mounts;
 pub mod nfs;
 pub mod node;

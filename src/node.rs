@@ -238,12 +238,14 @@ impl Watchers {
     }
 
     /// Takes in one heartbeat read at `at`. A new sequence number or a boot id not seen
-    /// before is a beat.
-    pub fn saw(&mut self, hb: Heartbeat, at: Instant) {
+    /// before is a beat. Returns, for a new beat of an incarnation already seen, the gap
+    /// since its previous beat on the seeing clock (for metrics).
+    pub fn saw(&mut self, hb: Heartbeat, at: Instant) -> Option<Duration> {
         let now = self.clock.now(at);
         if !self.watches.contains_key(&hb.node) && self.watches.len() >= MAX_NODES {
-            return;
+            return None;
         }
+        let mut gap = None;
         let w = self
             .watches
             .entry(hb.node.clone())
@@ -258,6 +260,7 @@ impl Watchers {
                 let mut b = w.boots.remove(i);
                 if b.seq != hb.seq {
                     b.seq = hb.seq;
+                    gap = now.checked_sub(b.last_beat);
                     b.last_beat = now;
                 }
                 b.left = left;
@@ -277,6 +280,7 @@ impl Watchers {
             }
         }
         w.current = hb;
+        gap
     }
 
     /// `node`'s heartbeat file is there but could not be read or decoded at `at` (a newer
@@ -667,7 +671,10 @@ impl Nodes {
         let unreadable: Vec<String> = unreadable.into_iter().map(|(n, _)| n).collect();
         let mut w = self.watchers();
         for hb in read {
-            w.saw(hb, at);
+            let node = hb.node.clone();
+            if let Some(gap) = w.saw(hb, at) {
+                crate::metrics::global().heartbeat_gap(&node, gap);
+            }
         }
         for node in unreadable {
             w.saw_unreadable(&node, at);
@@ -705,7 +712,9 @@ impl Nodes {
         }
         let at = Instant::now();
         match read_heartbeat(&self.file(node), node) {
-            Ok(hb) => self.watchers().saw(hb, at),
+            Ok(hb) => {
+                let _ = self.watchers().saw(hb, at);
+            }
             Err(e) => tracing::debug!("fresh read of heartbeat {node}: {e}"),
         }
     }

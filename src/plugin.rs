@@ -47,23 +47,49 @@ pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Bytes {
         Ok(req) => dispatch(&svc, method, req).await.map(|v| to_body(&v)),
         Err(e) => Err(e),
     };
-    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let took = started.elapsed();
+    let ms = took.as_secs_f64() * 1e3;
     let node = svc.node();
+    let volume = crate::error::cut(&volume).into_owned();
+    let count =
+        |outcome| crate::metrics::global().call("plugin", known_method(method), outcome, took);
     match result {
         Ok(v) => {
+            count("ok");
             tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "ok");
             v
         }
         // dockerd asks Get before every create: "no such volume" is an answer, not a problem.
         Err(e @ Error::NoSuchVolume(_)) if method == "Get" => {
+            count("not_found");
             tracing::info!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "not found");
             to_body(&json!({ "Err": e.to_string() }))
         }
         Err(e) => {
+            count("error");
             tracing::warn!(target: "caravan::call", method, volume, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
             to_body(&json!({ "Err": e.to_string() }))
         }
     }
+}
+
+/// The method as a metrics label: one of the protocol's, or `other`.
+fn known_method(method: &str) -> &'static str {
+    const METHODS: [&str; 8] = [
+        "Create",
+        "Remove",
+        "Mount",
+        "Unmount",
+        "Path",
+        "Get",
+        "List",
+        "Capabilities",
+    ];
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn to_body(v: &Value) -> Bytes {

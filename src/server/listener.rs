@@ -83,10 +83,30 @@ pub fn fd_budget(max_connections: usize) -> Result<u64> {
     Ok(soft)
 }
 
+/// A listening socket the loop accepts connections from.
+pub trait Accept: Send {
+    type Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits at most
 /// `drain` for the calls in flight.
-pub async fn serve<F>(
-    listener: UnixListener,
+pub async fn serve<L: Accept, F>(
+    listener: L,
     filter: F,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -130,7 +150,7 @@ pub async fn serve<F>(
         }
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(e) => {
                     // EMFILE and the like: nothing to do but wait for descriptors to free.
                     tracing::warn!("accepting a connection: {e}");

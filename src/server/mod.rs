@@ -10,8 +10,8 @@
 mod listener;
 mod routes;
 
-pub use listener::{fd_budget, serve, Limits, MAX_BODY, RESERVED_FDS};
-pub use routes::routes;
+pub use listener::{fd_budget, serve, Accept, Limits, MAX_BODY, RESERVED_FDS};
+pub use routes::{metrics_routes, routes};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;

@@ -108,3 +108,48 @@ fn reply_body(body: Bytes) -> warp::reply::Response {
     );
     r
 }
+
+/// The metrics endpoint's one route: `GET /metrics`, the Prometheus text format.
+pub fn metrics_routes(
+    svc: Arc<Service>,
+    timeout: Duration,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    warp::method().and(warp::path::full()).then(
+        move |method: Method, path: warp::path::FullPath| {
+            let svc = svc.clone();
+            async move {
+                if method != Method::GET || path.as_str() != "/metrics" {
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        json!({ "error": "this endpoint serves GET /metrics only" }),
+                    );
+                }
+                let scraped = serve(timeout, "metrics scrape", async move {
+                    let info = svc.info().await?;
+                    let nodes = svc.nodes().await?;
+                    Ok::<_, crate::error::Error>(crate::metrics::render(&crate::metrics::Scrape {
+                        info: &info,
+                        nodes: &nodes,
+                    }))
+                })
+                .await;
+                match scraped {
+                    Ok(Ok(text)) => {
+                        let mut r = warp::reply::Response::new(text.into());
+                        r.headers_mut().insert(
+                            warp::http::header::CONTENT_TYPE,
+                            warp::http::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        r
+                    }
+                    Ok(Err(e)) | Err(e) => reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({ "error": e.to_string() }),
+                    ),
+                }
+            }
+        },
+    )
+}

@@ -172,6 +172,7 @@ impl Worker {
             }
         };
         let locked = Instant::now();
+        crate::metrics::global().lock_wait(locked - started);
         let wait_ms = (locked - started).as_secs_f64() * 1e3;
         {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,6 +205,7 @@ impl Worker {
             // quickly (the next Mount of a busy host) land in this same hold.
             send_all(replies);
             let commit_cost = commit_started.elapsed();
+            crate::metrics::global().commit(callers, commit_cost);
             self.stats
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
