@@ -15,7 +15,7 @@ pub enum ClientError {
     #[error("the caravan daemon is not running (nothing listens on {0}); start it with `caravan daemon` or `systemctl start caravan`, or pass --socket")]
     NotRunning(PathBuf),
     #[error(
-        "permission denied on {0}: the daemon's socket is root-only; run this command as root"
+        "permission denied on {0}: the daemon's socket is root's (or its --socket-group's); run this command as root, or as a member of that group to read"
     )]
     PermissionDenied(PathBuf),
     #[error("the daemon did not answer within {}s", .0.as_secs())]

@@ -73,6 +73,10 @@ pub struct DaemonArgs {
     /// its previous answer: also the idle timeout), and then its body [default: 10s]
     #[arg(long, env = "CARAVAN_HEADER_TIMEOUT", value_parser = parse_header_timeout)]
     pub header_timeout: Option<Duration>,
+    /// A group whose members may connect to the socket (mode 0660) and read: list,
+    /// inspect, nodes, info. Changes stay root's [default: none, mode 0600]
+    #[arg(long, env = "CARAVAN_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
     /// Serve Prometheus metrics on http://ADDR/metrics: PORT (on 127.0.0.1) or HOST:PORT
     /// [default: off]
     #[arg(long, env = "CARAVAN_METRICS", value_parser = parse_metrics_addr)]
@@ -104,6 +108,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     header_timeout: Option<String>,
     metrics: Option<String>,
+    socket_group: Option<String>,
     log_level: Option<String>,
 }
 
@@ -128,6 +133,8 @@ pub struct DaemonConfig {
     pub header_timeout: Duration,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The socket's group (members may read), as a group id.
+    pub socket_group: Option<u32>,
     pub log_level: tracing::Level,
 }
 
@@ -196,6 +203,23 @@ fn parse_metrics_addr(s: &str) -> std::result::Result<std::net::SocketAddr, Stri
     s.parse().map_err(|_| {
         format!("invalid metrics address {s:?}: use a port (served on 127.0.0.1), or HOST:PORT such as 127.0.0.1:9464 or [::1]:9464")
     })
+}
+
+/// A group name (or a numeric id) as its id.
+fn resolve_group(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(Error::invalid(format!(
+            "--socket-group {}: no such group; create it (groupadd) or name an existing one",
+            crate::error::shown(name)
+        ))),
+        Err(e) => Err(Error::invalid(format!(
+            "--socket-group: looking up the group: {e}"
+        ))),
+    }
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level> {
@@ -322,6 +346,11 @@ impl DaemonArgs {
                 })
                 .transpose()?,
         };
+        let socket_group = self
+            .socket_group
+            .or(file.socket_group)
+            .map(|name| resolve_group(&name))
+            .transpose()?;
         let log_level = parse_level(
             self.log_level
                 .or(file.log_level)
@@ -355,6 +384,7 @@ impl DaemonArgs {
             max_connections,
             header_timeout,
             metrics,
+            socket_group,
             log_level,
         };
         for (what, p) in [
@@ -409,7 +439,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
     toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, log_level",
             path.display()
         ))
     })

@@ -136,7 +136,7 @@ pub async fn run(
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixListener::from_std(listener))
             .map_err(|e| Error::io("serving the socket systemd passed", e))?,
-        None => crate::server::bind_socket(&cfg.socket)?,
+        None => crate::server::bind_socket(&cfg.socket, cfg.socket_group)?,
     };
     let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &socket_path)?;
     tracing::info!(

@@ -367,3 +367,76 @@ fn a_deleted_metadata_folder_is_reported_not_hidden() {
         "{text}"
     );
 }
+
+/// Another user: with `--socket-group`, members of the group may connect and read, and
+/// every change is refused (SO_PEERCRED); without it, they cannot connect at all.
+#[test]
+fn other_users_may_read_through_the_socket_group_and_change_nothing() {
+    if !require_root("other_users_may_read_through_the_socket_group_and_change_nothing") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    const GROUP: u32 = 4242;
+    const NOBODY: u32 = 65534;
+    let s = Scratch::new();
+    let d = Daemon::start_with(
+        s.path(),
+        &s.path().join("root"),
+        "a",
+        s.path().join("spec"),
+        "caravan",
+        &["--socket-group", &GROUP.to_string()],
+    );
+    d.ok("VolumeDriver.Create", r#"{"Name":"web"}"#);
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), GROUP);
+    // The scratch folder must be reachable for the other user.
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_user = |gid: u32, args: &[&str]| {
+        let mut c = std::process::Command::new(util::caravan_bin());
+        c.arg("--socket").arg(&d.socket).args(args);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let g = nix::unistd::Gid::from_raw(gid);
+                nix::unistd::setgroups(&[g])?;
+                nix::unistd::setgid(g)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
+                Ok(())
+            });
+        }
+        c.output().unwrap()
+    };
+    for args in [&["list"][..], &["inspect", "web"], &["info"], &["nodes"]] {
+        let out = as_user(GROUP, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    assert!(stdout(&as_user(GROUP, &["list"])).contains("web"));
+    for args in [
+        &["create", "evil"][..],
+        &["delete", "web"],
+        &["mount", "web"],
+        &["takeover", "web"],
+    ] {
+        let out = as_user(GROUP, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("permission denied") && err.contains("uid 65534"),
+            "{args:?}: {err}"
+        );
+    }
+    // Not in the group: no connection at all.
+    let out = as_user(NOBODY, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("permission denied on"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing changed.
+    let list = d.ok("VolumeDriver.List", "{}");
+    assert_eq!(list["Volumes"].as_array().unwrap().len(), 1, "{list}");
+}

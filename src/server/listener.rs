@@ -83,23 +83,43 @@ pub fn fd_budget(max_connections: usize) -> Result<u64> {
     Ok(soft)
 }
 
+/// Who is at the other end of a connection, as the kernel says (SO_PEERCRED), for
+/// requests to check ([`Peer::is_root`]). Every request carries it as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's user id on a unix socket; `None` over TCP.
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// Root, or the user the daemon itself runs as: who may change volumes.
+    pub fn may_change(&self) -> bool {
+        self.uid
+            .is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw())
+    }
+}
+
 /// A listening socket the loop accepts connections from.
 pub trait Accept: Send {
     type Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Conn, Peer)>> + Send;
 }
 
 impl Accept for UnixListener {
     type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        UnixListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<(Self::Conn, Peer)> {
+        let (s, _) = UnixListener::accept(self).await?;
+        // A peer whose credentials cannot be read counts as nobody in particular.
+        let uid = s.peer_cred().ok().map(|c| c.uid());
+        Ok((s, Peer { uid }))
     }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<(Self::Conn, Peer)> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        Ok((s, Peer { uid: None }))
     }
 }
 
@@ -148,9 +168,9 @@ pub async fn serve<L: Accept, F>(
             at_limit = false;
             tracing::info!("connections are below the limit again");
         }
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and the like: nothing to do but wait for descriptors to free.
                     tracing::warn!("accepting a connection: {e}");
@@ -164,6 +184,7 @@ pub async fn serve<L: Accept, F>(
             warp: warp::service(filter.clone()),
             body_timeout: limits.header_timeout,
             calls: calls.clone(),
+            peer,
         };
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -227,6 +248,7 @@ struct Connection<S> {
     warp: S,
     body_timeout: Duration,
     calls: Arc<tokio::sync::watch::Sender<usize>>,
+    peer: Peer,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for Connection<S>
@@ -250,9 +272,11 @@ where
         let mut warp = self.warp.clone();
         let body_timeout = self.body_timeout;
         let call = CallInFlight::start(&self.calls);
+        let peer = self.peer;
         Box::pin(async move {
             let _call = call;
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(peer);
             let declared = parts
                 .headers
                 .get(warp::http::header::CONTENT_LENGTH)

@@ -10,7 +10,7 @@
 mod listener;
 mod routes;
 
-pub use listener::{fd_budget, serve, Accept, Limits, MAX_BODY, RESERVED_FDS};
+pub use listener::{fd_budget, serve, Accept, Limits, Peer, MAX_BODY, RESERVED_FDS};
 pub use routes::{metrics_routes, routes};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -21,8 +21,9 @@ use tokio::net::UnixListener;
 use crate::error::{Error, IoContext, Result};
 
 /// Binds the unix socket, refusing to steal it from a running daemon and replacing a stale
-/// file left by one that died.
-pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+/// file left by one that died. Mode 0600 (root only), or 0660 with `group` as its group:
+/// members may then connect, and read (see [`Peer`]).
+pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     check_socket_path(path)?;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -37,8 +38,14 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
             .ctx(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).ctx(|| format!("binding {}", path.display()))?;
-    // Root only: the API can mount and delete volumes.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // Root only: the API can mount and delete volumes. With a group, its members may
+    // connect too, and are answered read-only calls only.
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .ctx(|| format!("setting the group of {}", path.display()))?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
 }

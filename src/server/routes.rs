@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use warp::http::{Method, StatusCode};
 use warp::Filter;
 
+use super::Peer;
 use crate::deadline::serve;
 use crate::service::Service;
 use crate::{api, plugin};
@@ -28,11 +29,15 @@ pub fn routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     warp::method()
         .and(warp::path::full())
+        .and(warp::ext::optional::<Peer>())
         .and(warp::body::bytes())
         .then(
-            move |method: Method, path: warp::path::FullPath, body: Bytes| {
+            move |method: Method, path: warp::path::FullPath, peer: Option<Peer>, body: Bytes| {
                 let svc = svc.clone();
-                async move { dispatch(svc, timeout, method, path.as_str().to_string(), body).await }
+                let peer = peer.unwrap_or(Peer { uid: None });
+                async move {
+                    dispatch(svc, timeout, method, path.as_str().to_string(), peer, body).await
+                }
             },
         )
         .recover(|_rejection: warp::Rejection| async move {
@@ -50,8 +55,22 @@ async fn dispatch(
     timeout: Duration,
     method: Method,
     path: String,
+    peer: Peer,
     body: Bytes,
 ) -> warp::reply::Response {
+    // The plugin API is dockerd's (root), and everything that changes anything is root's;
+    // others who may connect (--socket-group) can read.
+    let read_only = method == Method::GET && path.starts_with("/v1/");
+    if !peer.may_change() && !read_only {
+        let who = peer
+            .uid
+            .map_or("an unknown user".to_string(), |u| format!("uid {u}"));
+        let msg = format!(
+            "permission denied: {method} {} changes volumes and needs root (the caller is {who}); other users may only read (caravan list, inspect, nodes, info)",
+            crate::error::cut(&path)
+        );
+        return reply(StatusCode::FORBIDDEN, json!({ "Err": msg, "error": msg }));
+    }
     let plugin_call = path == "/Plugin.Activate" || path.starts_with("/VolumeDriver.");
     if plugin_call && method != Method::POST {
         let msg = format!("{method} {path}: the plugin API takes POST only");
