@@ -107,6 +107,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: caravan completions bash > /etc/bash_completion.d/caravan
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): caravan manpage > /usr/share/man/man1/caravan.1
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// Writes the completion script or the man page, which need no daemon.
+pub fn print_generated(command: &Command) -> Option<i32> {
+    use clap::CommandFactory;
+    // Rendered whole first: clap_complete panics on a write error (`| head`).
+    let mut text = Vec::new();
+    let rendered = match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "caravan", &mut text);
+            Ok(())
+        }
+        Command::Manpage => clap_mangen::Man::new(Cli::command()).render(&mut text),
+        _ => return None,
+    };
+    let written = rendered.and_then(|()| std::io::stdout().lock().write_all(&text));
+    match written {
+        Ok(()) => Some(0),
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(0),
+        Err(e) => {
+            eprintln!("caravan: writing to stdout: {e}");
+            Some(1)
+        }
+    }
 }
 
 /// Runs a client command; returns the process exit code.
@@ -125,7 +158,9 @@ pub async fn run(socket: PathBuf, command: Command) -> i32 {
 async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Daemon(_) => unreachable!("the daemon is started by main"),
+        Command::Daemon(_) | Command::Completions { .. } | Command::Manpage => {
+            unreachable!("started or printed by main")
+        }
         Command::Create {
             name,
             size,

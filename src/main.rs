@@ -6,6 +6,9 @@ use caravan::cli::{self, Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(code) = cli::print_generated(&cli.command) {
+        std::process::exit(code);
+    }
     let code = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         command => {

@@ -37,6 +37,51 @@ fn help_lists_the_commands() {
 }
 
 #[test]
+fn completions_and_the_man_page_need_no_daemon() {
+    let run = |args: &[&str]| {
+        let out = Command::cargo_bin("caravan")
+            .unwrap()
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("_caravan()") && bash.contains("takeover"),
+        "{bash}"
+    );
+    // The script is valid bash.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("caravan.bash");
+    std::fs::write(&f, &bash).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef caravan"));
+    assert!(run(&["completions", "fish"]).contains("complete -c caravan"));
+    let man = run(&["manpage"]);
+    assert!(
+        man.contains(".TH caravan 1") && man.contains("completions"),
+        "{man}"
+    );
+    let out = Command::cargo_bin("caravan")
+        .unwrap()
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn a_stopped_daemon_is_reported_with_how_to_start_it() {
     let out = Command::cargo_bin("caravan")
         .unwrap()
