@@ -13,6 +13,8 @@
 //! | `POST /v1/volumes/NAME/mount` | `{"id": "caravan-cli"}` | `{"mountpoint": "/…"}` |
 //! | `POST /v1/volumes/NAME/unmount` | `{"id": "caravan-cli"}` | `{}` |
 //! | `POST /v1/volumes/NAME/takeover` | `{"force": false}` | the volume, held by this node |
+//! | `GET /v1/doctor` | | [`DoctorReport`](crate::service::DoctorReport): what does not agree |
+//! | `POST /v1/doctor/repair` | | the same, with the safe repairs made |
 //!
 //! Errors answer a 4xx or 5xx status with `{"error": "message"}`.
 
@@ -86,6 +88,8 @@ fn route_name(method: &str, path: &str) -> &'static str {
         ("GET", ["v1", "health"]) => "health",
         ("GET", ["v1", "volumes"]) => "list",
         ("GET", ["v1", "nodes"]) => "nodes",
+        ("GET", ["v1", "doctor"]) => "doctor",
+        ("POST", ["v1", "doctor", "repair"]) => "doctor_repair",
         ("POST", ["v1", "volumes"]) => "create",
         ("GET", ["v1", "volumes", _]) => "inspect",
         ("DELETE", ["v1", "volumes", _]) => "delete",
@@ -112,6 +116,8 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
         ("GET", ["v1", "health"]) => ok(to_json(&svc.health())),
         ("GET", ["v1", "volumes"]) => ok(to_json(&svc.list().await?)),
         ("GET", ["v1", "nodes"]) => ok(to_json(&svc.nodes().await?)),
+        ("GET", ["v1", "doctor"]) => ok(to_json(&svc.doctor(false).await?)),
+        ("POST", ["v1", "doctor", "repair"]) => ok(to_json(&svc.doctor(true).await?)),
         ("POST", ["v1", "volumes"]) => {
             let req: CreateRequest = parse_body(body)?;
             let options = req.options.options()?;

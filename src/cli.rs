@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError};
 use crate::config::{DaemonArgs, DEFAULT_SOCKET};
 use crate::health::HealthReport;
-use crate::service::{Info, NodeInfo, VolumeView};
+use crate::service::{DoctorReport, Info, NodeInfo, VolumeView};
 
 /// The mount ID `caravan mount` uses when none is given.
 pub const CLI_MOUNT_ID: &str = "caravan-cli";
@@ -107,6 +107,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the metadata with the export and this host; --repair fixes what is safe.
+    /// Exit code 1 when something is left to fix
+    Doctor {
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: caravan completions bash > /etc/bash_completion.d/caravan
     Completions {
         #[arg(value_enum)]
@@ -158,6 +166,34 @@ pub async fn run(socket: PathBuf, command: Command) -> i32 {
 async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
     let mut out = std::io::stdout().lock();
     match command {
+        Command::Doctor { repair, json } => {
+            let v = if repair {
+                client.request("POST", "/v1/doctor/repair", None).await?
+            } else {
+                client.request("GET", "/v1/doctor", None).await?
+            };
+            let report: DoctorReport = decode(v.clone())?;
+            if json {
+                print_json(&mut out, &v);
+            } else {
+                let _ = write!(out, "{}", doctor_text(&report, repair));
+            }
+            let left = report
+                .findings
+                .iter()
+                .filter(|f| !matches!(f.repaired, Some(Ok(()))))
+                .count();
+            if left > 0 {
+                return Err(ClientError::Api(format!(
+                    "{left} finding(s) left{}",
+                    if repair {
+                        ""
+                    } else {
+                        "; caravan doctor --repair fixes those marked \"repair:\""
+                    }
+                )));
+            }
+        }
         Command::Daemon(_) | Command::Completions { .. } | Command::Manpage => {
             unreachable!("started or printed by main")
         }
@@ -539,6 +575,26 @@ fn info_text(i: &Info) -> String {
         text.push_str(&format!(
             "Stale:        figures above are the last known ({why})\n"
         ));
+    }
+    text
+}
+
+fn doctor_text(r: &DoctorReport, repaired: bool) -> String {
+    let mut text = format!(
+        "Checked {} volume(s) on node {}: {} finding(s)\n",
+        r.volumes_checked,
+        r.node,
+        r.findings.len()
+    );
+    for f in &r.findings {
+        text.push_str(&format!("\n{}: {}\n", f.kind, f.detail));
+        match (&f.repair, &f.repaired) {
+            (Some(how), Some(Ok(()))) => text.push_str(&format!("  repaired: {how}\n")),
+            (Some(how), Some(Err(e))) => text.push_str(&format!("  repair FAILED ({how}): {e}\n")),
+            (Some(how), None) if !repaired => text.push_str(&format!("  repair: {how}\n")),
+            (Some(_), None) => {}
+            (None, _) => text.push_str("  left to the operator\n"),
+        }
     }
     text
 }

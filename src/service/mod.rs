@@ -20,6 +20,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
 
+mod doctor;
 mod views;
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
@@ -30,6 +31,7 @@ use crate::store::{Created, Reconciled, Removed, Store, Unmounted};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
 };
+pub use doctor::{DoctorReport, Finding};
 pub use views::{Info, NodeInfo, NodeMounts, UsageView, VolumeView};
 
 /// How long a usage figure is reused (dockerd sends a Get before every Mount and Unmount).

@@ -1,0 +1,515 @@
+//! `caravan doctor`: compares the metadata with the export and with this host, and says
+//! what does not agree. Read-only unless asked to repair, and then only what is safe.
+//!
+//! The judgment is pure ([`diagnose`]: facts in, findings out, tested apart from I/O);
+//! [`Service::doctor`] gathers the facts (a fresh read of the store, the `volumes` folder
+//! opened without following links, this host's mount table) and applies the repairs, each
+//! through the normal operations and under the volume's lock, each logged.
+//!
+//! | finding | repaired by `--repair` |
+//! |---|---|
+//! | `data_without_record`: a volume folder with data but no record (the store lost or rebuilt) | the record is created again from its `volume.json` (the data is adopted) |
+//! | `counted_not_mounted`: this node counts mounts of a volume it has not bind-mounted | this node's counts of it are unmounted |
+//! | `mounted_not_counted`: a bind mount on this host that no count of this node backs | the bind mount is removed (lazily) |
+//! | `record_without_data`: a record whose data folder is gone | no: restore the folder, or `caravan delete` |
+//! | `volume_folder_refused`: a volume folder that is a link or not a folder | no: move it away by hand |
+//! | `dead_node_mounts`: mounts counted for a node judged dead | no need: they no longer block a remove; the node drops them when it starts |
+//! | `dead_holder`: an exclusive volume held by a dead node | no: `caravan takeover NAME` |
+//! | `trash_leftovers`: entries in the trash | no: the next start of any daemon deletes them |
+//! | `skipped_record`: a stored record that fails its checks | no: upgrade the node that wrote it, or remove it by hand |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Service;
+use crate::error::{Error, Result};
+use crate::node::Liveness;
+use crate::volume::{VolumeOptions, VolumeRecord};
+
+/// What one check found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub kind: String,
+    /// The volume it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    pub detail: String,
+    /// What `--repair` does about it; `None` when it is left to the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<String>,
+    /// Set by a repair run: whether the repair succeeded, or why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<std::result::Result<(), String>>,
+}
+
+/// What `caravan doctor` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DoctorReport {
+    pub node: String,
+    pub volumes_checked: usize,
+    pub findings: Vec<Finding>,
+}
+
+/// One volume folder on the export, as the doctor saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folder {
+    /// A folder with a `data` folder in it, and `volume.json` or not (a volume removed
+    /// with `on_delete=retain` keeps its data and loses its `volume.json`: by design).
+    WithData { recorded: bool },
+    /// A folder without `data`.
+    WithoutData,
+    /// Not a folder, or a link: never entered.
+    Refused(String),
+}
+
+/// The facts a diagnosis is made of.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub node: String,
+    pub records: BTreeMap<String, VolumeRecord>,
+    /// Stored records that failed their checks, by key, with why.
+    pub skipped: BTreeMap<String, String>,
+    /// The folders under `<root>/volumes`, by (valid) name.
+    pub folders: BTreeMap<String, Folder>,
+    /// Volumes bind-mounted on this host (per its mount table).
+    pub mounted_here: BTreeSet<String>,
+    /// Each node's state as this node judges it; a node not listed counts as alive.
+    pub liveness: BTreeMap<String, Liveness>,
+    pub trash_entries: usize,
+}
+
+impl Facts {
+    fn dead(&self, node: &str) -> bool {
+        self.liveness.get(node) == Some(&Liveness::Dead)
+    }
+}
+
+fn finding(kind: &str, volume: Option<&str>, detail: String, repair: Option<&str>) -> Finding {
+    Finding {
+        kind: kind.to_string(),
+        volume: volume.map(str::to_string),
+        detail,
+        repair: repair.map(str::to_string),
+        repaired: None,
+    }
+}
+
+/// The findings from `facts`, volume by volume, then the cluster-wide ones.
+pub fn diagnose(facts: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let names: BTreeSet<&String> = facts.records.keys().chain(facts.folders.keys()).collect();
+    for name in names {
+        let record = facts.records.get(name);
+        let folder = facts.folders.get(name);
+        let v = Some(name.as_str());
+        match (record, folder) {
+            (Some(_), None | Some(Folder::WithoutData)) => out.push(finding(
+                "record_without_data",
+                v,
+                format!("volume {name} is recorded but its data folder is gone"),
+                None,
+            )),
+            (None, Some(Folder::WithData { recorded: true }))
+                if !facts.skipped.contains_key(name) =>
+            {
+                out.push(finding(
+                    "data_without_record",
+                    v,
+                    format!("a data folder for {name} is on the export but no volume records it"),
+                    Some("create the volume again from its volume.json, adopting the data"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(Folder::Refused(why)) = folder {
+            out.push(finding("volume_folder_refused", v, why.clone(), None));
+        }
+        let counted = record.map_or(0, |r| r.node_mount_count(&facts.node));
+        let mounted = facts.mounted_here.contains(name);
+        if counted > 0 && !mounted {
+            out.push(finding(
+                "counted_not_mounted",
+                v,
+                format!(
+                    "this node counts {counted} mount(s) of {name} but has not bind-mounted it"
+                ),
+                Some("unmount this node's counts of it"),
+            ));
+        }
+        if counted == 0 && mounted {
+            out.push(finding(
+                "mounted_not_counted",
+                v,
+                format!("{name} is bind-mounted on this host, but this node counts no mount of it"),
+                Some("remove the bind mount"),
+            ));
+        }
+        if let Some(r) = record {
+            for node in r.mounts.keys().filter(|n| facts.dead(n)) {
+                out.push(finding(
+                    "dead_node_mounts",
+                    v,
+                    format!(
+                        "node {node}, judged dead, still counts {} mount(s) of {name}; they no longer block a remove",
+                        r.node_mount_count(node)
+                    ),
+                    None,
+                ));
+            }
+            if let Some(h) = r.holder.as_ref().filter(|h| facts.dead(&h.node)) {
+                out.push(finding(
+                    "dead_holder",
+                    v,
+                    format!(
+                        "exclusive volume {name} is held by node {}, judged dead; take it over with `caravan takeover {name}`",
+                        h.node
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
+    for (key, why) in &facts.skipped {
+        out.push(finding(
+            "skipped_record",
+            Some(&crate::error::cut(key)),
+            format!("the stored record is left untouched: {why}"),
+            None,
+        ));
+    }
+    if facts.trash_entries > 0 {
+        out.push(finding(
+            "trash_leftovers",
+            None,
+            format!(
+                "{} entr(y/ies) in the trash; the next start of any daemon deletes them",
+                facts.trash_entries
+            ),
+            None,
+        ));
+    }
+    out
+}
+
+/// Whether a volume folder holds a `volume.json` (looked at without following links).
+fn has_record_file(volume_dir: &std::fs::File) -> bool {
+    crate::beneath::open(
+        volume_dir,
+        Path::new("volume.json"),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .is_ok()
+}
+
+/// The options a `volume.json` records, read without following links and only if it is a
+/// small regular file; the defaults when there is none.
+fn recorded_options(volume_dir: std::fs::File, name: &str) -> Result<VolumeOptions> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    const MAX: u64 = 64 << 10;
+    let file = match crate::beneath::open(
+        &volume_dir,
+        Path::new("volume.json"),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VolumeOptions::default()),
+        Err(e) => return Err(Error::io(format!("reading volume.json of {name}"), e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(Error::invalid(format!(
+            "volume.json of {name} is not a regular file of at most {MAX} bytes"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
+    let record: VolumeRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(format!("volume.json of {name} does not decode: {e}")))?;
+    Ok(record.options)
+}
+
+impl Service {
+    /// Checks the metadata against the export and this host; with `repair`, fixes what is
+    /// safe to fix (see the module documentation).
+    pub async fn doctor(&self, repair: bool) -> Result<DoctorReport> {
+        let facts = self.doctor_facts().await?;
+        let mut findings = diagnose(&facts);
+        if repair {
+            for f in findings.iter_mut().filter(|f| f.repair.is_some()) {
+                let Some(name) = f.volume.clone() else {
+                    continue;
+                };
+                let result = match f.kind.as_str() {
+                    "data_without_record" => self.adopt(&name).await,
+                    "counted_not_mounted" => self.drop_counts_here(&name).await,
+                    "mounted_not_counted" => self.unbind_uncounted(&name).await,
+                    _ => continue,
+                };
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(volume = %name, kind = %f.kind, "doctor repaired: {}", f.repair.as_deref().unwrap_or(""))
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %name, kind = %f.kind, "doctor could not repair: {e}")
+                    }
+                }
+                f.repaired = Some(result.map_err(|e| e.to_string()));
+            }
+        }
+        Ok(DoctorReport {
+            node: self.node.clone(),
+            volumes_checked: facts.records.len(),
+            findings,
+        })
+    }
+
+    async fn doctor_facts(&self) -> Result<Facts> {
+        let shared = self.shared().clone();
+        let mounts_dir = self.local.mounts_dir();
+        let (folders, trash_entries, mounted_here) = self
+            .blocking("checking the export for doctor", move || {
+                let pinned = shared.pinned()?;
+                let mut folders = BTreeMap::new();
+                let volumes = pinned.volumes_dir();
+                let entries = std::fs::read_dir(pinned.at(&volumes))
+                    .map_err(|e| Error::io(format!("reading {}", volumes.display()), e))?;
+                for entry in entries.flatten() {
+                    let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    if crate::volume::validate_name(&name).is_err() {
+                        continue;
+                    }
+                    let folder = match pinned.open_volume_dir(&name) {
+                        Err(e) => Folder::Refused(e.to_string()),
+                        Ok(dir) => match pinned.open_data_dir(&name) {
+                            Ok(_) => Folder::WithData {
+                                recorded: has_record_file(&dir),
+                            },
+                            Err(_) => Folder::WithoutData,
+                        },
+                    };
+                    folders.insert(name, folder);
+                }
+                let trash = pinned.trash_dir();
+                let trash_entries = std::fs::read_dir(pinned.at(&trash))
+                    .map(|d| d.flatten().count())
+                    .unwrap_or(0);
+                let mounted: BTreeSet<String> = crate::mounts::mount_table()?
+                    .into_iter()
+                    .filter_map(|m| {
+                        let rest = m.mount_point.strip_prefix(&mounts_dir).ok()?;
+                        let name = rest.to_str()?;
+                        (!name.contains('/')).then(|| name.to_string())
+                    })
+                    .collect();
+                Ok((folders, trash_entries, mounted))
+            })
+            .await?;
+        // Read after the export: a volume created meanwhile has its record (a record
+        // without its folder is the finding that must never be a false one).
+        let snap = self.store.snapshot().await?;
+        let liveness = snap
+            .volumes
+            .values()
+            .flat_map(|r| r.mounts.keys().chain(r.holder.iter().map(|h| &h.node)))
+            .map(|n| (n.clone(), self.nodes.liveness(n)))
+            .collect();
+        Ok(Facts {
+            node: self.node.clone(),
+            records: snap.volumes.clone(),
+            skipped: snap.unreadable.clone(),
+            folders,
+            mounted_here,
+            liveness,
+            trash_entries,
+        })
+    }
+
+    /// Creates the record of a volume folder again from its `volume.json`. Checked again
+    /// first, under the volume's lock: a remove on this node holds that lock until its data
+    /// is disposed of, so a folder on its way to the trash is never adopted back.
+    async fn adopt(&self, name: &str) -> Result<()> {
+        {
+            let _guard = self.locks.lock(name).await;
+            let snap = self.store.snapshot().await?;
+            if snap.volumes.contains_key(name) {
+                return Err(Error::Busy(format!(
+                    "{name} has a record now; nothing changed"
+                )));
+            }
+        }
+        let shared = self.shared().clone();
+        let n = name.to_string();
+        let options = self
+            .blocking("reading volume.json", move || {
+                let pinned = shared.pinned()?;
+                recorded_options(pinned.open_volume_dir(&n)?, &n)
+            })
+            .await?;
+        self.create(name, options).await.map(drop)
+    }
+
+    /// Unmounts every count this node holds of a volume it has not bind-mounted.
+    async fn drop_counts_here(&self, name: &str) -> Result<()> {
+        let ids: Vec<(String, u32)> = {
+            let snap = self.store.snapshot().await?;
+            let Some(r) = snap.volumes.get(name) else {
+                return Ok(());
+            };
+            r.mounts
+                .get(&self.node)
+                .map(|ids| ids.iter().map(|(id, n)| (id.clone(), *n)).collect())
+                .unwrap_or_default()
+        };
+        if self.really_mounted(name).await {
+            return Err(Error::Busy(format!(
+                "{name} is bind-mounted on this host now; nothing changed"
+            )));
+        }
+        // Not mounted, whatever this process believed (unmounted by hand): nothing to
+        // unmount once the counts are gone.
+        self.bound_here().remove(name);
+        for (id, count) in ids {
+            // Each unmount takes one count; a count stored as 0 needs one too.
+            for _ in 0..count.clamp(1, 1024) {
+                self.unmount(name, &id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a bind mount that no count of this node backs.
+    async fn unbind_uncounted(&self, name: &str) -> Result<()> {
+        let _guard = self.locks.lock(name).await;
+        let counted = {
+            let snap = self.store.snapshot().await?;
+            snap.volumes
+                .get(name)
+                .map_or(0, |r| r.node_mount_count(&self.node))
+        };
+        if counted > 0 {
+            return Err(Error::Busy(format!(
+                "{name} is counted as mounted here now; nothing changed"
+            )));
+        }
+        let target = self.local.mountpoint(name);
+        self.blocking("unmounting", move || crate::mounts::unbind(&target))
+            .await?;
+        self.bound_here().remove(name);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::{Holder, VolumeOptions};
+
+    fn record(name: &str) -> VolumeRecord {
+        VolumeRecord::new(name, "a", VolumeOptions::default())
+    }
+
+    fn kinds(facts: &Facts) -> Vec<(String, Option<String>)> {
+        diagnose(facts)
+            .into_iter()
+            .map(|f| (f.kind, f.volume))
+            .collect()
+    }
+
+    #[test]
+    fn a_consistent_cluster_has_no_findings() {
+        let mut f = Facts {
+            node: "a".into(),
+            ..Default::default()
+        };
+        let mut r = record("web");
+        r.add_mount("a", "boot", "c1");
+        f.records.insert("web".into(), r);
+        f.folders
+            .insert("web".into(), Folder::WithData { recorded: true });
+        // Retained data (no volume.json) is there by design.
+        f.folders
+            .insert("kept".into(), Folder::WithData { recorded: false });
+        f.mounted_here.insert("web".into());
+        assert_eq!(kinds(&f), vec![]);
+    }
+
+    #[test]
+    fn each_disagreement_is_found_with_its_repair() {
+        let mut f = Facts {
+            node: "a".into(),
+            trash_entries: 2,
+            ..Default::default()
+        };
+        f.records.insert("lost".into(), record("lost"));
+        f.folders
+            .insert("orphan".into(), Folder::WithData { recorded: true });
+        let mut counted = record("counted");
+        counted.add_mount("a", "boot", "c1");
+        f.records.insert("counted".into(), counted);
+        f.folders
+            .insert("counted".into(), Folder::WithData { recorded: true });
+        f.records.insert("bound".into(), record("bound"));
+        f.folders
+            .insert("bound".into(), Folder::WithData { recorded: true });
+        f.mounted_here.insert("bound".into());
+        let mut dead = record("dead");
+        dead.add_mount("b", "boot-b", "c9");
+        dead.holder = Some(Holder {
+            node: "b".into(),
+            generation: 1,
+            boot_id: Some("boot-b".into()),
+        });
+        f.records.insert("dead".into(), dead);
+        f.folders
+            .insert("dead".into(), Folder::WithData { recorded: true });
+        f.liveness.insert("b".into(), Liveness::Dead);
+        f.folders
+            .insert("link".into(), Folder::Refused("a link".into()));
+        f.skipped.insert("bad".into(), "does not decode".into());
+        let found = diagnose(&f);
+        let kinds: Vec<(&str, Option<&str>, bool)> = found
+            .iter()
+            .map(|x| (x.kind.as_str(), x.volume.as_deref(), x.repair.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("mounted_not_counted", Some("bound"), true),
+                ("counted_not_mounted", Some("counted"), true),
+                ("dead_node_mounts", Some("dead"), false),
+                ("dead_holder", Some("dead"), false),
+                ("volume_folder_refused", Some("link"), false),
+                ("record_without_data", Some("lost"), false),
+                ("data_without_record", Some("orphan"), true),
+                ("skipped_record", Some("bad"), false),
+                ("trash_leftovers", None, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_folder_whose_record_is_skipped_is_not_offered_for_adoption() {
+        let mut f = Facts {
+            node: "a".into(),
+            ..Default::default()
+        };
+        f.folders
+            .insert("newer".into(), Folder::WithData { recorded: true });
+        f.skipped.insert("newer".into(), "format 9".into());
+        assert_eq!(
+            kinds(&f),
+            vec![("skipped_record".to_string(), Some("newer".to_string()))]
+        );
+    }
+}
