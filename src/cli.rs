@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (one per host)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Create a volume
     Create {
         name: String,

@@ -10,7 +10,7 @@ fn main() {
         std::process::exit(code);
     }
     let code = match cli.command {
-        Command::Daemon(args) => run_daemon(args),
+        Command::Daemon(args) => run_daemon(*args),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
