@@ -81,6 +81,33 @@ pub struct DaemonArgs {
     /// [default: off]
     #[arg(long, env = "CARAVAN_METRICS", value_parser = parse_metrics_addr)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Also serve the plugin API over TCP with mutual TLS: tcp://IP:PORT (needs
+    /// --tls-cert, --tls-key and --tls-client-ca, or --insecure-tcp)
+    #[arg(long, env = "CARAVAN_LISTEN")]
+    pub listen: Option<String>,
+    /// The server's certificate chain (PEM) for --listen
+    #[arg(long, env = "CARAVAN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM) for --listen
+    #[arg(long, env = "CARAVAN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA whose client certificates are let in (PEM); clients without one are refused
+    #[arg(long, env = "CARAVAN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The client certificate the local dockerd presents: with it (and --tls-docker-key)
+    /// the spec is <driver>.json pointing at --listen instead of the .spec
+    #[arg(long, env = "CARAVAN_TLS_DOCKER_CERT", requires = "tls_docker_key")]
+    pub tls_docker_cert: Option<PathBuf>,
+    /// The key of --tls-docker-cert
+    #[arg(long, env = "CARAVAN_TLS_DOCKER_KEY", requires = "tls_docker_cert")]
+    pub tls_docker_key: Option<PathBuf>,
+    /// The CA dockerd checks the server's certificate against [default: --tls-client-ca]
+    #[arg(long, env = "CARAVAN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve --listen as plain TCP, without TLS: anyone who can reach the port can create,
+    /// mount and remove volumes. For test beds only; warned at every start
+    #[arg(long, env = "CARAVAN_INSECURE_TCP")]
+    pub insecure_tcp: bool,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "CARAVAN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -109,6 +136,14 @@ struct FileConfig {
     header_timeout: Option<String>,
     metrics: Option<String>,
     socket_group: Option<String>,
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_docker_cert: Option<PathBuf>,
+    tls_docker_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    insecure_tcp: Option<bool>,
     log_level: Option<String>,
 }
 
@@ -135,7 +170,52 @@ pub struct DaemonConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// The socket's group (members may read), as a group id.
     pub socket_group: Option<u32>,
+    /// The plugin API over TCP (`--listen`), if asked for.
+    pub tcp: Option<TcpSettings>,
     pub log_level: tracing::Level,
+}
+
+/// `--listen` and what goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSettings {
+    pub listen: std::net::SocketAddr,
+    /// `None` with `--insecure-tcp`.
+    pub tls: Option<crate::tls::ServerFiles>,
+    /// What the local dockerd presents, for the `.json` spec.
+    pub docker: Option<DockerClientFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerClientFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TcpSettings {
+    /// The address the spec gives dockerd: the listening one, or loopback for a wildcard.
+    pub fn url(&self) -> String {
+        let ip = match self.listen.ip() {
+            std::net::IpAddr::V4(v) if v.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        format!(
+            "https://{}",
+            std::net::SocketAddr::new(ip, self.listen.port())
+        )
+    }
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr> {
+    s.strip_prefix("tcp://")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "invalid --listen {}: use tcp://IP:PORT, e.g. tcp://0.0.0.0:9443 or tcp://[::]:9443",
+                crate::error::shown(s)
+            ))
+        })
 }
 
 fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
@@ -203,6 +283,70 @@ fn parse_metrics_addr(s: &str) -> std::result::Result<std::net::SocketAddr, Stri
     s.parse().map_err(|_| {
         format!("invalid metrics address {s:?}: use a port (served on 127.0.0.1), or HOST:PORT such as 127.0.0.1:9464 or [::1]:9464")
     })
+}
+
+/// `--listen` with its TLS files, checked together: TLS files without `--listen`, or
+/// `--listen` with neither TLS nor `--insecure-tcp`, are refused.
+fn resolve_tcp(
+    listen: Option<String>,
+    [cert, key, client_ca]: [Option<PathBuf>; 3],
+    [docker_cert, docker_key, ca]: [Option<PathBuf>; 3],
+    insecure: bool,
+) -> Result<Option<TcpSettings>> {
+    let any_tls = cert.is_some() || key.is_some() || client_ca.is_some();
+    let any_docker = docker_cert.is_some() || docker_key.is_some() || ca.is_some();
+    let Some(listen) = listen else {
+        if any_tls || any_docker || insecure {
+            return Err(Error::invalid(
+                "--tls-* and --insecure-tcp go with --listen tcp://IP:PORT, which is not set",
+            ));
+        }
+        return Ok(None);
+    };
+    let listen = parse_listen(&listen)?;
+    let tls = match (cert, key, client_ca, insecure) {
+        (Some(cert), Some(key), Some(client_ca), false) => Some(crate::tls::ServerFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None, None, true) => None,
+        (_, _, _, true) => {
+            return Err(Error::invalid(
+                "--insecure-tcp serves plain TCP: drop it, or drop the --tls-* files",
+            ))
+        }
+        _ => {
+            return Err(Error::invalid(
+                "--listen needs --tls-cert, --tls-key and --tls-client-ca (clients must present a certificate that CA signed); --insecure-tcp serves plain TCP instead",
+            ))
+        }
+    };
+    let docker = match (docker_cert, docker_key) {
+        (Some(cert), Some(key)) => {
+            let Some(tls) = &tls else {
+                return Err(Error::invalid(
+                    "--tls-docker-cert needs TLS, not --insecure-tcp",
+                ));
+            };
+            Some(DockerClientFiles {
+                cert,
+                key,
+                ca: ca.unwrap_or_else(|| tls.client_ca.clone()),
+            })
+        }
+        (None, None) if ca.is_none() => None,
+        _ => {
+            return Err(Error::invalid(
+                "--tls-docker-cert and --tls-docker-key go together (and --tls-ca with them)",
+            ))
+        }
+    };
+    Ok(Some(TcpSettings {
+        listen,
+        tls,
+        docker,
+    }))
 }
 
 /// A group name (or a numeric id) as its id.
@@ -351,6 +495,20 @@ impl DaemonArgs {
             .or(file.socket_group)
             .map(|name| resolve_group(&name))
             .transpose()?;
+        let tcp = resolve_tcp(
+            self.listen.or(file.listen),
+            [
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+                self.tls_client_ca.or(file.tls_client_ca),
+            ],
+            [
+                self.tls_docker_cert.or(file.tls_docker_cert),
+                self.tls_docker_key.or(file.tls_docker_key),
+                self.tls_ca.or(file.tls_ca),
+            ],
+            self.insecure_tcp || file.insecure_tcp.unwrap_or(false),
+        )?;
         let log_level = parse_level(
             self.log_level
                 .or(file.log_level)
@@ -385,6 +543,7 @@ impl DaemonArgs {
             header_timeout,
             metrics,
             socket_group,
+            tcp,
             log_level,
         };
         for (what, p) in [
@@ -439,7 +598,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
     toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, listen, tls_cert, tls_key, tls_client_ca, tls_docker_cert, tls_docker_key, tls_ca, insecure_tcp, log_level",
             path.display()
         ))
     })

@@ -44,6 +44,23 @@ pub async fn run(
         }
     };
     let fds = crate::server::fd_budget(cfg.max_connections)?;
+    // The plugin API over TCP: its TLS files are read and its port bound now, so that a
+    // wrong file or a port in use fails the start before anything else.
+    let tcp_listener = match &cfg.tcp {
+        Some(tcp) => {
+            let acceptor = tcp
+                .tls
+                .as_ref()
+                .map(crate::tls::server_config)
+                .transpose()?
+                .map(tokio_rustls::TlsAcceptor::from);
+            let listener = std::net::TcpListener::bind(tcp.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| Error::io(format!("binding --listen {}", tcp.listen), e))?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
     // Bound now, so that a port in use fails the start before anything else.
     let metrics_listener = cfg
         .metrics
@@ -138,7 +155,20 @@ pub async fn run(
             .map_err(|e| Error::io("serving the socket systemd passed", e))?,
         None => crate::server::bind_socket(&cfg.socket, cfg.socket_group)?,
     };
-    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &socket_path)?;
+    let endpoint = match cfg
+        .tcp
+        .as_ref()
+        .and_then(|t| t.docker.as_ref().map(|d| (t, d)))
+    {
+        Some((tcp, docker)) => spec::Endpoint::Tls {
+            addr: tcp.url(),
+            ca: docker.ca.clone(),
+            cert: docker.cert.clone(),
+            key: docker.key.clone(),
+        },
+        None => spec::Endpoint::Unix(socket_path.clone()),
+    };
+    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &endpoint)?;
     tracing::info!(
         node = %cfg.node,
         root = %cfg.root.display(),
@@ -182,12 +212,55 @@ pub async fn run(
                 header_timeout: cfg.header_timeout,
             };
             Some(tokio::spawn(crate::server::serve(
-                tcp,
+                crate::server::PlainTcp {
+                    tcp,
+                    trusted: false,
+                },
                 crate::server::metrics_routes(svc.clone(), cfg.timeout),
                 metrics_limits,
                 stopped(stop.subscribe()),
                 Duration::from_secs(1),
             )))
+        }
+        _ => None,
+    };
+    let remote = match (tcp_listener, &cfg.tcp) {
+        (Some((listener, acceptor)), Some(tcp)) => {
+            let tcp_stream = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::io(format!("serving --listen {}", tcp.listen), e))?;
+            let routes = crate::server::routes(svc.clone(), cfg.timeout, true);
+            let stopped_remote = stopped(stop.subscribe());
+            let drain = cfg.timeout + Duration::from_secs(1);
+            Some(match acceptor {
+                Some(acceptor) => {
+                    tracing::info!(listen = %tcp.listen, "serving the plugin API over TCP with mutual TLS");
+                    let l = crate::tls::TlsListener {
+                        tcp: tcp_stream,
+                        acceptor,
+                    };
+                    tokio::spawn(crate::server::serve(
+                        l,
+                        routes,
+                        limits,
+                        stopped_remote,
+                        drain,
+                    ))
+                }
+                None => {
+                    tracing::warn!(listen = %tcp.listen, "--insecure-tcp: serving the plugin API over plain TCP; anyone who can reach this port can create, mount and remove volumes");
+                    let l = crate::server::PlainTcp {
+                        tcp: tcp_stream,
+                        trusted: true,
+                    };
+                    tokio::spawn(crate::server::serve(
+                        l,
+                        routes,
+                        limits,
+                        stopped_remote,
+                        drain,
+                    ))
+                }
+            })
         }
         _ => None,
     };
@@ -198,14 +271,14 @@ pub async fn run(
     });
     crate::server::serve(
         listener,
-        crate::server::routes(svc, cfg.timeout),
+        crate::server::routes(svc, cfg.timeout, false),
         limits,
         stopped(rx),
         cfg.timeout + Duration::from_secs(1),
     )
     .await;
-    if let Some(m) = metrics {
-        let _ = m.await;
+    for server in [metrics, remote].into_iter().flatten() {
+        let _ = server.await;
     }
     // A socket systemd listens on stays, and so does the spec file that names it: the
     // next call queues there and systemd starts caravan again to serve it.
@@ -213,7 +286,7 @@ pub async fn run(
         if let Err(e) = std::fs::remove_file(&socket_path) {
             tracing::warn!("removing {}: {e}", socket_path.display());
         }
-        if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &socket_path) {
+        if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &endpoint) {
             tracing::warn!("{e}");
         }
     }

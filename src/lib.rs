@@ -53,6 +53,7 @@ pub mod service;
 pub mod spec;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -5,11 +5,10 @@
 mod util;
 
 use std::fs;
-use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use util::docker::{available, cli, docker_ok, Env};
+use util::docker::{available, docker_ok, restart_dockerd, Env};
 use util::eventually;
 use util::is_mountpoint;
 
@@ -59,55 +58,6 @@ fn restarting_caravan_under_a_running_container_keeps_its_volume() {
         fs::read_to_string(env.data(&vol).join("g")).unwrap(),
         "after-restart\n"
     );
-}
-
-/// Restarts the dockerd that answers on the default socket, with the same command line.
-fn restart_dockerd() {
-    let pid: i32 = fs::read_to_string("/var/run/docker.pid")
-        .expect("dockerd's pidfile /var/run/docker.pid (started by scripts/docker-up)")
-        .trim()
-        .parse()
-        .unwrap();
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let t = Instant::now();
-    while fs::metadata(format!("/proc/{pid}")).is_ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "dockerd did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/var/log/caravan-dockerd.log")
-        .unwrap();
-    // dockerd outlives this test (setsid); nobody here waits for it.
-    #[allow(clippy::zombie_processes)]
-    Command::new("setsid")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start dockerd again");
-    eventually(Duration::from_secs(60), "dockerd to answer again", || {
-        Command::new(cli())
-            .arg("info")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    });
 }
 
 #[test]

@@ -83,43 +83,93 @@ pub fn fd_budget(max_connections: usize) -> Result<u64> {
     Ok(soft)
 }
 
-/// Who is at the other end of a connection, as the kernel says (SO_PEERCRED), for
-/// requests to check ([`Peer::is_root`]). Every request carries it as an extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is at the other end of a connection, for requests to check
+/// ([`Peer::may_change`]): on the unix socket as the kernel says (SO_PEERCRED), over TLS
+/// a client whose certificate the client CA signed. Every request carries it as an
+/// extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Peer {
     /// The peer's user id on a unix socket; `None` over TCP.
     pub uid: Option<u32>,
+    /// A TCP client let in by a verified client certificate (or by `--insecure-tcp`).
+    pub trusted_remote: bool,
 }
 
 impl Peer {
-    /// Root, or the user the daemon itself runs as: who may change volumes.
+    /// Root, the user the daemon itself runs as, or a trusted remote client: who may
+    /// change volumes.
     pub fn may_change(&self) -> bool {
-        self.uid
-            .is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw())
+        self.trusted_remote
+            || self
+                .uid
+                .is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw())
     }
 }
+
+/// A connection accepted but not yet ready to serve (a TLS handshake to complete), run
+/// in the connection's own task within the header timeout.
+pub type Pending<C> =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<(C, Peer)>> + Send + 'static>>;
 
 /// A listening socket the loop accepts connections from.
 pub trait Accept: Send {
     type Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Conn, Peer)>> + Send;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Pending<Self::Conn>>> + Send;
 }
 
 impl Accept for UnixListener {
     type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<(Self::Conn, Peer)> {
+    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
         let (s, _) = UnixListener::accept(self).await?;
         // A peer whose credentials cannot be read counts as nobody in particular.
         let uid = s.peer_cred().ok().map(|c| c.uid());
-        Ok((s, Peer { uid }))
+        let peer = Peer {
+            uid,
+            trusted_remote: false,
+        };
+        Ok(Box::pin(std::future::ready(Ok((s, peer)))))
     }
 }
 
-impl Accept for tokio::net::TcpListener {
+/// Plain TCP: the metrics endpoint, and the plugin API with `--insecure-tcp`.
+pub struct PlainTcp {
+    pub tcp: tokio::net::TcpListener,
+    /// Whether its clients may change volumes (`--insecure-tcp`).
+    pub trusted: bool,
+}
+
+impl Accept for PlainTcp {
     type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<(Self::Conn, Peer)> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
-        Ok((s, Peer { uid: None }))
+    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
+        let (s, _) = self.tcp.accept().await?;
+        let peer = Peer {
+            uid: None,
+            trusted_remote: self.trusted,
+        };
+        Ok(Box::pin(std::future::ready(Ok((s, peer)))))
+    }
+}
+
+impl Accept for crate::tls::TlsListener {
+    type Conn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
+        let (s, from) = self.tcp.accept().await?;
+        let acceptor = self.acceptor.clone();
+        Ok(Box::pin(async move {
+            match acceptor.accept(s).await {
+                Ok(tls) => Ok((
+                    tls,
+                    Peer {
+                        uid: None,
+                        trusted_remote: true,
+                    },
+                )),
+                Err(e) => {
+                    tracing::warn!(client = %from, "TLS handshake refused: {e}");
+                    Err(e)
+                }
+            }
+        }))
     }
 }
 
@@ -168,7 +218,7 @@ pub async fn serve<L: Accept, F>(
             at_limit = false;
             tracing::info!("connections are below the limit again");
         }
-        let (stream, peer) = tokio::select! {
+        let pending = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -180,23 +230,34 @@ pub async fn serve<L: Accept, F>(
             },
             _ = &mut shutdown => break,
         };
-        let service = Connection {
-            warp: warp::service(filter.clone()),
-            body_timeout: limits.header_timeout,
-            calls: calls.clone(),
-            peer,
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(MAX_HEAD.max(8192))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (filter, calls, watcher) = (filter.clone(), calls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            let (stream, peer) = match tokio::time::timeout(limits.header_timeout, pending).await {
+                Ok(Ok(ready)) => ready,
+                // Logged where it failed (a TLS handshake says why).
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        "closed a connection that did not complete its handshake in time"
+                    );
+                    return;
+                }
+            };
+            let service = Connection {
+                warp: warp::service(filter),
+                body_timeout: limits.header_timeout,
+                calls,
+                peer,
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_HEAD.max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 log_connection_end(&e);
             }
-            drop(slot);
         });
     }
     drop(listener);

@@ -10,7 +10,7 @@
 mod listener;
 mod routes;
 
-pub use listener::{fd_budget, serve, Accept, Limits, Peer, MAX_BODY, RESERVED_FDS};
+pub use listener::{fd_budget, serve, Accept, Limits, Peer, PlainTcp, MAX_BODY, RESERVED_FDS};
 pub use routes::{metrics_routes, routes};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

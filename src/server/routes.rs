@@ -22,10 +22,12 @@ use crate::deadline::serve;
 use crate::service::Service;
 use crate::{api, plugin};
 
-/// One filter for everything on the socket; dispatch happens on the path.
+/// One filter for everything on the socket; dispatch happens on the path. With
+/// `plugin_only` (TCP), the control API is not served: the CLI uses the unix socket.
 pub fn routes(
     svc: Arc<Service>,
     timeout: Duration,
+    plugin_only: bool,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     warp::method()
         .and(warp::path::full())
@@ -34,9 +36,14 @@ pub fn routes(
         .then(
             move |method: Method, path: warp::path::FullPath, peer: Option<Peer>, body: Bytes| {
                 let svc = svc.clone();
-                let peer = peer.unwrap_or(Peer { uid: None });
+                let peer = peer.unwrap_or_default();
+                let path = path.as_str().to_string();
                 async move {
-                    dispatch(svc, timeout, method, path.as_str().to_string(), peer, body).await
+                    if plugin_only && path.starts_with("/v1/") {
+                        let msg = "the control API is served on the unix socket only";
+                        return reply(StatusCode::NOT_FOUND, json!({ "Err": msg, "error": msg }));
+                    }
+                    dispatch(svc, timeout, method, path, peer, body).await
                 }
             },
         )

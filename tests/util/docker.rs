@@ -220,3 +220,52 @@ fn short(test: &str) -> String {
         .take(16)
         .collect()
 }
+
+/// Restarts the dockerd that answers on the default socket, with the same command line.
+pub fn restart_dockerd() {
+    let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd's pidfile /var/run/docker.pid (started by scripts/docker-up)")
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/caravan-dockerd.log")
+        .unwrap();
+    // dockerd outlives this test (setsid); nobody here waits for it.
+    #[allow(clippy::zombie_processes)]
+    std::process::Command::new("setsid")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start dockerd again");
+    super::eventually(Duration::from_secs(60), "dockerd to answer again", || {
+        std::process::Command::new(cli())
+            .arg("info")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+}
