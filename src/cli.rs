@@ -37,6 +37,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (one per host)
     Daemon(Box<DaemonArgs>),
+    /// Run the daemon as Docker's managed plugin (the plugin's entrypoint; see
+    /// docs/managed-plugin.md)
+    #[command(hide = true)]
+    Plugin(crate::config::PluginArgs),
     /// Create a volume
     Create {
         name: String,
@@ -194,7 +198,10 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 )));
             }
         }
-        Command::Daemon(_) | Command::Completions { .. } | Command::Manpage => {
+        Command::Daemon(_)
+        | Command::Plugin(_)
+        | Command::Completions { .. }
+        | Command::Manpage => {
             unreachable!("started or printed by main")
         }
         Command::Create {

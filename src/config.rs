@@ -117,6 +117,67 @@ pub struct DaemonArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `caravan plugin`: the daemon as Docker runs its managed plugin (etc/plugin/config.json).
+/// Settings come from the plugin's environment, set with `docker plugin set NAME KEY=VALUE`;
+/// an empty value (the config's default) means unset.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PluginArgs {
+    /// The shared root inside the plugin: the `root` mount's destination, /export, unless
+    /// NFS is set
+    #[arg(long, env = "ROOT", default_value = "/export")]
+    pub root: PathBuf,
+    /// This host's node name (required: the plugin's own host name is not the host's)
+    #[arg(long, env = "NODE")]
+    pub node: Option<String>,
+    /// An NFSv4 export the plugin mounts itself, SERVER:/EXPORT (instead of the root mount)
+    #[arg(long, env = "NFS")]
+    pub nfs: Option<String>,
+    /// Kernel NFS options over the defaults
+    #[arg(long, env = "NFS_OPTIONS")]
+    pub nfs_options: Option<String>,
+    /// --dead-after
+    #[arg(long, env = "DEAD_AFTER")]
+    pub dead_after: Option<String>,
+    /// --log-level
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Where dockerd looks for a managed plugin's socket (config.json's `socket`).
+pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/caravan.sock";
+/// Inside the plugin; the mounts folder under it is config.json's `PropagatedMount`.
+pub const PLUGIN_STATE_DIR: &str = "/var/lib/caravan";
+
+impl PluginArgs {
+    pub fn resolve(self) -> Result<DaemonConfig> {
+        let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let node = set(self.node).ok_or_else(|| {
+            Error::invalid(
+                "NODE is not set: give this host's node name with `docker plugin set <plugin> NODE=<name>` (each host its own)",
+            )
+        })?;
+        let nfs = set(self.nfs);
+        let dead_after = set(self.dead_after)
+            .map(|s| parse_dead_after(&s).map_err(|e| Error::invalid(format!("DEAD_AFTER: {e}"))))
+            .transpose()?;
+        let args = DaemonArgs {
+            root: if nfs.is_some() { None } else { Some(self.root) },
+            nfs,
+            nfs_options: set(self.nfs_options),
+            node: Some(node),
+            state_dir: Some(PLUGIN_STATE_DIR.into()),
+            socket: Some(PLUGIN_SOCKET.into()),
+            dead_after,
+            log_level: set(self.log_level),
+            config: Some("/dev/null".into()),
+            ..Default::default()
+        };
+        let mut cfg = args.resolve()?;
+        cfg.managed_plugin = true;
+        Ok(cfg)
+    }
+}
+
 /// The config file. Unknown keys are refused, so a typo does not pass silently.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +233,9 @@ pub struct DaemonConfig {
     pub socket_group: Option<u32>,
     /// The plugin API over TCP (`--listen`), if asked for.
     pub tcp: Option<TcpSettings>,
+    /// Run as Docker's managed plugin (`caravan plugin`): dockerd finds the socket through
+    /// the plugin's config, so no spec file is written.
+    pub managed_plugin: bool,
     pub log_level: tracing::Level,
 }
 
@@ -544,6 +608,7 @@ impl DaemonArgs {
             metrics,
             socket_group,
             tcp,
+            managed_plugin: false,
             log_level,
         };
         for (what, p) in [

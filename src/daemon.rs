@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,7 +169,12 @@ pub async fn run(
         },
         None => spec::Endpoint::Unix(socket_path.clone()),
     };
-    let spec_path = spec::write(&cfg.spec_dir, &cfg.driver_name, &endpoint)?;
+    // A managed plugin is found through its config, not a spec file.
+    let spec_path = if cfg.managed_plugin {
+        PathBuf::from("(managed plugin: none)")
+    } else {
+        spec::write(&cfg.spec_dir, &cfg.driver_name, &endpoint)?
+    };
     tracing::info!(
         node = %cfg.node,
         root = %cfg.root.display(),
@@ -286,8 +292,10 @@ pub async fn run(
         if let Err(e) = std::fs::remove_file(&socket_path) {
             tracing::warn!("removing {}: {e}", socket_path.display());
         }
-        if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &endpoint) {
-            tracing::warn!("{e}");
+        if !cfg.managed_plugin {
+            if let Err(e) = spec::remove(&cfg.spec_dir, &cfg.driver_name, &endpoint) {
+                tracing::warn!("{e}");
+            }
         }
     }
     fencing.abort();

@@ -10,7 +10,8 @@ fn main() {
         std::process::exit(code);
     }
     let code = match cli.command {
-        Command::Daemon(args) => run_daemon(*args),
+        Command::Daemon(args) => run_daemon(args.resolve()),
+        Command::Plugin(args) => run_daemon(args.resolve()),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -27,8 +28,8 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run_daemon(args: caravan::config::DaemonArgs) -> i32 {
-    let cfg = match args.resolve() {
+fn run_daemon(cfg: caravan::Result<caravan::config::DaemonConfig>) -> i32 {
+    let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
             eprintln!("caravan daemon: {e}");
