@@ -206,3 +206,43 @@ fn a_dead_holder_and_its_mounts_are_reported() {
         .unwrap()
         .contains("caravan takeover ex"));
 }
+
+/// The metadata database lost whole: the daemon starts on an empty one, and `--repair`
+/// rebuilds the index from the volumes' `volume.json` files.
+#[test]
+fn a_lost_database_is_rebuilt_from_the_volume_records() {
+    if !require_root("a_lost_database_is_rebuilt_from_the_volume_records") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let mut d = Daemon::start(s.path(), &root, "a");
+    d.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"one","Opts":{"size":"1G"}}"#,
+    );
+    d.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"two","Opts":{"access":"exclusive"}}"#,
+    );
+    fs::write(root.join("volumes/two/data/f"), "kept").unwrap();
+    assert!(d.stop().success());
+    fs::remove_dir_all(root.join(".caravan/meta")).unwrap();
+    d.spawn();
+    assert_eq!(
+        d.ok("VolumeDriver.List", "{}")["Volumes"],
+        serde_json::json!([])
+    );
+    let (out, r) = doctor(&d, true);
+    assert!(out.status.success(), "{r}");
+    let get = d.ok("VolumeDriver.Get", r#"{"Name":"one"}"#);
+    assert_eq!(get["Volume"]["Status"]["size"], "1G", "{get}");
+    let get = d.ok("VolumeDriver.Get", r#"{"Name":"two"}"#);
+    assert_eq!(get["Volume"]["Status"]["access"], "exclusive", "{get}");
+    let mp = d.ok("VolumeDriver.Mount", r#"{"Name":"two","ID":"c1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(fs::read_to_string(format!("{mp}/f")).unwrap(), "kept");
+    d.ok("VolumeDriver.Unmount", r#"{"Name":"two","ID":"c1"}"#);
+}

@@ -17,6 +17,7 @@
 //! | `dead_holder`: an exclusive volume held by a dead node | no: `caravan takeover NAME` |
 //! | `trash_leftovers`: entries in the trash | no: the next start of any daemon deletes them |
 //! | `skipped_record`: a stored record that fails its checks | no: upgrade the node that wrote it, or remove it by hand |
+//! | `store_stopped`, `store_failures`: sled's health (its thread, holds that failed inside it) | no: restart the daemon |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -78,6 +79,9 @@ pub struct Facts {
     /// Each node's state as this node judges it; a node not listed counts as alive.
     pub liveness: BTreeMap<String, Liveness>,
     pub trash_entries: usize,
+    /// The store's own health: whether its thread runs, and the holds that failed inside
+    /// sled.
+    pub store: crate::store::StoreStats,
 }
 
 impl Facts {
@@ -176,6 +180,26 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
             "skipped_record",
             Some(&crate::error::cut(key)),
             format!("the stored record is left untouched: {why}"),
+            None,
+        ));
+    }
+    if !facts.store.thread_running {
+        out.push(finding(
+            "store_stopped",
+            None,
+            "the store's thread has stopped: nothing can be committed; restart the daemon".into(),
+            None,
+        ));
+    }
+    if facts.store.session_failures > 0 {
+        out.push(finding(
+            "store_failures",
+            None,
+            format!(
+                "{} hold(s) of the lock failed inside sled since the start, the last: {}",
+                facts.store.session_failures,
+                facts.store.last_failure.as_deref().unwrap_or("?")
+            ),
             None,
         ));
     }
@@ -332,6 +356,7 @@ impl Service {
             mounted_here,
             liveness,
             trash_entries,
+            store: self.store.stats(),
         })
     }
 
@@ -430,6 +455,7 @@ mod tests {
     fn a_consistent_cluster_has_no_findings() {
         let mut f = Facts {
             node: "a".into(),
+            store: running(),
             ..Default::default()
         };
         let mut r = record("web");
@@ -449,6 +475,11 @@ mod tests {
         let mut f = Facts {
             node: "a".into(),
             trash_entries: 2,
+            store: crate::store::StoreStats {
+                session_failures: 1,
+                last_failure: Some("sled: EBADFD".into()),
+                ..running()
+            },
             ..Default::default()
         };
         f.records.insert("lost".into(), record("lost"));
@@ -493,15 +524,33 @@ mod tests {
                 ("record_without_data", Some("lost"), false),
                 ("data_without_record", Some("orphan"), true),
                 ("skipped_record", Some("bad"), false),
+                ("store_failures", None, false),
                 ("trash_leftovers", None, false),
             ]
         );
+    }
+
+    fn running() -> crate::store::StoreStats {
+        crate::store::StoreStats {
+            thread_running: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stopped_store_is_found() {
+        let f = Facts {
+            node: "a".into(),
+            ..Default::default()
+        };
+        assert_eq!(kinds(&f), vec![("store_stopped".to_string(), None)]);
     }
 
     #[test]
     fn a_folder_whose_record_is_skipped_is_not_offered_for_adoption() {
         let mut f = Facts {
             node: "a".into(),
+            store: running(),
             ..Default::default()
         };
         f.folders
