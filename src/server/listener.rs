@@ -142,6 +142,8 @@ impl Accept for PlainTcp {
     type Conn = tokio::net::TcpStream;
     async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
         let (s, _) = self.tcp.accept().await?;
+        // Small requests and answers: no Nagle delay.
+        let _ = s.set_nodelay(true);
         let peer = Peer {
             uid: None,
             trusted_remote: self.trusted,
@@ -154,6 +156,9 @@ impl Accept for crate::tls::TlsListener {
     type Conn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
     async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
         let (s, from) = self.tcp.accept().await?;
+        // A handshake is several small writes each way: with Nagle's delay and delayed
+        // ACKs it took about 44 ms (benches/transports.rs).
+        let _ = s.set_nodelay(true);
         let acceptor = self.acceptor.clone();
         Ok(Box::pin(async move {
             match acceptor.accept(s).await {
