@@ -12,8 +12,6 @@ use crate::volume::{OnDelete, VolumeRecord};
 
 impl Worker {
     /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at
-    /// once) and turns the decisions into replies.
-    /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at
     /// once) and turns the decisions into replies. A remove whose data could not be moved
     /// aside is undone (its record written back in this same hold) and fails: otherwise
     /// the next create of the name would adopt the old data.
