@@ -273,10 +273,11 @@ impl TcpSettings {
 
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr> {
     s.strip_prefix("tcp://")
-        .and_then(|a| a.parse().ok())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .filter(|a| a.port() != 0)
         .ok_or_else(|| {
             Error::invalid(format!(
-                "invalid --listen {}: use tcp://IP:PORT, e.g. tcp://0.0.0.0:9443 or tcp://[::]:9443",
+                "invalid --listen {}: use tcp://IP:PORT with a port other than 0, e.g. tcp://0.0.0.0:9443 or tcp://[::]:9443",
                 crate::error::shown(s)
             ))
         })

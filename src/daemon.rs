@@ -44,7 +44,15 @@ pub async fn run(
             cfg.socket.clone()
         }
     };
-    let fds = crate::server::fd_budget(cfg.max_connections)?;
+    // Every listener serves up to its own limit: the unix socket, --listen with the same
+    // limit, and the metrics endpoint's 16.
+    let connections = cfg.max_connections * if cfg.tcp.is_some() { 2 } else { 1 }
+        + if cfg.metrics.is_some() {
+            METRICS_CONNECTIONS
+        } else {
+            0
+        };
+    let fds = crate::server::fd_budget(connections)?;
     // The plugin API over TCP: its TLS files are read and its port bound now, so that a
     // wrong file or a port in use fails the start before anything else.
     let tcp_listener = match &cfg.tcp {
@@ -214,7 +222,7 @@ pub async fn run(
             }
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
             let metrics_limits = crate::server::Limits {
-                max_connections: 16,
+                max_connections: METRICS_CONNECTIONS,
                 header_timeout: cfg.header_timeout,
             };
             Some(tokio::spawn(crate::server::serve(
@@ -326,6 +334,9 @@ pub async fn run(
     tracing::info!("caravan daemon stopped");
     Ok(())
 }
+
+/// Connections the metrics endpoint serves at once (Prometheus scrapes one at a time).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Starts the heartbeat thread: every interval it writes this node's heartbeat and reads
 /// everyone else's ([`Nodes::round`]). It is an OS thread of its own, doing nothing else, so

@@ -246,3 +246,30 @@ fn a_lost_database_is_rebuilt_from_the_volume_records() {
     assert_eq!(fs::read_to_string(format!("{mp}/f")).unwrap(), "kept");
     d.ok("VolumeDriver.Unmount", r#"{"Name":"two","ID":"c1"}"#);
 }
+
+/// The mounts folder itself a mount point (the managed plugin's PropagatedMount is one):
+/// not a volume, not a finding, and never unmounted by a repair.
+#[test]
+fn a_mounts_folder_that_is_itself_a_mount_point_is_no_finding() {
+    if !require_root("a_mounts_folder_that_is_itself_a_mount_point_is_no_finding") {
+        return;
+    }
+    let s = Scratch::new();
+    let d = Daemon::start(s.path(), &s.path().join("root"), "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"web"}"#);
+    let mounts = d.state.join("mounts");
+    fs::create_dir_all(&mounts).unwrap();
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&mounts)
+        .arg(&mounts)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (out, r) = doctor(&d, true);
+    let still = is_mountpoint(&mounts);
+    let _ = std::process::Command::new("umount").arg(&mounts).status();
+    assert!(out.status.success(), "{r}");
+    assert_eq!(r["findings"], serde_json::json!([]), "{r}");
+    assert!(still, "the repair unmounted the mounts folder");
+}

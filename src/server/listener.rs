@@ -3,7 +3,8 @@
 //! and never finishes a request (or 20 000 of them) must not use up the descriptors the
 //! heartbeat and the store need, or the memory of the host.
 //!
-//! - **Connections**: at most [`Limits::max_connections`] are served at once. Past it the
+//! - **Connections**: at most [`Limits::max_connections`] are served at once, of which
+//!   clients that may only read (see [`Peer`]) hold at most a quarter. Past it the
 //!   loop stops accepting (new clients wait in the kernel's backlog, not in this
 //!   process) and says so once in the log, until the count falls below the limit again.
 //!   The daemon checks at start-up that the limit leaves [`RESERVED_FDS`] descriptors
@@ -77,7 +78,7 @@ pub fn fd_budget(max_connections: usize) -> Result<u64> {
     let needed = (max_connections as u64).saturating_add(RESERVED_FDS);
     if needed > soft {
         return Err(Error::invalid(format!(
-            "--max-connections {max_connections} needs {needed} file descriptors ({RESERVED_FDS} are kept for the store and the heartbeat), but this process may open only {soft} (ulimit -n, or LimitNOFILE= in the systemd unit): raise that limit or lower --max-connections"
+            "{max_connections} connections (--max-connections, per listener) need {needed} file descriptors ({RESERVED_FDS} are kept for the store and the heartbeat), but this process may open only {soft} (ulimit -n, or LimitNOFILE= in the systemd unit): raise that limit or lower --max-connections"
         )));
     }
     Ok(soft)
@@ -194,6 +195,9 @@ pub async fn serve<L: Accept, F>(
         + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Clients that may only read get a quarter of the connections: they cannot hold every
+    // slot and keep dockerd (root) waiting.
+    let readers = Arc::new(Semaphore::new((limits.max_connections / 4).max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (calls, _) = tokio::sync::watch::channel(0usize);
     let calls = Arc::new(calls);
@@ -236,6 +240,7 @@ pub async fn serve<L: Accept, F>(
             _ = &mut shutdown => break,
         };
         let (filter, calls, watcher) = (filter.clone(), calls.clone(), graceful.watcher());
+        let readers = readers.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let (stream, peer) = match tokio::time::timeout(limits.header_timeout, pending).await {
@@ -247,6 +252,17 @@ pub async fn serve<L: Accept, F>(
                         "closed a connection that did not complete its handshake in time"
                     );
                     return;
+                }
+            };
+            let _reader = if peer.may_change() {
+                None
+            } else {
+                match readers.try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        tracing::debug!("closed a read-only client's connection: their share of connections is in use");
+                        return;
+                    }
                 }
             };
             let service = Connection {

@@ -130,6 +130,11 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
         if let Some(Folder::Refused(why)) = folder {
             out.push(finding("volume_folder_refused", v, why.clone(), None));
         }
+        // A record that could not be read says nothing about counts: never a mount
+        // finding (a newer node's record of a volume mounted here, say).
+        if facts.skipped.contains_key(name) {
+            continue;
+        }
         let counted = record.map_or(0, |r| r.node_mount_count(&facts.node));
         let mounted = facts.mounted_here.contains(name);
         if counted > 0 && !mounted {
@@ -229,22 +234,29 @@ fn has_record_file(volume_dir: &std::fs::File) -> bool {
 }
 
 /// The options a `volume.json` records, read without following links and only if it is a
-/// small regular file; the defaults when there is none.
+/// small regular file (its type checked on an `O_PATH` handle before it is opened for
+/// reading, so that a planted device is never opened).
 fn recorded_options(volume_dir: std::fs::File, name: &str) -> Result<VolumeOptions> {
     use nix::fcntl::OFlag;
     use std::io::Read;
     const MAX: u64 = 64 << 10;
-    let file = match crate::beneath::open(
+    let handle = match crate::beneath::open(
         &volume_dir,
         Path::new("volume.json"),
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        OFlag::O_PATH,
         nix::sys::stat::Mode::empty(),
     ) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VolumeOptions::default()),
+        // Gone since the scan: removed with on_delete=retain (which deletes it), so its
+        // data is kept by design and not a volume to bring back with guessed options.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Busy(format!(
+                "{name} has no volume.json now (removed with on_delete=retain?); nothing changed"
+            )))
+        }
         Err(e) => return Err(Error::io(format!("reading volume.json of {name}"), e)),
     };
-    let meta = file
+    let meta = handle
         .metadata()
         .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
     if !meta.is_file() || meta.len() > MAX {
@@ -252,13 +264,19 @@ fn recorded_options(volume_dir: std::fs::File, name: &str) -> Result<VolumeOptio
             "volume.json of {name} is not a regular file of at most {MAX} bytes"
         )));
     }
+    let file = std::fs::File::open(crate::beneath::proc_path(&handle))
+        .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
     let mut bytes = Vec::new();
     file.take(MAX)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
     let record: VolumeRecord = serde_json::from_slice(&bytes)
         .map_err(|e| Error::invalid(format!("volume.json of {name} does not decode: {e}")))?;
-    Ok(record.options)
+    // Written on the export, where anyone may have written it: the options are checked as
+    // a Create's are (mode permission bits only, and so on).
+    let shown = record.options.to_map();
+    VolumeOptions::from_map(shown.iter().map(|(k, v)| (*k, v.as_str())))
+        .map_err(|e| Error::invalid(format!("volume.json of {name}: {e}")))
 }
 
 impl Service {
@@ -328,13 +346,11 @@ impl Service {
                 let trash_entries = std::fs::read_dir(pinned.at(&trash))
                     .map(|d| d.flatten().count())
                     .unwrap_or(0);
-                let mounted: BTreeSet<String> = crate::mounts::mount_table()?
+                // Direct children with valid volume names only: the mounts folder itself
+                // is a mount point in the managed plugin (its PropagatedMount).
+                let mounted: BTreeSet<String> = crate::mounts::mounted_below(&mounts_dir)?
                     .into_iter()
-                    .filter_map(|m| {
-                        let rest = m.mount_point.strip_prefix(&mounts_dir).ok()?;
-                        let name = rest.to_str()?;
-                        (!name.contains('/')).then(|| name.to_string())
-                    })
+                    .filter(|n| crate::volume::validate_name(n).is_ok())
                     .collect();
                 Ok((folders, trash_entries, mounted))
             })
@@ -384,10 +400,19 @@ impl Service {
         self.create(name, options).await.map(drop)
     }
 
-    /// Unmounts every count this node holds of a volume it has not bind-mounted.
+    /// Unmounts every count this node holds of a volume it has not bind-mounted. Under
+    /// the volume's lock, with the counts and the mount table read again there: a Mount in
+    /// progress (it counts first, then binds, holding the lock) is never undone.
     async fn drop_counts_here(&self, name: &str) -> Result<()> {
+        crate::volume::validate_name(name)?;
+        let _guard = self.locks.lock(name).await;
         let ids: Vec<(String, u32)> = {
             let snap = self.store.snapshot().await?;
+            if snap.unreadable.contains_key(name) {
+                return Err(Error::Busy(format!(
+                    "the record of {name} cannot be read; nothing changed"
+                )));
+            }
             let Some(r) = snap.volumes.get(name) else {
                 return Ok(());
             };
@@ -396,7 +421,15 @@ impl Service {
                 .map(|ids| ids.iter().map(|(id, n)| (id.clone(), *n)).collect())
                 .unwrap_or_default()
         };
-        if self.really_mounted(name).await {
+        let target = self.local.mountpoint(name);
+        let mounted = self
+            .blocking("reading mountinfo", move || {
+                Ok(crate::mounts::mount_table()?
+                    .iter()
+                    .any(|m| m.mount_point == target))
+            })
+            .await?;
+        if mounted {
             return Err(Error::Busy(format!(
                 "{name} is bind-mounted on this host now; nothing changed"
             )));
@@ -407,7 +440,7 @@ impl Service {
         for (id, count) in ids {
             // Each unmount takes one count; a count stored as 0 needs one too.
             for _ in 0..count.clamp(1, 1024) {
-                self.unmount(name, &id).await?;
+                self.unmount_locked(name, &id).await?;
             }
         }
         Ok(())
@@ -415,9 +448,15 @@ impl Service {
 
     /// Removes a bind mount that no count of this node backs.
     async fn unbind_uncounted(&self, name: &str) -> Result<()> {
+        crate::volume::validate_name(name)?;
         let _guard = self.locks.lock(name).await;
         let counted = {
             let snap = self.store.snapshot().await?;
+            if snap.unreadable.contains_key(name) {
+                return Err(Error::Busy(format!(
+                    "the record of {name} cannot be read; nothing changed"
+                )));
+            }
             snap.volumes
                 .get(name)
                 .map_or(0, |r| r.node_mount_count(&self.node))
@@ -535,6 +574,23 @@ mod tests {
             thread_running: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_volume_whose_record_cannot_be_read_has_no_mount_findings() {
+        let mut f = Facts {
+            node: "a".into(),
+            store: running(),
+            ..Default::default()
+        };
+        f.skipped.insert("newer".into(), "format 9".into());
+        f.folders
+            .insert("newer".into(), Folder::WithData { recorded: true });
+        f.mounted_here.insert("newer".into());
+        assert_eq!(
+            kinds(&f),
+            vec![("skipped_record".to_string(), Some("newer".to_string()))]
+        );
     }
 
     #[test]
