@@ -61,21 +61,29 @@ pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<R
         source: mount.source,
     };
     layout.init().map_err(|e| explain_write_error(root, e))?;
+    // Every call below reaches the export through folders opened without following a
+    // link (the probe through `nodes`, the lock through `.caravan`); the names themselves
+    // with O_EXCL | O_NOFOLLOW.
+    let pinned = layout.pinned()?;
     let probe = layout.nodes_dir().join(format!(".probe-{node}"));
-    // Never through a link another machine planted at the name: O_EXCL | O_NOFOLLOW.
-    let _ = std::fs::remove_file(&probe);
+    let nodes = crate::beneath::open_root(root)
+        .and_then(|r| crate::beneath::open_dir(r, Path::new(".caravan/nodes")))
+        .map_err(|e| crate::beneath::refused_or_io(&layout.nodes_dir(), e))?;
+    let probe_at = crate::beneath::proc_path(&nodes).join(format!(".probe-{node}"));
+    let _ = std::fs::remove_file(&probe_at);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&probe)
+        .open(&probe_at)
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"caravan write check\n"))
-        .and_then(|()| std::fs::remove_file(&probe))
+        .and_then(|()| std::fs::remove_file(&probe_at))
         .map_err(|e| {
             explain_write_error(root, Error::io(format!("writing {}", probe.display()), e))
         })?;
-    match ClusterLock::acquire(&layout.lock_file(), Instant::now() + lock_wait) {
+    let lock_file = layout.lock_file();
+    match ClusterLock::acquire_at(&lock_file, &pinned.at(&lock_file), Instant::now() + lock_wait) {
         Ok(lock) => lock.release(),
         Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::libc::ENOLCK) => {
             return Err(Error::invalid(format!(

@@ -90,13 +90,20 @@ impl HintWriter {
 
 /// Reads the hint. A missing or empty file reads as 0 (a root that never committed, or
 /// a file being created this instant): readers then reload, which is always safe.
-pub(super) fn read(path: &Path) -> Result<u64> {
+pub(super) fn read(layout: &SharedLayout) -> Result<u64> {
     use std::io::Read;
-    // A regular file of a few bytes, not followed through a link, never read whole.
-    let text = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
+    let path = layout.generation_file();
+    // Opened below the root without following a link anywhere (`.caravan` included): a
+    // regular file of a few bytes, never read whole, never blocking on a FIFO.
+    let text = crate::beneath::open_root(&layout.root)
+        .and_then(|root| {
+            crate::beneath::open(
+                root,
+                Path::new(".caravan/generation"),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+                nix::sys::stat::Mode::empty(),
+            )
+        })
         .and_then(|f| {
             let mut s = String::new();
             f.take(64).read_to_string(&mut s).map(|_| s)
@@ -111,7 +118,7 @@ pub(super) fn read(path: &Path) -> Result<u64> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        Err(e) => Err(crate::beneath::refused_or_io(&path, e)),
     }
 }
 
@@ -128,23 +135,38 @@ mod tests {
         std::fs::write(&path, "123456789012345678901234567890\n").unwrap();
         let mut w = HintWriter::open(&layout.pinned().unwrap()).unwrap();
         w.write(7).unwrap();
-        assert_eq!(read(&path).unwrap(), 7);
+        assert_eq!(read(&layout).unwrap(), 7);
         w.write(u64::MAX).unwrap();
-        assert_eq!(read(&path).unwrap(), u64::MAX);
+        assert_eq!(read(&layout).unwrap(), u64::MAX);
         w.write(8).unwrap();
-        assert_eq!(read(&path).unwrap(), 8);
+        assert_eq!(read(&layout).unwrap(), 8);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), WIDTH as u64 + 1);
     }
 
     #[test]
     fn missing_or_empty_reads_as_zero_and_garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("generation");
-        assert_eq!(read(&path).unwrap(), 0);
+        let layout = SharedLayout::new(dir.path());
+        std::fs::create_dir_all(layout.control_dir()).unwrap();
+        let path = layout.generation_file();
+        assert_eq!(read(&layout).unwrap(), 0);
         std::fs::write(&path, "").unwrap();
-        assert_eq!(read(&path).unwrap(), 0);
+        assert_eq!(read(&layout).unwrap(), 0);
         std::fs::write(&path, "twelve").unwrap();
-        let e = read(&path).unwrap_err().to_string();
+        let e = read(&layout).unwrap_err().to_string();
         assert!(e.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn a_linked_control_folder_is_refused_not_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("generation"), "42").unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join(".caravan")).unwrap();
+        let e = read(&SharedLayout::new(&root)).unwrap_err().to_string();
+        assert!(e.contains("generation"), "{e}");
     }
 }

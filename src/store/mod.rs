@@ -357,11 +357,11 @@ impl Store {
             }
         }
         let started = Instant::now();
-        let file = self.layout.generation_file();
+        let layout = self.layout.clone();
         let health = self.health.clone();
         let value =
             crate::deadline::blocking("reading the cluster generation", self.timeout, move || {
-                health.watch("checking the cluster generation", || hint::read(&file))
+                health.watch("checking the cluster generation", || hint::read(&layout))
             })
             .await?;
         *last = Some((started, value));

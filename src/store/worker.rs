@@ -380,8 +380,7 @@ impl Worker {
     fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree, read_hint: bool) -> Result<()> {
         let stored = read_generation(db)?;
         let hint = if read_hint {
-            let file = self.layout.generation_file();
-            super::hint::read(&self.layout.at(&file)).unwrap_or(stored)
+            super::hint::read(&self.layout).unwrap_or(stored)
         } else {
             stored
         };
