@@ -158,6 +158,11 @@ impl SharedLayout {
         // What is already there may have been put there by another machine: checked
         // before anything is created through it, and again after.
         self.refuse_linked_control_dirs()?;
+        // Each folder is made in its parent opened without following links (`mkdirat`,
+        // which never follows a link at the name either): a link planted between the
+        // check above and here cannot send a folder outside the root.
+        let root = crate::beneath::open_root(&self.root)
+            .ctx(|| format!("opening {}", self.root.display()))?;
         for (dir, mode) in [
             (self.control_dir(), 0o700),
             (self.meta_dir(), 0o700),
@@ -166,12 +171,33 @@ impl SharedLayout {
             (self.volumes_dir(), 0o711),
             (self.archive_dir(), 0o700),
         ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(&dir)
-                .ctx(|| format!("creating {} (is the shared root writable?)", dir.display()))?;
+            let rel = dir.strip_prefix(&self.root).expect("under the root");
+            let (parent, name) = (
+                rel.parent().unwrap_or(Path::new("")),
+                rel.file_name().expect("a name"),
+            );
+            let made = if parent.as_os_str().is_empty() {
+                root.try_clone()
+            } else {
+                crate::beneath::open_dir(&root, parent)
+            }
+            .map_err(|e| crate::beneath::refused_or_io(&dir, e))
+            .and_then(|p| {
+                match nix::sys::stat::mkdirat(
+                    &p,
+                    name,
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(Error::io(
+                        format!("creating {} (is the shared root writable?)", dir.display()),
+                        e.into(),
+                    )),
+                }
+            });
+            made?;
         }
+        // What already existed (EEXIST) must be a plain directory, not a link.
         self.refuse_linked_control_dirs()
     }
 

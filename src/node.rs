@@ -448,8 +448,8 @@ impl Nodes {
         interval: Duration,
         dead_after: Duration,
     ) -> Result<Nodes> {
+        // Created by `SharedLayout::init`, never here by path.
         let shown = layout.nodes_dir();
-        std::fs::create_dir_all(&shown).ctx(|| format!("creating {}", shown.display()))?;
         // Held for the daemon's life and used for every heartbeat file: opened without
         // following links, so a `nodes` folder replaced by a link to a host folder is
         // refused (and one replaced later is not followed).
@@ -1079,6 +1079,7 @@ mod tests {
     fn a_second_daemon_with_a_live_name_is_refused_and_the_name_frees_when_it_stops() {
         let d = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(d.path());
+        layout.init().unwrap();
         let first = Nodes::new(&layout, "h3", SEC, 5 * SEC).unwrap();
         first.beat(HeartbeatState::Running).unwrap();
         let e = Nodes::new(&layout, "h3", SEC, 5 * SEC)
@@ -1095,6 +1096,7 @@ mod tests {
     fn rounds_through_files_judge_a_restart_and_a_lapse_of_the_holder() {
         let d = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(d.path());
+        layout.init().unwrap();
         let ms = Duration::from_millis;
         let a = Nodes::observer(&layout, "a", ms(50), ms(300)).unwrap();
         let b = Nodes::observer(&layout, "b", ms(50), ms(300)).unwrap();
