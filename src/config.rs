@@ -323,11 +323,22 @@ fn parse_heartbeat(s: &str) -> std::result::Result<Duration, String> {
 }
 
 fn parse_max_connections(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (8..=65536).contains(&n) && !s.starts_with('+') => Ok(n),
-        _ => Err(format!(
-            "invalid connection limit {s:?}: use a whole number from 8 to 65536"
-        )),
+    s.parse::<usize>()
+        .ok()
+        .filter(|_| !s.starts_with('+'))
+        .and_then(|n| check_max_connections(n).ok())
+        .ok_or_else(|| {
+            format!("invalid connection limit {s:?}: use a whole number from 8 to 65536")
+        })
+}
+
+fn check_max_connections(n: usize) -> std::result::Result<usize, String> {
+    if (8..=65536).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "invalid connection limit {n}: use a whole number from 8 to 65536"
+        ))
     }
 }
 
@@ -535,7 +546,7 @@ impl DaemonArgs {
             )));
         }
         let max_connections = match self.max_connections.or(file.max_connections) {
-            Some(n) => parse_max_connections(&n.to_string())
+            Some(n) => check_max_connections(n)
                 .map_err(|e| Error::invalid(format!("max_connections: {e}")))?,
             None => DEFAULT_MAX_CONNECTIONS,
         };

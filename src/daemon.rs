@@ -66,7 +66,7 @@ pub async fn run(
             let listener = std::net::TcpListener::bind(tcp.listen)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|e| Error::io(format!("binding --listen {}", tcp.listen), e))?;
-            Some((listener, acceptor))
+            Some((listener, acceptor, tcp))
         }
         None => None,
     };
@@ -76,6 +76,7 @@ pub async fn run(
         .map(|addr| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map(|l| (l, addr))
                 .map_err(|e| {
                     Error::io(format!("binding the metrics address {addr} (--metrics)"), e)
                 })
@@ -213,8 +214,8 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let metrics = match (metrics_listener, cfg.metrics) {
-        (Some(tcp), Some(addr)) => {
+    let metrics = match metrics_listener {
+        Some((tcp, addr)) => {
             let tcp = tokio::net::TcpListener::from_std(tcp)
                 .map_err(|e| Error::io(format!("serving the metrics address {addr}"), e))?;
             if !addr.ip().is_loopback() {
@@ -238,8 +239,8 @@ pub async fn run(
         }
         _ => None,
     };
-    let remote = match (tcp_listener, &cfg.tcp) {
-        (Some((listener, acceptor)), Some(tcp)) => {
+    let remote = match tcp_listener {
+        Some((listener, acceptor, tcp)) => {
             let tcp_stream = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| Error::io(format!("serving --listen {}", tcp.listen), e))?;
             let routes = crate::server::routes(svc.clone(), cfg.timeout, true);

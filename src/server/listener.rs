@@ -274,7 +274,7 @@ pub async fn serve<L: Accept, F>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size(MAX_HEAD.max(8192))
+                .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 log_connection_end(&e);

@@ -421,15 +421,8 @@ impl Service {
                 .map(|ids| ids.iter().map(|(id, n)| (id.clone(), *n)).collect())
                 .unwrap_or_default()
         };
-        let target = self.local.mountpoint(name);
-        let mounted = self
-            .blocking("reading mountinfo", move || {
-                Ok(crate::mounts::mount_table()?
-                    .iter()
-                    .any(|m| m.mount_point == target))
-            })
-            .await?;
-        if mounted {
+        // A mount table that cannot be read is an error here, never "not mounted".
+        if self.mounted_now(name).await? {
             return Err(Error::Busy(format!(
                 "{name} is bind-mounted on this host now; nothing changed"
             )));

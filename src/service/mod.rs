@@ -294,8 +294,14 @@ impl Service {
         }
     }
 
-    /// Whether this node's mountpoint of `name` is a mount point now (per mountinfo).
+    /// Whether this node's mountpoint of `name` is a mount point now (per mountinfo); a
+    /// mount table that cannot be read counts as not mounted.
     async fn really_mounted(&self, name: &str) -> bool {
+        self.mounted_now(name).await.unwrap_or(false)
+    }
+
+    /// Whether this node's mountpoint of `name` is a mount point now, per mountinfo.
+    async fn mounted_now(&self, name: &str) -> Result<bool> {
         let target = self.local.mountpoint(name);
         self.blocking("reading mountinfo", move || {
             Ok(mounts::mount_table()?
@@ -303,7 +309,6 @@ impl Service {
                 .any(|m| m.mount_point == target))
         })
         .await
-        .unwrap_or(false)
     }
 
     /// Takes back a mount of (this node, `id`) whose outcome is uncertain, as a recorded
