@@ -5,7 +5,7 @@ mod util;
 
 use std::fs;
 
-use util::docker::{available, docker_err, docker_ok, Env, IMAGE};
+use util::docker::{available, docker_err, docker_ok, run_rm, Env};
 use util::is_mountpoint;
 
 #[test]
@@ -28,18 +28,7 @@ fn volume_create_run_ls_inspect_rm() {
     ]);
 
     let mount = format!("{vol}:/data");
-    let out = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &mount,
-        IMAGE,
-        "sh",
-        "-c",
-        "echo hi > /data/f && cat /data/f",
-    ]);
+    let out = run_rm(&mount, &["sh", "-c", "echo hi > /data/f && cat /data/f"]);
     assert_eq!(out, "hi");
     assert_eq!(
         fs::read_to_string(env.data(&vol).join("f")).unwrap(),

@@ -70,12 +70,8 @@ fn planted_problems_are_found_and_the_safe_ones_repaired() {
     assert!(d.stop().success());
     // The store loses the record of "orphan" (its folder and volume.json stay).
     {
-        let db = sled::Config::new()
-            .path(root.join(".caravan/meta"))
-            .segment_size(64 << 10)
-            .open()
-            .unwrap();
-        db.open_tree("volumes").unwrap().remove("orphan").unwrap();
+        let (db, tree) = util::volumes_tree(&root);
+        tree.remove("orphan").unwrap();
         db.flush().unwrap();
     }
     d.spawn();

@@ -184,12 +184,7 @@ fn absurd_records_from_another_machine_break_nothing() {
     assert!(d.stop().success());
     {
         // As another machine would, straight into the store.
-        let db = sled::Config::new()
-            .path(root.join(".caravan/meta"))
-            .segment_size(64 << 10)
-            .open()
-            .unwrap();
-        let t = db.open_tree("volumes").unwrap();
+        let (db, t) = util::volumes_tree(&root);
         let rec = |name: &str, rest: &str| {
             format!(r#"{{"name":"{name}","created_by":"x","options":{{}},{rest}}}"#)
         };

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use util::docker::{docker, docker_ok, IMAGE};
+use util::docker::{docker, docker_ok, run_rm, IMAGE};
 
 struct Registry(Child);
 
@@ -113,18 +113,7 @@ fn the_managed_plugin_serves_volumes_and_keeps_them_across_an_upgrade() {
     docker_ok(&["volume", "create", "-d", &v1, &vol]);
     let first_volume = t.elapsed();
     eprintln!("managed plugin: built and created in {built:.1?}; enable to first volume {first_volume:.0?}");
-    let out = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &mount,
-        IMAGE,
-        "sh",
-        "-c",
-        "echo v1 > /data/f && cat /data/f",
-    ]);
+    let out = run_rm(&mount, &["sh", "-c", "echo v1 > /data/f && cat /data/f"]);
     assert_eq!(out, "v1");
     // The data is on the export, where other hosts see it.
     assert_eq!(
@@ -178,17 +167,7 @@ fn the_managed_plugin_serves_volumes_and_keeps_them_across_an_upgrade() {
     docker_ok(&["plugin", "enable", &v1]);
     let listed = docker_ok(&["volume", "ls", "-q", "-f", &format!("driver={v1}")]);
     assert!(listed.lines().any(|l| l == vol), "{listed}");
-    let out = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &mount,
-        IMAGE,
-        "cat",
-        "/data/f",
-    ]);
+    let out = run_rm(&mount, &["cat", "/data/f"]);
     assert_eq!(out, "v1", "the volume's data after the upgrade");
     let node = docker_ok(&["volume", "inspect", "-f", "{{.Status.created_by}}", &vol]);
     assert_eq!(node, "mp1");

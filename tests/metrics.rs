@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use util::{require_root, Daemon, Scratch};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn scrape(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -47,7 +39,7 @@ fn metrics_show_calls_commits_heartbeats_and_state_and_move_with_calls() {
     }
     let s = Scratch::new();
     let root = s.path().join("root");
-    let port = free_port();
+    let port = util::free_port();
     let a = Daemon::start_with(
         s.path(),
         &root,

@@ -4,129 +4,13 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use util::docker::{docker, docker_ok, IMAGE};
+use util::docker::{docker, docker_ok, run_rm};
+use util::pki::Pki;
 use util::{require_root, Daemon, Scratch};
-
-/// A CA, a server certificate for 127.0.0.1, a client certificate for dockerd, and a
-/// client certificate from another CA.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        for ca in ["ca", "other-ca"] {
-            run(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={ca}"),
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-            ]);
-        }
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, ca, ext) in [
-            ("server", "ca", "server.ext"),
-            ("docker", "ca", "client.ext"),
-            ("stranger", "other-ca", "client.ext"),
-        ] {
-            run(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                ext,
-                "-out",
-                &format!("{name}.pem"),
-            ]);
-        }
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.dir.join(f).display().to_string()
-    }
-
-    /// The daemon's TLS flags, with dockerd's client certificate.
-    fn flags(&self, port: u16) -> Vec<String> {
-        [
-            "--listen",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--tls-cert",
-            &self.path("server.pem"),
-            "--tls-key",
-            &self.path("server.key"),
-            "--tls-client-ca",
-            &self.path("ca.pem"),
-            "--tls-docker-cert",
-            &self.path("docker.pem"),
-            "--tls-docker-key",
-            &self.path("docker.key"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A plugin call with curl over HTTPS, as `client` (a name in the PKI) or with no
 /// certificate; `None` when the TLS handshake or the connection fails.
@@ -174,7 +58,7 @@ fn only_clients_with_a_certificate_from_the_client_ca_are_served() {
     }
     let s = Scratch::new();
     let pki = Pki::new(s.path());
-    let port = free_port();
+    let port = util::free_port();
     let flags = pki.flags(port);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let d = Daemon::start_with(
@@ -185,7 +69,11 @@ fn only_clients_with_a_certificate_from_the_client_ca_are_served() {
         "caravan-tls",
         &flags,
     );
-    // The .json spec, and no .spec beside it.
+    // The .json spec, and no .spec beside it. (The socket accepts once bound, a moment
+    // before the spec is written.)
+    util::eventually(Duration::from_secs(10), "the .json spec", || {
+        s.path().join("spec/caravan-tls.json").exists()
+    });
     let spec: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(s.path().join("spec/caravan-tls.json")).unwrap(),
     )
@@ -357,7 +245,7 @@ fn dockerd_creates_mounts_and_removes_a_volume_over_tls() {
     }
     let s = Scratch::new();
     let pki = Pki::new(s.path());
-    let port = free_port();
+    let port = util::free_port();
     let flags = pki.flags(port);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // A driver name of its own (the e2e one is known to dockerd by its unix socket);
@@ -382,18 +270,10 @@ fn dockerd_creates_mounts_and_removes_a_volume_over_tls() {
     let vol = "tls-e2e-vol";
     docker_ok(&["volume", "create", "-d", driver, vol]);
     let mount = format!("{vol}:/data");
-    let out = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
+    let out = run_rm(
         &mount,
-        IMAGE,
-        "sh",
-        "-c",
-        "echo over-tls > /data/f && cat /data/f",
-    ]);
+        &["sh", "-c", "echo over-tls > /data/f && cat /data/f"],
+    );
     assert_eq!(out, "over-tls");
     assert_eq!(
         std::fs::read_to_string(d.root.join("volumes").join(vol).join("data/f")).unwrap(),

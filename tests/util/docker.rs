@@ -269,3 +269,11 @@ pub fn restart_dockerd() {
             .unwrap_or(false)
     });
 }
+
+/// `docker run --rm --network none -v MOUNT IMAGE ARGS...`, which must succeed; returns its
+/// stdout, trimmed. (No network: the test machine's dockerd has no bridge.)
+pub fn run_rm(mount: &str, args: &[&str]) -> String {
+    let mut all = vec!["run", "--rm", "--network", "none", "-v", mount, IMAGE];
+    all.extend_from_slice(args);
+    docker_ok(&all)
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod docker;
+pub mod pki;
 
 /// True when running as root. Tests that need root (bind mounts, dockerd) call this and
 /// return early when it is false; in CI (`CI=true`) a missing privilege is a failure.
@@ -492,4 +493,25 @@ pub fn assert_nobody_judged_dead(daemons: &[Daemon]) {
             dead.join("\n")
         );
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The volumes tree of the metadata store under `root`, opened as another machine would
+/// write it (no daemon may be running on the root).
+pub fn volumes_tree(root: &Path) -> (sled::Db, sled::Tree) {
+    let db = sled::Config::new()
+        .path(root.join(".caravan/meta"))
+        .segment_size(64 << 10)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("volumes").unwrap();
+    (db, tree)
 }
