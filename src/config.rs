@@ -18,6 +18,7 @@ pub const DEFAULT_SOCKET: &str = "/run/caravan/caravan.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/caravan";
 pub const DEFAULT_SPEC_DIR: &str = "/etc/docker/plugins";
 pub const DEFAULT_DRIVER: &str = "caravan";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(15);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -108,6 +109,12 @@ pub struct DaemonArgs {
     /// mount and remove volumes. For test beds only; warned at every start
     #[arg(long, env = "CARAVAN_INSECURE_TCP")]
     pub insecure_tcp: bool,
+    /// The local dockerd's API socket. Once serving, the daemon asks that dockerd for this
+    /// driver's volumes (again after each dockerd restart), so that dockerd lists the
+    /// driver and Swarm can schedule tasks with caravan volumes here; "none" not to
+    /// [default: /var/run/docker.sock]
+    #[arg(long, env = "CARAVAN_DOCKER_SOCKET")]
+    pub docker_socket: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "CARAVAN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -174,6 +181,8 @@ impl PluginArgs {
         };
         let mut cfg = args.resolve()?;
         cfg.managed_plugin = true;
+        // dockerd lists an enabled managed plugin by itself.
+        cfg.docker_socket = None;
         Ok(cfg)
     }
 }
@@ -205,6 +214,7 @@ struct FileConfig {
     tls_docker_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     insecure_tcp: Option<bool>,
+    docker_socket: Option<PathBuf>,
     log_level: Option<String>,
 }
 
@@ -236,6 +246,8 @@ pub struct DaemonConfig {
     /// Run as Docker's managed plugin (`caravan plugin`): dockerd finds the socket through
     /// the plugin's config, so no spec file is written.
     pub managed_plugin: bool,
+    /// The local dockerd to tell about the driver (`--docker-socket`), if any.
+    pub docker_socket: Option<PathBuf>,
     pub log_level: tracing::Level,
 }
 
@@ -621,6 +633,17 @@ impl DaemonArgs {
             socket_group,
             tcp,
             managed_plugin: false,
+            docker_socket: match self.docker_socket.or(file.docker_socket) {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) if !p.is_absolute() => {
+                    return Err(Error::invalid(format!(
+                        "--docker-socket {}: give an absolute path (or none)",
+                        p.display()
+                    )))
+                }
+                Some(p) => Some(p),
+                None => Some(DEFAULT_DOCKER_SOCKET.into()),
+            },
             log_level,
         };
         for (what, p) in [
@@ -675,7 +698,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
     toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, listen, tls_cert, tls_key, tls_client_ca, tls_docker_cert, tls_docker_key, tls_ca, insecure_tcp, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, listen, tls_cert, tls_key, tls_client_ca, tls_docker_cert, tls_docker_key, tls_ca, insecure_tcp, docker_socket, log_level",
             path.display()
         ))
     })

@@ -279,6 +279,11 @@ pub async fn run(
         }
         _ => None,
     };
+    // Serving already (the listener is bound): dockerd's list call is answered.
+    let announcing = cfg
+        .docker_socket
+        .clone()
+        .map(|socket| tokio::spawn(crate::dockerd::announce(socket, cfg.driver_name.clone())));
     let rx = stop.subscribe();
     tokio::spawn(async move {
         shutdown.await;
@@ -292,6 +297,9 @@ pub async fn run(
         cfg.timeout + Duration::from_secs(1),
     )
     .await;
+    if let Some(a) = announcing {
+        a.abort();
+    }
     for server in [metrics, remote].into_iter().flatten() {
         let _ = server.await;
     }

@@ -29,6 +29,9 @@ pub enum Error {
         name: String,
         holder: String,
         when: String,
+        /// How much more silence until the holder would be declared dead; `None` when this
+        /// node judges nobody (it is cut off).
+        dead_in: Option<Duration>,
     },
 
     #[error("volume {0} is not mounted on this node")]

@@ -22,6 +22,7 @@
 //! - [`plugin`]: Docker's VolumeDriver HTTP API;
 //! - [`api`]: the daemon's control API, used by the CLI;
 //! - [`spec`]: the `.spec` file that lets dockerd find the plugin;
+//! - [`dockerd`]: telling the local dockerd the driver exists (so Swarm schedules here);
 //! - [`config`]: daemon settings from flags, environment and the config file;
 //! - [`deadline`]: bounding work in time: a call's deadline, passed down to its work;
 //! - [`daemon`]: start-up, the heartbeat thread, graceful shutdown;
@@ -36,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod deadline;
+pub mod dockerd;
 pub mod error;
 pub mod health;
 pub mod layout;

@@ -41,6 +41,32 @@ const USAGE_BUDGET: Duration = Duration::from_millis(200);
 /// An answer must be ready this long before the call's deadline to count as delivered.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
+/// What a Mount that waited for a dying holder still needs once the holder is dead: the
+/// takeover's commit and the bind mount.
+const MOUNT_WORK: Duration = Duration::from_secs(1);
+
+/// Whether a Mount refused by a live holder should wait and try again, and how long:
+/// only when the holder has missed beats (silent for three heartbeat intervals or more:
+/// a live holder's refusal is never delayed by a slow round), and only when it would be
+/// declared dead, with two rounds and the mount's own work to spare, within `left`, the
+/// time the call has. The wait reaches half a round past the expected death, so that this
+/// node's next round has seen it.
+pub fn wait_for_holder(
+    silent: Duration,
+    dead_in: Duration,
+    interval: Duration,
+    left: Duration,
+) -> Option<Duration> {
+    if silent < interval.saturating_mul(3) {
+        return None;
+    }
+    let wait = dead_in.saturating_add(interval / 2);
+    let needed = wait
+        .saturating_add(interval.saturating_mul(2))
+        .saturating_add(MOUNT_WORK);
+    (needed <= left).then_some(wait)
+}
+
 /// The volumes bind-mounted on this node, and a version that changes with them.
 #[derive(Debug, Default)]
 struct BoundHere {
@@ -213,7 +239,7 @@ impl Service {
             // Queued behind other calls past the caller's patience: never start.
             return Err(late());
         }
-        if let Err(e) = self.store.mount(name, &self.node, id).await {
+        if let Err(e) = self.claim_waiting_for_a_dying_holder(name, id).await {
             // Unless the store decided against it, the mount may have been committed all
             // the same (a timeout while it was being committed, a hold that failed after
             // writing). dockerd saw a failure and will never unmount this ID: queue the
@@ -263,6 +289,36 @@ impl Service {
             return Err(late());
         }
         Ok(target)
+    }
+
+    /// The store's Mount; when an exclusive volume is refused because its holder is still
+    /// alive but has stopped beating (its host died a moment ago, as when Swarm reschedules
+    /// the task of a lost node), it waits for the holder to be declared dead and takes the
+    /// volume over, if that can happen before the call must be answered (see
+    /// [`wait_for_holder`]). A beating holder's refusal is answered at once.
+    async fn claim_waiting_for_a_dying_holder(&self, name: &str, id: &str) -> Result<()> {
+        loop {
+            let e = match self.store.mount(name, &self.node, id).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let Error::ExclusiveHeld {
+                ref holder,
+                dead_in: Some(dead_in),
+                ..
+            } = e
+            else {
+                return Err(e);
+            };
+            let dead_after = self.nodes.dead_after();
+            let silent = dead_after.saturating_sub(dead_in);
+            let left = crate::deadline::remaining(dead_after * 2);
+            let Some(wait) = wait_for_holder(silent, dead_in, self.nodes.interval(), left) else {
+                return Err(e);
+            };
+            tracing::info!(volume = %name, holder = %holder, silent_secs = silent.as_secs_f64(), wait_secs = wait.as_secs_f64(), "the holder of this exclusive volume has stopped beating: waiting for it to be declared dead, to take the volume over");
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Takes back a mount of (this node, `id`) that its caller never saw succeed: the
@@ -873,5 +929,45 @@ impl VolumeLocks {
             map.entry(name.to_string()).or_default().clone()
         };
         m.lock_owned().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_beating_holder_is_refused_at_once() {
+        // Silent for two intervals: one slow round, not a dying host.
+        assert_eq!(wait_for_holder(S * 2, S * 13, S, S * 20), None);
+        assert_eq!(wait_for_holder(Duration::ZERO, S * 15, S, S * 20), None);
+    }
+
+    #[test]
+    fn a_silent_holder_is_waited_for_when_its_death_is_due_in_time() {
+        // Silent 11 s of 15: dead in 4 s; the call has 20 s.
+        assert_eq!(
+            wait_for_holder(S * 11, S * 4, S, S * 20),
+            Some(S * 4 + S / 2)
+        );
+        // Due any moment: half a round, so the next round has seen it.
+        assert_eq!(
+            wait_for_holder(S * 15, Duration::ZERO, S, S * 4),
+            Some(S / 2)
+        );
+    }
+
+    #[test]
+    fn a_death_due_after_the_call_must_be_answered_is_not_waited_for() {
+        // Dead in 12 s, 4.5 s left: the caller would be answered late.
+        assert_eq!(wait_for_holder(S * 3, S * 12, S, S * 4 + S / 2), None);
+        // Just enough: 12.5 s wait, two rounds, one second of work.
+        assert_eq!(
+            wait_for_holder(S * 3, S * 12, S, S * 16 - S / 2),
+            Some(S * 12 + S / 2)
+        );
+        assert_eq!(wait_for_holder(S * 3, Duration::MAX, S, S * 20), None);
     }
 }

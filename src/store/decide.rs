@@ -252,6 +252,7 @@ pub fn claim(
                     name: record.name.clone(),
                     holder: h.node,
                     when,
+                    dead_in: judged.dead_in.filter(|_| !judged.observer_cut_off),
                 });
             }
             forced = judged.state == Liveness::Alive;

@@ -163,6 +163,17 @@ impl Daemon {
         }
     }
 
+    /// A daemon whose spec the machine's dockerd does not read leaves that dockerd alone
+    /// (it would otherwise ask it for its volumes at start, see `caravan::dockerd`).
+    fn docker_socket_flag(&self) -> &'static [&'static str] {
+        let own_flag = self.extra.iter().any(|a| a == "--docker-socket");
+        if own_flag || self.spec_dir == Path::new("/etc/docker/plugins") {
+            &[]
+        } else {
+            &["--docker-socket", "none"]
+        }
+    }
+
     /// Starts the process again with the same settings (after a kill or a stop).
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -186,6 +197,7 @@ impl Daemon {
             .arg(&self.driver)
             .arg("--config")
             .arg("/dev/null")
+            .args(self.docker_socket_flag())
             .args(&self.extra)
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

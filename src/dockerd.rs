@@ -1,0 +1,107 @@
+//! Telling the local dockerd that this driver exists.
+//!
+//! dockerd learns of a legacy (spec-file) volume plugin only when something first asks for
+//! it, and what it reports to Swarm as this node's volume plugins is the list it has
+//! learned so far. Until then the Swarm scheduler refuses this node for any task whose
+//! mount names the driver ("missing plugin on N nodes"), although the spec is in place.
+//! So once the daemon serves, it asks dockerd for the volumes of its own driver (`GET
+//! /volumes` with a driver filter), which makes dockerd activate every plugin in its spec
+//! folders and remember them. It asks again whenever dockerd's socket is a new one (dockerd
+//! restarted and forgot). A Swarm agent reports a changed node description within 20 s
+//! (swarmkit's node update period), and at once when it starts after the ask: see
+//! docs/swarm.md.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::client::Client;
+
+/// How often dockerd's socket is looked at (a `stat`; nothing is sent unless it changed).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// dockerd activates every plugin in its spec folders on that call, and waits up to 15 s
+/// for each one that does not answer: give it time.
+const ASK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which socket file, as (device, inode): a restarted dockerd makes a new one.
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
+/// The request: this driver's volumes only, so dockerd asks no other plugin for its list
+/// (it still activates them all, which is what makes it remember this one).
+pub fn list_path(driver: &str) -> String {
+    let filters = serde_json::json!({ "driver": [driver] }).to_string();
+    let mut encoded = String::with_capacity(filters.len() * 3);
+    for b in filters.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("/volumes?filters={encoded}")
+}
+
+/// Watches `socket` for as long as the daemon runs, asking each dockerd that appears there
+/// once. Never fails: without a dockerd there is nothing to tell.
+pub async fn announce(socket: PathBuf, driver: String) {
+    let client = Client::new(&socket, ASK_TIMEOUT);
+    let path = list_path(&driver);
+    let mut told: Option<(u64, u64)> = None;
+    let mut failures = 0u32;
+    loop {
+        let now = socket_identity(&socket);
+        if now.is_some() && now != told {
+            match client.request("GET", &path, None).await {
+                Ok(_) => {
+                    tracing::info!(docker = %socket.display(), driver = %driver, "dockerd now lists this volume driver (a Swarm node reports it to its managers within 20 s)");
+                    told = now;
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        tracing::warn!(docker = %socket.display(), "could not tell dockerd about this driver ({e}); Swarm may call this node \"missing plugin\" until the driver is first used here; retrying");
+                    } else {
+                        tracing::debug!(docker = %socket.display(), failures, "telling dockerd about this driver: {e}");
+                    }
+                    // Back off up to a minute while dockerd is starting or stuck.
+                    let wait = WATCH_EVERY.saturating_mul(failures.min(30));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_is_percent_encoded_json() {
+        assert_eq!(
+            list_path("caravan"),
+            "/volumes?filters=%7B%22driver%22%3A%5B%22caravan%22%5D%7D"
+        );
+    }
+
+    #[test]
+    fn only_a_socket_has_an_identity() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(socket_identity(&file), None);
+        assert_eq!(socket_identity(&d.path().join("none")), None);
+        let sock = d.path().join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(socket_identity(&sock).is_some());
+    }
+}
