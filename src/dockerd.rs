@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use crate::client::Client;
 
-/// How often dockerd's socket is looked at (a `stat`; nothing is sent unless it changed).
-const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How often dockerd's socket is looked at (a `stat`; nothing is sent unless it changed):
+/// often, so that the ask comes before an operator's `docker swarm join` would.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// dockerd activates every plugin in its spec folders on that call, and waits up to 15 s
 /// for each one that does not answer: give it time.
 const ASK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,7 +72,7 @@ pub async fn announce(socket: PathBuf, driver: String) {
                         tracing::debug!(docker = %socket.display(), failures, "telling dockerd about this driver: {e}");
                     }
                     // Back off up to a minute while dockerd is starting or stuck.
-                    let wait = WATCH_EVERY.saturating_mul(failures.min(30));
+                    let wait = WATCH_EVERY.saturating_mul(failures.min(120));
                     tokio::time::sleep(wait).await;
                     continue;
                 }

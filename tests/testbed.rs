@@ -1,63 +1,13 @@
 //! End to end on the multi-host test bed (scripts/testbed): GlusterFS shared by three
-//! simulated hosts, each with its own dockerd and caravan. Runs after the other end-to-end
-//! tests (it kills and restarts the machine's dockerd).
+//! simulated hosts, each with its own dockerd (in its own namespaces) and caravan.
 
 mod util;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
 use std::time::{Duration, Instant};
-
-fn script(args: &[&str]) -> Output {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    Command::new(format!("{dir}/scripts/{}", args[0]))
-        .args(&args[1..])
-        .env("CARAVAN", util::caravan_bin())
-        .output()
-        .expect("run a script")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = script(args);
-    assert!(
-        out.status.success(),
-        "{}: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// `docker` on host K.
-fn dk(k: u32, args: &[&str]) -> Output {
-    let mut all = vec!["testbed", "docker"];
-    let k = k.to_string();
-    all.push(&k);
-    all.extend_from_slice(args);
-    script(&all)
-}
-
-fn dk_ok(k: u32, args: &[&str]) -> String {
-    let out = dk(k, args);
-    assert!(
-        out.status.success(),
-        "h{k}: docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn dk_err(k: u32, args: &[&str]) -> String {
-    let out = dk(k, args);
-    assert!(
-        !out.status.success(),
-        "h{k}: docker {} should have failed",
-        args.join(" ")
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+use util::testbed::{dk, dk_err, dk_ok, ok, script, stdout_ok};
 
 /// `docker run -d --name NAME -v VOLUME:/data` of a container that sleeps, on host K.
 fn run_sleeper(k: u32, name: &str, volume: &str) -> Output {
@@ -96,60 +46,23 @@ fn run_once(k: u32, volume: &str, cmd: &[&str]) -> Output {
     dk(k, &args)
 }
 
-/// The output of a command that must have succeeded.
-fn stdout_ok(k: u32, what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "h{k}: {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Tears the test bed down and gives the machine its dockerd back, whatever happened.
+/// Tears the test bed down (its dockerds, containers and daemons too), whatever happened.
 struct Bed;
 
 impl Bed {
-    /// Containers of an earlier, interrupted run would collide with this one's names.
+    /// The machine's dockerd is the source of the test image each host's dockerd loads.
     fn start() -> Bed {
         ok(&["docker-up"]);
-        let _ = dk(1, &["rm", "-f", "tb-c1", "tb-c2"]);
         Bed
     }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        // Host 1's caravan comes back before host 1's dockerd, so that the restarted
-        // dockerd can ask it about the volumes it recorded (else 15 s each), then the
-        // machine's dockerd is restarted once more, after the test bed is gone, so that
-        // it forgets the plugin it activated for host 1.
-        let _ = script(&["testbed", "host", "1", "up"]);
-        restart_dockerd();
-        let _ = dk(1, &["rm", "-f", "tb-c1", "tb-c2"]);
-        let _ = script(&["testbed", "host", "2", "kill"]);
-        let _ = script(&["testbed", "host", "3", "kill"]);
         let _ = script(&["testbed", "down"]);
-        restart_dockerd();
     }
-}
-
-/// Stops the machine's dockerd and starts it again with `scripts/docker-up`, which also
-/// deletes the plugin specs of daemons that are gone.
-fn restart_dockerd() {
-    if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
-        let pid = pid.trim().to_string();
-        let _ = Command::new("kill").arg(&pid).status();
-        let t = Instant::now();
-        while std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && t.elapsed() < Duration::from_secs(30)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let _ = script(&["docker-up"]);
 }
 
 #[test]
@@ -280,7 +193,7 @@ fn the_failover_demo_serves_the_same_page_on_host_2() {
     if !util::docker::available("failover_demo") {
         return;
     }
-    // Both tests use the one test bed and the machine's dockerd: one at a time.
+    // Every test here uses the one test bed: one at a time.
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = script(&["demo-failover", "--dead-after", "5s"]);
     let text =
@@ -414,10 +327,6 @@ fn export_outage(outage: &Outage) {
     }
     let name = outage.name;
     let bed = Bed::start();
-    // dockerd never forgets a plugin it activated: one whose daemon is gone (the shared
-    // e2e driver of tests/docker.rs) costs every `docker volume ls` 15 s, which is not
-    // caravan's time. Start from a dockerd that knows none.
-    restart_dockerd();
     ok(&["testbed", "up", "1"]);
     // --timeout 8s: calls give up after at most 8 s, and the export counts as stalled
     // once an operation has waited 2 s (a quarter of it).

@@ -45,26 +45,44 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 /// takeover's commit and the bind mount.
 const MOUNT_WORK: Duration = Duration::from_secs(1);
 
-/// Whether a Mount refused by a live holder should wait and try again, and how long:
-/// only when the holder has missed beats (silent for three heartbeat intervals or more:
-/// a live holder's refusal is never delayed by a slow round), and only when it would be
-/// declared dead, with two rounds and the mount's own work to spare, within `left`, the
-/// time the call has. The wait reaches half a round past the expected death, so that this
-/// node's next round has seen it.
+/// How long a Mount refused by a live, beating holder keeps trying: the Mount of a task
+/// Swarm moves (a drain, a stop-first update) can reach the store a moment before the old
+/// task's Unmount, which releases the volume.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
+const RELEASE_POLL: Duration = Duration::from_millis(200);
+
+/// Why a refused exclusive Mount waits before trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderWait {
+    /// The holder beats: it may be releasing the volume right now.
+    ForRelease(Duration),
+    /// The holder stopped beating and will be declared dead in time.
+    ForDeath(Duration),
+}
+
+/// Whether a Mount refused by a live holder should wait and try again, and how long.
+/// A holder that has missed beats (silent for three heartbeat intervals or more: a slow
+/// round is not a dying host) is waited for when it would be declared dead, with two
+/// rounds and the mount's own work to spare, within `left`, the time the call has; the
+/// wait reaches half a round past the expected death, so that this node's next round has
+/// seen it. A beating holder is given [`RELEASE_GRACE`] in all (`waited` so far) to
+/// release; then the refusal is answered.
 pub fn wait_for_holder(
     silent: Duration,
     dead_in: Duration,
     interval: Duration,
     left: Duration,
-) -> Option<Duration> {
-    if silent < interval.saturating_mul(3) {
-        return None;
+    waited: Duration,
+) -> Option<HolderWait> {
+    if silent >= interval.saturating_mul(3) {
+        let wait = dead_in.saturating_add(interval / 2);
+        let needed = wait
+            .saturating_add(interval.saturating_mul(2))
+            .saturating_add(MOUNT_WORK);
+        return (needed <= left).then_some(HolderWait::ForDeath(wait));
     }
-    let wait = dead_in.saturating_add(interval / 2);
-    let needed = wait
-        .saturating_add(interval.saturating_mul(2))
-        .saturating_add(MOUNT_WORK);
-    (needed <= left).then_some(wait)
+    (waited < RELEASE_GRACE && RELEASE_POLL + MOUNT_WORK <= left)
+        .then_some(HolderWait::ForRelease(RELEASE_POLL))
 }
 
 /// The volumes bind-mounted on this node, and a version that changes with them.
@@ -239,7 +257,7 @@ impl Service {
             // Queued behind other calls past the caller's patience: never start.
             return Err(late());
         }
-        if let Err(e) = self.claim_waiting_for_a_dying_holder(name, id).await {
+        if let Err(e) = self.claim_waiting_for_the_holder(name, id).await {
             // Unless the store decided against it, the mount may have been committed all
             // the same (a timeout while it was being committed, a hold that failed after
             // writing). dockerd saw a failure and will never unmount this ID: queue the
@@ -291,12 +309,13 @@ impl Service {
         Ok(target)
     }
 
-    /// The store's Mount; when an exclusive volume is refused because its holder is still
-    /// alive but has stopped beating (its host died a moment ago, as when Swarm reschedules
-    /// the task of a lost node), it waits for the holder to be declared dead and takes the
-    /// volume over, if that can happen before the call must be answered (see
-    /// [`wait_for_holder`]). A beating holder's refusal is answered at once.
-    async fn claim_waiting_for_a_dying_holder(&self, name: &str, id: &str) -> Result<()> {
+    /// The store's Mount, waiting a little when an exclusive volume is refused because its
+    /// holder is alive (see [`wait_for_holder`]): for a release that may be on its way (a
+    /// task Swarm moves), or for a holder that has stopped beating (its host died a moment
+    /// ago, as when Swarm reschedules the task of a lost node) to be declared dead, when
+    /// that can happen before the call must be answered. Then the volume is taken over.
+    async fn claim_waiting_for_the_holder(&self, name: &str, id: &str) -> Result<()> {
+        let start = Instant::now();
         loop {
             let e = match self.store.mount(name, &self.node, id).await {
                 Ok(_) => return Ok(()),
@@ -313,10 +332,15 @@ impl Service {
             let dead_after = self.nodes.dead_after();
             let silent = dead_after.saturating_sub(dead_in);
             let left = crate::deadline::remaining(dead_after * 2);
-            let Some(wait) = wait_for_holder(silent, dead_in, self.nodes.interval(), left) else {
-                return Err(e);
+            let waited = start.elapsed();
+            let wait = match wait_for_holder(silent, dead_in, self.nodes.interval(), left, waited) {
+                None => return Err(e),
+                Some(HolderWait::ForRelease(wait)) => wait,
+                Some(HolderWait::ForDeath(wait)) => {
+                    tracing::info!(volume = %name, holder = %holder, silent_secs = silent.as_secs_f64(), wait_secs = wait.as_secs_f64(), "the holder of this exclusive volume has stopped beating: waiting for it to be declared dead, to take the volume over");
+                    wait
+                }
             };
-            tracing::info!(volume = %name, holder = %holder, silent_secs = silent.as_secs_f64(), wait_secs = wait.as_secs_f64(), "the holder of this exclusive volume has stopped beating: waiting for it to be declared dead, to take the volume over");
             tokio::time::sleep(wait).await;
         }
     }
@@ -939,35 +963,58 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn a_beating_holder_is_refused_at_once() {
+    fn a_beating_holder_is_given_a_moment_to_release_then_refused() {
         // Silent for two intervals: one slow round, not a dying host.
-        assert_eq!(wait_for_holder(S * 2, S * 13, S, S * 20), None);
-        assert_eq!(wait_for_holder(Duration::ZERO, S * 15, S, S * 20), None);
+        let release = Some(HolderWait::ForRelease(RELEASE_POLL));
+        assert_eq!(
+            wait_for_holder(S * 2, S * 13, S, S * 20, Duration::ZERO),
+            release
+        );
+        assert_eq!(
+            wait_for_holder(Duration::ZERO, S * 15, S, S * 20, S),
+            release
+        );
+        assert_eq!(
+            wait_for_holder(Duration::ZERO, S * 15, S, S * 20, RELEASE_GRACE),
+            None
+        );
+        // No time left for even that.
+        assert_eq!(
+            wait_for_holder(Duration::ZERO, S * 15, S, S, Duration::ZERO),
+            None
+        );
     }
 
     #[test]
     fn a_silent_holder_is_waited_for_when_its_death_is_due_in_time() {
         // Silent 11 s of 15: dead in 4 s; the call has 20 s.
         assert_eq!(
-            wait_for_holder(S * 11, S * 4, S, S * 20),
-            Some(S * 4 + S / 2)
+            wait_for_holder(S * 11, S * 4, S, S * 20, Duration::ZERO),
+            Some(HolderWait::ForDeath(S * 4 + S / 2))
         );
-        // Due any moment: half a round, so the next round has seen it.
+        // Due any moment: half a round, so the next round has seen it; and again after
+        // the release grace is spent.
         assert_eq!(
-            wait_for_holder(S * 15, Duration::ZERO, S, S * 4),
-            Some(S / 2)
+            wait_for_holder(S * 15, Duration::ZERO, S, S * 4, S * 10),
+            Some(HolderWait::ForDeath(S / 2))
         );
     }
 
     #[test]
     fn a_death_due_after_the_call_must_be_answered_is_not_waited_for() {
         // Dead in 12 s, 4.5 s left: the caller would be answered late.
-        assert_eq!(wait_for_holder(S * 3, S * 12, S, S * 4 + S / 2), None);
+        assert_eq!(
+            wait_for_holder(S * 3, S * 12, S, S * 4 + S / 2, Duration::ZERO),
+            None
+        );
         // Just enough: 12.5 s wait, two rounds, one second of work.
         assert_eq!(
-            wait_for_holder(S * 3, S * 12, S, S * 16 - S / 2),
-            Some(S * 12 + S / 2)
+            wait_for_holder(S * 3, S * 12, S, S * 16 - S / 2, Duration::ZERO),
+            Some(HolderWait::ForDeath(S * 12 + S / 2))
         );
-        assert_eq!(wait_for_holder(S * 3, Duration::MAX, S, S * 20), None);
+        assert_eq!(
+            wait_for_holder(S * 3, Duration::MAX, S, S * 20, Duration::ZERO),
+            None
+        );
     }
 }

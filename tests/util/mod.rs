@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod docker;
 pub mod pki;
+pub mod testbed;
 
 /// True when running as root. Tests that need root (bind mounts, dockerd) call this and
 /// return early when it is false; in CI (`CI=true`) a missing privilege is a failure.
