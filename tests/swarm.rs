@@ -772,3 +772,31 @@ fn compose_up_down_and_up_again_on_another_host() {
     }
     drop(bed);
 }
+
+#[test]
+fn the_swarm_demo_serves_the_same_page_after_its_node_is_lost() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::docker::available("swarm_demo") {
+        return;
+    }
+    let out = script(&[
+        "demo-swarm",
+        "--dead-after",
+        "5s",
+        "--dispatcher-heartbeat",
+        DISPATCHER_HEARTBEAT,
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("swarm failover: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    eprintln!("{line}");
+    let ms: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        ms >= 5000,
+        "served before the lost node could be declared dead: {line}"
+    );
+}
