@@ -444,6 +444,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_says_how_soon_the_holder_would_be_dead_unless_this_node_is_cut_off() {
+        let mut r = volume("exclusive");
+        let mut ev = Vec::new();
+        mount(&mut r, "a", H3_OLD, &mut Script::default(), &mut ev).unwrap();
+        // The Mount's wait for a dying holder depends on this.
+        let e = mount(&mut r, "x", H2, &mut Script::default(), &mut ev).unwrap_err();
+        assert!(
+            matches!(e, Error::ExclusiveHeld { dead_in: Some(d), .. } if d == Duration::from_secs(3)),
+            "{e:?}"
+        );
+        // A cut-off observer judges nobody: nothing to wait for.
+        let mut cut_off = Script {
+            cut_off: true,
+            ..Script::default()
+        };
+        let e = mount(&mut r, "x", H2, &mut cut_off, &mut ev).unwrap_err();
+        assert!(
+            matches!(e, Error::ExclusiveHeld { dead_in: None, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_holder_whose_grant_is_old_but_whose_mounts_are_new_is_alive() {
         let mut r = volume("exclusive");
         let mut ev = Vec::new();
