@@ -170,6 +170,13 @@ impl Accept for crate::tls::TlsListener {
                         trusted_remote: true,
                     },
                 )),
+                // A client that closed before finishing the handshake was refused
+                // nothing (dockerd's HTTP client drops a connection it dialed but no
+                // longer needs): not worth a warning.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(client = %from, "a client closed during the TLS handshake: {e}");
+                    Err(e)
+                }
                 Err(e) => {
                     tracing::warn!(client = %from, "TLS handshake refused: {e}");
                     Err(e)
