@@ -52,6 +52,15 @@ pub struct TakeoverRequest {
     pub force: bool,
 }
 
+/// Body of `POST /v1/volumes/NAME/snapshots`: the snapshot's name, or none for a
+/// generated one.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// Handles one control request; returns the HTTP status and the JSON body.
 pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let started = Instant::now();
@@ -96,6 +105,12 @@ fn route_name(method: &str, path: &str) -> &'static str {
         ("POST", ["v1", "volumes", _, "mount"]) => "mount",
         ("POST", ["v1", "volumes", _, "unmount"]) => "unmount",
         ("POST", ["v1", "volumes", _, "takeover"]) => "takeover",
+        ("GET", ["v1", "snapshots"]) | ("GET", ["v1", "volumes", _, "snapshots"]) => {
+            "snapshot_list"
+        }
+        ("POST", ["v1", "volumes", _, "snapshots"]) => "snapshot_create",
+        ("GET", ["v1", "volumes", _, "snapshots", _]) => "snapshot_inspect",
+        ("DELETE", ["v1", "volumes", _, "snapshots", _]) => "snapshot_delete",
         _ => "other",
     }
 }
@@ -148,6 +163,21 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
             let req: MountRequest = parse_body(body)?;
             svc.unmount(name, &req.id).await?;
             ok(json!({}))
+        }
+        ("GET", ["v1", "snapshots"]) => ok(to_json(&svc.snapshot_list(None).await?)),
+        ("GET", ["v1", "volumes", name, "snapshots"]) => {
+            ok(to_json(&svc.snapshot_list(Some(name)).await?))
+        }
+        ("POST", ["v1", "volumes", name, "snapshots"]) => {
+            let req: SnapshotRequest = parse_body(body)?;
+            let view = svc.snapshot_create(name, req.name.as_deref()).await?;
+            Ok((202, to_json(&view)))
+        }
+        ("GET", ["v1", "volumes", name, "snapshots", snap]) => {
+            ok(to_json(&svc.snapshot_get(name, snap).await?))
+        }
+        ("DELETE", ["v1", "volumes", name, "snapshots", snap]) => {
+            Ok((202, to_json(&svc.snapshot_delete(name, snap).await?)))
         }
         _ => Err(Error::NoSuchEndpoint(format!("{method} {path}"))),
     }

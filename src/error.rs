@@ -24,6 +24,11 @@ pub enum Error {
     #[error("volume {name} is in use: mounted on {nodes}; unmount it there first")]
     InUse { name: String, nodes: String },
 
+    /// A snapshot that cannot be made, changed or removed as asked (it exists, is being
+    /// made or deleted elsewhere, or keeps its volume from being removed).
+    #[error("{0}")]
+    Snapshot(String),
+
     #[error("volume {name} is exclusive and held by node {holder}, which is alive; it can be taken over {when}, or now with `caravan takeover {name} --force`")]
     ExclusiveHeld {
         name: String,
@@ -87,7 +92,10 @@ impl Error {
         match self {
             Error::Invalid(_) => 400,
             Error::NoSuchVolume(_) | Error::NotMounted(_) | Error::NoSuchEndpoint(_) => 404,
-            Error::Conflict { .. } | Error::InUse { .. } | Error::ExclusiveHeld { .. } => 409,
+            Error::Conflict { .. }
+            | Error::InUse { .. }
+            | Error::Snapshot(_)
+            | Error::ExclusiveHeld { .. } => 409,
             Error::Timeout { .. }
             | Error::ShuttingDown
             | Error::Busy(_)

@@ -140,6 +140,83 @@ impl SharedLayout {
         self.open_dir_beneath(&format!("volumes/{name}/data"))
     }
 
+    /// Where a volume's snapshots are, `volumes/<name>/snapshots` (for messages).
+    pub fn snapshot_dir(&self, name: &str, snap: &str) -> PathBuf {
+        self.volume_dir(name).join("snapshots").join(snap)
+    }
+
+    /// `volumes/<name>/snapshots`, made first if `create`, opened without following links.
+    fn open_snapshots_dir(&self, name: &str, create: bool) -> Result<File> {
+        let vdir = self.open_volume_dir(name)?;
+        let shown = self.volume_dir(name).join("snapshots");
+        if create {
+            match nix::sys::stat::mkdirat(
+                &vdir,
+                "snapshots",
+                nix::sys::stat::Mode::from_bits_truncate(0o700),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(Error::io(format!("creating {}", shown.display()), e.into())),
+            }
+        }
+        crate::beneath::open_dir(&vdir, Path::new("snapshots"))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))
+    }
+
+    /// The empty folder of a new snapshot, opened without following links. What an
+    /// interrupted snapshot of that name left there is deleted first (the name is this
+    /// snapshot's: its record says it is being made).
+    pub fn make_snapshot_dir(&self, name: &str, snap: &str) -> Result<File> {
+        let dir = self.open_snapshots_dir(name, true)?;
+        let shown = self.snapshot_dir(name, snap);
+        remove_entry(&dir, snap)
+            .ctx(|| format!("deleting what was left at {}", shown.display()))?;
+        nix::sys::stat::mkdirat(&dir, snap, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(|e| Error::io(format!("creating {}", shown.display()), e.into()))?;
+        crate::beneath::open_dir(&dir, Path::new(snap))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))
+    }
+
+    /// A snapshot's folder, opened without following links.
+    pub fn open_snapshot_dir(&self, name: &str, snap: &str) -> Result<File> {
+        let dir = self.open_snapshots_dir(name, false)?;
+        crate::beneath::open_dir(&dir, Path::new(snap))
+            .map_err(|e| crate::beneath::refused_or_io(&self.snapshot_dir(name, snap), e))
+    }
+
+    /// Deletes a snapshot's folder; one already gone is not an error.
+    /// Nothing behind a link is touched: a `snapshots` that is a link (or missing) holds
+    /// nothing caravan made, since caravan never makes anything through a link.
+    pub fn remove_snapshot_dir(&self, name: &str, snap: &str) -> Result<()> {
+        let vdir = match self.open_volume_dir(name) {
+            Ok(d) => d,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let dir = match crate::beneath::open_dir(&vdir, Path::new("snapshots")) {
+            Ok(d) => d,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || crate::beneath::is_refused_link(&e) =>
+            {
+                return Ok(())
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "opening {}",
+                        self.volume_dir(name).join("snapshots").display()
+                    ),
+                    e,
+                ))
+            }
+        };
+        remove_entry(&dir, snap)
+            .ctx(|| format!("deleting {}", self.snapshot_dir(name, snap).display()))
+    }
+
     /// Creates the control folders if this is a new root. The root itself must exist: it is
     /// the mounted export, and creating it would hide a missing mount.
     pub fn init(&self) -> Result<()> {
@@ -584,6 +661,21 @@ impl NodeLayout {
             .mode(0o711)
             .create(self.mounts_dir())
             .ctx(|| format!("creating {}", self.mounts_dir().display()))
+    }
+}
+
+/// Deletes the entry `name` of the open folder `dir` (a tree, a file or a link, never
+/// followed: `remove_dir_all` removes a link itself); a missing entry is not an error.
+fn remove_entry(dir: &File, name: &str) -> std::io::Result<()> {
+    let at = crate::beneath::proc_path(dir).join(name);
+    let r = match fs::symlink_metadata(&at) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&at),
+        Ok(_) => fs::remove_file(&at),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 

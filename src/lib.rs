@@ -8,6 +8,7 @@
 //! - [`volume`]: names, options and the volume record (pure, validated);
 //! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
+//! - [`treecopy`]: copying a volume's tree (snapshots) without following a link;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
 //! - [`store`]: cluster metadata in sled: group commit, cached reads, the pure decisions;
@@ -56,6 +57,7 @@ pub mod spec;
 pub mod store;
 pub mod systemd;
 pub mod tls;
+pub mod treecopy;
 pub mod volume;
 
 pub use error::{Error, Result};

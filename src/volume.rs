@@ -396,6 +396,10 @@ pub struct VolumeRecord {
     /// Missing for mounts recorded by versions that did not record it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub incarnations: BTreeMap<String, String>,
+    /// The volume's snapshots by name, complete or being made or deleted (see
+    /// [`SnapshotRecord`]). A record with snapshots is of format [`SNAPSHOT_FORMAT`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, SnapshotRecord>,
     /// The record format that wrote this record ([`RECORD_FORMAT`]; 0 before formats were
     /// numbered). A node refuses to change a record of a newer format than its own.
     #[serde(default)]
@@ -418,12 +422,100 @@ pub fn decode_stored(key: &[u8], value: &[u8]) -> std::result::Result<VolumeReco
     if rec.name != name {
         return Err(format!("it names volume {}", shown(&rec.name)));
     }
+    // A snapshot's name becomes a path component.
+    if let Some(bad) = rec
+        .snapshots
+        .keys()
+        .find(|s| validate_snapshot_name(s).is_err())
+    {
+        return Err(format!(
+            "it has a snapshot with an invalid name {}",
+            shown(bad)
+        ));
+    }
     Ok(rec)
 }
 
-/// The record format this version writes. 1: mounts and holds record the boot id of the
-/// incarnation that made them (`incarnations`, `holder.boot_id`).
-pub const RECORD_FORMAT: u32 = 1;
+/// The newest record format this version reads and writes. 1: mounts and holds record the
+/// boot id of the incarnation that made them (`incarnations`, `holder.boot_id`). 2: the
+/// record has snapshots, which a version of format 1 would not keep when it removes the
+/// volume; so only records with snapshots are written as 2, and an older node refuses to
+/// change those (and only those) until it is upgraded.
+pub const RECORD_FORMAT: u32 = SNAPSHOT_FORMAT;
+/// What a record without snapshots is written as: every node since format 1 can change it.
+pub const BASE_FORMAT: u32 = 1;
+/// A record with snapshots.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// A snapshot: a copy of the volume's data at one moment, kept on the export beside the
+/// volume (`volumes/<name>/snapshots/<snapshot>/`), so every host sees, restores and
+/// deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// When it was begun, seconds since the epoch by the making node's clock (display).
+    pub created_at: u64,
+    /// The node and incarnation making it: a snapshot left `making` by an incarnation that
+    /// is gone was interrupted, and is cleaned up.
+    pub node: String,
+    pub boot_id: String,
+    pub state: SnapshotState,
+    /// Nodes that had the volume mounted when the copy began: the copy is then only as
+    /// consistent as a crash would leave the data (docs/semantics.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounted_on: Vec<String>,
+    /// What the copy did, once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<crate::treecopy::CopyReport>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    /// Being copied: never listed as a snapshot, never restored from.
+    Making,
+    Complete,
+    /// Its files are being deleted.
+    Deleting,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Making => "making",
+            SnapshotState::Complete => "complete",
+            SnapshotState::Deleting => "deleting",
+        }
+    }
+}
+
+/// Seconds since the epoch as RFC 3339. Stored by another node: a time past what RFC 3339
+/// can show is not trusted, and shown as the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    match UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+        Some(t) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => "1970-01-01T00:00:00Z".to_string(),
+    }
+}
+
+/// Checks a snapshot name: the rule of volume names (it becomes one path component).
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    validate_name(name)
+        .map_err(|e| Error::invalid(e.to_string().replacen("volume name", "snapshot name", 2)))
+}
+
+/// `VOL@SNAP`, both names checked.
+pub fn parse_snapshot_ref(text: &str) -> Result<(String, String)> {
+    let Some((vol, snap)) = text.split_once('@') else {
+        return Err(Error::invalid(format!(
+            "{} is not a snapshot: give VOLUME@SNAPSHOT",
+            crate::error::shown(text)
+        )));
+    };
+    validate_name(vol)?;
+    validate_snapshot_name(snap)?;
+    Ok((vol.to_string(), snap.to_string()))
+}
 
 impl VolumeRecord {
     pub fn new(name: &str, node: &str, options: VolumeOptions) -> Self {
@@ -440,7 +532,8 @@ impl VolumeRecord {
             generation: 0,
             takeovers: Vec::new(),
             incarnations: BTreeMap::new(),
-            format: RECORD_FORMAT,
+            snapshots: BTreeMap::new(),
+            format: BASE_FORMAT,
             unknown: BTreeMap::new(),
         }
     }
@@ -459,14 +552,7 @@ impl VolumeRecord {
 
     /// RFC 3339, as Docker's `CreatedAt` wants it.
     pub fn created_at_rfc3339(&self) -> String {
-        // Stored by another node: a time past what RFC 3339 can show is not trusted.
-        const YEAR_10000: u64 = 253_402_300_800;
-        match UNIX_EPOCH.checked_add(Duration::from_secs(self.created_at)) {
-            Some(t) if self.created_at < YEAR_10000 => {
-                humantime::format_rfc3339_seconds(t).to_string()
-            }
-            _ => "1970-01-01T00:00:00Z".to_string(),
-        }
+        rfc3339(self.created_at)
     }
 
     /// Total mount count of one node.
@@ -700,11 +786,11 @@ mod tests {
     fn fields_of_a_newer_version_survive_a_rewrite_and_its_format_is_refused() {
         let newer = r#"{"name":"web","created_by":"a","created_at":1,
             "options":{"on_delete":"delete","quota_mode":"hard"},
-            "format":7,"snapshots":["s1"]}"#;
+            "format":7,"replicas":["s1"]}"#;
         let r: VolumeRecord = serde_json::from_str(newer).unwrap();
         assert_eq!(r.options.unknown["quota_mode"], "hard");
         let again: serde_json::Value = serde_json::to_value(&r).unwrap();
-        assert_eq!(again["snapshots"][0], "s1");
+        assert_eq!(again["replicas"][0], "s1");
         assert_eq!(again["options"]["quota_mode"], "hard");
         let e = r.check_writable().unwrap_err().to_string();
         assert!(e.contains("format 7") && e.contains("upgrade"), "{e}");
@@ -712,6 +798,23 @@ mod tests {
         let r: VolumeRecord = serde_json::from_str(old).unwrap();
         assert_eq!(r.format, 0);
         r.check_writable().unwrap();
+    }
+
+    #[test]
+    fn a_stored_snapshot_with_a_name_that_is_not_one_path_component_is_refused() {
+        let snap = r#""created_at":1,"node":"a","boot_id":"b","state":"complete""#;
+        for bad in ["../../etc", "a/b", "x", ""] {
+            let stored = format!(
+                r#"{{"name":"web","created_by":"a","created_at":1,"options":{{}},"snapshots":{{"{bad}":{{{snap}}}}}}}"#
+            );
+            let e = decode_stored(b"web", stored.as_bytes()).unwrap_err();
+            assert!(e.contains("invalid name"), "{bad}: {e}");
+        }
+        let good = format!(
+            r#"{{"name":"web","created_by":"a","created_at":1,"options":{{}},"snapshots":{{"s1":{{{snap}}}}}}}"#
+        );
+        let r = decode_stored(b"web", good.as_bytes()).unwrap();
+        assert_eq!(r.snapshots["s1"].state, SnapshotState::Complete);
     }
 
     /// Found by the `stored_record` fuzz target: without correctly rounded float parsing

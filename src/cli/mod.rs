@@ -16,6 +16,8 @@ use crate::config::{DaemonArgs, DEFAULT_SOCKET};
 use crate::health::HealthReport;
 use crate::service::{DoctorReport, Info, NodeInfo, VolumeView};
 
+mod snapshot;
+
 /// The mount ID `caravan mount` uses when none is given.
 pub const CLI_MOUNT_ID: &str = "caravan-cli";
 
@@ -106,6 +108,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Snapshots of volumes, kept on the shared export (every host sees them)
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Show the daemon's version, node, root and counts
     Info {
         #[arg(long)]
@@ -309,6 +314,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 holder.unwrap_or_else(|| "nobody".into())
             );
         }
+        Command::Snapshot(cmd) => snapshot::execute(client, cmd, &mut out).await?,
         Command::Nodes { json } => {
             let v = client.request("GET", "/v1/nodes", None).await?;
             if json {
@@ -333,7 +339,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
 
 /// A name as one URL path segment. Names the daemon accepts need no escaping; anything
 /// else is percent-encoded so that the daemon sees it whole and refuses it by name.
-fn path_segment(name: &str) -> String {
+pub(crate) fn path_segment(name: &str) -> String {
     /// Every byte but the ones a valid name is made of.
     const NOT_NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'_')
@@ -342,7 +348,7 @@ fn path_segment(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, NOT_NAME).to_string()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     serde_json::from_value(v).map_err(|e| {
         ClientError::Api(format!(
             "unexpected answer from the daemon ({e}); is it the same version as this CLI?"
@@ -350,7 +356,7 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     })
 }
 
-fn print_json(out: &mut impl Write, v: &Value) {
+pub(crate) fn print_json(out: &mut impl Write, v: &Value) {
     let _ = writeln!(
         out,
         "{}",
@@ -387,7 +393,7 @@ pub fn list_table(volumes: &[VolumeView]) -> String {
     )
 }
 
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut width: [usize; N] = header.map(str::len);
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {

@@ -21,6 +21,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::error::{Error, Result};
 
 mod doctor;
+mod snapshots;
 mod views;
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
@@ -32,6 +33,7 @@ use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
 };
 pub use doctor::{DoctorReport, Finding};
+pub use snapshots::{CopyProgress, SnapshotView};
 pub use views::{Info, NodeInfo, NodeMounts, UsageView, VolumeView};
 
 /// How long a usage figure is reused (dockerd sends a Get before every Mount and Unmount).
@@ -127,6 +129,10 @@ pub struct Service {
     list_answer: Mutex<Option<((u64, u64), Bytes)>>,
     /// Unmounts not yet committed (see [`crate::pending`]).
     pending: PendingUnmounts,
+    /// Snapshots this node is copying now, by (volume, snapshot).
+    copies: Mutex<HashMap<(String, String), Arc<crate::treecopy::Progress>>>,
+    /// Why snapshots begun here failed, for whoever polls them.
+    snapshot_failures: Mutex<HashMap<(String, String), String>>,
     /// This service, for the background work it starts.
     me: std::sync::Weak<Service>,
 }
@@ -157,9 +163,12 @@ impl Service {
             nodes,
             health,
             list_answer: Mutex::new(None),
+            copies: Mutex::new(HashMap::new()),
+            snapshot_failures: Mutex::new(HashMap::new()),
         });
         svc.replay_pending().await;
         svc.reconcile().await?;
+        svc.clean_interrupted_snapshots().await;
         Ok(svc)
     }
 

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::node::{Judgment, Liveness};
-use crate::volume::{Access, Holder, Takeover, VolumeRecord, TAKEOVER_HISTORY};
+use crate::volume::{
+    Access, Holder, SnapshotRecord, SnapshotState, Takeover, VolumeRecord, BASE_FORMAT,
+    SNAPSHOT_FORMAT, TAKEOVER_HISTORY,
+};
 
 /// How the decisions learn whether an incarnation is alive.
 pub trait Oracle {
@@ -81,6 +84,22 @@ impl Event {
 /// recorded incarnation is dead or left), or `InUse` naming the live ones.
 pub fn remove(record: &VolumeRecord, oracle: &mut dyn Oracle) -> Result<Vec<String>> {
     record.check_writable()?;
+    if !record.snapshots.is_empty() {
+        let names: Vec<&str> = record
+            .snapshots
+            .keys()
+            .map(String::as_str)
+            .take(5)
+            .collect();
+        return Err(Error::Snapshot(format!(
+            "volume {} has {} snapshot(s) ({}{}); delete them first: caravan snapshot delete {}@SNAPSHOT",
+            record.name,
+            record.snapshots.len(),
+            names.join(", "),
+            if record.snapshots.len() > names.len() { ", …" } else { "" },
+            record.name
+        )));
+    }
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for node in record.mounted_on() {
         let boot = record.incarnations.get(node).map(String::as_str);
@@ -97,6 +116,119 @@ pub fn remove(record: &VolumeRecord, oracle: &mut dyn Oracle) -> Result<Vec<Stri
         });
     }
     Ok(stale)
+}
+
+/// The most snapshots a volume keeps (each is a copy of its data on the export).
+pub const MAX_SNAPSHOTS: usize = 256;
+
+/// A step in a snapshot's life, decided under the lock like every other change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStep {
+    /// Record it as being made by the committer (never listed until finished).
+    Begin,
+    /// The committer's copy is complete.
+    Finish(crate::treecopy::CopyReport),
+    /// Its files are about to be deleted by the committer: a complete snapshot, one this
+    /// incarnation was making (a failed or stopped copy), or one left half-made or
+    /// half-deleted by an incarnation that is gone.
+    Delete,
+    /// Its files are gone: forget it.
+    Forget,
+}
+
+/// Applies `step` to snapshot `snap` of `record`, committed by `who`.
+pub fn snapshot(
+    record: &mut VolumeRecord,
+    snap: &str,
+    step: &SnapshotStep,
+    who: Committer<'_>,
+    oracle: &mut dyn Oracle,
+) -> Result<()> {
+    record.check_writable()?;
+    let name = record.name.clone();
+    let by_committer = |s: &SnapshotRecord| s.node == who.node && s.boot_id == who.boot_id;
+    match step {
+        SnapshotStep::Begin => {
+            if let Some(s) = record.snapshots.get(snap) {
+                return Err(Error::Snapshot(format!(
+                    "volume {name} already has a snapshot {snap} ({}, by {}); choose another name",
+                    s.state.as_str(),
+                    s.node
+                )));
+            }
+            if record.snapshots.len() >= MAX_SNAPSHOTS {
+                return Err(Error::Snapshot(format!(
+                    "volume {name} has {MAX_SNAPSHOTS} snapshots, the most it keeps; delete one first"
+                )));
+            }
+            let mut mounted_on: Vec<String> = Vec::new();
+            for node in record.mounted_on() {
+                let boot = record.incarnations.get(node).map(String::as_str);
+                if oracle.judge(node, boot).is_alive() {
+                    mounted_on.push(node.to_string());
+                }
+            }
+            record.snapshots.insert(
+                snap.to_string(),
+                SnapshotRecord {
+                    created_at: who.now_unix,
+                    node: who.node.to_string(),
+                    boot_id: who.boot_id.to_string(),
+                    state: SnapshotState::Making,
+                    mounted_on,
+                    copy: None,
+                },
+            );
+            record.format = record.format.max(SNAPSHOT_FORMAT);
+        }
+        SnapshotStep::Finish(report) => match record.snapshots.get_mut(snap) {
+            Some(s) if s.state == SnapshotState::Making && by_committer(s) => {
+                s.state = SnapshotState::Complete;
+                s.copy = Some(report.clone());
+            }
+            _ => {
+                return Err(Error::Snapshot(format!(
+                "snapshot {name}@{snap} is no longer being made by this node (deleted meanwhile?)"
+            )))
+            }
+        },
+        SnapshotStep::Delete => {
+            let Some(s) = record.snapshots.get(snap) else {
+                return Err(Error::Snapshot(format!(
+                    "volume {name} has no snapshot {snap}"
+                )));
+            };
+            let mut gone = || !oracle.judge(&s.node, Some(&s.boot_id)).is_alive();
+            let may = match s.state {
+                SnapshotState::Complete => true,
+                SnapshotState::Making | SnapshotState::Deleting => by_committer(s) || gone(),
+            };
+            if !may {
+                return Err(Error::Snapshot(format!(
+                    "snapshot {name}@{snap} is being {} by node {}, which is alive; try again when it is done",
+                    if s.state == SnapshotState::Making { "made" } else { "deleted" },
+                    s.node
+                )));
+            }
+            let s = record.snapshots.get_mut(snap).expect("checked above");
+            s.state = SnapshotState::Deleting;
+            s.node = who.node.to_string();
+            s.boot_id = who.boot_id.to_string();
+        }
+        SnapshotStep::Forget => {
+            if record
+                .snapshots
+                .get(snap)
+                .is_some_and(|s| s.state == SnapshotState::Deleting && by_committer(s))
+            {
+                record.snapshots.remove(snap);
+                if record.snapshots.is_empty() && record.format == SNAPSHOT_FORMAT {
+                    record.format = BASE_FORMAT;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counts a Mount of (`who`, `id`), claiming the volume first if it is exclusive. Returns

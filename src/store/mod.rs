@@ -250,6 +250,23 @@ impl Store {
         .await
     }
 
+    /// A step in the life of snapshot `snap` of volume `name`; returns the new record.
+    pub async fn snapshot_step(
+        &self,
+        name: &str,
+        snap: &str,
+        node: &str,
+        step: decide::SnapshotStep,
+    ) -> Result<VolumeRecord> {
+        self.call(Mutation::Snapshot {
+            name: name.to_string(),
+            snap: snap.to_string(),
+            node: node.to_string(),
+            step,
+        })
+        .await
+    }
+
     /// After a restart: keeps `node`'s mounts of the volumes in `bound`, drops the rest.
     pub async fn reconcile(
         &self,

@@ -39,6 +39,13 @@ pub enum Mutation {
         node: String,
         bound: BTreeSet<String>,
     },
+    /// A step in the life of snapshot `snap` of volume `name`, by `node`.
+    Snapshot {
+        name: String,
+        snap: String,
+        node: String,
+        step: super::decide::SnapshotStep,
+    },
 }
 
 impl Mutation {
@@ -51,6 +58,7 @@ impl Mutation {
             Mutation::Unmount { .. } => "unmounting the volume",
             Mutation::Takeover { .. } => "taking the volume over",
             Mutation::ReconcileNode { .. } => "reconciling this node's mounts",
+            Mutation::Snapshot { .. } => "recording the snapshot",
         }
     }
 }
@@ -81,6 +89,10 @@ pub enum Outcome {
         node_count: Option<u32>,
     },
     TookOver {
+        record: VolumeRecord,
+    },
+    /// A snapshot step: the record after it.
+    SnapshotChanged {
         record: VolumeRecord,
     },
     Reconciled {
@@ -188,7 +200,7 @@ impl FromOutcome for Unmounted {
 impl FromOutcome for VolumeRecord {
     fn from_outcome(o: Outcome) -> Option<Self> {
         match o {
-            Outcome::TookOver { record } => Some(record),
+            Outcome::TookOver { record } | Outcome::SnapshotChanged { record } => Some(record),
             _ => None,
         }
     }

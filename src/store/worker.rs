@@ -589,6 +589,17 @@ impl Worker {
                 put(overlay, &record);
                 Ok((Outcome::TookOver { record }, AfterCommit::Nothing))
             }
+            Mutation::Snapshot {
+                name,
+                snap,
+                node,
+                step,
+            } => {
+                let mut record = current(name, overlay).ok_or_else(|| missing(name))?;
+                decide::snapshot(&mut record, snap, step, who(node), oracle)?;
+                put(overlay, &record);
+                Ok((Outcome::SnapshotChanged { record }, AfterCommit::Nothing))
+            }
             Mutation::ReconcileNode { node, bound } => {
                 let names: Vec<String> = {
                     let cache = cache.read().unwrap_or_else(|p| p.into_inner());

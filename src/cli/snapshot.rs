@@ -1,0 +1,239 @@
+//! `caravan snapshot create | list | inspect | delete`.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{decode, path_segment, print_json, table};
+use crate::client::{Client, ClientError};
+use crate::service::SnapshotView;
+use crate::volume::{human_bytes, parse_snapshot_ref};
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a volume (a copy of its data on the shared export); waits until it is
+    /// complete, showing progress, and prints its name
+    Create {
+        volume: String,
+        /// The snapshot's name [default: snap-<UTC time>-<suffix>]
+        name: Option<String>,
+        /// Print the snapshot as JSON, and progress as JSON lines on stderr
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the complete snapshots of a volume, or of every volume
+    List {
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot: VOLUME@SNAPSHOT
+    Inspect {
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one snapshot: VOLUME@SNAPSHOT; waits until its files are gone
+    Delete { snapshot: String },
+}
+
+/// How often a running snapshot is asked how far it got.
+const POLL: Duration = Duration::from_millis(200);
+
+fn snapshot_path(volume: &str, name: &str) -> String {
+    format!(
+        "/v1/volumes/{}/snapshots/{}",
+        path_segment(volume),
+        path_segment(name)
+    )
+}
+
+fn bad(e: crate::Error) -> ClientError {
+    ClientError::Api(e.to_string())
+}
+
+pub async fn execute(
+    client: &Client,
+    command: SnapshotCommand,
+    out: &mut impl Write,
+) -> Result<(), ClientError> {
+    match command {
+        SnapshotCommand::Create { volume, name, json } => {
+            let path = format!("/v1/volumes/{}/snapshots", path_segment(&volume));
+            let v = client
+                .request("POST", &path, Some(&json!({ "name": name })))
+                .await?;
+            let begun: SnapshotView = decode(v)?;
+            let view = wait_complete(client, &begun, json).await?;
+            if json {
+                print_json(out, &serde_json::to_value(&view).unwrap_or_default());
+            } else {
+                let _ = writeln!(out, "{}", view.name);
+            }
+        }
+        SnapshotCommand::List { volume, json } => {
+            let path = match &volume {
+                Some(v) => format!("/v1/volumes/{}/snapshots", path_segment(v)),
+                None => "/v1/snapshots".to_string(),
+            };
+            let v = client.request("GET", &path, None).await?;
+            if json {
+                print_json(out, &v);
+            } else {
+                let list: Vec<SnapshotView> = decode(v)?;
+                let _ = write!(out, "{}", list_table(&list));
+            }
+        }
+        SnapshotCommand::Inspect { snapshot, json } => {
+            let (volume, name) = parse_snapshot_ref(&snapshot).map_err(bad)?;
+            let v = client
+                .request("GET", &snapshot_path(&volume, &name), None)
+                .await?;
+            if json {
+                print_json(out, &v);
+            } else {
+                let view: SnapshotView = decode(v)?;
+                let _ = write!(out, "{}", inspect_text(&view));
+            }
+        }
+        SnapshotCommand::Delete { snapshot } => {
+            let (volume, name) = parse_snapshot_ref(&snapshot).map_err(bad)?;
+            let path = snapshot_path(&volume, &name);
+            client.request("DELETE", &path, None).await?;
+            // Gone once the daemon no longer knows it.
+            while let (200, _) = client.call("GET", &path, None).await? {
+                tokio::time::sleep(POLL).await;
+            }
+            let _ = writeln!(out, "deleted {volume}@{name}");
+        }
+    }
+    Ok(())
+}
+
+/// Polls a snapshot being made until it is complete, showing progress on stderr; Ctrl-C
+/// stops it (the daemon deletes what was copied).
+async fn wait_complete(
+    client: &Client,
+    begun: &SnapshotView,
+    json: bool,
+) -> Result<SnapshotView, ClientError> {
+    let path = snapshot_path(&begun.volume, &begun.name);
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut err = std::io::stderr();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let (status, v) = client.call("GET", &path, None).await?;
+        if status != 200 {
+            if tty && !json {
+                let _ = writeln!(err);
+            }
+            let msg = v
+                .get("error")
+                .and_then(|m| m.as_str())
+                .unwrap_or("the snapshot is gone")
+                .to_string();
+            return Err(ClientError::Api(msg));
+        }
+        let view: SnapshotView = decode(v)?;
+        if view.state == "complete" {
+            if tty && !json {
+                let _ = writeln!(err);
+            }
+            return Ok(view);
+        }
+        if let Some(p) = view.progress {
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                let line = json!({ "volume": view.volume, "snapshot": view.name, "files": p.files, "bytes": p.bytes, "seconds": secs });
+                let _ = writeln!(err, "{line}");
+            } else if tty {
+                let rate = if secs > 0.0 {
+                    (p.bytes as f64 / secs) as u64
+                } else {
+                    0
+                };
+                let _ = write!(
+                    err,
+                    "\rsnapshot {}@{}: {} files, {} ({}/s)   ",
+                    view.volume,
+                    view.name,
+                    p.files,
+                    human_bytes(p.bytes),
+                    human_bytes(rate)
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut ctrl_c => {
+                let _ = client.request("DELETE", &path, None).await;
+                return Err(ClientError::Api(format!(
+                    "stopped; snapshot {}@{} is being deleted",
+                    view.volume, view.name
+                )));
+            }
+        }
+    }
+}
+
+pub fn list_table(list: &[SnapshotView]) -> String {
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|s| {
+            let copy = s.copy.as_ref();
+            [
+                s.volume.clone(),
+                s.name.clone(),
+                s.created_at.clone(),
+                s.created_by.clone(),
+                copy.map(|c| human_bytes(c.bytes)).unwrap_or_default(),
+                copy.map(|c| c.method().to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        ["VOLUME", "SNAPSHOT", "CREATED", "BY", "DATA", "COPIED BY"],
+        &rows,
+    )
+}
+
+pub fn inspect_text(s: &SnapshotView) -> String {
+    let mut t = format!(
+        "Snapshot:    {}@{}\nState:       {}\nCreated:     {} by {}\nConsistency: {}\n",
+        s.volume, s.name, s.state, s.created_at, s.created_by, s.consistency
+    );
+    if let Some(c) = &s.copy {
+        t.push_str(&format!(
+            "Copy:        {} in {} ms: {} files, {} dirs, {} symlinks, {} hard links, {} of data\n",
+            c.method(),
+            c.millis,
+            c.files,
+            c.dirs,
+            c.symlinks,
+            c.hard_links,
+            human_bytes(c.bytes)
+        ));
+        if c.skipped + c.vanished + c.xattr_errors > 0 {
+            t.push_str(&format!(
+                "Not copied:  {} device nodes or sockets, {} entries gone while copying, {} extended attributes\n",
+                c.skipped, c.vanished, c.xattr_errors
+            ));
+        }
+    }
+    if let Some(p) = &s.progress {
+        t.push_str(&format!(
+            "Progress:    {} files, {} so far\n",
+            p.files,
+            human_bytes(p.bytes)
+        ));
+    }
+    if let Some(f) = &s.failed {
+        t.push_str(&format!("Failed:      {f}\n"));
+    }
+    t.push_str(&format!("Path:        {}\n", s.path));
+    t
+}

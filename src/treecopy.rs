@@ -1,0 +1,685 @@
+//! Copying a volume's tree (snapshots, clones) from one open folder into another, never
+//! following a link.
+//!
+//! The tree is hostile input (other machines write the export, and caravan runs as root),
+//! so every entry is reached from its parent's handle by one name read from that parent:
+//! `fstatat`/`openat` with `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`, never a path. A symlink is
+//! copied as a link (its target is text, never resolved), a hard link as a link to the
+//! copy of its first name, a FIFO as a FIFO; device nodes and sockets are skipped and
+//! counted (the report says so). Owners, modes, timestamps and extended attributes are
+//! set on handles. File data is shared with a reflink (`FICLONE`) where the filesystem can,
+//! and otherwise copied with `copy_file_range` over the data regions only
+//! (`SEEK_DATA`/`SEEK_HOLE`), so a sparse file stays sparse. The walk is iterative and
+//! bounded in depth, so a deep tree cannot exhaust the stack or the descriptors.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use serde::{Deserialize, Serialize};
+
+/// Deeper trees are refused: each level holds two descriptors.
+pub const MAX_DEPTH: usize = 256;
+/// Extended attribute names and values read, each at most this many bytes.
+const MAX_XATTR_BYTES: usize = 64 << 10;
+/// The buffer of the read/write fallback.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hard_links: u64,
+    pub fifos: u64,
+    /// Device nodes and sockets, not copied.
+    pub skipped: u64,
+    /// Entries gone (or changed type) between being listed and being copied: the source
+    /// was in use.
+    pub vanished: u64,
+    /// Extended attributes that could not be read or set (not supported there, refused).
+    pub xattr_errors: u64,
+    /// File data bytes (holes not counted).
+    pub bytes: u64,
+    /// Files whose data was shared by a reflink, and files whose data was copied.
+    pub reflinked: u64,
+    pub copied: u64,
+    pub millis: u64,
+}
+
+impl CopyReport {
+    /// How the data was copied: `reflink`, `copy`, both, or `none` (no data).
+    pub fn method(&self) -> &'static str {
+        match (self.reflinked > 0, self.copied > 0) {
+            (true, false) => "reflink",
+            (false, true) => "copy",
+            (true, true) => "reflink+copy",
+            (false, false) => "none",
+        }
+    }
+}
+
+/// A failed copy: the entry (relative to the source) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", if .path.as_os_str().is_empty() { Path::new(".") } else { .path.as_path() }.display())]
+pub struct CopyError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Why a copy stopped early because it was asked to.
+pub const STOPPED: &str = "the copy was stopped";
+
+/// A running copy's counters, read by whoever shows its progress, and its stop switch.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+fn err(path: &Path, e: impl Into<std::io::Error>) -> CopyError {
+    CopyError {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// One folder being copied: its handles, its remaining entries, its metadata.
+struct Frame {
+    src: OwnedFd,
+    dst: OwnedFd,
+    rel: PathBuf,
+    names: Vec<OsString>,
+    next: usize,
+    stat: FileStat,
+}
+
+/// Copies the contents of the folder `src` into the empty folder `dst`, then gives `dst`
+/// the owner, mode, attributes and times of `src`. Counts into `progress` and checks its
+/// stop switch between entries.
+pub fn copy_tree(
+    src: &std::fs::File,
+    dst: &std::fs::File,
+    progress: &Progress,
+) -> Result<CopyReport, CopyError> {
+    let started = Instant::now();
+    let mut report = CopyReport::default();
+    // (device, inode) of a source file with several links -> where its copy is (relative
+    // to dst), for the next link to it.
+    let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let root = Path::new("");
+    // Handles of their own, readable: the callers' may be `O_PATH` ones, on which owners,
+    // modes and times cannot be set.
+    let dup = |f: &std::fs::File| {
+        nix::fcntl::openat(
+            f.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(root, e))
+    };
+    let (src, dst) = (dup(src)?, dup(dst)?);
+    let stat = nix::sys::stat::fstat(src.as_fd()).map_err(|e| err(root, e))?;
+    let mut stack = vec![Frame {
+        names: list(src.as_fd()).map_err(|e| err(root, e))?,
+        src,
+        dst,
+        rel: PathBuf::new(),
+        next: 0,
+        stat,
+    }];
+    while let Some(top) = stack.last_mut() {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Err(err(&top.rel, std::io::Error::other(STOPPED)));
+        }
+        let Some(name) = top.names.get(top.next).cloned() else {
+            // Every entry copied: the folder's own metadata last, so its times stick.
+            let done = stack.pop().expect("a frame");
+            set_meta(
+                done.dst.as_fd(),
+                &done.stat,
+                &mut report,
+                Some(done.src.as_fd()),
+            )
+            .map_err(|e| err(&done.rel, e))?;
+            report.dirs += 1;
+            continue;
+        };
+        top.next += 1;
+        if let Some(sub) = copy_entry(&stack, &name, &mut linked, &mut report, progress)? {
+            stack.push(sub);
+        }
+    }
+    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+/// Copies one entry of the folder on top of `stack`; a sub-folder comes back as the frame
+/// to copy next.
+fn copy_entry(
+    stack: &[Frame],
+    name: &OsString,
+    linked: &mut HashMap<(u64, u64), PathBuf>,
+    report: &mut CopyReport,
+    progress: &Progress,
+) -> Result<Option<Frame>, CopyError> {
+    let top = stack.last().expect("a frame");
+    let rel = top.rel.join(name);
+    let st = match nix::sys::stat::fstatat(
+        top.src.as_fd(),
+        name.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => {
+            report.vanished += 1;
+            return Ok(None);
+        }
+        Err(e) => return Err(err(&rel, e)),
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let (src_dir, dst_dir) = (top.src.as_fd(), top.dst.as_fd());
+    match kind {
+        SFlag::S_IFDIR => {
+            if stack.len() >= MAX_DEPTH {
+                return Err(err(
+                    &rel,
+                    std::io::Error::other(format!("deeper than {MAX_DEPTH} levels")),
+                ));
+            }
+            let Some(sub) =
+                open_nofollow(src_dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, report)
+                    .map_err(|e| err(&rel, e))?
+            else {
+                return Ok(None);
+            };
+            nix::sys::stat::mkdirat(dst_dir, name.as_os_str(), Mode::from_bits_truncate(0o700))
+                .map_err(|e| err(&rel, e))?;
+            let new = nix::fcntl::openat(
+                dst_dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| err(&rel, e))?;
+            let names = list(sub.as_fd()).map_err(|e| err(&rel, e))?;
+            let stat = nix::sys::stat::fstat(sub.as_fd()).map_err(|e| err(&rel, e))?;
+            return Ok(Some(Frame {
+                src: sub,
+                dst: new,
+                rel,
+                names,
+                next: 0,
+                stat,
+            }));
+        }
+        SFlag::S_IFREG => {
+            let key = (st.st_dev as u64, st.st_ino as u64);
+            if st.st_nlink > 1 {
+                if let Some(first) = linked.get(&key) {
+                    // The first copy's folder, reached from the destination's root (the
+                    // bottom frame's) without following a link: the destination is on the
+                    // export too.
+                    let base = &stack[0].dst;
+                    let parent = first.parent().unwrap_or(Path::new(""));
+                    let file_name = first.file_name().unwrap_or_default();
+                    let dir = if parent.as_os_str().is_empty() {
+                        base.try_clone().map_err(|e| err(&rel, e))?
+                    } else {
+                        crate::beneath::open_dir(base, parent)
+                            .map(OwnedFd::from)
+                            .map_err(|e| err(&rel, e))?
+                    };
+                    nix::unistd::linkat(
+                        &dir,
+                        file_name,
+                        dst_dir_of(stack),
+                        name.as_os_str(),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| err(&rel, e))?;
+                    report.hard_links += 1;
+                    return Ok(None);
+                }
+            }
+            let Some(file) = open_nofollow(top.src.as_fd(), name, OFlag::O_RDONLY, report)
+                .map_err(|e| err(&rel, e))?
+            else {
+                return Ok(None);
+            };
+            let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| err(&rel, e))?;
+            if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+                report.vanished += 1;
+                return Ok(None);
+            }
+            let out = nix::fcntl::openat(
+                top.dst.as_fd(),
+                name.as_os_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| err(&rel, e))?;
+            let len = u64::try_from(st.st_size).unwrap_or(0);
+            let (bytes, reflinked) =
+                copy_data(file.as_fd(), out.as_fd(), len).map_err(|e| err(&rel, e))?;
+            if reflinked {
+                report.reflinked += 1;
+            } else {
+                report.copied += 1;
+            }
+            report.bytes = report.bytes.saturating_add(bytes);
+            progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+            progress.files.fetch_add(1, Ordering::Relaxed);
+            set_meta(out.as_fd(), &st, report, Some(file.as_fd())).map_err(|e| err(&rel, e))?;
+            report.files += 1;
+            if st.st_nlink > 1 {
+                linked.insert(key, rel.clone());
+            }
+        }
+        SFlag::S_IFLNK => {
+            let target = match nix::fcntl::readlinkat(src_dir, name.as_os_str()) {
+                Ok(t) => t,
+                Err(Errno::ENOENT | Errno::EINVAL) => {
+                    report.vanished += 1;
+                    return Ok(None);
+                }
+                Err(e) => return Err(err(&rel, e)),
+            };
+            nix::unistd::symlinkat(target.as_os_str(), dst_dir, name.as_os_str())
+                .map_err(|e| err(&rel, e))?;
+            nix::unistd::fchownat(
+                dst_dir,
+                name.as_os_str(),
+                Some(st.st_uid.into()),
+                Some(st.st_gid.into()),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| err(&rel, e))?;
+            let (a, m) = times(&st);
+            nix::sys::stat::utimensat(
+                dst_dir,
+                name.as_os_str(),
+                &a,
+                &m,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| err(&rel, e))?;
+            report.symlinks += 1;
+        }
+        SFlag::S_IFIFO => {
+            nix::sys::stat::mknodat(
+                dst_dir,
+                name.as_os_str(),
+                SFlag::S_IFIFO,
+                Mode::from_bits_truncate(0o600),
+                0,
+            )
+            .map_err(|e| err(&rel, e))?;
+            // Opened without blocking (no writer needed) and without following, so the
+            // metadata goes on the FIFO just made.
+            let fifo = nix::fcntl::openat(
+                dst_dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| err(&rel, e))?;
+            set_meta(fifo.as_fd(), &st, report, None).map_err(|e| err(&rel, e))?;
+            report.fifos += 1;
+        }
+        _ => report.skipped += 1,
+    }
+    Ok(None)
+}
+
+fn dst_dir_of(stack: &[Frame]) -> BorrowedFd<'_> {
+    stack.last().expect("a frame").dst.as_fd()
+}
+
+/// Opens `name` in `dir` without following a link; `None` (counted as vanished) when it
+/// is gone or is no longer what was listed (a link or another type now).
+fn open_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlag,
+    report: &mut CopyReport,
+) -> nix::Result<Option<OwnedFd>> {
+    match nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::ENXIO) => {
+            report.vanished += 1;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The names in a folder, sorted (so copies are made in the same order every time).
+fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
+    let fd = nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
+    (
+        TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// Owner, mode, extended attributes (from `from`, when given) and times, on a handle.
+fn set_meta(
+    fd: BorrowedFd<'_>,
+    st: &FileStat,
+    report: &mut CopyReport,
+    from: Option<BorrowedFd<'_>>,
+) -> nix::Result<()> {
+    nix::unistd::fchown(fd, Some(st.st_uid.into()), Some(st.st_gid.into()))?;
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    if let Some(from) = from {
+        copy_xattrs(from, fd, report);
+    }
+    let (a, m) = times(st);
+    nix::sys::stat::futimens(fd, &a, &m)
+}
+
+/// Every extended attribute of `from` onto `to`, each bounded; failures are counted.
+fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, report: &mut CopyReport) {
+    let mut names = vec![0u8; MAX_XATTR_BYTES];
+    // SAFETY: the buffer is valid for its length; the descriptor is open.
+    let n =
+        unsafe { nix::libc::flistxattr(from.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        if !matches!(Errno::last(), Errno::ENOTSUP) {
+            report.xattr_errors += 1;
+        }
+        return;
+    }
+    names.truncate(usize::try_from(n).unwrap_or(0));
+    let mut value = vec![0u8; MAX_XATTR_BYTES];
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        // SAFETY: as above; the name is NUL-terminated.
+        let len = unsafe {
+            nix::libc::fgetxattr(
+                from.as_raw_fd(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        let ok = len >= 0 && {
+            // SAFETY: as above; `len` bytes of the buffer were written.
+            unsafe {
+                nix::libc::fsetxattr(
+                    to.as_raw_fd(),
+                    cname.as_ptr(),
+                    value.as_ptr().cast(),
+                    len as usize,
+                    0,
+                ) == 0
+            }
+        };
+        if !ok {
+            report.xattr_errors += 1;
+        }
+    }
+}
+
+/// `FICLONE` (linux/fs.h): share all of a file's data with another.
+const FICLONE: nix::libc::c_ulong = 0x4004_9409;
+
+/// The data of `src` (`len` bytes) into the empty `dst`: a reflink if the filesystem can,
+/// else the data regions copied and the holes left. The bytes of data, and whether it was
+/// a reflink.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> std::io::Result<(u64, bool)> {
+    if len == 0 {
+        return Ok((0, false));
+    }
+    // SAFETY: both descriptors are open; FICLONE takes the source descriptor as argument.
+    if unsafe { nix::libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+        return Ok((len, true));
+    }
+    let mut copied = 0u64;
+    let mut off: i64 = 0;
+    let end = i64::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
+    while off < end {
+        let data = match nix::unistd::lseek(src, off, nix::unistd::Whence::SeekData) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break, // only a hole from here
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => off, // no hole support: all data
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match nix::unistd::lseek(src, data, nix::unistd::Whence::SeekHole) {
+            Ok(h) => h.min(end),
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => end,
+            Err(e) => return Err(e.into()),
+        };
+        if hole <= data {
+            break;
+        }
+        copied = copied.saturating_add(copy_range(src, dst, data, hole)?);
+        off = hole;
+    }
+    // The trailing hole (and a file that shrank meanwhile keeps its listed size).
+    nix::unistd::ftruncate(dst, end)?;
+    Ok((copied, false))
+}
+
+/// Bytes `start..end` of `src` to the same offsets of `dst`.
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: i64,
+    end: i64,
+) -> std::io::Result<u64> {
+    let (mut a, mut b) = (start, start);
+    while a < end {
+        let want = usize::try_from(end - a).unwrap_or(usize::MAX).min(1 << 30);
+        match nix::fcntl::copy_file_range(src, Some(&mut a), dst, Some(&mut b), want) {
+            Ok(0) => break, // the file shrank
+            Ok(_) => {}
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                return read_write(src, dst, a, end).map(|n| (a - start) as u64 + n);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((a - start) as u64)
+}
+
+fn read_write(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: i64,
+    end: i64,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let start = off;
+    while off < end {
+        let want = usize::try_from(end - off)
+            .unwrap_or(COPY_CHUNK)
+            .min(COPY_CHUNK);
+        let n = nix::sys::uio::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += nix::sys::uio::pwrite(dst, &buf[done..n], off + done as i64)?;
+        }
+        off += n as i64;
+    }
+    Ok((off - start) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn copy(src: &Path, dst: &Path) -> Result<CopyReport, CopyError> {
+        fs::create_dir_all(dst).unwrap();
+        let (s, d) = (fs::File::open(src).unwrap(), fs::File::open(dst).unwrap());
+        copy_tree(&s, &d, &Progress::default())
+    }
+
+    #[test]
+    fn a_tree_is_copied_with_its_links_holes_and_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        fs::create_dir_all(src.join("a/b/c")).unwrap();
+        fs::write(src.join("a/b/c/deep"), "deep").unwrap();
+        fs::write(src.join("top"), "top").unwrap();
+        fs::set_permissions(src.join("top"), fs::Permissions::from_mode(0o4751)).unwrap();
+        // Odd names: a newline, a leading dash, bytes that are not UTF-8.
+        fs::write(src.join("new\nline"), "n").unwrap();
+        fs::write(src.join("-dash"), "d").unwrap();
+        fs::write(src.join(OsStr::from_bytes(b"bin\xff\xfe")), "b").unwrap();
+        // A hard link pair, a symlink pointing outside (never followed), a FIFO.
+        fs::write(src.join("one"), "linked").unwrap();
+        fs::hard_link(src.join("one"), src.join("a/two")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("outside")).unwrap();
+        std::os::unix::fs::symlink(t.path(), src.join("dirlink")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+        // A sparse file: 64 MiB with 4 KiB of data at the end.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::File::create(src.join("sparse")).unwrap();
+            f.set_len(64 << 20).unwrap();
+            f.write_all_at(&[7u8; 4096], (64 << 20) - 4096).unwrap();
+        }
+        let xattr_set = {
+            let c = CString::new(src.join("top").as_os_str().as_bytes()).unwrap();
+            let name = CString::new("user.caravan").unwrap();
+            // SAFETY: valid NUL-terminated strings and buffer.
+            unsafe {
+                nix::libc::setxattr(c.as_ptr(), name.as_ptr(), b"v1".as_ptr().cast(), 2, 0) == 0
+            }
+        };
+        fs::File::open(src.join("a"))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+
+        let r = copy(&src, &dst).unwrap();
+        assert_eq!(fs::read_to_string(dst.join("a/b/c/deep")).unwrap(), "deep");
+        assert_eq!(fs::read_to_string(dst.join("new\nline")).unwrap(), "n");
+        assert_eq!(
+            fs::read(dst.join(OsStr::from_bytes(b"bin\xff\xfe"))).unwrap(),
+            b"b"
+        );
+        assert_eq!(
+            fs::read_link(dst.join("outside")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(fs::read_link(dst.join("dirlink")).unwrap(), t.path());
+        assert!(fs::symlink_metadata(dst.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let (one, two) = (
+            fs::metadata(dst.join("one")).unwrap(),
+            fs::metadata(dst.join("a/two")).unwrap(),
+        );
+        assert_eq!(
+            (one.ino(), one.nlink()),
+            (two.ino(), 2),
+            "a hard link stays one file"
+        );
+        let top = fs::metadata(dst.join("top")).unwrap();
+        assert_eq!(top.mode() & 0o7777, 0o4751);
+        assert_eq!(fs::metadata(dst.join("a")).unwrap().mtime(), 1_000_000_000);
+        let sparse = fs::metadata(dst.join("sparse")).unwrap();
+        assert_eq!(sparse.len(), 64 << 20);
+        assert!(
+            sparse.blocks() * 512 < 1 << 20,
+            "the holes stay holes: {} blocks",
+            sparse.blocks()
+        );
+        let data = fs::read(dst.join("sparse")).unwrap();
+        assert!(
+            data[..(64 << 20) - 4096].iter().all(|b| *b == 0)
+                && data[(64 << 20) - 4096..].iter().all(|b| *b == 7)
+        );
+        if xattr_set {
+            let c = CString::new(dst.join("top").as_os_str().as_bytes()).unwrap();
+            let name = CString::new("user.caravan").unwrap();
+            let mut v = [0u8; 8];
+            // SAFETY: as above.
+            let n = unsafe {
+                nix::libc::getxattr(c.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len())
+            };
+            assert_eq!(&v[..n.max(0) as usize], b"v1");
+        }
+        assert_eq!((r.symlinks, r.hard_links, r.fifos, r.skipped), (2, 1, 1, 0));
+        assert_eq!(r.dirs, 4, "a, a/b, a/b/c and the top: {r:?}");
+        assert_eq!(r.files, 7, "{r:?}");
+        assert_eq!(
+            r.bytes,
+            4 + 3 + 1 + 1 + 1 + 6 + 4096,
+            "data bytes, holes not counted: {r:?}"
+        );
+        // Nothing outside was touched through the links.
+        assert!(!t.path().join("dst/dirlink/src").join("x").exists());
+    }
+
+    #[test]
+    fn a_stop_or_a_deep_tree_ends_the_copy_with_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let mut deep = src.clone();
+        for _ in 0..MAX_DEPTH + 1 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let e = copy(&src, &dst).unwrap_err();
+        assert!(e.to_string().contains("deeper than"), "{e}");
+
+        let (s, d) = (fs::File::open(&src).unwrap(), fs::File::open(&dst).unwrap());
+        let stopped = Progress::default();
+        stopped.stop.store(true, Ordering::Relaxed);
+        let e = copy_tree(&s, &d, &stopped).unwrap_err();
+        assert!(e.to_string().contains(STOPPED), "{e}");
+    }
+}

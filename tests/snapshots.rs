@@ -1,0 +1,340 @@
+//! Snapshots through the CLI, as a user makes them: two daemons on one root (two hosts
+//! sharing an export), snapshots made on one and listed, inspected and deleted on the
+//! other, compared with the volume entry by entry; a daemon killed while copying, a copy
+//! stopped with Ctrl-C, and a link planted where the snapshots go.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::{require_root, Daemon, Scratch};
+
+fn caravan(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let out = caravan(d, args);
+    assert!(
+        out.status.success(),
+        "caravan {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fails(d: &Daemon, args: &[&str]) -> String {
+    let out = caravan(d, args);
+    assert!(
+        !out.status.success(),
+        "caravan {} should fail",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+/// Every entry below `dir`, never following a link: its type, mode, owner, size, mtime
+/// and content (a file's bytes, a link's target), and which entries are one file.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            let m = std::fs::symlink_metadata(dir.join(&rel)).unwrap();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(rel.clone());
+                format!("dir mtime={}", m.mtime())
+            } else if ft.is_symlink() {
+                format!(
+                    "link -> {}",
+                    std::fs::read_link(dir.join(&rel)).unwrap().display()
+                )
+            } else if ft.is_file() {
+                let same = inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
+                let data = std::fs::read(dir.join(&rel)).unwrap();
+                format!(
+                    "file {} bytes, hash {:x}, mtime={}, first name {}",
+                    m.len(),
+                    data.iter()
+                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64)),
+                    m.mtime(),
+                    same.display()
+                )
+            } else {
+                "other".to_string()
+            };
+            out.insert(
+                rel,
+                format!("{what} mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid()),
+            );
+        }
+    }
+    out
+}
+
+/// A tree with what a volume may hold: folders, odd names, a symlink pointing outside,
+/// hard links, a sparse file, owners and modes.
+fn fill(data: &Path) {
+    std::fs::create_dir_all(data.join("a/b/c")).unwrap();
+    for i in 0..200 {
+        std::fs::write(data.join(format!("a/b/f{i}")), format!("file {i}")).unwrap();
+    }
+    std::fs::write(data.join("a/b/c/deep"), "deep").unwrap();
+    std::fs::write(data.join("name with spaces\nand a newline"), "odd").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", data.join("outside")).unwrap();
+    std::fs::write(data.join("one"), "linked").unwrap();
+    std::fs::hard_link(data.join("one"), data.join("a/also-one")).unwrap();
+    let f = std::fs::File::create(data.join("sparse")).unwrap();
+    f.set_len(256 << 20).unwrap();
+    std::fs::write(data.join("owned"), "by 1234").unwrap();
+    std::os::unix::fs::chown(data.join("owned"), Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(data.join("owned"), std::fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+fn volume_data(root: &Path, v: &str) -> PathBuf {
+    root.join("volumes").join(v).join("data")
+}
+
+fn snapshot_dir(root: &Path, v: &str, s: &str) -> PathBuf {
+    root.join("volumes").join(v).join("snapshots").join(s)
+}
+
+#[test]
+fn a_snapshot_made_on_one_host_is_listed_inspected_and_deleted_on_another() {
+    if !require_root("snapshots_across_hosts") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    let b = Daemon::start(s.path(), &root, "b");
+    ok(&a, &["create", "web"]);
+    fill(&volume_data(&root, "web"));
+
+    // Mounted nowhere: a consistent copy.
+    assert_eq!(ok(&a, &["snapshot", "create", "web", "before"]), "before");
+    let list = ok(&b, &["snapshot", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web") && l.contains("before") && l.contains(" a ")),
+        "{list}"
+    );
+    let v: Value =
+        serde_json::from_str(&ok(&b, &["snapshot", "inspect", "web@before", "--json"])).unwrap();
+    assert_eq!(v["state"], "complete", "{v}");
+    assert!(
+        v["consistency"].as_str().unwrap().starts_with("consistent"),
+        "{v}"
+    );
+    assert_eq!(v["copy"]["symlinks"], 1, "{v}");
+    assert_eq!(v["copy"]["hard_links"], 1, "{v}");
+    assert!(["copy", "reflink", "reflink+copy"]
+        .contains(&v["copy"]["method"].as_str().unwrap_or("copy")));
+    let text = ok(&b, &["snapshot", "inspect", "web@before"]);
+    assert!(text.contains("Copy:") && text.contains(" ms: "), "{text}");
+    assert_eq!(
+        listing(&snapshot_dir(&root, "web", "before")),
+        listing(&volume_data(&root, "web")),
+        "the snapshot is the volume, entry by entry"
+    );
+    let sparse = std::fs::metadata(snapshot_dir(&root, "web", "before").join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() < 2048,
+        "a hole stays a hole: {} blocks",
+        sparse.blocks()
+    );
+    // The link was copied, not followed.
+    assert_eq!(
+        std::fs::read_link(snapshot_dir(&root, "web", "before").join("outside")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+
+    // Mounted on a: the snapshot says what it is. A generated name is printed.
+    let mp = a.ok("VolumeDriver.Mount", r#"{"Name":"web","ID":"c1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(format!("{mp}/later"), "after the first snapshot").unwrap();
+    let generated = ok(&b, &["snapshot", "create", "web"]);
+    assert!(generated.starts_with("snap-"), "{generated}");
+    let v: Value = serde_json::from_str(&ok(
+        &a,
+        &["snapshot", "inspect", &format!("web@{generated}"), "--json"],
+    ))
+    .unwrap();
+    assert!(
+        v["consistency"]
+            .as_str()
+            .unwrap()
+            .contains("crash-consistent"),
+        "{v}"
+    );
+    assert_eq!(v["mounted_on"], serde_json::json!(["a"]), "{v}");
+    assert!(snapshot_dir(&root, "web", &generated)
+        .join("later")
+        .exists());
+    assert!(!snapshot_dir(&root, "web", "before").join("later").exists());
+
+    // Names: taken, bad, missing; a volume with snapshots cannot be removed.
+    let e = fails(&a, &["snapshot", "create", "web", "before"]);
+    assert!(e.contains("already has a snapshot before"), "{e}");
+    let e = fails(&a, &["snapshot", "create", "web", "../x"]);
+    assert!(e.contains("invalid snapshot name"), "{e}");
+    let e = fails(&a, &["snapshot", "inspect", "web"]);
+    assert!(e.contains("VOLUME@SNAPSHOT"), "{e}");
+    let e = fails(&a, &["snapshot", "inspect", "web@nosuch"]);
+    assert!(e.contains("has no snapshot nosuch"), "{e}");
+    a.ok("VolumeDriver.Unmount", r#"{"Name":"web","ID":"c1"}"#);
+    let e = b.err("VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert!(
+        e.contains("has 2 snapshot(s)") && e.contains("before"),
+        "{e}"
+    );
+
+    // Deleted on b: gone from every list, and its files.
+    assert_eq!(
+        ok(&b, &["snapshot", "delete", "web@before"]),
+        "deleted web@before"
+    );
+    assert!(!snapshot_dir(&root, "web", "before").exists());
+    let list = ok(&a, &["snapshot", "list", "web", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    ok(&a, &["snapshot", "delete", &format!("web@{generated}")]);
+    b.ok("VolumeDriver.Remove", r#"{"Name":"web"}"#);
+}
+
+/// Many small files: long enough a copy to be interrupted.
+fn fill_many(data: &Path, n: usize) {
+    for d in 0..n / 500 {
+        let dir = data.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..500 {
+            std::fs::write(dir.join(format!("f{i}")), [b'x'; 512]).unwrap();
+        }
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_interrupted_snapshot_is_never_listed_and_leaves_nothing() {
+    if !require_root("interrupted_snapshots") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let mut a = Daemon::start(s.path(), &root, "a");
+    let b = Daemon::start(s.path(), &root, "b");
+    ok(&a, &["create", "big"]);
+    fill_many(&volume_data(&root, "big"), 20_000);
+
+    // The daemon killed while copying: never listed; its next start deletes it.
+    let (status, v) = a.api("POST", "/v1/volumes/big/snapshots", r#"{"name":"cut"}"#);
+    assert_eq!(status, 202, "{v}");
+    wait_for(Duration::from_secs(30), "the copy under way", || {
+        snapshot_dir(&root, "big", "cut").join("d0").exists()
+    });
+    a.kill9();
+    let list = ok(&b, &["snapshot", "list", "--json"]);
+    assert_eq!(list, "[]", "a half-made snapshot is never listed");
+    let v: Value =
+        serde_json::from_str(&ok(&b, &["snapshot", "inspect", "big@cut", "--json"])).unwrap();
+    assert_eq!(v["state"], "making", "{v}");
+    a.spawn();
+    wait_for(Duration::from_secs(30), "the leftover deleted", || {
+        !snapshot_dir(&root, "big", "cut").exists()
+            && caravan(&b, &["snapshot", "inspect", "big@cut"])
+                .status
+                .code()
+                == Some(1)
+    });
+    assert!(a.log_text().contains("left unfinished"), "{}", a.log_text());
+
+    // Ctrl-C on the CLI: it stops the copy, and the daemon deletes what was copied.
+    let cli = Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["snapshot", "create", "big", "stopped"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the copy under way", || {
+        snapshot_dir(&root, "big", "stopped").join("d0").exists()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = cli.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopped"), "{err}");
+    wait_for(Duration::from_secs(30), "the stopped copy deleted", || {
+        !snapshot_dir(&root, "big", "stopped").exists()
+            && caravan(&b, &["snapshot", "inspect", "big@stopped"])
+                .status
+                .code()
+                == Some(1)
+    });
+    assert_eq!(ok(&b, &["snapshot", "list", "--json"]), "[]");
+
+    // A complete one, then the volume can be removed once it is deleted.
+    let t = Instant::now();
+    ok(&a, &["snapshot", "create", "big", "whole"]);
+    eprintln!("snapshot of 20 000 files of 512 B: {:?}", t.elapsed());
+    assert_eq!(
+        listing(&snapshot_dir(&root, "big", "whole")),
+        listing(&volume_data(&root, "big"))
+    );
+    ok(&b, &["snapshot", "delete", "big@whole"]);
+    b.ok("VolumeDriver.Remove", r#"{"Name":"big"}"#);
+}
+
+#[test]
+fn a_link_planted_where_snapshots_go_is_refused_and_nothing_is_written_outside() {
+    if !require_root("planted_snapshot_link") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    ok(&a, &["create", "v1"]);
+    std::fs::write(volume_data(&root, "v1").join("f"), "data").unwrap();
+    let outside = s.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("volumes/v1/snapshots")).unwrap();
+    let out = caravan(&a, &["snapshot", "create", "v1", "s1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("link") || err.contains("symbolic"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    assert_eq!(ok(&a, &["snapshot", "list", "--json"]), "[]");
+}
