@@ -141,6 +141,13 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
             let (view, existed) = svc.create(&req.name, options).await?;
             Ok((if existed { 200 } else { 201 }, to_json(&view)))
         }
+        ("POST", ["v1", "copies"]) => {
+            let req: CreateRequest = parse_body(body)?;
+            let options = req.options.options()?;
+            Ok((202, to_json(&svc.copy_start(&req.name, options).await?)))
+        }
+        ("GET", ["v1", "copies", name]) => ok(to_json(&svc.copy_get(name)?)),
+        ("DELETE", ["v1", "copies", name]) => ok(to_json(&svc.copy_stop(name)?)),
         ("GET", ["v1", "volumes", name]) => ok(to_json(&svc.get(name).await?)),
         ("DELETE", ["v1", "volumes", name]) => {
             svc.remove(name).await?;

@@ -104,6 +104,10 @@ impl SharedLayout {
     pub fn trash_dir(&self) -> PathBuf {
         self.control_dir().join("trash")
     }
+    /// Volumes being copied (restores, clones) before they exist.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.control_dir().join("staging")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
     }
@@ -244,6 +248,7 @@ impl SharedLayout {
             (self.control_dir(), 0o700),
             (self.meta_dir(), 0o700),
             (self.trash_dir(), 0o700),
+            (self.staging_dir(), 0o700),
             (self.nodes_dir(), 0o700),
             (self.volumes_dir(), 0o711),
             (self.archive_dir(), 0o700),
@@ -285,6 +290,7 @@ impl SharedLayout {
         for dir in [
             self.control_dir(),
             self.trash_dir(),
+            self.staging_dir(),
             self.nodes_dir(),
             self.volumes_dir(),
             self.archive_dir(),
@@ -298,6 +304,92 @@ impl SharedLayout {
             }
         }
         Ok(())
+    }
+
+    /// A folder for a volume being copied, `.caravan/staging/<tag>/` with an empty
+    /// `data/` inside; returns the handle of `data/`. `tag` names the volume and who copies
+    /// it, so an interrupted copy is known by its incarnation.
+    pub fn make_staging(&self, tag: &str) -> Result<File> {
+        let staging = self.open_dir_beneath(".caravan/staging")?;
+        let shown = self.staging_dir().join(tag);
+        remove_entry(&staging, tag)
+            .ctx(|| format!("deleting what was left at {}", shown.display()))?;
+        nix::sys::stat::mkdirat(
+            &staging,
+            tag,
+            nix::sys::stat::Mode::from_bits_truncate(0o711),
+        )
+        .map_err(|e| Error::io(format!("creating {}", shown.display()), e.into()))?;
+        let dir = crate::beneath::open_dir(&staging, Path::new(tag))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
+        nix::sys::stat::mkdirat(
+            &dir,
+            "data",
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .map_err(|e| Error::io(format!("creating {}/data", shown.display()), e.into()))?;
+        crate::beneath::open_dir(&dir, Path::new("data"))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))
+    }
+
+    /// Deletes a staging folder; one already gone is not an error.
+    pub fn remove_staging(&self, tag: &str) -> Result<()> {
+        let staging = self.open_dir_beneath(".caravan/staging")?;
+        remove_entry(&staging, tag)
+            .ctx(|| format!("deleting {}", self.staging_dir().join(tag).display()))
+    }
+
+    /// The names in the staging folder (for cleaning what interrupted copies left).
+    pub fn staging_entries(&self) -> Result<Vec<String>> {
+        let staging = self.open_dir_beneath(".caravan/staging")?;
+        let at = crate::beneath::proc_path(&staging);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&at).ctx(|| format!("reading {}", self.staging_dir().display()))? {
+            let e = e.ctx(|| format!("reading {}", self.staging_dir().display()))?;
+            if let Some(n) = e.file_name().to_str() {
+                out.push(n.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the copied folder `staging/<tag>` the volume's folder `volumes/<name>` (one
+    /// rename, which never replaces anything there), then writes the record beside the
+    /// data and applies the options' owner and mode (the copy's own are kept otherwise).
+    pub fn adopt_staging(&self, record: &VolumeRecord, tag: &str) -> Result<()> {
+        let staging = self.open_dir_beneath(".caravan/staging")?;
+        let volumes = self.open_dir_beneath("volumes")?;
+        let target = self.volume_dir(&record.name);
+        let r = nix::fcntl::renameat2(
+            &staging,
+            tag,
+            &volumes,
+            record.name.as_str(),
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        );
+        match r {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => {
+                return Err(Error::invalid(format!(
+                    "{} exists on the export already (data retained by an earlier volume of that name?); move it away or choose another name",
+                    target.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("moving the copy into {}", target.display()),
+                    e.into(),
+                ))
+            }
+        }
+        let vdir = self.open_volume_dir(&record.name)?;
+        let data = crate::beneath::open_dir(&vdir, Path::new("data"))
+            .map_err(|e| crate::beneath::refused_or_io(&self.data_dir(&record.name), e))?;
+        apply_ownership(&self.data_dir(&record.name), &data, &record.options)?;
+        let path = self.record_file(&record.name);
+        let path_at = crate::beneath::proc_path(&vdir).join("volume.json");
+        write_new_file(&path_at, &record_file_content(record))
+            .ctx(|| format!("writing {}", path.display()))
     }
 
     /// Creates (or adopts, when retained data is already there) a volume's folders and

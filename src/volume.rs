@@ -108,6 +108,12 @@ pub struct VolumeOptions {
     pub on_delete: OnDelete,
     #[serde(default, skip_serializing_if = "Access::is_shared")]
     pub access: Access,
+    /// Made as a copy of this snapshot (`VOLUME@SNAPSHOT`): a restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// Made as a copy of this volume: a clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_volume: Option<String>,
     /// Options this version does not know, kept as they were stored (a newer node wrote
     /// them) so that rewriting the record loses nothing. See [`VolumeRecord::format`].
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -217,7 +223,8 @@ impl OptionMap {
 }
 
 impl VolumeOptions {
-    pub const ACCEPTED_KEYS: &'static str = "size, uid, gid, mode, on_delete, access";
+    pub const ACCEPTED_KEYS: &'static str =
+        "size, uid, gid, mode, on_delete, access, from_snapshot, from_volume";
 
     /// Parses Docker's `Opts` map. Unknown keys and bad values are refused with a message
     /// that names them and lists what is accepted.
@@ -231,6 +238,19 @@ impl VolumeOptions {
                 "mode" => o.mode = Some(parse_mode(value)?),
                 "on_delete" => o.on_delete = OnDelete::parse(value)?,
                 "access" => o.access = Access::parse(value)?,
+                "from_snapshot" => {
+                    parse_snapshot_ref(value)?;
+                    o.from_snapshot = Some(value.to_string());
+                }
+                "from_volume" => {
+                    validate_name(value)?;
+                    o.from_volume = Some(value.to_string());
+                }
+                "from_backup" | "backup" => {
+                    return Err(Error::invalid(format!(
+                        "option {key}: restoring from a backup is not supported by this version yet; restore from a snapshot (from_snapshot=VOLUME@SNAPSHOT) or clone a volume (from_volume=VOLUME)"
+                    )))
+                }
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown option {}: accepted options are {}",
@@ -240,7 +260,21 @@ impl VolumeOptions {
                 }
             }
         }
+        if o.from_snapshot.is_some() && o.from_volume.is_some() {
+            return Err(Error::invalid(
+                "give one of from_snapshot and from_volume, not both",
+            ));
+        }
         Ok(o)
+    }
+
+    /// What the volume is made as a copy of, if anything.
+    pub fn source(&self) -> Option<Source> {
+        if let Some(s) = &self.from_snapshot {
+            let (volume, snapshot) = parse_snapshot_ref(s).ok()?;
+            return Some(Source::Snapshot { volume, snapshot });
+        }
+        self.from_volume.clone().map(Source::Volume)
     }
 
     /// The options as `key=value` strings, the way a user would have typed them.
@@ -262,7 +296,29 @@ impl VolumeOptions {
         if self.access != Access::Shared {
             m.insert("access", self.access.as_str().to_string());
         }
+        if let Some(f) = &self.from_snapshot {
+            m.insert("from_snapshot", f.clone());
+        }
+        if let Some(f) = &self.from_volume {
+            m.insert("from_volume", f.clone());
+        }
         m
+    }
+}
+
+/// What a new volume is a copy of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Snapshot { volume: String, snapshot: String },
+    Volume(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Snapshot { volume, snapshot } => write!(f, "snapshot {volume}@{snapshot}"),
+            Source::Volume(v) => write!(f, "volume {v}"),
+        }
     }
 }
 

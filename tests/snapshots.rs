@@ -338,3 +338,132 @@ fn a_link_planted_where_snapshots_go_is_refused_and_nothing_is_written_outside()
     );
     assert_eq!(ok(&a, &["snapshot", "list", "--json"]), "[]");
 }
+
+fn staging(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join(".caravan/staging"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
+    if !require_root("restores_and_clones") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    let b = Daemon::start(s.path(), &root, "b");
+    ok(&a, &["create", "src", "--mode", "0750"]);
+    fill(&volume_data(&root, "src"));
+    ok(&a, &["snapshot", "create", "src", "s1"]);
+    let at_snapshot = listing(&snapshot_dir(&root, "src", "s1"));
+    std::fs::remove_file(volume_data(&root, "src").join("a/b/f7")).unwrap();
+    std::fs::write(volume_data(&root, "src").join("after"), "later").unwrap();
+
+    // Restored on b from the snapshot made on a: the snapshot's tree, not today's.
+    assert_eq!(
+        ok(&b, &["create", "restored", "--from-snapshot", "src@s1"]),
+        "restored"
+    );
+    assert_eq!(listing(&volume_data(&root, "restored")), at_snapshot);
+    let v: Value = serde_json::from_str(&ok(&a, &["inspect", "restored", "--json"])).unwrap();
+    assert_eq!(v["options"]["from_snapshot"], "src@s1", "{v}");
+    let mode = std::fs::metadata(volume_data(&root, "restored"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750, "the copy keeps the source's root mode");
+    // The same create again is answered with the volume; another source or no source
+    // for an existing name is refused, and nothing is overwritten.
+    assert_eq!(
+        ok(&a, &["create", "restored", "--from-snapshot", "src@s1"]),
+        "restored"
+    );
+    let e = fails(&a, &["create", "src", "--from-snapshot", "src@s1"]);
+    assert!(e.contains("already exists with different options"), "{e}");
+    assert!(volume_data(&root, "src").join("after").exists());
+    let e = fails(&a, &["create", "x2", "--from-snapshot", "src@nosuch"]);
+    assert!(e.contains("no complete snapshot nosuch"), "{e}");
+    let e = fails(&a, &["create", "x2", "--from-volume", "nosuch"]);
+    assert!(e.contains("no such volume"), "{e}");
+    let e = a.err(
+        "VolumeDriver.Create",
+        r#"{"Name":"x3","Opts":{"backup":"s3://b/p"}}"#,
+    );
+    assert!(e.contains("not supported by this version yet"), "{e}");
+
+    // A clone of the volume as it is now, on a; and through Docker's Create, on b.
+    assert_eq!(ok(&a, &["create", "copy", "--from-volume", "src"]), "copy");
+    assert_eq!(
+        listing(&volume_data(&root, "copy")),
+        listing(&volume_data(&root, "src"))
+    );
+    b.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"viadocker","Opts":{"from_snapshot":"src@s1"}}"#,
+    );
+    assert_eq!(listing(&volume_data(&root, "viadocker")), at_snapshot);
+    let list = ok(&a, &["list"]);
+    for v in ["restored", "copy", "viadocker"] {
+        assert!(list.contains(v), "{list}");
+    }
+    assert!(staging(&root).is_empty(), "{:?}", staging(&root));
+}
+
+#[test]
+fn an_interrupted_or_too_slow_copy_leaves_no_volume() {
+    if !require_root("interrupted_copies") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let mut a = Daemon::start(s.path(), &root, "a");
+    let spec = s.path().join("spec-c");
+    let c = Daemon::start_with(s.path(), &root, "c", spec, "caravan", &["--timeout", "2s"]);
+    ok(&a, &["create", "big"]);
+    fill_many(&volume_data(&root, "big"), 20_000);
+
+    // Docker's Create gives up with its call: the copy is stopped and discarded.
+    let t = Instant::now();
+    let e = c.err(
+        "VolumeDriver.Create",
+        r#"{"Name":"slow","Opts":{"from_volume":"big"}}"#,
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "answered within the call: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        e.contains("stopped and discarded") && e.contains("caravan create slow"),
+        "{e}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the discarded copy deleted",
+        || staging(&root).is_empty(),
+    );
+    assert!(!ok(&a, &["list"]).contains("slow"));
+
+    // The daemon killed while copying: no volume; its next start deletes the copy.
+    let (status, v) = a.api(
+        "POST",
+        "/v1/copies",
+        r#"{"name":"cut","options":{"from_volume":"big"}}"#,
+    );
+    assert_eq!(status, 202, "{v}");
+    wait_for(Duration::from_secs(30), "the copy under way", || {
+        staging(&root).iter().any(|t| t.starts_with("cut@a@"))
+    });
+    a.kill9();
+    assert!(!ok(&c, &["list"]).contains("cut"));
+    a.spawn();
+    wait_for(Duration::from_secs(30), "the leftover copy deleted", || {
+        staging(&root).is_empty()
+    });
+    assert!(!ok(&a, &["list"]).contains("cut"));
+    assert!(a.log_text().contains("left unfinished"));
+}

@@ -64,6 +64,12 @@ pub enum Command {
         /// shared (any number of nodes) or exclusive (one node at a time, with failover)
         #[arg(long)]
         access: Option<String>,
+        /// Make it a copy of a snapshot, VOLUME@SNAPSHOT (a restore); waits for the copy
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        /// Make it a copy of another volume (a clone); waits for the copy
+        #[arg(long)]
+        from_volume: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -217,8 +223,11 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
             mode,
             on_delete,
             access,
+            from_snapshot,
+            from_volume,
             json,
         } => {
+            let copy = from_snapshot.is_some() || from_volume.is_some();
             let mut options = BTreeMap::new();
             for (k, v) in [
                 ("size", size),
@@ -227,10 +236,16 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 ("mode", mode),
                 ("on_delete", on_delete),
                 ("access", access),
+                ("from_snapshot", from_snapshot),
+                ("from_volume", from_volume),
             ] {
                 if let Some(v) = v {
                     options.insert(k, v);
                 }
+            }
+            if copy {
+                let body = json!({ "name": name, "options": options });
+                snapshot::follow_copy(client, &body, json).await?;
             }
             let v = client
                 .request(

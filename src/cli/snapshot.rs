@@ -120,17 +120,13 @@ async fn wait_complete(
     json: bool,
 ) -> Result<SnapshotView, ClientError> {
     let path = snapshot_path(&begun.volume, &begun.name);
-    let started = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let mut err = std::io::stderr();
+    let mut shown = Shown::new(json);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let (status, v) = client.call("GET", &path, None).await?;
         if status != 200 {
-            if tty && !json {
-                let _ = writeln!(err);
-            }
+            shown.end();
             let msg = v
                 .get("error")
                 .and_then(|m| m.as_str())
@@ -140,32 +136,15 @@ async fn wait_complete(
         }
         let view: SnapshotView = decode(v)?;
         if view.state == "complete" {
-            if tty && !json {
-                let _ = writeln!(err);
-            }
+            shown.end();
             return Ok(view);
         }
         if let Some(p) = view.progress {
-            let secs = started.elapsed().as_secs_f64();
-            if json {
-                let line = json!({ "volume": view.volume, "snapshot": view.name, "files": p.files, "bytes": p.bytes, "seconds": secs });
-                let _ = writeln!(err, "{line}");
-            } else if tty {
-                let rate = if secs > 0.0 {
-                    (p.bytes as f64 / secs) as u64
-                } else {
-                    0
-                };
-                let _ = write!(
-                    err,
-                    "\rsnapshot {}@{}: {} files, {} ({}/s)   ",
-                    view.volume,
-                    view.name,
-                    p.files,
-                    human_bytes(p.bytes),
-                    human_bytes(rate)
-                );
-            }
+            shown.show(
+                &format!("snapshot {}@{}", view.volume, view.name),
+                p.files,
+                p.bytes,
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -174,6 +153,104 @@ async fn wait_complete(
                 return Err(ClientError::Api(format!(
                     "stopped; snapshot {}@{} is being deleted",
                     view.volume, view.name
+                )));
+            }
+        }
+    }
+}
+
+/// Progress of long work on stderr: a line rewritten in place on a terminal, JSON lines
+/// with `--json`, nothing otherwise.
+struct Shown {
+    json: bool,
+    tty: bool,
+    started: Instant,
+    drawn: bool,
+}
+
+impl Shown {
+    fn new(json: bool) -> Shown {
+        Shown {
+            json,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, what: &str, files: u64, bytes: u64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let mut err = std::io::stderr();
+        if self.json {
+            let line = json!({ "what": what, "files": files, "bytes": bytes, "seconds": secs });
+            let _ = writeln!(err, "{line}");
+        } else if self.tty {
+            let rate = if secs > 0.0 {
+                (bytes as f64 / secs) as u64
+            } else {
+                0
+            };
+            let _ = write!(
+                err,
+                "\r{what}: {files} files, {} ({}/s)   ",
+                human_bytes(bytes),
+                human_bytes(rate)
+            );
+            self.drawn = true;
+        }
+    }
+
+    fn end(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr());
+            self.drawn = false;
+        }
+    }
+}
+
+/// Starts a copy into a new volume (`POST /v1/copies`) and follows it until it is done,
+/// showing progress; Ctrl-C stops it (the daemon deletes the copy).
+pub async fn follow_copy(
+    client: &Client,
+    body: &serde_json::Value,
+    json: bool,
+) -> Result<(), ClientError> {
+    let v = client.request("POST", "/v1/copies", Some(body)).await?;
+    let begun: crate::service::CopyView = decode(v)?;
+    if begun.state == "done" {
+        return Ok(());
+    }
+    let path = format!("/v1/copies/{}", path_segment(&begun.volume));
+    let mut shown = Shown::new(json);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let view: crate::service::CopyView = decode(client.request("GET", &path, None).await?)?;
+        match view.state.as_str() {
+            "done" => {
+                shown.end();
+                return Ok(());
+            }
+            "failed" => {
+                shown.end();
+                return Err(ClientError::Api(
+                    view.error.unwrap_or_else(|| "the copy failed".into()),
+                ));
+            }
+            _ => shown.show(
+                &format!("copying {} into {}", view.source, view.volume),
+                view.files,
+                view.bytes,
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut ctrl_c => {
+                let _ = client.request("DELETE", &path, None).await;
+                shown.end();
+                return Err(ClientError::Api(format!(
+                    "stopped; the copy into {} is being deleted",
+                    view.volume
                 )));
             }
         }

@@ -20,8 +20,10 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
 
+mod copies;
 mod doctor;
 mod snapshots;
+pub use copies::CopyView;
 mod views;
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
@@ -131,6 +133,8 @@ pub struct Service {
     pending: PendingUnmounts,
     /// Snapshots this node is copying now, by (volume, snapshot).
     copies: Mutex<HashMap<(String, String), Arc<crate::treecopy::Progress>>>,
+    /// Copies into new volumes (restores, clones) begun on this node, by volume name.
+    copy_jobs: Mutex<HashMap<String, Arc<copies::CopyJob>>>,
     /// Why snapshots begun here failed, for whoever polls them.
     snapshot_failures: Mutex<HashMap<(String, String), String>>,
     /// This service, for the background work it starts.
@@ -164,11 +168,13 @@ impl Service {
             health,
             list_answer: Mutex::new(None),
             copies: Mutex::new(HashMap::new()),
+            copy_jobs: Mutex::new(HashMap::new()),
             snapshot_failures: Mutex::new(HashMap::new()),
         });
         svc.replay_pending().await;
         svc.reconcile().await?;
         svc.clean_interrupted_snapshots().await;
+        svc.clean_interrupted_copies().await;
         Ok(svc)
     }
 
@@ -215,6 +221,9 @@ impl Service {
     /// idempotent); the flag says which.
     pub async fn create(&self, name: &str, options: VolumeOptions) -> Result<(VolumeView, bool)> {
         validate_name(name)?;
+        if options.source().is_some() {
+            return self.create_copy(name, options).await;
+        }
         let Created {
             record,
             existed,

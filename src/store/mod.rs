@@ -208,6 +208,26 @@ impl Store {
             name: name.to_string(),
             options,
             node: node.to_string(),
+            staged: None,
+        })
+        .await
+    }
+
+    /// Creates a volume whose folder is already filled at `.caravan/staging/<tag>`
+    /// (moved into place by the commit). An existing volume of that name, with the same
+    /// options, is answered as it is (`existed`), and the staged copy is not used.
+    pub async fn create_staged(
+        &self,
+        name: &str,
+        options: crate::volume::VolumeOptions,
+        node: &str,
+        tag: &str,
+    ) -> Result<Created> {
+        self.call(Mutation::Create {
+            name: name.to_string(),
+            options,
+            node: node.to_string(),
+            staged: Some(tag.to_string()),
         })
         .await
     }
@@ -484,6 +504,7 @@ mod tests {
             name: name.into(),
             options: VolumeOptions::default(),
             node: "n1".into(),
+            staged: None,
         }
     }
 

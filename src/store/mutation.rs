@@ -12,6 +12,9 @@ pub enum Mutation {
         name: String,
         options: VolumeOptions,
         node: String,
+        /// The volume's folder, already filled (a restore or clone), waiting at
+        /// `.caravan/staging/<tag>`: moved into place by the commit that adds the volume.
+        staged: Option<String>,
     },
     Remove {
         name: String,

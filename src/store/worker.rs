@@ -496,6 +496,7 @@ impl Worker {
                 name,
                 options,
                 node,
+                staged,
             } => match current(name, overlay) {
                 Some(existing)
                     if existing.options == *options || *options == VolumeOptions::default() =>
@@ -522,9 +523,14 @@ impl Worker {
                     }
                     // Folders first: a crash after this and before the commit leaves a
                     // folder that the next create adopts, never a record without data.
-                    let (record, adopted) = match prepared.remove(name) {
-                        Some((record, adopted)) => (record, adopted?),
-                        None => {
+                    let (record, adopted) = match (staged, prepared.remove(name)) {
+                        (Some(tag), _) => {
+                            let record = VolumeRecord::new(name, node, options.clone());
+                            self.layout.adopt_staging(&record, tag)?;
+                            (record, false)
+                        }
+                        (None, Some((record, adopted))) => (record, adopted?),
+                        (None, None) => {
                             let record = VolumeRecord::new(name, node, options.clone());
                             let adopted = self.layout.create_volume(&record)?;
                             (record, adopted)
@@ -738,6 +744,7 @@ impl Worker {
                             name,
                             options,
                             node,
+                            staged: None,
                         },
                     ..
                 } = job
