@@ -360,13 +360,29 @@ impl SharedLayout {
         let staging = self.open_dir_beneath(".caravan/staging")?;
         let volumes = self.open_dir_beneath("volumes")?;
         let target = self.volume_dir(&record.name);
-        let r = nix::fcntl::renameat2(
+        let mut r = nix::fcntl::renameat2(
             &staging,
             tag,
             &volumes,
             record.name.as_str(),
             nix::fcntl::RenameFlags::RENAME_NOREPLACE,
         );
+        if r == Err(nix::errno::Errno::EINVAL) {
+            // The filesystem has no RENAME_NOREPLACE (GlusterFS's FUSE client): look,
+            // then rename. Under the cluster lock no caravan node makes that folder
+            // meanwhile; and a rename never follows a link at either end.
+            r = match nix::sys::stat::fstatat(
+                &volumes,
+                record.name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(_) => Err(nix::errno::Errno::EEXIST),
+                Err(nix::errno::Errno::ENOENT) => {
+                    nix::fcntl::renameat(&staging, tag, &volumes, record.name.as_str())
+                }
+                Err(e) => Err(e),
+            };
+        }
         match r {
             Ok(()) => {}
             Err(nix::errno::Errno::EEXIST) => {

@@ -5,7 +5,6 @@
 
 mod util;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -42,49 +41,6 @@ fn fails(d: &Daemon, args: &[&str]) -> String {
         args.join(" ")
     );
     String::from_utf8_lossy(&out.stderr).trim().to_string()
-}
-
-/// Every entry below `dir`, never following a link: its type, mode, owner, size, mtime
-/// and content (a file's bytes, a link's target), and which entries are one file.
-fn listing(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(dir.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            let m = std::fs::symlink_metadata(dir.join(&rel)).unwrap();
-            let ft = m.file_type();
-            let what = if ft.is_dir() {
-                stack.push(rel.clone());
-                format!("dir mtime={}", m.mtime())
-            } else if ft.is_symlink() {
-                format!(
-                    "link -> {}",
-                    std::fs::read_link(dir.join(&rel)).unwrap().display()
-                )
-            } else if ft.is_file() {
-                let same = inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
-                let data = std::fs::read(dir.join(&rel)).unwrap();
-                format!(
-                    "file {} bytes, hash {:x}, mtime={}, first name {}",
-                    m.len(),
-                    data.iter()
-                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64)),
-                    m.mtime(),
-                    same.display()
-                )
-            } else {
-                "other".to_string()
-            };
-            out.insert(
-                rel,
-                format!("{what} mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid()),
-            );
-        }
-    }
-    out
 }
 
 /// A tree with what a volume may hold: folders, odd names, a symlink pointing outside,
@@ -148,8 +104,8 @@ fn a_snapshot_made_on_one_host_is_listed_inspected_and_deleted_on_another() {
     let text = ok(&b, &["snapshot", "inspect", "web@before"]);
     assert!(text.contains("Copy:") && text.contains(" ms: "), "{text}");
     assert_eq!(
-        listing(&snapshot_dir(&root, "web", "before")),
-        listing(&volume_data(&root, "web")),
+        util::tree_listing(&snapshot_dir(&root, "web", "before")),
+        util::tree_listing(&volume_data(&root, "web")),
         "the snapshot is the volume, entry by entry"
     );
     let sparse = std::fs::metadata(snapshot_dir(&root, "web", "before").join("sparse")).unwrap();
@@ -307,8 +263,8 @@ fn an_interrupted_snapshot_is_never_listed_and_leaves_nothing() {
     ok(&a, &["snapshot", "create", "big", "whole"]);
     eprintln!("snapshot of 20 000 files of 512 B: {:?}", t.elapsed());
     assert_eq!(
-        listing(&snapshot_dir(&root, "big", "whole")),
-        listing(&volume_data(&root, "big"))
+        util::tree_listing(&snapshot_dir(&root, "big", "whole")),
+        util::tree_listing(&volume_data(&root, "big"))
     );
     ok(&b, &["snapshot", "delete", "big@whole"]);
     b.ok("VolumeDriver.Remove", r#"{"Name":"big"}"#);
@@ -360,7 +316,7 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
     ok(&a, &["create", "src", "--mode", "0750"]);
     fill(&volume_data(&root, "src"));
     ok(&a, &["snapshot", "create", "src", "s1"]);
-    let at_snapshot = listing(&snapshot_dir(&root, "src", "s1"));
+    let at_snapshot = util::tree_listing(&snapshot_dir(&root, "src", "s1"));
     std::fs::remove_file(volume_data(&root, "src").join("a/b/f7")).unwrap();
     std::fs::write(volume_data(&root, "src").join("after"), "later").unwrap();
 
@@ -369,7 +325,10 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
         ok(&b, &["create", "restored", "--from-snapshot", "src@s1"]),
         "restored"
     );
-    assert_eq!(listing(&volume_data(&root, "restored")), at_snapshot);
+    assert_eq!(
+        util::tree_listing(&volume_data(&root, "restored")),
+        at_snapshot
+    );
     let v: Value = serde_json::from_str(&ok(&a, &["inspect", "restored", "--json"])).unwrap();
     assert_eq!(v["options"]["from_snapshot"], "src@s1", "{v}");
     let mode = std::fs::metadata(volume_data(&root, "restored"))
@@ -398,14 +357,17 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
     // A clone of the volume as it is now, on a; and through Docker's Create, on b.
     assert_eq!(ok(&a, &["create", "copy", "--from-volume", "src"]), "copy");
     assert_eq!(
-        listing(&volume_data(&root, "copy")),
-        listing(&volume_data(&root, "src"))
+        util::tree_listing(&volume_data(&root, "copy")),
+        util::tree_listing(&volume_data(&root, "src"))
     );
     b.ok(
         "VolumeDriver.Create",
         r#"{"Name":"viadocker","Opts":{"from_snapshot":"src@s1"}}"#,
     );
-    assert_eq!(listing(&volume_data(&root, "viadocker")), at_snapshot);
+    assert_eq!(
+        util::tree_listing(&volume_data(&root, "viadocker")),
+        at_snapshot
+    );
     let list = ok(&a, &["list"]);
     for v in ["restored", "copy", "viadocker"] {
         assert!(list.contains(v), "{list}");

@@ -528,3 +528,54 @@ pub fn volumes_tree(root: &Path) -> (sled::Db, sled::Tree) {
     let tree = db.open_tree("volumes").unwrap();
     (db, tree)
 }
+
+/// Every entry below `dir`, never following a link: its type, mode, owner, size, mtime
+/// and content (a file's bytes, a link's target), and which entries are one file.
+pub fn tree_listing(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut inodes: std::collections::BTreeMap<u64, PathBuf> = std::collections::BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            let m = std::fs::symlink_metadata(dir.join(&rel)).unwrap();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(rel.clone());
+                format!("dir mtime={}", std::os::unix::fs::MetadataExt::mtime(&m))
+            } else if ft.is_symlink() {
+                format!(
+                    "link -> {}",
+                    std::fs::read_link(dir.join(&rel)).unwrap().display()
+                )
+            } else if ft.is_file() {
+                let same = inodes
+                    .entry(std::os::unix::fs::MetadataExt::ino(&m))
+                    .or_insert_with(|| rel.clone())
+                    .clone();
+                let data = std::fs::read(dir.join(&rel)).unwrap();
+                format!(
+                    "file {} bytes, hash {:x}, mtime={}, first name {}",
+                    m.len(),
+                    data.iter()
+                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64)),
+                    std::os::unix::fs::MetadataExt::mtime(&m),
+                    same.display()
+                )
+            } else {
+                "other".to_string()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode={:o} uid={} gid={}",
+                    std::os::unix::fs::MetadataExt::mode(&m),
+                    std::os::unix::fs::MetadataExt::uid(&m),
+                    std::os::unix::fs::MetadataExt::gid(&m)
+                ),
+            );
+        }
+    }
+    out
+}
