@@ -291,7 +291,7 @@ pub async fn run(
     });
     crate::server::serve(
         listener,
-        crate::server::routes(svc, cfg.timeout, false),
+        crate::server::routes(svc.clone(), cfg.timeout, false),
         limits,
         stopped(rx),
         cfg.timeout + Duration::from_secs(1),
@@ -316,6 +316,8 @@ pub async fn run(
         }
     }
     fencing.abort();
+    // Copies end before this node says it left: others may then clean what it made.
+    svc.stop_copies().await;
     beating.store(false, std::sync::atomic::Ordering::SeqCst);
     let leaving = nodes.clone();
     match run_blocking("marking this node as left", cfg.timeout / 2, move || {

@@ -360,6 +360,18 @@ impl SharedLayout {
         let staging = self.open_dir_beneath(".caravan/staging")?;
         let volumes = self.open_dir_beneath("volumes")?;
         let target = self.volume_dir(&record.name);
+        // The record and the options' owner and mode first, through the staging folder's
+        // handles: after the rename, `volumes/<name>` is a name another machine could
+        // point elsewhere.
+        let shown = self.staging_dir().join(tag);
+        let vdir = crate::beneath::open_dir(&staging, Path::new(tag))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
+        let data = crate::beneath::open_dir(&vdir, Path::new("data"))
+            .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
+        apply_ownership(&self.data_dir(&record.name), &data, &record.options)?;
+        let path_at = crate::beneath::proc_path(&vdir).join("volume.json");
+        write_new_file(&path_at, &record_file_content(record))
+            .ctx(|| format!("writing {}", self.record_file(&record.name).display()))?;
         let mut r = nix::fcntl::renameat2(
             &staging,
             tag,
@@ -398,14 +410,7 @@ impl SharedLayout {
                 ))
             }
         }
-        let vdir = self.open_volume_dir(&record.name)?;
-        let data = crate::beneath::open_dir(&vdir, Path::new("data"))
-            .map_err(|e| crate::beneath::refused_or_io(&self.data_dir(&record.name), e))?;
-        apply_ownership(&self.data_dir(&record.name), &data, &record.options)?;
-        let path = self.record_file(&record.name);
-        let path_at = crate::beneath::proc_path(&vdir).join("volume.json");
-        write_new_file(&path_at, &record_file_content(record))
-            .ctx(|| format!("writing {}", path.display()))
+        Ok(())
     }
 
     /// Creates (or adopts, when retained data is already there) a volume's folders and

@@ -28,6 +28,13 @@ use serde::{Deserialize, Serialize};
 
 /// Deeper trees are refused: each level holds two descriptors.
 pub const MAX_DEPTH: usize = 256;
+/// Entries read from one folder, at most (a folder of more is refused: its names are
+/// held in memory while its contents are copied).
+pub const MAX_ENTRIES: usize = 1_000_000;
+/// Files with several links remembered, at most.
+const MAX_LINKED: usize = 1_000_000;
+/// What one copy call moves at most, so that a stop is seen within a large file.
+const RANGE_CHUNK: usize = 64 << 20;
 /// Extended attribute names and values read, each at most this many bytes.
 const MAX_XATTR_BYTES: usize = 64 << 10;
 /// The buffer of the read/write fallback.
@@ -226,7 +233,14 @@ fn copy_entry(
             }));
         }
         SFlag::S_IFREG => {
-            let key = (st.st_dev as u64, st.st_ino as u64);
+            // Opened as a path first: the entry may have been swapped for a device since
+            // it was listed, and opening a device as root can act on the host.
+            let Some((file, st)) =
+                open_regular(top.src.as_fd(), name, report).map_err(|e| err(&rel, e))?
+            else {
+                return Ok(None);
+            };
+            let key = (st.st_dev, st.st_ino);
             if st.st_nlink > 1 {
                 if let Some(first) = linked.get(&key) {
                     // The first copy's folder, reached from the destination's root (the
@@ -254,16 +268,6 @@ fn copy_entry(
                     return Ok(None);
                 }
             }
-            let Some(file) = open_nofollow(top.src.as_fd(), name, OFlag::O_RDONLY, report)
-                .map_err(|e| err(&rel, e))?
-            else {
-                return Ok(None);
-            };
-            let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| err(&rel, e))?;
-            if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-                report.vanished += 1;
-                return Ok(None);
-            }
             let out = nix::fcntl::openat(
                 top.dst.as_fd(),
                 name.as_os_str(),
@@ -277,18 +281,18 @@ fn copy_entry(
             .map_err(|e| err(&rel, e))?;
             let len = u64::try_from(st.st_size).unwrap_or(0);
             let (bytes, reflinked) =
-                copy_data(file.as_fd(), out.as_fd(), len).map_err(|e| err(&rel, e))?;
+                copy_data(file.as_fd(), out.as_fd(), len, progress).map_err(|e| err(&rel, e))?;
             if reflinked {
                 report.reflinked += 1;
             } else {
                 report.copied += 1;
             }
             report.bytes = report.bytes.saturating_add(bytes);
-            progress.bytes.fetch_add(bytes, Ordering::Relaxed);
             progress.files.fetch_add(1, Ordering::Relaxed);
             set_meta(out.as_fd(), &st, report, Some(file.as_fd())).map_err(|e| err(&rel, e))?;
             report.files += 1;
-            if st.st_nlink > 1 {
+            // Bounded: past that, further links to a file are copied as files of their own.
+            if st.st_nlink > 1 && linked.len() < MAX_LINKED {
                 linked.insert(key, rel.clone());
             }
         }
@@ -331,16 +335,39 @@ fn copy_entry(
                 0,
             )
             .map_err(|e| err(&rel, e))?;
-            // Opened without blocking (no writer needed) and without following, so the
-            // metadata goes on the FIFO just made.
+            // The FIFO just made, as a path (another machine could have swapped it for
+            // a device): its metadata is set through that handle's /proc path.
             let fifo = nix::fcntl::openat(
                 dst_dir,
                 name.as_os_str(),
-                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| err(&rel, e))?;
-            set_meta(fifo.as_fd(), &st, report, None).map_err(|e| err(&rel, e))?;
+            let made = nix::sys::stat::fstat(fifo.as_fd()).map_err(|e| err(&rel, e))?;
+            if SFlag::from_bits_truncate(made.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
+                return Err(err(
+                    &rel,
+                    std::io::Error::other("replaced while being made"),
+                ));
+            }
+            let at = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
+            std::os::unix::fs::chown(&at, Some(st.st_uid), Some(st.st_gid))
+                .map_err(|e| err(&rel, e))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(st.st_mode & 0o7777))
+                    .map_err(|e| err(&rel, e))?;
+            }
+            let (a, m) = times(&st);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &at,
+                &a,
+                &m,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+            .map_err(|e| err(&rel, e))?;
             report.fifos += 1;
         }
         _ => report.skipped += 1,
@@ -375,6 +402,41 @@ fn open_nofollow(
     }
 }
 
+/// Opens `name` in `dir` for reading only if it is a regular file: first as a path
+/// (`O_PATH`, which opens nothing), then, once `fstat` says regular, for reading through
+/// that handle. `None` (counted as vanished) when it is gone or is something else now.
+fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    report: &mut CopyReport,
+) -> nix::Result<Option<(OwnedFd, FileStat)>> {
+    let path = match nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            report.vanished += 1;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let st = nix::sys::stat::fstat(path.as_fd())?;
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        report.vanished += 1;
+        return Ok(None);
+    }
+    let at = format!("/proc/self/fd/{}", path.as_raw_fd());
+    let fd = nix::fcntl::open(
+        at.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(Some((fd, st)))
+}
+
 /// The names in a folder, sorted (so copies are made in the same order every time).
 fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
     let fd = nix::fcntl::openat(
@@ -387,6 +449,9 @@ fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
     let mut names = Vec::new();
     for entry in d.iter() {
         let entry = entry?;
+        if names.len() >= MAX_ENTRIES {
+            return Err(Errno::EFBIG);
+        }
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
             names.push(OsStr::from_bytes(name).to_os_string());
@@ -470,12 +535,18 @@ const FICLONE: nix::libc::c_ulong = 0x4004_9409;
 /// The data of `src` (`len` bytes) into the empty `dst`: a reflink if the filesystem can,
 /// else the data regions copied and the holes left. The bytes of data, and whether it was
 /// a reflink.
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> std::io::Result<(u64, bool)> {
+fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    progress: &Progress,
+) -> std::io::Result<(u64, bool)> {
     if len == 0 {
         return Ok((0, false));
     }
     // SAFETY: both descriptors are open; FICLONE takes the source descriptor as argument.
     if unsafe { nix::libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+        progress.bytes.fetch_add(len, Ordering::Relaxed);
         return Ok((len, true));
     }
     let mut copied = 0u64;
@@ -496,7 +567,7 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> std::io::Res
         if hole <= data {
             break;
         }
-        copied = copied.saturating_add(copy_range(src, dst, data, hole)?);
+        copied = copied.saturating_add(copy_range(src, dst, data, hole, progress)?);
         off = hole;
     }
     // The trailing hole (and a file that shrank meanwhile keeps its listed size).
@@ -504,21 +575,33 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> std::io::Res
     Ok((copied, false))
 }
 
-/// Bytes `start..end` of `src` to the same offsets of `dst`.
+/// Bytes `start..end` of `src` to the same offsets of `dst`, in chunks, checking the
+/// stop switch between them.
 fn copy_range(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     start: i64,
     end: i64,
+    progress: &Progress,
 ) -> std::io::Result<u64> {
     let (mut a, mut b) = (start, start);
     while a < end {
-        let want = usize::try_from(end - a).unwrap_or(usize::MAX).min(1 << 30);
+        if progress.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(STOPPED));
+        }
+        let want = usize::try_from(end - a)
+            .unwrap_or(usize::MAX)
+            .min(RANGE_CHUNK);
+        let before = a;
         match nix::fcntl::copy_file_range(src, Some(&mut a), dst, Some(&mut b), want) {
             Ok(0) => break, // the file shrank
-            Ok(_) => {}
+            Ok(_) => {
+                progress
+                    .bytes
+                    .fetch_add((a - before) as u64, Ordering::Relaxed);
+            }
             Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                return read_write(src, dst, a, end).map(|n| (a - start) as u64 + n);
+                return read_write(src, dst, a, end, progress).map(|n| (a - start) as u64 + n);
             }
             Err(e) => return Err(e.into()),
         }
@@ -526,15 +609,22 @@ fn copy_range(
     Ok((a - start) as u64)
 }
 
+/// The fallback: reads and writes, leaving chunks of zeros unwritten (the destination's
+/// size is set at the end, so they read back as zeros): where the filesystem cannot say
+/// where the holes are, a sparse file does not become a full one.
 fn read_write(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     mut off: i64,
     end: i64,
+    progress: &Progress,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let start = off;
     while off < end {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(STOPPED));
+        }
         let want = usize::try_from(end - off)
             .unwrap_or(COPY_CHUNK)
             .min(COPY_CHUNK);
@@ -542,11 +632,14 @@ fn read_write(
         if n == 0 {
             break;
         }
-        let mut done = 0;
-        while done < n {
-            done += nix::sys::uio::pwrite(dst, &buf[done..n], off + done as i64)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            let mut done = 0;
+            while done < n {
+                done += nix::sys::uio::pwrite(dst, &buf[done..n], off + done as i64)?;
+            }
         }
         off += n as i64;
+        progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok((off - start) as u64)
 }

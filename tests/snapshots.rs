@@ -99,8 +99,9 @@ fn a_snapshot_made_on_one_host_is_listed_inspected_and_deleted_on_another() {
     );
     assert_eq!(v["copy"]["symlinks"], 1, "{v}");
     assert_eq!(v["copy"]["hard_links"], 1, "{v}");
-    assert!(["copy", "reflink", "reflink+copy"]
-        .contains(&v["copy"]["method"].as_str().unwrap_or("copy")));
+    // This machine's ext4 has no reflinks: every file's data was copied.
+    assert_eq!(v["method"], "copy", "{v}");
+    assert_eq!(v["copy"]["reflinked"], 0, "{v}");
     let text = ok(&b, &["snapshot", "inspect", "web@before"]);
     assert!(text.contains("Copy:") && text.contains(" ms: "), "{text}");
     assert_eq!(

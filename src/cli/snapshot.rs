@@ -102,8 +102,16 @@ pub async fn execute(
             let (volume, name) = parse_snapshot_ref(&snapshot).map_err(bad)?;
             let path = snapshot_path(&volume, &name);
             client.request("DELETE", &path, None).await?;
-            // Gone once the daemon no longer knows it.
-            while let (200, _) = client.call("GET", &path, None).await? {
+            // Gone once the daemon no longer knows it; a delete that cannot finish (the
+            // files cannot be removed) is reported, not waited for forever.
+            let t = Instant::now();
+            while let (200, v) = client.call("GET", &path, None).await? {
+                if t.elapsed() > Duration::from_secs(600) {
+                    return Err(ClientError::Api(format!(
+                        "{volume}@{name} is still {} after 10 minutes; `caravan snapshot inspect {volume}@{name}` and the daemon's log say why",
+                        v["state"].as_str().unwrap_or("there")
+                    )));
+                }
                 tokio::time::sleep(POLL).await;
             }
             let _ = writeln!(out, "deleted {volume}@{name}");
@@ -294,7 +302,11 @@ pub fn inspect_text(s: &SnapshotView) -> String {
             c.hard_links,
             human_bytes(c.bytes)
         ));
-        if c.skipped + c.vanished + c.xattr_errors > 0 {
+        if c.skipped
+            .saturating_add(c.vanished)
+            .saturating_add(c.xattr_errors)
+            > 0
+        {
             t.push_str(&format!(
                 "Not copied:  {} device nodes or sockets, {} entries gone while copying, {} extended attributes\n",
                 c.skipped, c.vanished, c.xattr_errors

@@ -27,6 +27,7 @@ use crate::volume::{validate_name, SnapshotState, Source, VolumeOptions};
 /// A copy into a new volume, running or finished on this host.
 pub(super) struct CopyJob {
     source: Source,
+    options: VolumeOptions,
     progress: Arc<Progress>,
     outcome: tokio::sync::watch::Sender<Option<std::result::Result<CopyReport, String>>>,
 }
@@ -44,6 +45,13 @@ pub struct CopyView {
     pub copy: Option<CopyReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What to do with a staging folder once its copy's create is answered.
+enum Discard {
+    No,
+    Now,
+    Later,
 }
 
 /// The separator of a staging tag's parts: no volume or node name holds it.
@@ -109,6 +117,12 @@ impl Service {
         let job = {
             let mut jobs = self.copy_jobs.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(j) = jobs.get(name).filter(|j| j.outcome.borrow().is_none()) {
+                if j.options != options {
+                    return Err(Error::Conflict {
+                        name: name.to_string(),
+                        existing: format!("being copied on this host with {}", j.options),
+                    });
+                }
                 return Ok(view_of(name, j));
             }
             if jobs.len() >= 256 {
@@ -116,6 +130,7 @@ impl Service {
             }
             let job = Arc::new(CopyJob {
                 source: source.clone(),
+                options: options.clone(),
                 progress: Arc::new(Progress::default()),
                 outcome: tokio::sync::watch::channel(None).0,
             });
@@ -133,35 +148,41 @@ impl Service {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let boot = self.nodes.boot_id().chars().take(8).collect::<String>();
+        let boot = self.nodes.boot_id().to_string();
         let tag = format!(
             "{name}{TAG_SEP}{}{TAG_SEP}{boot}{TAG_SEP}{nanos}",
             self.node
         );
         let shared = self.shared().clone();
         let (source, progress, t) = (job.source.clone(), job.progress.clone(), tag.clone());
-        let copied = match self.health.begin("copying into a new volume") {
-            Ok(ticket) => tokio::task::spawn_blocking(move || {
-                let _ticket = ticket;
-                let src = match &source {
-                    Source::Snapshot { volume, snapshot } => {
-                        shared.open_snapshot_dir(volume, snapshot)?
-                    }
-                    Source::Volume(v) => shared.open_data_dir(v)?,
-                };
-                let dst = shared.make_staging(&t)?;
-                crate::treecopy::copy_tree(&src, &dst, &progress).map_err(|e| {
-                    Error::io(
-                        format!("copying {source}, at {}", e.path.display()),
-                        e.source,
-                    )
-                })
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}")))),
-            Err(e) => Err(e),
-        };
-        let outcome = match copied {
+        // No health ticket (a long copy says nothing about the export); the permit bounds
+        // how many copies run at once.
+        let _permit = self.copy_slots.clone().acquire_owned().await;
+        let copied = tokio::task::spawn_blocking(move || {
+            let src = match &source {
+                Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
+                Source::Volume(v) => shared.open_data_dir(v)?,
+            };
+            let dst = shared.make_staging(&t)?;
+            let report = crate::treecopy::copy_tree(&src, &dst, &progress).map_err(|e| {
+                Error::io(format!("copying {source}, at {}", e.path.display()), e.source)
+            })?;
+            // A snapshot does not change: anything gone while copying means it was being
+            // deleted, and the copy is not the snapshot.
+            if matches!(source, Source::Snapshot { .. }) && report.vanished > 0 {
+                return Err(Error::Snapshot(format!(
+                    "{source} changed while being copied ({} entries gone: deleted meanwhile?); the copy is incomplete and was discarded",
+                    report.vanished
+                )));
+            }
+            Ok(report)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
+        // Whether the staging folder may still be deleted: not after an error that leaves
+        // the commit uncertain (a timeout, a failed write): the worker may rename it into
+        // place yet. Then it is looked at again later.
+        let (outcome, discard) = match copied {
             Ok(report) => match self
                 .store
                 .create_staged(&name, options, &self.node, &tag)
@@ -169,21 +190,34 @@ impl Service {
             {
                 Ok(created) if !created.existed => {
                     tracing::info!(volume = %name, source = %job.source, method = report.method(), files = report.files, bytes = report.bytes, ms = report.millis, "volume made as a copy");
-                    Ok(report)
+                    (Ok(report), Discard::No)
                 }
-                Ok(_) => Err(Error::invalid(format!(
-                    "volume {name} was created meanwhile; the copy was not used"
-                ))),
-                Err(e) => Err(e),
+                // Made meanwhile with the same options (another host's Create): that is
+                // the volume asked for; this copy is not needed.
+                Ok(_) => (Ok(report), Discard::Now),
+                Err(e) if super::uncertain(&e) => (Err(e), Discard::Later),
+                Err(e) => (Err(e), Discard::Now),
             },
-            Err(e) => Err(e),
+            Err(e) => (Err(e), Discard::Now),
         };
-        if outcome.is_err() {
-            let shared = self.shared().clone();
-            let t = tag.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shared.remove_staging(&t)).await
-            {
-                tracing::warn!(volume = %name, "deleting the unused copy: {e}");
+        match discard {
+            Discard::No => {}
+            Discard::Now => self.discard_staging(&name, &tag).await,
+            Discard::Later => {
+                let svc = self.clone();
+                let (n, t) = (name.clone(), tag.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(svc.fs_timeout * 4).await;
+                    let made = svc
+                        .store
+                        .snapshot()
+                        .await
+                        .map(|s| s.volumes.contains_key(&n))
+                        .unwrap_or(true);
+                    if !made {
+                        svc.discard_staging(&n, &t).await;
+                    }
+                });
             }
         }
         if let Err(e) = &outcome {
@@ -191,6 +225,34 @@ impl Service {
         }
         job.outcome
             .send_replace(Some(outcome.map_err(|e| e.to_string())));
+    }
+
+    async fn discard_staging(&self, name: &str, tag: &str) {
+        let shared = self.shared().clone();
+        let t = tag.to_string();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shared.remove_staging(&t)).await {
+            tracing::warn!(volume = %name, "deleting the unused copy: {e}");
+        }
+    }
+
+    pub(super) fn stop_copy_jobs(&self) {
+        for j in self
+            .copy_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            j.progress.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn copy_jobs_running(&self) -> usize {
+        self.copy_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|j| j.outcome.borrow().is_none())
+            .count()
     }
 
     /// A copy job of this host, by the new volume's name.
@@ -228,6 +290,10 @@ impl Service {
                 })
             };
         }
+        let running_before = self
+            .job(name)
+            .filter(|j| j.outcome.borrow().is_none())
+            .is_some();
         self.copy_start(name, options).await?;
         let job = self.job(name).ok_or(Error::ShuttingDown)?;
         let mut rx = job.outcome.subscribe();
@@ -253,7 +319,11 @@ impl Service {
                 Err(e) => Err(Error::invalid(e)),
             },
             _ => {
-                job.progress.stop.store(true, Ordering::Relaxed);
+                // Stopped only if this call started it: a job it joined (a CLI restore)
+                // is someone else's.
+                if !running_before {
+                    job.progress.stop.store(true, Ordering::Relaxed);
+                }
                 Err(Error::Timeout {
                     what: format!(
                         "copying {} into volume {name} (stopped and discarded; make it with `caravan create {name} --from-…`, which waits as long as the copy takes, then use it)",
@@ -269,10 +339,7 @@ impl Service {
     /// copies were interrupted; the node-name lock proves that incarnation gone).
     pub(super) async fn clean_interrupted_copies(&self) {
         let shared = self.shared().clone();
-        let (node, boot) = (
-            self.node.clone(),
-            self.nodes.boot_id().chars().take(8).collect::<String>(),
-        );
+        let (node, boot) = (self.node.clone(), self.nodes.boot_id().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(entries) = shared.staging_entries() else { return };
             for tag in entries {

@@ -133,6 +133,9 @@ pub struct Service {
     pending: PendingUnmounts,
     /// Snapshots this node is copying now, by (volume, snapshot).
     copies: Mutex<HashMap<(String, String), Arc<crate::treecopy::Progress>>>,
+    /// Copies (snapshots, restores, clones) run at once, at most: each holds up to two
+    /// descriptors per folder level, beside the ones the store and the heartbeat need.
+    copy_slots: Arc<tokio::sync::Semaphore>,
     /// Copies into new volumes (restores, clones) begun on this node, by volume name.
     copy_jobs: Mutex<HashMap<String, Arc<copies::CopyJob>>>,
     /// Why snapshots begun here failed, for whoever polls them.
@@ -169,12 +172,17 @@ impl Service {
             list_answer: Mutex::new(None),
             copies: Mutex::new(HashMap::new()),
             copy_jobs: Mutex::new(HashMap::new()),
+            copy_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             snapshot_failures: Mutex::new(HashMap::new()),
         });
         svc.replay_pending().await;
         svc.reconcile().await?;
-        svc.clean_interrupted_snapshots().await;
-        svc.clean_interrupted_copies().await;
+        // In the background: deleting large leftovers must not delay serving.
+        let cleaner = svc.clone();
+        tokio::spawn(async move {
+            cleaner.clean_interrupted_snapshots().await;
+            cleaner.clean_interrupted_copies().await;
+        });
         Ok(svc)
     }
 

@@ -5,11 +5,12 @@
 //! (never listed), the data is copied (see [`crate::treecopy`]), and only then is it
 //! `complete`. Deleting is the same the other way: `deleting`, the files, then the record.
 //! A copy that fails or is stopped deletes what it made; one interrupted by the daemon's
-//! death is cleaned when the daemon starts again (or by `caravan doctor --repair` on any
-//! host once that incarnation is dead).
+//! death is cleaned when the daemon starts again, or by `caravan snapshot delete` on any
+//! host once that incarnation is dead.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,11 @@ pub struct SnapshotView {
     pub consistency: String,
     /// Where its files are, on this host.
     pub path: String,
-    /// The copy, once complete: how (`reflink`, `copy`), how long, what.
+    /// How the data was copied, once complete: `reflink`, `copy`, `reflink+copy` or
+    /// `none` (no data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The copy, once complete: how long, what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyReport>,
     /// While being made on this host: files and bytes copied so far.
@@ -112,6 +117,7 @@ impl Service {
                 .snapshot_dir(volume, name)
                 .display()
                 .to_string(),
+            method: s.copy.as_ref().map(|c| c.method().to_string()),
             copy: s.copy.clone(),
             progress,
             failed,
@@ -129,16 +135,28 @@ impl Service {
             }
             None => generated_name(),
         };
-        let record = self
-            .store
-            .snapshot_step(volume, &name, &self.node, SnapshotStep::Begin)
-            .await?;
+        // Registered before the record exists, so that a delete arriving right after
+        // the Begin finds the copy to stop.
         let progress = Arc::new(Progress::default());
         let key = (volume.to_string(), name.clone());
         self.copies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), progress.clone());
+        let record = match self
+            .store
+            .snapshot_step(volume, &name, &self.node, SnapshotStep::Begin)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.copies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                return Err(e);
+            }
+        };
         self.snapshot_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -155,27 +173,27 @@ impl Service {
         let shared = self.shared().clone();
         let p = progress.clone();
         let (v, n) = (volume.clone(), name.clone());
-        let copied = match self.health.begin("copying a snapshot") {
-            Ok(ticket) => tokio::task::spawn_blocking(move || {
-                let _ticket = ticket;
-                let src = shared.open_data_dir(&v)?;
-                let dst = shared.make_snapshot_dir(&v, &n)?;
-                crate::treecopy::copy_tree(&src, &dst, &p).map_err(|e| {
-                    let at = if e.path.as_os_str().is_empty() {
-                        ".".into()
-                    } else {
-                        e.path.display().to_string()
-                    };
-                    Error::io(
-                        format!("copying volume {v} into snapshot {n}, at {at}"),
-                        e.source,
-                    )
-                })
+        // No health ticket: a copy is long by nature, and its length says nothing about
+        // the export (a ticket held that long would mark the export stalled). The copy
+        // permit bounds how many run at once (each holds descriptors).
+        let _permit = self.copy_slots.clone().acquire_owned().await;
+        let copied = tokio::task::spawn_blocking(move || {
+            let src = shared.open_data_dir(&v)?;
+            let dst = shared.make_snapshot_dir(&v, &n)?;
+            crate::treecopy::copy_tree(&src, &dst, &p).map_err(|e| {
+                let at = if e.path.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    e.path.display().to_string()
+                };
+                Error::io(
+                    format!("copying volume {v} into snapshot {n}, at {at}"),
+                    e.source,
+                )
             })
-            .await
-            .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}")))),
-            Err(e) => Err(e),
-        };
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
         let outcome = match copied {
             Ok(report) => {
                 let finish = SnapshotStep::Finish(report.clone());
@@ -217,13 +235,28 @@ impl Service {
     /// Marks a snapshot deleted, deletes its files, forgets it; logs what fails (the next
     /// start or `caravan doctor --repair` finishes it).
     async fn discard_snapshot(&self, volume: &str, name: &str) {
-        if let Err(e) = self
-            .store
-            .snapshot_step(volume, name, &self.node, SnapshotStep::Delete)
-            .await
-        {
-            tracing::warn!(volume = %volume, snapshot = %name, "could not mark the snapshot deleted: {e}");
-            return;
+        // Retried: a snapshot left `making` by this live incarnation could be deleted
+        // by nobody else.
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=8 {
+            match self
+                .store
+                .snapshot_step(volume, name, &self.node, SnapshotStep::Delete)
+                .await
+            {
+                Ok(_) => break,
+                // Deleted meanwhile (by a delete that arrived during the copy): the files
+                // this node made are still its to delete.
+                Err(Error::Snapshot(m)) if m.contains("has no snapshot") => break,
+                Err(e) if attempt == 8 => {
+                    tracing::warn!(volume = %volume, snapshot = %name, "could not mark the snapshot deleted: {e}; its next start deletes it");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
         }
         self.delete_snapshot_files(volume, name).await;
     }
@@ -322,6 +355,29 @@ impl Service {
             }
         }
         Ok(out)
+    }
+
+    /// At shutdown, before this node says it left: stops the copies it runs (their
+    /// cleanup deletes what they made) and waits a little for them, so that no other node
+    /// judges a copy abandoned while it is still being written.
+    pub async fn stop_copies(&self) {
+        for p in self
+            .copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            p.stop.store(true, Ordering::Relaxed);
+        }
+        self.stop_copy_jobs();
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(3) && (self.copies_running() > 0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn copies_running(&self) -> usize {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner()).len() + self.copy_jobs_running()
     }
 
     /// At start: finishes the snapshots an earlier start of this node left half-made or
