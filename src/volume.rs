@@ -522,6 +522,10 @@ pub struct SnapshotRecord {
     /// What the copy did, once complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<crate::treecopy::CopyReport>,
+    /// Incarnations restoring from it now (node, boot id): it is not deleted while one of
+    /// them is alive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -267,6 +267,28 @@ fn an_interrupted_snapshot_is_never_listed_and_leaves_nothing() {
         util::tree_listing(&snapshot_dir(&root, "big", "whole")),
         util::tree_listing(&volume_data(&root, "big"))
     );
+    // While a restore reads it (on a), no host deletes it.
+    let (status, v) = a.api(
+        "POST",
+        "/v1/copies",
+        r#"{"name":"from-whole","options":{"from_snapshot":"big@whole"}}"#,
+    );
+    assert_eq!(status, 202, "{v}");
+    wait_for(Duration::from_secs(30), "the restore under way", || {
+        std::fs::read_dir(root.join(".caravan/staging")).is_ok_and(|mut d| d.next().is_some())
+    });
+    let e = fails(&b, &["snapshot", "delete", "big@whole"]);
+    assert!(e.contains("being restored from on a"), "{e}");
+    wait_for(Duration::from_secs(60), "the restore done", || {
+        a.api("GET", "/v1/copies/from-whole", "")
+            .1
+            .get("state")
+            .is_some_and(|s| s == "done")
+    });
+    assert_eq!(
+        util::tree_listing(&volume_data(&root, "from-whole")),
+        util::tree_listing(&snapshot_dir(&root, "big", "whole"))
+    );
     ok(&b, &["snapshot", "delete", "big@whole"]);
     b.ok("VolumeDriver.Remove", r#"{"Name":"big"}"#);
 }

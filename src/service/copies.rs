@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Service, VolumeView, ANSWER_MARGIN};
 use crate::error::{Error, Result};
+use crate::store::decide::SnapshotStep;
 use crate::treecopy::{CopyReport, Progress};
 use crate::volume::{validate_name, SnapshotState, Source, VolumeOptions};
 
@@ -158,6 +159,23 @@ impl Service {
         // No health ticket (a long copy says nothing about the export); the permit bounds
         // how many copies run at once.
         let _permit = self.copy_slots.clone().acquire_owned().await;
+        // A snapshot being restored from is recorded as read by this incarnation, under
+        // the lock: no host deletes it meanwhile.
+        let reading = match &job.source {
+            Source::Snapshot { volume, snapshot } => Some((volume.clone(), snapshot.clone())),
+            Source::Volume(_) => None,
+        };
+        if let Some((v, sn)) = &reading {
+            if let Err(e) = self
+                .store
+                .snapshot_step(v, sn, &self.node, SnapshotStep::ReadBegin)
+                .await
+            {
+                tracing::warn!(volume = %name, "the restore cannot begin: {e}");
+                job.outcome.send_replace(Some(Err(e.to_string())));
+                return;
+            }
+        }
         let copied = tokio::task::spawn_blocking(move || {
             let src = match &source {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
@@ -179,6 +197,16 @@ impl Service {
         })
         .await
         .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
+        if let Some((v, sn)) = &reading {
+            // A reader left behind (this step failing) lapses with this incarnation.
+            if let Err(e) = self
+                .store
+                .snapshot_step(v, sn, &self.node, SnapshotStep::ReadEnd)
+                .await
+            {
+                tracing::warn!(volume = %name, "recording the end of the restore: {e}");
+            }
+        }
         // Whether the staging folder may still be deleted: not after an error that leaves
         // the commit uncertain (a timeout, a failed write): the worker may rename it into
         // place yet. Then it is looked at again later.

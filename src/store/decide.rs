@@ -134,7 +134,14 @@ pub enum SnapshotStep {
     Delete,
     /// Its files are gone: forget it.
     Forget,
+    /// The committer begins to restore from it (it must be complete).
+    ReadBegin,
+    /// The committer's restore from it ended.
+    ReadEnd,
 }
+
+/// At most this many restores read one snapshot at once.
+pub const MAX_READERS: usize = 64;
 
 /// Applies `step` to snapshot `snap` of `record`, committed by `who`.
 pub fn snapshot(
@@ -177,6 +184,7 @@ pub fn snapshot(
                     state: SnapshotState::Making,
                     mounted_on,
                     copy: None,
+                    readers: Vec::new(),
                 },
             );
             record.format = record.format.max(SNAPSHOT_FORMAT);
@@ -198,6 +206,19 @@ pub fn snapshot(
                     "volume {name} has no snapshot {snap}"
                 )));
             };
+            // Restores under way on live incarnations keep it.
+            let reading: Vec<String> = s
+                .readers
+                .iter()
+                .filter(|(n, b)| oracle.judge(n, Some(b)).is_alive())
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !reading.is_empty() {
+                return Err(Error::Snapshot(format!(
+                    "snapshot {name}@{snap} is being restored from on {}; try again when that is done",
+                    reading.join(", ")
+                )));
+            }
             let mut gone = || !oracle.judge(&s.node, Some(&s.boot_id)).is_alive();
             let may = match s.state {
                 SnapshotState::Complete => true,
@@ -214,6 +235,40 @@ pub fn snapshot(
             s.state = SnapshotState::Deleting;
             s.node = who.node.to_string();
             s.boot_id = who.boot_id.to_string();
+        }
+        SnapshotStep::ReadBegin => {
+            let Some(s) = record.snapshots.get_mut(snap) else {
+                return Err(Error::Snapshot(format!(
+                    "volume {name} has no snapshot {snap}"
+                )));
+            };
+            if s.state != SnapshotState::Complete {
+                return Err(Error::Snapshot(format!(
+                    "snapshot {name}@{snap} is {}, not complete: it cannot be restored from",
+                    s.state.as_str()
+                )));
+            }
+            // Readers of incarnations that are gone no longer count (or take room).
+            s.readers
+                .retain(|(n, b)| oracle.judge(n, Some(b)).is_alive());
+            if s.readers.len() >= MAX_READERS {
+                return Err(Error::Snapshot(format!(
+                    "snapshot {name}@{snap} is being restored from {MAX_READERS} times already; try again later"
+                )));
+            }
+            s.readers
+                .push((who.node.to_string(), who.boot_id.to_string()));
+        }
+        SnapshotStep::ReadEnd => {
+            if let Some(s) = record.snapshots.get_mut(snap) {
+                if let Some(i) = s
+                    .readers
+                    .iter()
+                    .position(|(n, b)| n == who.node && b == who.boot_id)
+                {
+                    s.readers.remove(i);
+                }
+            }
         }
         SnapshotStep::Forget => {
             if record
@@ -595,6 +650,54 @@ mod tests {
         assert!(
             matches!(e, Error::ExclusiveHeld { dead_in: None, .. }),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_being_restored_from_by_a_live_node_is_not_deleted() {
+        let step = |r: &mut VolumeRecord, s: SnapshotStep, who, o: &mut Script| {
+            snapshot(r, "s1", &s, who, o)
+        };
+        let mut alive = Script::default();
+        let mut r = volume("shared");
+        step(&mut r, SnapshotStep::Begin, H3_OLD, &mut alive).unwrap();
+        assert!(
+            step(&mut r, SnapshotStep::ReadBegin, H2, &mut alive).is_err(),
+            "not complete yet"
+        );
+        step(
+            &mut r,
+            SnapshotStep::Finish(Default::default()),
+            H3_OLD,
+            &mut alive,
+        )
+        .unwrap();
+        step(&mut r, SnapshotStep::ReadBegin, H2, &mut alive).unwrap();
+        let e = step(&mut r, SnapshotStep::Delete, H3_OLD, &mut alive).unwrap_err();
+        assert!(e.to_string().contains("being restored from on h2"), "{e}");
+        // A reader whose incarnation is dead does not keep it.
+        let mut h2_dead = Script::default().with("h2", Some("h2-b1"), Liveness::Dead);
+        step(&mut r, SnapshotStep::Delete, H3_OLD, &mut h2_dead).unwrap();
+        // Nor does a reader that ended.
+        let mut r = volume("shared");
+        step(&mut r, SnapshotStep::Begin, H3_OLD, &mut alive).unwrap();
+        step(
+            &mut r,
+            SnapshotStep::Finish(Default::default()),
+            H3_OLD,
+            &mut alive,
+        )
+        .unwrap();
+        step(&mut r, SnapshotStep::ReadBegin, H2, &mut alive).unwrap();
+        step(&mut r, SnapshotStep::ReadEnd, H2, &mut alive).unwrap();
+        step(&mut r, SnapshotStep::Delete, H3_OLD, &mut alive).unwrap();
+        assert_eq!(r.format, crate::volume::SNAPSHOT_FORMAT);
+        step(&mut r, SnapshotStep::Forget, H3_OLD, &mut alive).unwrap();
+        assert!(r.snapshots.is_empty());
+        assert_eq!(
+            r.format,
+            crate::volume::BASE_FORMAT,
+            "no snapshots: format 1 again"
         );
     }
 
