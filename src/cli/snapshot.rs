@@ -42,6 +42,12 @@ pub enum SnapshotCommand {
 /// How often a running snapshot is asked how far it got.
 const POLL: Duration = Duration::from_millis(200);
 
+/// The wait before the `n`th look (from 0): short at first, so that quick work is
+/// answered quickly, then [`POLL`].
+fn poll_wait(n: u32) -> Duration {
+    Duration::from_millis(10u64.saturating_mul(1 << n.min(5))).min(POLL)
+}
+
 fn snapshot_path(volume: &str, name: &str) -> String {
     format!(
         "/v1/volumes/{}/snapshots/{}",
@@ -105,6 +111,7 @@ pub async fn execute(
             // Gone once the daemon no longer knows it; a delete that cannot finish (the
             // files cannot be removed) is reported, not waited for forever.
             let t = Instant::now();
+            let mut looks = 0;
             while let (200, v) = client.call("GET", &path, None).await? {
                 if t.elapsed() > Duration::from_secs(600) {
                     return Err(ClientError::Api(format!(
@@ -112,7 +119,8 @@ pub async fn execute(
                         v["state"].as_str().unwrap_or("there")
                     )));
                 }
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(poll_wait(looks)).await;
+                looks += 1;
             }
             let _ = writeln!(out, "deleted {volume}@{name}");
         }
@@ -131,6 +139,7 @@ async fn wait_complete(
     let mut shown = Shown::new(json);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut looks = 0;
     loop {
         let (status, v) = client.call("GET", &path, None).await?;
         if status != 200 {
@@ -155,7 +164,7 @@ async fn wait_complete(
             );
         }
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
             _ = &mut ctrl_c => {
                 let _ = client.request("DELETE", &path, None).await;
                 return Err(ClientError::Api(format!(
@@ -232,6 +241,7 @@ pub async fn follow_copy(
     let mut shown = Shown::new(json);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut looks = 0;
     loop {
         let view: crate::service::CopyView = decode(client.request("GET", &path, None).await?)?;
         match view.state.as_str() {
@@ -252,7 +262,7 @@ pub async fn follow_copy(
             ),
         }
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
             _ = &mut ctrl_c => {
                 let _ = client.request("DELETE", &path, None).await;
                 shown.end();
@@ -325,4 +335,16 @@ pub fn inspect_text(s: &SnapshotView) -> String {
     }
     t.push_str(&format!("Path:        {}\n", s.path));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_come_quickly_at_first_then_every_poll() {
+        let waits: Vec<u64> = (0..8).map(|n| poll_wait(n).as_millis() as u64).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 200, 200, 200]);
+        assert_eq!(poll_wait(u32::MAX), POLL);
+    }
 }
