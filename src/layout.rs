@@ -349,6 +349,10 @@ impl SharedLayout {
             if let Some(n) = e.file_name().to_str() {
                 out.push(n.to_string());
             }
+            // Bounded: the folder is on the export, where anyone may have filled it.
+            if out.len() >= 100_000 {
+                break;
+            }
         }
         Ok(out)
     }

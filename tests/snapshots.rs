@@ -202,12 +202,52 @@ fn an_interrupted_snapshot_is_never_listed_and_leaves_nothing() {
     }
     let s = Scratch::new();
     let root = s.path().join("root");
-    let mut a = Daemon::start(s.path(), &root, "a");
-    let b = Daemon::start(s.path(), &root, "b");
+    // Quick liveness: b judges a killed a dead within 2 s.
+    let fast = ["--dead-after", "2s", "--heartbeat", "200ms"];
+    let node = |name: &str| {
+        let spec = s.path().join(format!("spec-{name}"));
+        Daemon::start_with(s.path(), &root, name, spec, "caravan", &fast)
+    };
+    let mut a = node("a");
+    let b = node("b");
     ok(&a, &["create", "big"]);
     fill_many(&volume_data(&root, "big"), 20_000);
 
-    // The daemon killed while copying: never listed; its next start deletes it.
+    // The daemon killed while copying: never listed, kept while a might be alive, then
+    // deleted by `caravan doctor --repair` on b.
+    let (status, v) = a.api("POST", "/v1/volumes/big/snapshots", r#"{"name":"gone"}"#);
+    assert_eq!(status, 202, "{v}");
+    wait_for(Duration::from_secs(30), "the copy under way", || {
+        snapshot_dir(&root, "big", "gone").join("d0").exists()
+    });
+    a.kill9();
+    assert_eq!(ok(&b, &["snapshot", "list", "--json"]), "[]");
+    wait_for(Duration::from_secs(20), "the doctor's repair", || {
+        let out = caravan(&b, &["doctor", "--repair", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["findings"].as_array().is_some_and(|f| {
+            f.iter().any(|f| {
+                f["kind"] == "abandoned_snapshot"
+                    && f["item"] == "gone"
+                    && f["repaired"]["Ok"].is_null()
+                    && f["repaired"].get("Ok").is_some()
+            })
+        })
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the abandoned snapshot deleted",
+        || {
+            !snapshot_dir(&root, "big", "gone").exists()
+                && caravan(&b, &["snapshot", "inspect", "big@gone"])
+                    .status
+                    .code()
+                    == Some(1)
+        },
+    );
+    a.spawn();
+
+    // Killed again while copying: its next start deletes it.
     let (status, v) = a.api("POST", "/v1/volumes/big/snapshots", r#"{"name":"cut"}"#);
     assert_eq!(status, 202, "{v}");
     wait_for(Duration::from_secs(30), "the copy under way", || {

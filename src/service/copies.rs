@@ -371,8 +371,10 @@ impl Service {
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(entries) = shared.staging_entries() else { return };
             for tag in entries {
-                let parts: Vec<&str> = tag.split(TAG_SEP).collect();
-                if parts.len() == 4 && parts[1] == node && parts[2] != boot {
+                let Some((_, n, b)) = super::doctor::parse_staging_tag(&tag) else {
+                    continue;
+                };
+                if n == node && b != boot {
                     tracing::info!(staging = %tag, "deleting a copy an earlier start of this node left unfinished");
                     if let Err(e) = shared.remove_staging(&tag) {
                         tracing::warn!("{e}");

@@ -16,6 +16,8 @@
 //! | `dead_node_mounts`: mounts counted for a node judged dead | no need: they no longer block a remove; the node drops them when it starts |
 //! | `dead_holder`: an exclusive volume held by a dead node | no: `caravan takeover NAME` |
 //! | `trash_leftovers`: entries in the trash | no: the next start of any daemon deletes them |
+//! | `abandoned_snapshot`: a snapshot left half-made or half-deleted by an incarnation judged dead | its files and record are deleted (decided again under the lock) |
+//! | `abandoned_copy`: a restore's or clone's staging folder left by an incarnation judged dead | the folder is deleted |
 //! | `skipped_record`: a stored record that fails its checks | no: upgrade the node that wrote it, or remove it by hand |
 //! | `store_stopped`, `store_failures`: sled's health (its thread, holds that failed inside it) | no: restart the daemon |
 
@@ -40,6 +42,9 @@ pub struct Finding {
     /// What `--repair` does about it; `None` when it is left to the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<String>,
+    /// The snapshot or staging folder it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
     /// Set by a repair run: whether the repair succeeded, or why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repaired: Option<std::result::Result<(), String>>,
@@ -79,6 +84,11 @@ pub struct Facts {
     /// Each node's state as this node judges it; a node not listed counts as alive.
     pub liveness: BTreeMap<String, Liveness>,
     pub trash_entries: usize,
+    /// The staging folders (restores and clones being made, or left).
+    pub staging: Vec<String>,
+    /// Incarnations (node, boot id) named by unfinished snapshots and staging folders,
+    /// judged dead by this node; not listed: alive.
+    pub dead_incarnations: BTreeSet<(String, String)>,
     /// The store's own health: whether its thread runs, and the holds that failed inside
     /// sled.
     pub store: crate::store::StoreStats,
@@ -96,7 +106,17 @@ fn finding(kind: &str, volume: Option<&str>, detail: String, repair: Option<&str
         volume: volume.map(str::to_string),
         detail,
         repair: repair.map(str::to_string),
+        item: None,
         repaired: None,
+    }
+}
+
+/// A staging folder's tag: `<volume>@<node>@<boot id>@<n>` (see `copies.rs`).
+pub fn parse_staging_tag(tag: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = tag.split('@').collect();
+    match parts.as_slice() {
+        [volume, node, boot, _] => Some((volume, node, boot)),
+        _ => None,
     }
 }
 
@@ -156,6 +176,25 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
             ));
         }
         if let Some(r) = record {
+            for (snap, s) in &r.snapshots {
+                let gone = facts
+                    .dead_incarnations
+                    .contains(&(s.node.clone(), s.boot_id.clone()));
+                if s.state != crate::volume::SnapshotState::Complete && gone {
+                    let mut f = finding(
+                        "abandoned_snapshot",
+                        v,
+                        format!(
+                            "snapshot {name}@{snap} was left {} by node {}, whose incarnation is gone",
+                            s.state.as_str(),
+                            s.node
+                        ),
+                        Some("delete the snapshot's files and its record"),
+                    );
+                    f.item = Some(snap.clone());
+                    out.push(f);
+                }
+            }
             for node in r.mounts.keys().filter(|n| facts.dead(n)) {
                 out.push(finding(
                     "dead_node_mounts",
@@ -207,6 +246,26 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
             ),
             None,
         ));
+    }
+    for tag in &facts.staging {
+        let Some((volume, node, boot)) = parse_staging_tag(tag) else {
+            continue;
+        };
+        if facts
+            .dead_incarnations
+            .contains(&(node.to_string(), boot.to_string()))
+        {
+            let mut f = finding(
+                "abandoned_copy",
+                Some(volume),
+                format!(
+                    "a copy into volume {volume} was left in .caravan/staging/{tag} by node {node}, whose incarnation is gone"
+                ),
+                Some("delete the staging folder"),
+            );
+            f.item = Some(tag.clone());
+            out.push(f);
+        }
     }
     if facts.trash_entries > 0 {
         out.push(finding(
@@ -290,7 +349,10 @@ impl Service {
                 let Some(name) = f.volume.clone() else {
                     continue;
                 };
+                let item = f.item.clone().unwrap_or_default();
                 let result = match f.kind.as_str() {
+                    "abandoned_snapshot" => self.delete_abandoned_snapshot(&name, &item).await,
+                    "abandoned_copy" => self.delete_abandoned_copy(&item).await,
                     "data_without_record" => self.adopt(&name).await,
                     "counted_not_mounted" => self.drop_counts_here(&name).await,
                     "mounted_not_counted" => self.unbind_uncounted(&name).await,
@@ -355,9 +417,33 @@ impl Service {
                 Ok((folders, trash_entries, mounted))
             })
             .await?;
+        let shared = self.shared().clone();
+        let staging = self
+            .blocking("reading the staging folder", move || {
+                shared.staging_entries()
+            })
+            .await
+            .unwrap_or_default();
         // Read after the export: a volume created meanwhile has its record (a record
         // without its folder is the finding that must never be a false one).
         let snap = self.store.snapshot().await?;
+        let mut named: BTreeSet<(String, String)> = snap
+            .volumes
+            .values()
+            .flat_map(|r| r.snapshots.values())
+            .filter(|s| s.state != crate::volume::SnapshotState::Complete)
+            .map(|s| (s.node.clone(), s.boot_id.clone()))
+            .collect();
+        named.extend(
+            staging
+                .iter()
+                .filter_map(|t| parse_staging_tag(t))
+                .map(|(_, n, b)| (n.to_string(), b.to_string())),
+        );
+        let dead_incarnations = named
+            .into_iter()
+            .filter(|(n, b)| !self.nodes.judge(n, Some(b)).is_alive())
+            .collect();
         let liveness = snap
             .volumes
             .values()
@@ -372,8 +458,46 @@ impl Service {
             mounted_here,
             liveness,
             trash_entries,
+            staging,
+            dead_incarnations,
             store: self.store.stats(),
         })
+    }
+
+    /// Deletes a snapshot an incarnation that is gone left unfinished: the store decides
+    /// again under the lock (a live maker's is refused), then the files go.
+    async fn delete_abandoned_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        self.store
+            .snapshot_step(
+                volume,
+                snap,
+                &self.node,
+                crate::store::decide::SnapshotStep::Delete,
+            )
+            .await?;
+        self.delete_snapshot_files(volume, snap).await;
+        Ok(())
+    }
+
+    /// Deletes a staging folder whose maker is judged dead, judged again now.
+    async fn delete_abandoned_copy(&self, tag: &str) -> Result<()> {
+        let Some((_, node, boot)) = parse_staging_tag(tag) else {
+            return Err(Error::invalid(format!(
+                "{} is not a staging folder's name",
+                crate::error::shown(tag)
+            )));
+        };
+        if self.nodes.judge(node, Some(boot)).is_alive() {
+            return Err(Error::Busy(format!(
+                "node {node}'s incarnation is alive again; nothing changed"
+            )));
+        }
+        let shared = self.shared().clone();
+        let t = tag.to_string();
+        self.blocking("deleting a staging folder", move || {
+            shared.remove_staging(&t)
+        })
+        .await
     }
 
     /// Creates the record of a volume folder again from its `volume.json`. Checked again
@@ -567,6 +691,57 @@ mod tests {
             thread_running: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn unfinished_snapshots_and_copies_of_gone_incarnations_are_found_and_live_ones_are_not() {
+        use crate::volume::{SnapshotRecord, SnapshotState};
+        let snap = |node: &str, boot: &str, state| SnapshotRecord {
+            created_at: 1,
+            node: node.into(),
+            boot_id: boot.into(),
+            state,
+            mounted_on: Vec::new(),
+            copy: None,
+            readers: Vec::new(),
+        };
+        let mut f = Facts {
+            node: "a".into(),
+            store: running(),
+            ..Default::default()
+        };
+        let mut r = record("web");
+        r.snapshots
+            .insert("left".into(), snap("b", "b1", SnapshotState::Making));
+        r.snapshots
+            .insert("going".into(), snap("b", "b1", SnapshotState::Deleting));
+        r.snapshots
+            .insert("busy".into(), snap("c", "c1", SnapshotState::Making));
+        r.snapshots
+            .insert("done".into(), snap("b", "b1", SnapshotState::Complete));
+        f.records.insert("web".into(), r);
+        f.folders
+            .insert("web".into(), Folder::WithData { recorded: true });
+        f.staging = vec![
+            "new@b@b1@17".into(),
+            "other@c@c1@18".into(),
+            "not-a-tag".into(),
+        ];
+        f.dead_incarnations.insert(("b".into(), "b1".into()));
+        let found: Vec<(String, Option<String>, Option<String>)> = diagnose(&f)
+            .into_iter()
+            .map(|x| (x.kind, x.volume, x.item))
+            .collect();
+        let s =
+            |k: &str, v: &str, i: &str| (k.to_string(), Some(v.to_string()), Some(i.to_string()));
+        assert_eq!(
+            found,
+            [
+                s("abandoned_snapshot", "web", "going"),
+                s("abandoned_snapshot", "web", "left"),
+                s("abandoned_copy", "new", "new@b@b1@17"),
+            ]
+        );
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Service {
         self.delete_snapshot_files(volume, name).await;
     }
 
-    async fn delete_snapshot_files(&self, volume: &str, name: &str) {
+    pub(super) async fn delete_snapshot_files(&self, volume: &str, name: &str) {
         let shared = self.shared().clone();
         let (v, n) = (volume.to_string(), name.to_string());
         let removed = tokio::task::spawn_blocking(move || shared.remove_snapshot_dir(&v, &n))

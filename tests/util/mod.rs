@@ -229,8 +229,13 @@ impl Daemon {
 
     fn wait_ready(&mut self) {
         let t = Instant::now();
+        // Serving, and found by dockerd: the socket accepts a moment before the spec
+        // file (`.spec`, or `.json` with TLS) is written.
+        let spec = |ext: &str| self.spec_dir.join(format!("{}.{ext}", self.driver));
         while t.elapsed() < Duration::from_secs(20) {
-            if UnixStream::connect(&self.socket).is_ok() {
+            if UnixStream::connect(&self.socket).is_ok()
+                && (spec("spec").exists() || spec("json").exists())
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
