@@ -92,7 +92,18 @@ pub const STOPPED: &str = "the copy was stopped";
 pub struct Progress {
     pub files: AtomicU64,
     pub bytes: AtomicU64,
+    /// What the whole copy is expected to be, when known (0: unknown), for an ETA.
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
     pub stop: AtomicBool,
+}
+
+impl Progress {
+    /// Sets the expected totals.
+    pub fn expect(&self, files: u64, bytes: u64) {
+        self.total_files.store(files, Ordering::Relaxed);
+        self.total_bytes.store(bytes, Ordering::Relaxed);
+    }
 }
 
 fn err(path: &Path, e: impl Into<std::io::Error>) -> CopyError {

@@ -307,24 +307,41 @@ fn an_interrupted_snapshot_is_never_listed_and_leaves_nothing() {
         util::tree_listing(&snapshot_dir(&root, "big", "whole")),
         util::tree_listing(&volume_data(&root, "big"))
     );
-    // While a restore reads it (on a), no host deletes it.
-    let (status, v) = a.api(
-        "POST",
-        "/v1/copies",
-        r#"{"name":"from-whole","options":{"from_snapshot":"big@whole"}}"#,
-    );
-    assert_eq!(status, 202, "{v}");
+    // While a restore reads it (on a, through the CLI with JSON progress), no host
+    // deletes it.
+    let restore = Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .args([
+            "create",
+            "from-whole",
+            "--from-snapshot",
+            "big@whole",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for(Duration::from_secs(30), "the restore under way", || {
         std::fs::read_dir(root.join(".caravan/staging")).is_ok_and(|mut d| d.next().is_some())
     });
     let e = fails(&b, &["snapshot", "delete", "big@whole"]);
     assert!(e.contains("being restored from on a"), "{e}");
-    wait_for(Duration::from_secs(60), "the restore done", || {
-        a.api("GET", "/v1/copies/from-whole", "")
-            .1
-            .get("state")
-            .is_some_and(|s| s == "done")
-    });
+    let out = restore.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Progress as JSON lines, with the totals from the snapshot's own copy, and an ETA.
+    let lines: Vec<Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["total_files"] == 20_000 && l["eta_seconds"].is_number()),
+        "{err}"
+    );
     assert_eq!(
         util::tree_listing(&volume_data(&root, "from-whole")),
         util::tree_listing(&snapshot_dir(&root, "big", "whole"))

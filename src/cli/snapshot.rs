@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{decode, path_segment, print_json, table};
 use crate::client::{Client, ClientError};
-use crate::service::SnapshotView;
+use crate::service::{CopyProgress, SnapshotView};
 use crate::volume::{human_bytes, parse_snapshot_ref};
 
 #[derive(Debug, Subcommand)]
@@ -156,12 +156,8 @@ async fn wait_complete(
             shown.end();
             return Ok(view);
         }
-        if let Some(p) = view.progress {
-            shown.show(
-                &format!("snapshot {}@{}", view.volume, view.name),
-                p.files,
-                p.bytes,
-            );
+        if let Some(p) = &view.progress {
+            shown.show(&format!("snapshot {}@{}", view.volume, view.name), p);
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
@@ -176,53 +172,85 @@ async fn wait_complete(
     }
 }
 
-/// Progress of long work on stderr: a line rewritten in place on a terminal, JSON lines
-/// with `--json`, nothing otherwise.
+/// Progress of long work on stderr: a bar (indicatif) on a terminal, with an ETA when the
+/// daemon knows how much there is to copy; JSON lines with `--json`; nothing otherwise.
 struct Shown {
     json: bool,
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
     started: Instant,
-    drawn: bool,
+    /// Whether the bar has its length (the style with an ETA) yet.
+    sized: bool,
+}
+
+/// Seconds left at the rate so far, when the total is known and something moved.
+fn eta(done: u64, total: Option<u64>, secs: f64) -> Option<f64> {
+    let total = total?;
+    if done == 0 || secs <= 0.0 {
+        return None;
+    }
+    let rate = done as f64 / secs;
+    Some(total.saturating_sub(done) as f64 / rate)
 }
 
 impl Shown {
     fn new(json: bool) -> Shown {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(style("{spinner} {msg}, {pos} files ({elapsed})"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
         Shown {
             json,
-            tty: std::io::stderr().is_terminal(),
+            bar,
             started: Instant::now(),
-            drawn: false,
+            sized: false,
         }
     }
 
-    fn show(&mut self, what: &str, files: u64, bytes: u64) {
+    /// The bar counts files: both the volume's usage and a snapshot's own copy count them
+    /// the way the copy does, whereas a volume's usage counts bytes on disk, not data.
+    fn show(&mut self, what: &str, p: &CopyProgress) {
         let secs = self.started.elapsed().as_secs_f64();
-        let mut err = std::io::stderr();
         if self.json {
-            let line = json!({ "what": what, "files": files, "bytes": bytes, "seconds": secs });
-            let _ = writeln!(err, "{line}");
-        } else if self.tty {
-            let rate = if secs > 0.0 {
-                (bytes as f64 / secs) as u64
-            } else {
-                0
-            };
-            let _ = write!(
-                err,
-                "\r{what}: {files} files, {} ({}/s)   ",
-                human_bytes(bytes),
-                human_bytes(rate)
-            );
-            self.drawn = true;
+            let line = json!({
+                "what": what, "files": p.files, "bytes": p.bytes,
+                "total_files": p.total_files, "total_bytes": p.total_bytes,
+                "seconds": secs, "eta_seconds": eta(p.files, p.total_files, secs),
+            });
+            let _ = writeln!(std::io::stderr(), "{line}");
+            return;
         }
+        let Some(bar) = &self.bar else { return };
+        if let (Some(total), false) = (p.total_files, self.sized) {
+            bar.set_length(total);
+            bar.set_style(style("{msg} [{bar:30}] {pos}/{len} files (ETA {eta})"));
+            self.sized = true;
+        }
+        let rate = if secs > 0.0 {
+            (p.bytes as f64 / secs) as u64
+        } else {
+            0
+        };
+        bar.set_message(format!(
+            "{what}: {} at {}/s",
+            human_bytes(p.bytes),
+            human_bytes(rate)
+        ));
+        bar.set_position(p.total_files.map_or(p.files, |t| p.files.min(t)));
     }
 
     fn end(&mut self) {
-        if self.drawn {
-            let _ = writeln!(std::io::stderr());
-            self.drawn = false;
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
+}
+
+fn style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+        .progress_chars("=> ")
 }
 
 /// Starts a copy into a new volume (`POST /v1/copies`) and follows it until it is done,
@@ -257,8 +285,7 @@ pub async fn follow_copy(
             }
             _ => shown.show(
                 &format!("copying {} into {}", view.source, view.volume),
-                view.files,
-                view.bytes,
+                &view.progress,
             ),
         }
         tokio::select! {
@@ -340,6 +367,20 @@ pub fn inspect_text(s: &SnapshotView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_is_what_is_left_at_the_rate_so_far() {
+        assert_eq!(eta(25, Some(100), 5.0), Some(15.0));
+        assert_eq!(eta(100, Some(100), 5.0), Some(0.0));
+        assert_eq!(
+            eta(150, Some(100), 5.0),
+            Some(0.0),
+            "past the estimate: no negative ETA"
+        );
+        assert_eq!(eta(0, Some(100), 5.0), None);
+        assert_eq!(eta(25, None, 5.0), None);
+        assert_eq!(eta(25, Some(100), 0.0), None);
+    }
 
     #[test]
     fn looks_come_quickly_at_first_then_every_poll() {

@@ -40,8 +40,7 @@ pub struct CopyView {
     pub source: String,
     /// `copying`, `done` or `failed`.
     pub state: String,
-    pub files: u64,
-    pub bytes: u64,
+    pub progress: super::CopyProgress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,8 +82,7 @@ impl Service {
                         volume: name.to_string(),
                         source: source.to_string(),
                         state: "done".to_string(),
-                        files: 0,
-                        bytes: 0,
+                        progress: super::CopyProgress::of(&Progress::default()),
                         copy: None,
                         error: None,
                     });
@@ -166,14 +164,26 @@ impl Service {
             Source::Volume(_) => None,
         };
         if let Some((v, sn)) = &reading {
-            if let Err(e) = self
+            match self
                 .store
                 .snapshot_step(v, sn, &self.node, SnapshotStep::ReadBegin)
                 .await
             {
-                tracing::warn!(volume = %name, "the restore cannot begin: {e}");
-                job.outcome.send_replace(Some(Err(e.to_string())));
-                return;
+                // The snapshot's own copy says what there is to copy.
+                Ok(record) => {
+                    if let Some(c) = record.snapshots.get(sn).and_then(|s| s.copy.as_ref()) {
+                        job.progress.expect(c.files, c.bytes);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %name, "the restore cannot begin: {e}");
+                    job.outcome.send_replace(Some(Err(e.to_string())));
+                    return;
+                }
+            }
+        } else if let Source::Volume(v) = &job.source {
+            if let Some(u) = self.usage_of(v).await.filter(|u| u.complete) {
+                job.progress.expect(u.files, u.bytes);
             }
         }
         let copied = tokio::task::spawn_blocking(move || {
@@ -397,8 +407,7 @@ fn view_of(name: &str, job: &CopyJob) -> CopyView {
         volume: name.to_string(),
         source: job.source.to_string(),
         state: state.to_string(),
-        files: job.progress.files.load(Ordering::Relaxed),
-        bytes: job.progress.bytes.load(Ordering::Relaxed),
+        progress: super::CopyProgress::of(&job.progress),
         copy,
         error,
     }

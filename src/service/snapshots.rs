@@ -56,6 +56,23 @@ pub struct SnapshotView {
 pub struct CopyProgress {
     pub files: u64,
     pub bytes: u64,
+    /// What the copy is expected to come to, when known (for an ETA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+}
+
+impl CopyProgress {
+    pub fn of(p: &Progress) -> CopyProgress {
+        let known = |v: u64| (v > 0).then_some(v);
+        CopyProgress {
+            files: p.files.load(Ordering::Relaxed),
+            bytes: p.bytes.load(Ordering::Relaxed),
+            total_files: known(p.total_files.load(Ordering::Relaxed)),
+            total_bytes: known(p.total_bytes.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// A name for a snapshot made without one: the time (UTC, to the second) and a suffix
@@ -91,10 +108,7 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(volume.to_string(), name.to_string()))
             .filter(|_| s.state == SnapshotState::Making)
-            .map(|p| CopyProgress {
-                files: p.files.load(Ordering::Relaxed),
-                bytes: p.bytes.load(Ordering::Relaxed),
-            });
+            .map(|p| CopyProgress::of(p));
         let failed = self.failure(volume, name);
         let consistency = if s.mounted_on.is_empty() {
             "consistent: the volume was mounted nowhere when the copy began".to_string()
@@ -177,6 +191,10 @@ impl Service {
         // the export (a ticket held that long would mark the export stalled). The copy
         // permit bounds how many run at once (each holds descriptors).
         let _permit = self.copy_slots.clone().acquire_owned().await;
+        // The volume's usage, if it can be had quickly and whole, says how far the copy got.
+        if let Some(u) = self.usage_of(&volume).await.filter(|u| u.complete) {
+            progress.expect(u.files, u.bytes);
+        }
         let copied = tokio::task::spawn_blocking(move || {
             let src = shared.open_data_dir(&v)?;
             let dst = shared.make_snapshot_dir(&v, &n)?;
