@@ -53,7 +53,9 @@ const MOUNT_WORK: Duration = Duration::from_secs(1);
 /// Swarm moves (a drain, a stop-first update) can reach the store a moment before the old
 /// task's Unmount, which releases the volume.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
-const RELEASE_POLL: Duration = Duration::from_millis(200);
+/// The first look again; each later one waits as long as all before it (250 ms, 250 ms,
+/// 500 ms, 1 s): a refusal costs few holds of the cluster lock, which every node needs.
+const RELEASE_POLL: Duration = Duration::from_millis(250);
 
 /// Why a refused exclusive Mount waits before trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +87,10 @@ pub fn wait_for_holder(
             .saturating_add(MOUNT_WORK);
         return (needed <= left).then_some(HolderWait::ForDeath(wait));
     }
-    (waited < RELEASE_GRACE && RELEASE_POLL + MOUNT_WORK <= left)
-        .then_some(HolderWait::ForRelease(RELEASE_POLL))
+    let wait = RELEASE_POLL
+        .max(waited)
+        .min(RELEASE_GRACE.saturating_sub(waited));
+    (!wait.is_zero() && wait + MOUNT_WORK <= left).then_some(HolderWait::ForRelease(wait))
 }
 
 /// The volumes bind-mounted on this node, and a version that changes with them.
@@ -991,14 +995,33 @@ mod tests {
     #[test]
     fn a_beating_holder_is_given_a_moment_to_release_then_refused() {
         // Silent for two intervals: one slow round, not a dying host.
-        let release = Some(HolderWait::ForRelease(RELEASE_POLL));
+        let release = |ms| Some(HolderWait::ForRelease(Duration::from_millis(ms)));
         assert_eq!(
             wait_for_holder(S * 2, S * 13, S, S * 20, Duration::ZERO),
-            release
+            release(250)
         );
+        // Each look waits as long as all before it, and the last ends at the grace.
+        let looks: Vec<_> = [0, 250, 500, 1000, 1900]
+            .iter()
+            .map(|ms| {
+                wait_for_holder(
+                    Duration::ZERO,
+                    S * 15,
+                    S,
+                    S * 20,
+                    Duration::from_millis(*ms),
+                )
+            })
+            .collect();
         assert_eq!(
-            wait_for_holder(Duration::ZERO, S * 15, S, S * 20, S),
-            release
+            looks,
+            [
+                release(250),
+                release(250),
+                release(500),
+                release(1000),
+                release(100)
+            ]
         );
         assert_eq!(
             wait_for_holder(Duration::ZERO, S * 15, S, S * 20, RELEASE_GRACE),
