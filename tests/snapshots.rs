@@ -23,14 +23,7 @@ fn caravan(d: &Daemon, args: &[&str]) -> Output {
 }
 
 fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = caravan(d, args);
-    assert!(
-        out.status.success(),
-        "caravan {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    util::cli_ok(&d.socket, args)
 }
 
 fn fails(d: &Daemon, args: &[&str]) -> String {

@@ -194,6 +194,31 @@ fn assert_never_judged_dead(hosts: &[u32], alive: &[u32]) {
     }
 }
 
+/// Polls, from `since`, until both the task without a volume runs (`plain`) and the
+/// volume's task reads its data (`volume`); when each first did.
+fn both_times(
+    since: Instant,
+    what: &str,
+    mut plain: impl FnMut() -> bool,
+    mut volume: impl FnMut() -> Option<()>,
+) -> (Duration, Duration) {
+    let (mut plain_at, mut volume_at) = (None, None);
+    while plain_at.is_none() || volume_at.is_none() {
+        assert!(
+            since.elapsed() < Duration::from_secs(90),
+            "not {what} within 90 s: without a volume {plain_at:?}, with one {volume_at:?}"
+        );
+        if plain_at.is_none() && plain() {
+            plain_at = Some(since.elapsed());
+        }
+        if volume_at.is_none() && volume().is_some() {
+            volume_at = Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (plain_at.unwrap(), volume_at.unwrap())
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -272,25 +297,16 @@ fn a_lost_nodes_tasks_come_back_elsewhere_with_their_data() {
     // h2 is lost: its dockerd, containers and caravan SIGKILLed at once.
     ok(&["testbed", "host", "2", "kill"]);
     let killed = Instant::now();
-    let mut plain_at = None;
-    let mut db_at = None;
-    while plain_at.is_none() || db_at.is_none() {
-        assert!(
-            killed.elapsed() < Duration::from_secs(90),
-            "not rescheduled within 90 s: plain {plain_at:?}, db {db_at:?}"
-        );
-        if plain_at.is_none() && container_on(3, "plain").is_some() {
-            plain_at = Some(killed.elapsed());
-        }
-        if db_at.is_none() {
-            if let Some(first) = read_on(3, "db", &["/data/first"]) {
+    let (plain_at, db_at) = both_times(
+        killed,
+        "rescheduled",
+        || container_on(3, "plain").is_some(),
+        || {
+            read_on(3, "db", &["/data/first"]).map(|first| {
                 assert_eq!(first, "h2", "the new task must find the data h2 wrote");
-                db_at = Some(killed.elapsed());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (plain_at, db_at) = (plain_at.unwrap(), db_at.unwrap());
+            })
+        },
+    );
     let added = db_at.saturating_sub(plain_at);
     eprintln!(
         "swarm: kill of h2 -> task without a volume running on h3 {} ms; exclusive volume's task reading h2's data on h3 {} ms; caravan added {} ms (dead-after {} s, dispatcher heartbeat {DISPATCHER_HEARTBEAT})",
@@ -424,25 +440,12 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
     // --dead-after.
     dk_ok(m, &["node", "update", "--availability", "drain", "h2"]);
     let drained = Instant::now();
-    let mut plain_at = None;
-    let mut db_at = None;
-    while plain_at.is_none() || db_at.is_none() {
-        assert!(
-            drained.elapsed() < Duration::from_secs(90),
-            "not moved within 90 s: plain {plain_at:?}, db {db_at:?}"
-        );
-        if plain_at.is_none() && container_on(3, "plain").is_some() {
-            plain_at = Some(drained.elapsed());
-        }
-        if db_at.is_none() {
-            if let Some(kept) = read_on(3, "app_db", &["/data/keep"]) {
-                assert_eq!(kept, "kept");
-                db_at = Some(drained.elapsed());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (plain_at, db_at) = (plain_at.unwrap(), db_at.unwrap());
+    let (plain_at, db_at) = both_times(
+        drained,
+        "moved",
+        || container_on(3, "plain").is_some(),
+        || read_on(3, "app_db", &["/data/keep"]).map(|kept| assert_eq!(kept, "kept")),
+    );
     eprintln!(
         "swarm: drain of h2 -> task without a volume running on h3 {} ms; exclusive volume's task reading its data on h3 {} ms (dead-after {} s)",
         ms(plain_at),
@@ -731,15 +734,9 @@ fn compose_up_down_and_up_again_on_another_host() {
         let file = scratch.path().join(format!("{name}.yml"));
         std::fs::write(&file, text).unwrap();
         if name == "external" {
-            let out = std::process::Command::new(util::caravan_bin())
-                .args(["create", "shop-db", "--access", "exclusive", "--socket"])
-                .arg("/run/caravan-testbed/h1.sock")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            util::cli_ok(
+                Path::new("/run/caravan-testbed/h1.sock"),
+                &["create", "shop-db", "--access", "exclusive"],
             );
         }
         compose(1, "shop", &file, &["up", "-d"]);

@@ -823,24 +823,6 @@ impl Drop for Down {
     }
 }
 
-/// `caravan ARGS` against one daemon; its trimmed stdout, which must be a success.
-fn caravan_ok(d: &util::Daemon, args: &[&str]) -> String {
-    let out = Command::new(util::caravan_bin())
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: caravan {}: {}",
-        d.node,
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -849,7 +831,7 @@ fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
     }
     let bed = three_hosts("s", "snaps", &[]);
     let (s1, s2, s3) = (&bed.daemons[0], &bed.daemons[1], &bed.daemons[2]);
-    caravan_ok(s1, &["create", "site"]);
+    util::cli_ok(&s1.socket, &["create", "site"]);
     // Written through host 1's mount of the export.
     let data = bed.roots[0].join("volumes/site/data");
     std::fs::create_dir_all(data.join("img/2026")).unwrap();
@@ -859,14 +841,17 @@ fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
     std::os::unix::fs::symlink("../../etc/passwd", data.join("escape")).unwrap();
     std::fs::hard_link(data.join("img/2026/p1.txt"), data.join("p1-again")).unwrap();
     let t = Instant::now();
-    caravan_ok(s1, &["snapshot", "create", "site", "v1"]);
+    util::cli_ok(&s1.socket, &["snapshot", "create", "site", "v1"]);
     let made = t.elapsed();
     // Listed and inspected on h2 at once: the record is the cluster's.
-    let list = caravan_ok(s2, &["snapshot", "list", "site"]);
+    let list = util::cli_ok(&s2.socket, &["snapshot", "list", "site"]);
     assert!(list.contains("v1"), "{list}");
     std::fs::write(data.join("img/2026/p1.txt"), "changed after the snapshot").unwrap();
     let t = Instant::now();
-    caravan_ok(s2, &["create", "site-v1", "--from-snapshot", "site@v1"]);
+    util::cli_ok(
+        &s2.socket,
+        &["create", "site-v1", "--from-snapshot", "site@v1"],
+    );
     let restored = t.elapsed();
     // Read through host 3's mount: what the snapshot holds, byte for byte.
     let r3 = &bed.roots[2];
@@ -882,8 +867,8 @@ fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
         std::fs::read_link(r3.join("volumes/site-v1/data/escape")).unwrap(),
         Path::new("../../etc/passwd")
     );
-    caravan_ok(s3, &["snapshot", "delete", "site@v1"]);
-    assert!(caravan_ok(s1, &["snapshot", "list", "--json"]) == "[]");
+    util::cli_ok(&s3.socket, &["snapshot", "delete", "site@v1"]);
+    assert!(util::cli_ok(&s1.socket, &["snapshot", "list", "--json"]) == "[]");
     assert!(!r3.join("volumes/site/snapshots/v1").exists());
     eprintln!("glusterfs: snapshot of 300 files on h1 {made:?}; restore on h2 {restored:?}");
     for v in ["site", "site-v1"] {

@@ -584,3 +584,21 @@ pub fn tree_listing(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
     }
     out
 }
+
+/// `caravan --socket SOCKET ARGS` (the CLI of this build), which must succeed; its trimmed
+/// stdout.
+pub fn cli_ok(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(caravan_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "caravan {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
