@@ -66,6 +66,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A backup that cannot be made, read or deleted (the destination failed, or what it
+    /// holds is damaged).
+    #[error("{0}")]
+    Backup(String),
+
+    #[error("{0}")]
+    NoSuchBackup(String),
+
     #[error("metadata store: {0}")]
     Store(String),
 
@@ -91,7 +99,10 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::Invalid(_) => 400,
-            Error::NoSuchVolume(_) | Error::NotMounted(_) | Error::NoSuchEndpoint(_) => 404,
+            Error::NoSuchVolume(_)
+            | Error::NotMounted(_)
+            | Error::NoSuchEndpoint(_)
+            | Error::NoSuchBackup(_) => 404,
             Error::Conflict { .. }
             | Error::InUse { .. }
             | Error::Snapshot(_)
@@ -100,7 +111,7 @@ impl Error {
             | Error::ShuttingDown
             | Error::Busy(_)
             | Error::ExportStalled { .. } => 503,
-            Error::Io { .. } | Error::Store(_) => 500,
+            Error::Io { .. } | Error::Store(_) | Error::Backup(_) => 500,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`treecopy`]: copying a volume's tree (snapshots) without following a link;
+//! - [`backup`]: backups outside the export (chunked, deduplicated, checked) and restores;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
 //! - [`store`]: cluster metadata in sled: group commit, cached reads, the pure decisions;
@@ -32,6 +33,7 @@
 //! - [`cli`]: the client commands and their output.
 
 pub mod api;
+pub mod backup;
 pub mod beneath;
 pub mod cli;
 pub mod client;

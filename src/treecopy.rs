@@ -316,74 +316,130 @@ fn copy_entry(
                 }
                 Err(e) => return Err(err(&rel, e)),
             };
-            nix::unistd::symlinkat(target.as_os_str(), dst_dir, name.as_os_str())
+            make_symlink(dst_dir, name, target.as_os_str(), &Meta::of(&st))
                 .map_err(|e| err(&rel, e))?;
-            nix::unistd::fchownat(
-                dst_dir,
-                name.as_os_str(),
-                Some(st.st_uid.into()),
-                Some(st.st_gid.into()),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| err(&rel, e))?;
-            let (a, m) = times(&st);
-            nix::sys::stat::utimensat(
-                dst_dir,
-                name.as_os_str(),
-                &a,
-                &m,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| err(&rel, e))?;
             report.symlinks += 1;
         }
         SFlag::S_IFIFO => {
-            nix::sys::stat::mknodat(
-                dst_dir,
-                name.as_os_str(),
-                SFlag::S_IFIFO,
-                Mode::from_bits_truncate(0o600),
-                0,
-            )
-            .map_err(|e| err(&rel, e))?;
-            // The FIFO just made, as a path (another machine could have swapped it for
-            // a device): its metadata is set through that handle's /proc path.
-            let fifo = nix::fcntl::openat(
-                dst_dir,
-                name.as_os_str(),
-                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| err(&rel, e))?;
-            let made = nix::sys::stat::fstat(fifo.as_fd()).map_err(|e| err(&rel, e))?;
-            if SFlag::from_bits_truncate(made.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
-                return Err(err(
-                    &rel,
-                    std::io::Error::other("replaced while being made"),
-                ));
-            }
-            let at = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
-            std::os::unix::fs::chown(&at, Some(st.st_uid), Some(st.st_gid))
-                .map_err(|e| err(&rel, e))?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(st.st_mode & 0o7777))
-                    .map_err(|e| err(&rel, e))?;
-            }
-            let (a, m) = times(&st);
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &at,
-                &a,
-                &m,
-                nix::sys::stat::UtimensatFlags::FollowSymlink,
-            )
-            .map_err(|e| err(&rel, e))?;
+            make_fifo(dst_dir, name, &Meta::of(&st)).map_err(|e| err(&rel, e))?;
             report.fifos += 1;
         }
         _ => report.skipped += 1,
     }
     Ok(None)
+}
+
+/// The metadata set on what is made: owner, permission bits, times (seconds, nanos).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+}
+
+impl Meta {
+    pub(crate) fn of(st: &FileStat) -> Meta {
+        Meta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+            atime: (st.st_atime, st.st_atime_nsec),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+
+    fn times(&self) -> (TimeSpec, TimeSpec) {
+        (
+            TimeSpec::new(self.atime.0, self.atime.1),
+            TimeSpec::new(self.mtime.0, self.mtime.1),
+        )
+    }
+}
+
+/// Makes the symlink `name` in `dir` pointing at `target` (text, never resolved), with
+/// its owner and times.
+pub(crate) fn make_symlink(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    target: &OsStr,
+    meta: &Meta,
+) -> std::io::Result<()> {
+    nix::unistd::symlinkat(target, dir, name)?;
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(meta.uid.into()),
+        Some(meta.gid.into()),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    let (a, m) = meta.times();
+    nix::sys::stat::utimensat(
+        dir,
+        name,
+        &a,
+        &m,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
+}
+
+/// Makes the FIFO `name` in `dir` with its owner, mode and times.
+pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::io::Result<()> {
+    nix::sys::stat::mknodat(
+        dir,
+        name,
+        SFlag::S_IFIFO,
+        Mode::from_bits_truncate(0o600),
+        0,
+    )?;
+    // The FIFO just made, as a path (another machine could have swapped it for a device):
+    // its metadata is set through that handle's /proc path.
+    let fifo = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let made = nix::sys::stat::fstat(fifo.as_fd())?;
+    if SFlag::from_bits_truncate(made.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
+        return Err(std::io::Error::other("replaced while being made"));
+    }
+    let at = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
+    std::os::unix::fs::chown(&at, Some(meta.uid), Some(meta.gid))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(meta.mode & 0o7777))?;
+    }
+    let (a, m) = meta.times();
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &at,
+        &a,
+        &m,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )?;
+    Ok(())
+}
+
+/// Owner, mode, extended attributes and times on a handle, in that order (an owner set
+/// after would clear set-id bits and capabilities; times last, so they stick). The
+/// attributes that could not be set are counted.
+pub(crate) fn apply_meta(
+    fd: BorrowedFd<'_>,
+    meta: &Meta,
+    xattrs: &[Xattr],
+) -> nix::Result<u64> {
+    nix::unistd::fchown(fd, Some(meta.uid.into()), Some(meta.gid.into()))?;
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))?;
+    let failed = xattrs
+        .iter()
+        .filter(|(n, v)| !write_xattr(fd, n, v))
+        .count();
+    let (a, m) = meta.times();
+    nix::sys::stat::futimens(fd, &a, &m)?;
+    Ok(failed as u64)
 }
 
 fn dst_dir_of(stack: &[Frame]) -> BorrowedFd<'_> {
@@ -392,7 +448,7 @@ fn dst_dir_of(stack: &[Frame]) -> BorrowedFd<'_> {
 
 /// Opens `name` in `dir` without following a link; `None` (counted as vanished) when it
 /// is gone or is no longer what was listed (a link or another type now).
-fn open_nofollow(
+pub(crate) fn open_nofollow(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     flags: OFlag,
@@ -416,7 +472,7 @@ fn open_nofollow(
 /// Opens `name` in `dir` for reading only if it is a regular file: first as a path
 /// (`O_PATH`, which opens nothing), then, once `fstat` says regular, for reading through
 /// that handle. `None` (counted as vanished) when it is gone or is something else now.
-fn open_regular(
+pub(crate) fn open_regular(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     report: &mut CopyReport,
@@ -449,7 +505,7 @@ fn open_regular(
 }
 
 /// The names in a folder, sorted (so copies are made in the same order every time).
-fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
+pub(crate) fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
     let fd = nix::fcntl::openat(
         dir,
         ".",
@@ -472,13 +528,6 @@ fn list(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
     Ok(names)
 }
 
-fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
-    (
-        TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-    )
-}
-
 /// Owner, mode, extended attributes (from `from`, when given) and times, on a handle.
 fn set_meta(
     fd: BorrowedFd<'_>,
@@ -486,29 +535,28 @@ fn set_meta(
     report: &mut CopyReport,
     from: Option<BorrowedFd<'_>>,
 ) -> nix::Result<()> {
-    nix::unistd::fchown(fd, Some(st.st_uid.into()), Some(st.st_gid.into()))?;
-    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
-    if let Some(from) = from {
-        copy_xattrs(from, fd, report);
-    }
-    let (a, m) = times(st);
-    nix::sys::stat::futimens(fd, &a, &m)
+    let (xattrs, unread) = from.map(read_xattrs).unwrap_or_default();
+    report.xattr_errors += unread + apply_meta(fd, &Meta::of(st), &xattrs)?;
+    Ok(())
 }
 
-/// Every extended attribute of `from` onto `to`, each bounded; failures are counted.
-fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, report: &mut CopyReport) {
+/// An extended attribute: name and value.
+pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The extended attributes of a handle (names and values, each bounded), and how many
+/// could not be read.
+pub(crate) fn read_xattrs(from: BorrowedFd<'_>) -> (Vec<Xattr>, u64) {
     let mut names = vec![0u8; MAX_XATTR_BYTES];
     // SAFETY: the buffer is valid for its length; the descriptor is open.
     let n =
         unsafe { nix::libc::flistxattr(from.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
     if n < 0 {
-        if !matches!(Errno::last(), Errno::ENOTSUP) {
-            report.xattr_errors += 1;
-        }
-        return;
+        let unsupported = matches!(Errno::last(), Errno::ENOTSUP);
+        return (Vec::new(), u64::from(!unsupported));
     }
     names.truncate(usize::try_from(n).unwrap_or(0));
     let mut value = vec![0u8; MAX_XATTR_BYTES];
+    let (mut out, mut errors) = (Vec::new(), 0);
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Ok(cname) = CString::new(name) else {
             continue;
@@ -522,21 +570,29 @@ fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, report: &mut CopyReport
                 value.len(),
             )
         };
-        let ok = len >= 0 && {
-            // SAFETY: as above; `len` bytes of the buffer were written.
-            unsafe {
-                nix::libc::fsetxattr(
-                    to.as_raw_fd(),
-                    cname.as_ptr(),
-                    value.as_ptr().cast(),
-                    len as usize,
-                    0,
-                ) == 0
-            }
-        };
-        if !ok {
-            report.xattr_errors += 1;
+        match usize::try_from(len) {
+            Ok(len) => out.push((name.to_vec(), value[..len].to_vec())),
+            Err(_) => errors += 1,
         }
+    }
+    (out, errors)
+}
+
+/// Sets one extended attribute on a handle; whether it was set.
+pub(crate) fn write_xattr(to: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> bool {
+    let Ok(cname) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: the descriptor is open, the name NUL-terminated, the value valid for its
+    // length.
+    unsafe {
+        nix::libc::fsetxattr(
+            to.as_raw_fd(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        ) == 0
     }
 }
 

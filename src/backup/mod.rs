@@ -1,0 +1,306 @@
+//! Backups: a volume (or one of its snapshots) sent to a destination outside the export,
+//! deduplicated, compressed and checksummed, and restored from there on any host.
+//!
+//! A file's data is cut into chunks at content-defined boundaries (FastCDC), so an edit
+//! moves only the chunks around it; each chunk is named by its BLAKE3 hash, sent once
+//! (zstd-compressed, in packs of about 16 MiB, with an index per pack), and found again by
+//! every later backup of any volume to the same destination. A backup's tree (every
+//! entry with its owner, mode, times, extended attributes, link target, hard links and
+//! data runs, holes left out) is written after its chunks, and its summary last: a backup
+//! is listed once its summary exists, so an interrupted one never is, and the next run
+//! finds the packs it had sent (their indexes are written right after them) and does not
+//! send them again.
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`dest`] | the destination: a folder (`vfs://`) or S3 (`s3://`), blocking calls |
+//! | [`format`] | the objects stored, and the checks on reading them back |
+//! | [`lock`] | who uses a destination (backups share it, a delete is alone) |
+//! | `create` | walking a volume's tree and sending what is new |
+//! | `restore` | writing a backup's tree into an empty folder |
+//! | `verify` | reading back and checking every chunk of a backup |
+//! | `delete` | deleting a backup and freeing the chunks no other backup uses |
+
+pub mod dest;
+pub mod format;
+pub mod lock;
+
+mod create;
+mod delete;
+mod restore;
+mod verify;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+pub use create::{create, Source};
+pub use delete::{delete, DeleteReport};
+pub use dest::{Backend, Dest};
+pub use restore::restore;
+pub use verify::{verify, Damage, VerifyReport};
+
+use crate::error::{Error, Result};
+use format::{Config, Id, Index, Located, Summary, Tree};
+
+/// A backup's URL: its destination and its name, Convoy's way:
+/// `vfs:///srv/backups?backup=NAME&volume=VOL` (the volume is for people; the name
+/// alone identifies the backup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupUrl {
+    pub dest: Dest,
+    pub id: String,
+    pub volume: Option<String>,
+}
+
+impl BackupUrl {
+    pub fn parse(url: &str) -> Result<BackupUrl> {
+        let (dest, query) = url.split_once('?').ok_or_else(|| {
+            Error::invalid(format!(
+                "{} is not a backup URL: expected DESTINATION?backup=NAME (as `caravan backup create` and `caravan backup list` print it)",
+                crate::error::shown(url)
+            ))
+        })?;
+        let dest = Dest::parse(dest)?;
+        let (mut id, mut volume) = (None, None);
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("backup", v)) => id = Some(v.to_string()),
+                Some(("volume", v)) => {
+                    crate::volume::validate_name(v)?;
+                    volume = Some(v.to_string())
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "backup URL {}: unknown part {}; accepted: backup=NAME, volume=VOLUME",
+                        crate::error::shown(url),
+                        crate::error::shown(pair)
+                    )))
+                }
+            }
+        }
+        let id = id.ok_or_else(|| {
+            Error::invalid(format!(
+                "backup URL {} names no backup (backup=NAME)",
+                crate::error::shown(url)
+            ))
+        })?;
+        format::validate_id(&id)?;
+        Ok(BackupUrl { dest, id, volume })
+    }
+}
+
+impl std::fmt::Display for BackupUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}?backup={}", self.dest.url(), self.id)?;
+        if let Some(v) = &self.volume {
+            write!(f, "&volume={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An open destination holding caravan backups.
+pub struct Repo {
+    pub b: Backend,
+    pub config: Config,
+}
+
+/// Where a stored chunk is: its pack (and that pack's size) and its place there.
+#[derive(Debug, Clone)]
+pub struct ChunkAt {
+    pub pack: Id,
+    pub pack_size: u64,
+    pub at: Located,
+}
+
+/// Every stored chunk, by hash.
+pub type Chunks = HashMap<Id, ChunkAt>;
+
+impl Repo {
+    /// Opens the destination; `create` writes its configuration if it has none (the first
+    /// backup), otherwise a destination without one is an error.
+    pub fn open(b: Backend, create: bool) -> Result<Repo> {
+        let config = match b.get(format::CONFIG, 64 << 10)? {
+            Some(bytes) => Config::decode(&bytes, b.url())?,
+            None if create => {
+                let c = Config::default();
+                b.put(
+                    format::CONFIG,
+                    Bytes::from(serde_json::to_vec_pretty(&c).expect("config serializes")),
+                )?;
+                c
+            }
+            None => {
+                return Err(Error::Backup(format!(
+                    "{} holds no caravan backups (no {})",
+                    b.url(),
+                    format::CONFIG
+                )))
+            }
+        };
+        Ok(Repo { b, config })
+    }
+
+    /// Every pack's index: where each stored chunk is. A damaged index is skipped (its
+    /// chunks count as missing: a backup sends them again, a restore names what needs
+    /// them).
+    pub fn chunks(&self) -> Result<Chunks> {
+        let mut out = Chunks::new();
+        for l in self.b.list("index")? {
+            let Some(bytes) = self
+                .b
+                .get(&format!("index/{}", l.name), format::MAX_INDEX)?
+            else {
+                continue;
+            };
+            match Index::decode(&bytes, &l.name) {
+                Ok(i) => {
+                    for c in i.chunks {
+                        out.entry(c.id).or_insert(ChunkAt {
+                            pack: i.pack,
+                            pack_size: i.pack_size,
+                            at: c,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!("{e}; its chunks count as missing"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The complete backups, oldest first; a damaged summary is skipped with a warning.
+    pub fn summaries(&self) -> Result<Vec<Summary>> {
+        let mut out = Vec::new();
+        for l in self.b.list("backups")? {
+            let Some(id) = l.name.strip_suffix(".json") else {
+                continue;
+            };
+            match self.summary(id) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        out.sort_by(|a, b| (&a.started_at, &a.id).cmp(&(&b.started_at, &b.id)));
+        Ok(out)
+    }
+
+    pub fn summary(&self, id: &str) -> Result<Summary> {
+        format::validate_id(id)?;
+        let bytes = self
+            .b
+            .get(&format!("backups/{id}.json"), format::MAX_SUMMARY)?
+            .ok_or_else(|| {
+                Error::NoSuchBackup(format!(
+                    "{} has no backup {id} (`caravan backup list {}` lists them)",
+                    self.b.url(),
+                    self.b.url()
+                ))
+            })?;
+        Summary::decode(&bytes, id)
+    }
+
+    /// A backup's tree, checked against the hash its summary gives.
+    pub fn tree(&self, s: &Summary) -> Result<Tree> {
+        let bytes = self
+            .b
+            .get(&format!("trees/{}", s.id), s.tree_size)?
+            .ok_or_else(|| {
+                Error::Backup(format!("backup {} is damaged: its tree is missing", s.id))
+            })?;
+        if Id::of(&bytes) != s.tree_id {
+            return Err(Error::Backup(format!(
+                "backup {} is damaged: its tree does not match its hash",
+                s.id
+            )));
+        }
+        Tree::decode(&bytes, &s.id)
+    }
+}
+
+/// Reads chunks out of packs, keeping the last few packs read (a restore reads them in
+/// the order a backup wrote them).
+pub(crate) struct PackReader<'r> {
+    repo: &'r Repo,
+    cache: Vec<(Id, Vec<u8>)>,
+}
+
+const PACKS_CACHED: usize = 4;
+
+/// Why a chunk could not be had.
+#[derive(Debug)]
+pub(crate) enum ChunkError {
+    /// Missing or not what its hash says: the backup is damaged there.
+    Damaged(String),
+    /// The destination could not be read: nothing is known about the chunk.
+    Failed(Error),
+}
+
+impl<'r> PackReader<'r> {
+    pub fn new(repo: &'r Repo) -> Self {
+        PackReader {
+            repo,
+            cache: Vec::new(),
+        }
+    }
+
+    /// The whole pack `id` (read once, then from the cache).
+    pub fn pack(&mut self, id: Id, size: u64) -> std::result::Result<&[u8], ChunkError> {
+        if let Some(i) = self.cache.iter().position(|(p, _)| *p == id) {
+            let hit = self.cache.remove(i);
+            self.cache.push(hit);
+        } else {
+            let bytes = self
+                .repo
+                .b
+                .get(&format!("packs/{}", id.hex()), format::MAX_PACK)
+                .map_err(ChunkError::Failed)?
+                .ok_or_else(|| ChunkError::Damaged(format!("pack {} is missing", id.hex())))?;
+            if bytes.len() as u64 != size {
+                return Err(ChunkError::Damaged(format!(
+                    "pack {} has {} bytes where its index says {size}",
+                    id.hex(),
+                    bytes.len()
+                )));
+            }
+            if self.cache.len() >= PACKS_CACHED {
+                self.cache.remove(0);
+            }
+            self.cache.push((id, bytes));
+        }
+        Ok(&self.cache.last().expect("just pushed").1)
+    }
+
+    /// The uncompressed bytes of chunk `id`, checked against its hash and size.
+    pub fn chunk(
+        &mut self,
+        chunks: &Chunks,
+        id: Id,
+        size: u32,
+    ) -> std::result::Result<Vec<u8>, ChunkError> {
+        let ChunkAt {
+            pack,
+            pack_size,
+            at,
+        } = chunks
+            .get(&id)
+            .ok_or_else(|| ChunkError::Damaged(format!("chunk {} is in no pack", id.hex())))?;
+        let bytes = self.pack(*pack, *pack_size)?;
+        let start = at.offset as usize;
+        let stored = &bytes[start..start + at.length as usize];
+        let data = zstd::bulk::decompress(stored, at.size as usize).map_err(|e| {
+            ChunkError::Damaged(format!("chunk {} does not decompress: {e}", id.hex()))
+        })?;
+        if data.len() != size as usize || Id::of(&data) != id {
+            return Err(ChunkError::Damaged(format!(
+                "chunk {} does not match its hash",
+                id.hex()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! Restoring a backup into an empty folder: its tree recreated entry by entry through
+//! handles (folders, files with their holes, hard links, symlinks as links, FIFOs), with
+//! owners, modes, extended attributes and times; every chunk checked against its hash
+//! before it is written. A damaged chunk ends the restore with the path of the file that
+//! needs it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use super::format::{self, Entry, Kind, Tree};
+use super::lock::{LockKind, RepoLock};
+use super::{ChunkError, PackReader, Repo};
+use crate::error::{Error, Result};
+use crate::treecopy::{CopyReport, Meta, Progress, STOPPED};
+
+/// Restores backup `id` of `repo` into the empty folder `dst` (a handle); counts into
+/// `progress` (whose totals it sets) and stops when asked.
+pub fn restore(
+    repo: &Repo,
+    id: &str,
+    dst: &std::fs::File,
+    node: &str,
+    progress: &Progress,
+) -> Result<CopyReport> {
+    let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, node, &format!("restore of {id}"))?;
+    let result = (|| {
+        let summary = repo.summary(id)?;
+        progress.expect(summary.tree.files, summary.tree.bytes);
+        let tree = repo.tree(&summary)?;
+        let chunks = repo.chunks()?;
+        write_tree(repo, &tree, &chunks, dst, progress, &mut lock, id)
+    })();
+    lock.release(&repo.b);
+    result
+}
+
+/// One folder being filled: its entry, its handle, its path (relative to `dst`).
+struct Frame {
+    index: usize,
+    dir: OwnedFd,
+    rel: PathBuf,
+}
+
+fn meta_of(e: &Entry) -> Meta {
+    Meta {
+        uid: e.uid,
+        gid: e.gid,
+        mode: e.mode,
+        atime: e.atime,
+        mtime: e.mtime,
+    }
+}
+
+fn xattrs_of(e: &Entry) -> Vec<crate::treecopy::Xattr> {
+    e.xattrs
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_bytes().to_vec(), format::unhex(v)?)))
+        .collect()
+}
+
+fn write_tree(
+    repo: &Repo,
+    tree: &Tree,
+    chunks: &super::Chunks,
+    dst: &std::fs::File,
+    progress: &Progress,
+    lock: &mut RepoLock,
+    id: &str,
+) -> Result<CopyReport> {
+    let started = Instant::now();
+    let mut report = CopyReport::default();
+    let mut reader = PackReader::new(repo);
+    let fail = |i: usize, e: std::io::Error| Error::io(format!("restoring {}", tree.path_of(i)), e);
+    let root = nix::fcntl::openat(
+        dst.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(0, e.into()))?;
+    let mut stack = vec![Frame {
+        index: 0,
+        dir: root,
+        rel: PathBuf::new(),
+    }];
+    // Where each linked file was restored (relative to dst), for its other names.
+    let mut linked: HashMap<usize, PathBuf> = HashMap::new();
+    for (i, e) in tree.entries.iter().enumerate().skip(1) {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Err(Error::Backup(STOPPED.replace("copy", "restore")));
+        }
+        // Depth-first order: the parent is on the stack; the folders left are done.
+        while stack.last().is_some_and(|f| f.index != e.parent as usize) {
+            let done = stack.pop().expect("checked");
+            if stack.is_empty() {
+                return Err(Error::Backup(format!(
+                    "backup {id} is damaged: its tree is out of order at {}",
+                    tree.path_of(i)
+                )));
+            }
+            finish_dir(&tree.entries[done.index], &done.dir, &mut report)
+                .map_err(|x| fail(done.index, x))?;
+        }
+        let top = stack.last().ok_or_else(|| {
+            Error::Backup(format!("backup {id} is damaged: its tree is out of order"))
+        })?;
+        let name_bytes = e.name.bytes().unwrap_or_default();
+        let name = OsStr::from_bytes(&name_bytes);
+        let rel = top.rel.join(name);
+        let dir = top.dir.as_fd();
+        let meta = meta_of(e);
+        match &e.kind {
+            Kind::Dir => {
+                if stack.len() >= crate::treecopy::MAX_DEPTH {
+                    return Err(Error::Backup(format!(
+                        "{}: deeper than {} levels",
+                        tree.path_of(i),
+                        crate::treecopy::MAX_DEPTH
+                    )));
+                }
+                nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700))
+                    .map_err(|x| fail(i, x.into()))?;
+                let sub = nix::fcntl::openat(
+                    dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|x| fail(i, x.into()))?;
+                stack.push(Frame {
+                    index: i,
+                    dir: sub,
+                    rel,
+                });
+            }
+            Kind::File {
+                size,
+                extents,
+                linked: is_linked,
+            } => {
+                let out = nix::fcntl::openat(
+                    dir,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|x| fail(i, x.into()))?;
+                for x in extents {
+                    let mut off = x.offset;
+                    for (cid, csize) in &x.chunks {
+                        let data = match reader.chunk(chunks, *cid, *csize) {
+                            Ok(bytes) => bytes,
+                            Err(ChunkError::Damaged(why)) => {
+                                return Err(Error::Backup(format!(
+                                    "{} is damaged in backup {id}: {why} (`caravan backup verify` lists every damaged file)",
+                                    tree.path_of(i)
+                                )))
+                            }
+                            Err(ChunkError::Failed(e)) => return Err(e),
+                        };
+                        // A chunk of zeros is left a hole: the file reads the same, and
+                        // sparse files stay sparse.
+                        if data.iter().any(|b| *b != 0) {
+                            write_at(out.as_fd(), &data, off).map_err(|x| fail(i, x))?;
+                        }
+                        off += u64::from(*csize);
+                        progress
+                            .bytes
+                            .fetch_add(u64::from(*csize), Ordering::Relaxed);
+                        report.bytes += u64::from(*csize);
+                    }
+                }
+                let len = i64::try_from(*size)
+                    .map_err(|_| fail(i, std::io::Error::other("too large")))?;
+                nix::unistd::ftruncate(&out, len).map_err(|x| fail(i, x.into()))?;
+                report.xattr_errors +=
+                    crate::treecopy::apply_meta(out.as_fd(), &meta, &xattrs_of(e))
+                        .map_err(|x| fail(i, x.into()))?;
+                if *is_linked {
+                    linked.insert(i, rel);
+                }
+                report.files += 1;
+                report.copied += 1;
+                progress.files.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Hardlink { to } => {
+                let first = linked.get(&(*to as usize)).ok_or_else(|| {
+                    Error::Backup(format!(
+                        "backup {id} is damaged: {} links to a file not restored",
+                        tree.path_of(i)
+                    ))
+                })?;
+                let parent = first.parent().unwrap_or(Path::new(""));
+                let file_name = first.file_name().unwrap_or_default();
+                let base = &stack[0].dir;
+                let from = if parent.as_os_str().is_empty() {
+                    base.try_clone().map_err(|x| fail(i, x))?
+                } else {
+                    crate::beneath::open_dir(base, parent)
+                        .map(OwnedFd::from)
+                        .map_err(|x| fail(i, x))?
+                };
+                nix::unistd::linkat(&from, file_name, dir, name, nix::fcntl::AtFlags::empty())
+                    .map_err(|x| fail(i, x.into()))?;
+                report.hard_links += 1;
+            }
+            Kind::Symlink { target } => {
+                let t = target.bytes().unwrap_or_default();
+                crate::treecopy::make_symlink(dir, name, OsStr::from_bytes(&t), &meta)
+                    .map_err(|x| fail(i, x))?;
+                report.symlinks += 1;
+            }
+            Kind::Fifo => {
+                crate::treecopy::make_fifo(dir, name, &meta).map_err(|x| fail(i, x))?;
+                report.fifos += 1;
+            }
+        }
+        lock.refresh(&repo.b)?;
+    }
+    while let Some(done) = stack.pop() {
+        finish_dir(&tree.entries[done.index], &done.dir, &mut report)
+            .map_err(|x| fail(done.index, x))?;
+    }
+    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+/// A folder's own metadata, once everything in it is made (so its times stick).
+fn finish_dir(e: &Entry, dir: &OwnedFd, report: &mut CopyReport) -> std::io::Result<()> {
+    report.xattr_errors += crate::treecopy::apply_meta(dir.as_fd(), &meta_of(e), &xattrs_of(e))?;
+    report.dirs += 1;
+    Ok(())
+}
+
+fn write_at(fd: std::os::fd::BorrowedFd<'_>, data: &[u8], off: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let at = i64::try_from(off + done as u64)
+            .map_err(|_| std::io::Error::other("offset too large"))?;
+        done += nix::sys::uio::pwrite(fd, &data[done..], at)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Backups to a folder and back, on this machine's disk: round trips, reuse, damage,
+//! deletion.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::*;
+use crate::treecopy::Progress;
+
+fn repo(dir: &Path, rt: &tokio::runtime::Runtime) -> Repo {
+    let b = Backend::open(
+        &Dest::Vfs {
+            path: dir.to_path_buf(),
+        },
+        rt.handle().clone(),
+    )
+    .unwrap();
+    Repo::open(b, true).unwrap()
+}
+
+fn source(volume: &str) -> Source {
+    Source {
+        volume: volume.into(),
+        snapshot: None,
+        node: "n1".into(),
+        consistency: "consistent".into(),
+    }
+}
+
+fn backup(r: &Repo, id: &str, src: &Path) -> format::Summary {
+    create(
+        r,
+        id,
+        &fs::File::open(src).unwrap(),
+        &source("v"),
+        &Progress::default(),
+    )
+    .unwrap()
+}
+
+fn restore_into(
+    r: &Repo,
+    id: &str,
+    dst: &Path,
+) -> crate::error::Result<crate::treecopy::CopyReport> {
+    fs::create_dir_all(dst).unwrap();
+    restore(
+        r,
+        id,
+        &fs::File::open(dst).unwrap(),
+        "n2",
+        &Progress::default(),
+    )
+}
+
+/// A listing of a tree: every path with its kind, size, mode, owner, mtime and content
+/// hash (symlink targets as text), for comparing two trees.
+fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let what = if m.file_type().is_symlink() {
+                format!("link {:?}", fs::read_link(&p).unwrap())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.is_file() {
+                format!("file {} {}", m.len(), Id::of(&fs::read(&p).unwrap()).hex())
+            } else {
+                "other".to_string()
+            };
+            out.push(format!(
+                "{:?} {what} {:o} {}:{} {}",
+                String::from_utf8_lossy(&rel),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.file_type().is_symlink() {
+                    0
+                } else {
+                    m.mtime()
+                }
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Bytes that do not compress (xorshift).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sample_tree(src: &Path) {
+    fs::create_dir_all(src.join("a/b/c")).unwrap();
+    fs::write(src.join("a/b/c/deep"), "deep").unwrap();
+    fs::write(src.join("new\nline"), "n").unwrap();
+    fs::write(src.join(OsStr::from_bytes(b"bin\xff")), "b").unwrap();
+    fs::write(src.join("one"), "linked").unwrap();
+    fs::hard_link(src.join("one"), src.join("a/two")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", src.join("outside")).unwrap();
+    fs::set_permissions(src.join("one"), fs::Permissions::from_mode(0o4750)).unwrap();
+    std::os::unix::fs::chown(src.join("a/b"), Some(1234), Some(5678)).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    // 3 MiB of varied data and a 256 MiB sparse file with data at both ends.
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(src.join("big"), &big).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(256 << 20).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(&[9u8; 70_000], (256 << 20) - 70_000)
+        .unwrap();
+}
+
+#[test]
+fn a_tree_round_trips_with_links_holes_owners_and_odd_names() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample_tree(&src);
+    let r = repo(&t.path().join("backups"), &rt);
+    let s = backup(&r, "b1", &src);
+    assert_eq!(s.tree.files, 6, "{s:?}");
+    assert_eq!(
+        (s.tree.hard_links, s.tree.symlinks, s.tree.fifos),
+        (1, 1, 1)
+    );
+    assert_eq!(r.summaries().unwrap().len(), 1);
+
+    let report = restore_into(&r, "b1", &dst).unwrap();
+    assert_eq!(report.files, 6);
+    assert_eq!(listing(&src), listing(&dst));
+    let (one, two) = (
+        fs::metadata(dst.join("one")).unwrap(),
+        fs::metadata(dst.join("a/two")).unwrap(),
+    );
+    assert_eq!(one.ino(), two.ino(), "a hard link stays one file");
+    assert_eq!(
+        fs::read_link(dst.join("outside")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    let sparse = fs::metadata(dst.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 256 << 20);
+    assert!(
+        sparse.blocks() * 512 < 4 << 20,
+        "holes stay holes: {} blocks",
+        sparse.blocks()
+    );
+    // Nothing is restored over what is there.
+    assert!(restore_into(&r, "b1", &dst).is_err());
+}
+
+#[test]
+fn a_second_backup_sends_only_what_changed_and_deletes_free_what_no_one_needs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // 40 files of 1 MiB of distinct data, and 400 small ones.
+    for i in 0..40u32 {
+        fs::write(src.join(format!("f{i}")), noise(u64::from(i), 1 << 20)).unwrap();
+    }
+    for i in 0..400 {
+        fs::write(src.join(format!("s{i}")), format!("small file {i}")).unwrap();
+    }
+    let r = repo(&t.path().join("backups"), &rt);
+    let first = backup(&r, "b1", &src);
+    assert_eq!(first.sent.new_chunks, first.sent.chunks);
+    // One big file changed in the middle.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("f3"))
+        .unwrap()
+        .write_all_at(b"changed", 500_000)
+        .unwrap();
+    let second = backup(&r, "b2", &src);
+    assert!(
+        second.sent.new_bytes * 20 < first.sent.new_bytes,
+        "sent {} after {}",
+        second.sent.new_bytes,
+        first.sent.new_bytes
+    );
+    assert!(second.sent.reused_bytes >= 39 << 20, "{:?}", second.sent);
+
+    // Deleting the first frees what only it needed: the old version of f3's chunk.
+    let d = delete(&r, "b1", "n1", &Progress::default()).unwrap();
+    assert!(d.bytes_freed > 0 && d.bytes_freed < 2 << 20, "{d:?}");
+    let v = verify(&r, "b2", "n1", &Progress::default()).unwrap();
+    assert!(v.damaged.is_empty(), "{v:?}");
+    let dst = t.path().join("dst");
+    restore_into(&r, "b2", &dst).unwrap();
+    assert_eq!(listing(&src), listing(&dst));
+    assert!(matches!(r.summary("b1"), Err(Error::NoSuchBackup(_))));
+    // The last one deleted leaves no pack.
+    delete(&r, "b2", "n1", &Progress::default()).unwrap();
+    assert!(r.b.list("packs").unwrap().is_empty());
+    assert!(r.b.list("index").unwrap().is_empty());
+}
+
+#[test]
+fn damage_is_named_by_file_in_verify_and_restore() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/victim"), "the data that will be damaged").unwrap();
+    let r = repo(&t.path().join("backups"), &rt);
+    backup(&r, "b1", &src);
+    let v = verify(&r, "b1", "n1", &Progress::default()).unwrap();
+    assert!(v.damaged.is_empty() && v.chunks == 1);
+    // Flip a byte of the only pack.
+    let packs = r.b.list("packs").unwrap();
+    let p = t.path().join("backups/packs").join(&packs[0].name);
+    let mut bytes = fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&p, bytes).unwrap();
+    let v = verify(&r, "b1", "n1", &Progress::default()).unwrap();
+    assert_eq!(v.damaged.len(), 1, "{v:?}");
+    assert_eq!(v.damaged[0].path, "/d/victim");
+    let e = restore_into(&r, "b1", &t.path().join("dst"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/d/victim is damaged"), "{e}");
+}
+
+#[test]
+fn an_interrupted_backup_is_not_listed_and_its_chunks_are_reused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..24u32 {
+        fs::write(src.join(format!("f{i:02}")), noise(u64::from(i), 1 << 20)).unwrap();
+    }
+    let r = repo(&t.path().join("backups"), &rt);
+    // Stopped once some packs were sent.
+    let progress = std::sync::Arc::new(Progress::default());
+    let e = std::thread::scope(|s| {
+        let p = progress.clone();
+        s.spawn(move || {
+            while p.bytes.load(std::sync::atomic::Ordering::Relaxed) < 20 << 20 {
+                std::thread::yield_now();
+            }
+            p.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        create(
+            &r,
+            "b1",
+            &fs::File::open(&src).unwrap(),
+            &source("v"),
+            &progress,
+        )
+    });
+    assert!(e.is_err());
+    assert!(
+        r.summaries().unwrap().is_empty(),
+        "an interrupted backup is not listed"
+    );
+    assert!(
+        !r.b.list("packs").unwrap().is_empty(),
+        "what was sent stays"
+    );
+    let s = backup(&r, "b2", &src);
+    assert!(
+        s.sent.reused_bytes >= 16 << 20,
+        "the sent chunks are reused: {:?}",
+        s.sent
+    );
+    assert!(r.b.list("locks").unwrap().is_empty(), "locks are released");
+}
