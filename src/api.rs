@@ -15,6 +15,11 @@
 //! | `POST /v1/volumes/NAME/takeover` | `{"force": false}` | the volume, held by this node |
 //! | `GET /v1/doctor` | | [`DoctorReport`](crate::service::DoctorReport): what does not agree |
 //! | `POST /v1/doctor/repair` | | the same, with the safe repairs made |
+//! | `POST /v1/backups` | `{"source": "web" \| "web@snap", "dest": "vfs:///srv/b"}` | 202, a [`BackupJobView`](crate::service::BackupJobView) |
+//! | `POST /v1/backups/list` | `{"dest": URL, "volume": "web"}` (volume optional) | list of [`BackupView`](crate::service::BackupView) |
+//! | `POST /v1/backups/inspect` | `{"url": BACKUP_URL}` | a [`BackupView`](crate::service::BackupView) |
+//! | `POST /v1/backups/verify`, `POST /v1/backups/delete` | `{"url": BACKUP_URL}` | 202, a job |
+//! | `GET`, `DELETE /v1/backup-jobs/ID` | | the job; `DELETE` stops it |
 //!
 //! Errors answer a 4xx or 5xx status with `{"error": "message"}`.
 
@@ -59,6 +64,30 @@ pub struct TakeoverRequest {
 pub struct SnapshotRequest {
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// Body of `POST /v1/backups`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    pub source: String,
+    pub dest: String,
+}
+
+/// Body of `POST /v1/backups/list`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupListRequest {
+    pub dest: String,
+    #[serde(default)]
+    pub volume: Option<String>,
+}
+
+/// Body of the requests about one backup.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupUrlRequest {
+    pub url: String,
 }
 
 /// Handles one control request; returns the HTTP status and the JSON body.
@@ -111,6 +140,12 @@ fn route_name(method: &str, path: &str) -> &'static str {
         ("POST", ["v1", "volumes", _, "snapshots"]) => "snapshot_create",
         ("GET", ["v1", "volumes", _, "snapshots", _]) => "snapshot_inspect",
         ("DELETE", ["v1", "volumes", _, "snapshots", _]) => "snapshot_delete",
+        ("POST", ["v1", "backups"]) => "backup_create",
+        ("POST", ["v1", "backups", "list"]) => "backup_list",
+        ("POST", ["v1", "backups", "inspect"]) => "backup_inspect",
+        ("POST", ["v1", "backups", "verify"]) => "backup_verify",
+        ("POST", ["v1", "backups", "delete"]) => "backup_delete",
+        (_, ["v1", "backup-jobs", _]) => "backup_job",
         _ => "other",
     }
 }
@@ -186,6 +221,33 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
         ("DELETE", ["v1", "volumes", name, "snapshots", snap]) => {
             Ok((202, to_json(&svc.snapshot_delete(name, snap).await?)))
         }
+        ("POST", ["v1", "backups"]) => {
+            let req: BackupRequest = parse_body(body)?;
+            Ok((
+                202,
+                to_json(&svc.backup_start(&req.source, &req.dest).await?),
+            ))
+        }
+        ("POST", ["v1", "backups", "list"]) => {
+            let req: BackupListRequest = parse_body(body)?;
+            ok(to_json(
+                &svc.backup_list(&req.dest, req.volume.as_deref()).await?,
+            ))
+        }
+        ("POST", ["v1", "backups", "inspect"]) => {
+            let req: BackupUrlRequest = parse_body(body)?;
+            ok(to_json(&svc.backup_inspect(&req.url).await?))
+        }
+        ("POST", ["v1", "backups", "verify"]) => {
+            let req: BackupUrlRequest = parse_body(body)?;
+            Ok((202, to_json(&svc.backup_verify(&req.url)?)))
+        }
+        ("POST", ["v1", "backups", "delete"]) => {
+            let req: BackupUrlRequest = parse_body(body)?;
+            Ok((202, to_json(&svc.backup_delete(&req.url)?)))
+        }
+        ("GET", ["v1", "backup-jobs", id]) => ok(to_json(&svc.backup_job(id)?)),
+        ("DELETE", ["v1", "backup-jobs", id]) => ok(to_json(&svc.backup_job_stop(id)?)),
         _ => Err(Error::NoSuchEndpoint(format!("{method} {path}"))),
     }
 }

@@ -426,11 +426,7 @@ pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::
 /// Owner, mode, extended attributes and times on a handle, in that order (an owner set
 /// after would clear set-id bits and capabilities; times last, so they stick). The
 /// attributes that could not be set are counted.
-pub(crate) fn apply_meta(
-    fd: BorrowedFd<'_>,
-    meta: &Meta,
-    xattrs: &[Xattr],
-) -> nix::Result<u64> {
+pub(crate) fn apply_meta(fd: BorrowedFd<'_>, meta: &Meta, xattrs: &[Xattr]) -> nix::Result<u64> {
     nix::unistd::fchown(fd, Some(meta.uid.into()), Some(meta.gid.into()))?;
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))?;
     let failed = xattrs

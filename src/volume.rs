@@ -114,6 +114,9 @@ pub struct VolumeOptions {
     /// Made as a copy of this volume: a clone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_volume: Option<String>,
+    /// Restored from this backup (its URL, `DESTINATION?backup=NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<String>,
     /// Options this version does not know, kept as they were stored (a newer node wrote
     /// them) so that rewriting the record loses nothing. See [`VolumeRecord::format`].
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -224,7 +227,7 @@ impl OptionMap {
 
 impl VolumeOptions {
     pub const ACCEPTED_KEYS: &'static str =
-        "size, uid, gid, mode, on_delete, access, from_snapshot, from_volume";
+        "size, uid, gid, mode, on_delete, access, from_snapshot, from_volume, from_backup (or backup)";
 
     /// Parses Docker's `Opts` map. Unknown keys and bad values are refused with a message
     /// that names them and lists what is accepted.
@@ -246,10 +249,14 @@ impl VolumeOptions {
                     validate_name(value)?;
                     o.from_volume = Some(value.to_string());
                 }
+                // `backup` is Convoy's name for it.
                 "from_backup" | "backup" => {
-                    return Err(Error::invalid(format!(
-                        "option {key}: restoring from a backup is not supported by this version yet; restore from a snapshot (from_snapshot=VOLUME@SNAPSHOT) or clone a volume (from_volume=VOLUME)"
-                    )))
+                    if o.from_backup.is_some() {
+                        return Err(Error::invalid("give from_backup (or backup) once"));
+                    }
+                    crate::backup::BackupUrl::parse(value)
+                        .map_err(|e| Error::invalid(format!("option {key}: {e}")))?;
+                    o.from_backup = Some(value.to_string());
                 }
                 _ => {
                     return Err(Error::invalid(format!(
@@ -260,9 +267,14 @@ impl VolumeOptions {
                 }
             }
         }
-        if o.from_snapshot.is_some() && o.from_volume.is_some() {
+        let sources = [
+            o.from_snapshot.is_some(),
+            o.from_volume.is_some(),
+            o.from_backup.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
             return Err(Error::invalid(
-                "give one of from_snapshot and from_volume, not both",
+                "give one of from_snapshot, from_volume and from_backup, not several",
             ));
         }
         Ok(o)
@@ -273,6 +285,9 @@ impl VolumeOptions {
         if let Some(s) = &self.from_snapshot {
             let (volume, snapshot) = parse_snapshot_ref(s).ok()?;
             return Some(Source::Snapshot { volume, snapshot });
+        }
+        if let Some(b) = &self.from_backup {
+            return Some(Source::Backup(b.clone()));
         }
         self.from_volume.clone().map(Source::Volume)
     }
@@ -302,6 +317,9 @@ impl VolumeOptions {
         if let Some(f) = &self.from_volume {
             m.insert("from_volume", f.clone());
         }
+        if let Some(f) = &self.from_backup {
+            m.insert("from_backup", f.clone());
+        }
         m
     }
 }
@@ -309,8 +327,13 @@ impl VolumeOptions {
 /// What a new volume is a copy of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Snapshot { volume: String, snapshot: String },
+    Snapshot {
+        volume: String,
+        snapshot: String,
+    },
     Volume(String),
+    /// A backup's URL.
+    Backup(String),
 }
 
 impl fmt::Display for Source {
@@ -318,6 +341,7 @@ impl fmt::Display for Source {
         match self {
             Source::Snapshot { volume, snapshot } => write!(f, "snapshot {volume}@{snapshot}"),
             Source::Volume(v) => write!(f, "volume {v}"),
+            Source::Backup(u) => write!(f, "backup {u}"),
         }
     }
 }

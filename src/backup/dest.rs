@@ -197,6 +197,22 @@ impl Backend {
         Error::Backup(format!("{what} {key} at {}: {e}", self.url))
     }
 
+    /// An object store error with its causes (the HTTP client's own message is often
+    /// just "builder error" or "error sending request", the cause says which).
+    fn fail_s3(&self, what: &str, key: &str, e: object_store::Error) -> Error {
+        let mut msg = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+            cause = c.source();
+        }
+        self.fail(what, key, msg)
+    }
+
     fn s3_path(prefix: &str, key: &str) -> object_store::path::Path {
         if prefix.is_empty() {
             object_store::path::Path::from(key)
@@ -214,7 +230,7 @@ impl Backend {
                 self.rt
                     .block_on(store.put(&path, data.into()))
                     .map(|_| ())
-                    .map_err(|e| self.fail("writing", key, e))
+                    .map_err(|e| self.fail_s3("writing", key, e))
             }
         }
     }
@@ -264,7 +280,7 @@ impl Backend {
                     let got = match store.get(&path).await {
                         Ok(g) => g,
                         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                        Err(e) => return Err(self.fail("reading", key, e)),
+                        Err(e) => return Err(self.fail_s3("reading", key, e)),
                     };
                     if got.meta.size > max {
                         return Err(too_big(got.meta.size));
@@ -315,7 +331,7 @@ impl Backend {
                 let b = self
                     .rt
                     .block_on(store.get_range(&path, offset..end))
-                    .map_err(|e| self.fail("reading", key, e))?;
+                    .map_err(|e| self.fail_s3("reading", key, e))?;
                 if b.len() as u64 != len {
                     return Err(short(b.len()));
                 }
@@ -335,7 +351,7 @@ impl Backend {
                     let listed = store
                         .list_with_delimiter(Some(&path))
                         .await
-                        .map_err(|e| self.fail("listing", dir, e))?;
+                        .map_err(|e| self.fail_s3("listing", dir, e))?;
                     Ok(listed
                         .objects
                         .into_iter()
@@ -360,7 +376,7 @@ impl Backend {
                 let path = Self::s3_path(prefix, key);
                 match self.rt.block_on(store.delete(&path)) {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(self.fail("deleting", key, e)),
+                    Err(e) => Err(self.fail_s3("deleting", key, e)),
                 }
             }
         }
@@ -422,10 +438,13 @@ fn s3_store(bucket: &str, region: Option<&str>) -> Result<object_store::aws::Ama
     let endpoint = env("AWS_ENDPOINT_URL")
         .or_else(|| env("AWS_ENDPOINT"))
         .or_else(|| from_file("endpoint_url"));
+    let mut client = object_store::ClientOptions::new()
+        .with_timeout(S3_TIMEOUT)
+        .with_connect_timeout(Duration::from_secs(5));
     if let Some(e) = &endpoint {
         b = b.with_endpoint(e.clone());
         if e.starts_with("http://") {
-            b = b.with_allow_http(true);
+            client = client.with_allow_http(true);
         }
     }
     let retry = object_store::RetryConfig {
@@ -433,12 +452,10 @@ fn s3_store(bucket: &str, region: Option<&str>) -> Result<object_store::aws::Ama
         retry_timeout: S3_RETRY_TIMEOUT,
         ..Default::default()
     };
-    b.with_retry(retry)
-        .with_client_options(
-            object_store::ClientOptions::new()
-                .with_timeout(S3_TIMEOUT)
-                .with_connect_timeout(Duration::from_secs(5)),
-        )
+    // The client options first: they hold `allow_http` too, which the builder's own
+    // setting must not be overwritten by.
+    b.with_client_options(client)
+        .with_retry(retry)
         .build()
         .map_err(|e| Error::invalid(format!("the S3 destination s3://{bucket}: {e} (endpoint, region and credentials come from the AWS_* variables and ~/.aws/credentials, ~/.aws/config)")))
 }

@@ -149,7 +149,6 @@ impl Default for Config {
 }
 
 impl Config {
-
     pub fn decode(b: &[u8], at: &str) -> Result<Config> {
         let c: Config = serde_json::from_slice(b).map_err(|e| {
             Error::Backup(format!(

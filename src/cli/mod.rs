@@ -16,6 +16,7 @@ use crate::config::{DaemonArgs, DEFAULT_SOCKET};
 use crate::health::HealthReport;
 use crate::service::{DoctorReport, Info, NodeInfo, VolumeView};
 
+mod backup;
 mod snapshot;
 
 /// The mount ID `caravan mount` uses when none is given.
@@ -65,11 +66,15 @@ pub enum Command {
         #[arg(long)]
         access: Option<String>,
         /// Make it a copy of a snapshot, VOLUME@SNAPSHOT (a restore); waits for the copy
-        #[arg(long, conflicts_with = "from_volume")]
+        #[arg(long, conflicts_with_all = ["from_volume", "from_backup"])]
         from_snapshot: Option<String>,
         /// Make it a copy of another volume (a clone); waits for the copy
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_backup")]
         from_volume: Option<String>,
+        /// Restore it from a backup, BACKUP_URL (as `caravan backup create` prints it);
+        /// waits for the restore
+        #[arg(long)]
+        from_backup: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -117,6 +122,10 @@ pub enum Command {
     /// Snapshots of volumes, kept on the shared export (every host sees them)
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Backups of volumes to a folder (vfs:///path) or S3 (s3://bucket/prefix):
+    /// deduplicated, compressed, checked; restore with `caravan create NEW --from-backup`
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Show the daemon's version, node, root and counts
     Info {
         #[arg(long)]
@@ -225,9 +234,10 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
             access,
             from_snapshot,
             from_volume,
+            from_backup,
             json,
         } => {
-            let copy = from_snapshot.is_some() || from_volume.is_some();
+            let copy = from_snapshot.is_some() || from_volume.is_some() || from_backup.is_some();
             let mut options = BTreeMap::new();
             for (k, v) in [
                 ("size", size),
@@ -238,6 +248,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 ("access", access),
                 ("from_snapshot", from_snapshot),
                 ("from_volume", from_volume),
+                ("from_backup", from_backup),
             ] {
                 if let Some(v) = v {
                     options.insert(k, v);
@@ -330,6 +341,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
             );
         }
         Command::Snapshot(cmd) => snapshot::execute(client, cmd, &mut out).await?,
+        Command::Backup(cmd) => backup::execute(client, cmd, &mut out).await?,
         Command::Nodes { json } => {
             let v = client.request("GET", "/v1/nodes", None).await?;
             if json {

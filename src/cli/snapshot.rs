@@ -44,7 +44,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// The wait before the `n`th look (from 0): short at first, so that quick work is
 /// answered quickly, then [`POLL`].
-fn poll_wait(n: u32) -> Duration {
+pub(super) fn poll_wait(n: u32) -> Duration {
     Duration::from_millis(10u64.saturating_mul(1 << n.min(5))).min(POLL)
 }
 
@@ -174,7 +174,7 @@ async fn wait_complete(
 
 /// Progress of long work on stderr: a bar (indicatif) on a terminal, with an ETA when the
 /// daemon knows how much there is to copy; JSON lines with `--json`; nothing otherwise.
-struct Shown {
+pub(super) struct Shown {
     json: bool,
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
@@ -193,7 +193,7 @@ fn eta(done: u64, total: Option<u64>, secs: f64) -> Option<f64> {
 }
 
 impl Shown {
-    fn new(json: bool) -> Shown {
+    pub(super) fn new(json: bool) -> Shown {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(style("{spinner} {msg}, {pos} files ({elapsed})"));
@@ -210,7 +210,7 @@ impl Shown {
 
     /// The bar counts files: both the volume's usage and a snapshot's own copy count them
     /// the way the copy does, whereas a volume's usage counts bytes on disk, not data.
-    fn show(&mut self, what: &str, p: &CopyProgress) {
+    pub(super) fn show(&mut self, what: &str, p: &CopyProgress) {
         let secs = self.started.elapsed().as_secs_f64();
         if self.json {
             let line = json!({
@@ -240,7 +240,7 @@ impl Shown {
         bar.set_position(p.total_files.map_or(p.files, |t| p.files.min(t)));
     }
 
-    fn end(&mut self) {
+    pub(super) fn end(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

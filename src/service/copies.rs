@@ -1,5 +1,5 @@
-//! Restores and clones: a new volume made as a copy of a snapshot (`from_snapshot`) or of
-//! another volume (`from_volume`), from any host.
+//! Restores and clones: a new volume made as a copy of a snapshot (`from_snapshot`), of
+//! another volume (`from_volume`) or of a backup (`from_backup`), from any host.
 //!
 //! The copy is made where no one can see it, in `.caravan/staging/<tag>/`, and becomes the
 //! volume in the commit that adds its record: the folder is renamed into `volumes/` under
@@ -71,7 +71,9 @@ impl Service {
     pub async fn copy_start(&self, name: &str, options: VolumeOptions) -> Result<CopyView> {
         validate_name(name)?;
         let source = options.source().ok_or_else(|| {
-            Error::invalid("a copy needs from_snapshot=VOLUME@SNAPSHOT or from_volume=VOLUME")
+            Error::invalid(
+                "a copy needs from_snapshot=VOLUME@SNAPSHOT, from_volume=VOLUME or from_backup=URL",
+            )
         })?;
         {
             let snap = self.store.snapshot().await?;
@@ -110,7 +112,8 @@ impl Service {
                         )));
                     }
                 }
-                Source::Volume(_) => {}
+                // The backup is looked at by the copy (it is on another system).
+                Source::Volume(_) | Source::Backup(_) => {}
             }
         }
         let job = {
@@ -161,7 +164,7 @@ impl Service {
         // the lock: no host deletes it meanwhile.
         let reading = match &job.source {
             Source::Snapshot { volume, snapshot } => Some((volume.clone(), snapshot.clone())),
-            Source::Volume(_) => None,
+            Source::Volume(_) | Source::Backup(_) => None,
         };
         if let Some((v, sn)) = &reading {
             match self
@@ -186,10 +189,19 @@ impl Service {
                 job.progress.expect(u.files, u.bytes);
             }
         }
+        let rt = tokio::runtime::Handle::current();
+        let node = self.node.clone();
         let copied = tokio::task::spawn_blocking(move || {
             let src = match &source {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
                 Source::Volume(v) => shared.open_data_dir(v)?,
+                Source::Backup(url) => {
+                    let url = crate::backup::BackupUrl::parse(url)?;
+                    let repo =
+                        crate::backup::Repo::open(crate::backup::Backend::open(&url.dest, rt)?, false)?;
+                    let dst = shared.make_staging(&t)?;
+                    return crate::backup::restore(&repo, &url.id, &dst, &node, &progress);
+                }
             };
             let dst = shared.make_staging(&t)?;
             let report = crate::treecopy::copy_tree(&src, &dst, &progress).map_err(|e| {

@@ -20,9 +20,11 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
 
+mod backups;
 mod copies;
 mod doctor;
 mod snapshots;
+pub use backups::{BackupJobView, BackupView};
 pub use copies::CopyView;
 mod views;
 use crate::health::{Health, HealthReport};
@@ -142,6 +144,8 @@ pub struct Service {
     copy_slots: Arc<tokio::sync::Semaphore>,
     /// Copies into new volumes (restores, clones) begun on this node, by volume name.
     copy_jobs: Mutex<HashMap<String, Arc<copies::CopyJob>>>,
+    /// Backups, verifications and deletions begun on this node, by job name.
+    backup_jobs: backups::BackupJobs,
     /// Why snapshots begun here failed, for whoever polls them.
     snapshot_failures: Mutex<HashMap<(String, String), String>>,
     /// This service, for the background work it starts.
@@ -176,6 +180,7 @@ impl Service {
             list_answer: Mutex::new(None),
             copies: Mutex::new(HashMap::new()),
             copy_jobs: Mutex::new(HashMap::new()),
+            backup_jobs: Mutex::new(HashMap::new()),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             snapshot_failures: Mutex::new(HashMap::new()),
         });

@@ -101,7 +101,12 @@ impl Service {
             .cloned()
     }
 
-    fn snapshot_view(&self, volume: &str, name: &str, s: &SnapshotRecord) -> SnapshotView {
+    pub(super) fn snapshot_view(
+        &self,
+        volume: &str,
+        name: &str,
+        s: &SnapshotRecord,
+    ) -> SnapshotView {
         let progress = self
             .copies
             .lock()
@@ -388,6 +393,7 @@ impl Service {
             p.stop.store(true, Ordering::Relaxed);
         }
         self.stop_copy_jobs();
+        self.stop_backup_jobs();
         let t = std::time::Instant::now();
         while t.elapsed() < Duration::from_secs(3) && (self.copies_running() > 0) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -395,7 +401,9 @@ impl Service {
     }
 
     fn copies_running(&self) -> usize {
-        self.copies.lock().unwrap_or_else(|p| p.into_inner()).len() + self.copy_jobs_running()
+        self.copies.lock().unwrap_or_else(|p| p.into_inner()).len()
+            + self.copy_jobs_running()
+            + self.backup_jobs_running()
     }
 
     /// At start: finishes the snapshots an earlier start of this node left half-made or
