@@ -80,6 +80,9 @@ pub struct Snapshot {
     pub last_sync: Option<SystemTime>,
 }
 
+// A job is moved through the worker's channel once per call: its size costs nothing worth
+// a box (and every match on it would have to look through one).
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Apply {
         mutation: Mutation,
