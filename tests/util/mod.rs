@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod docker;
 pub mod pki;
+pub mod s3;
 pub mod testbed;
 
 /// True when running as root. Tests that need root (bind mounts, dockerd) call this and
@@ -601,4 +602,126 @@ pub fn cli_ok(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Fills `data` with what a volume may hold, for round trips: folders 40 levels deep,
+/// `small` small files, a sparse file of `sparse` bytes with data at both ends, hard links,
+/// symlinks pointing outside the volume, a FIFO, extended attributes, owners, modes and
+/// odd names (a newline, spaces, a leading dash, bytes that are not UTF-8).
+pub fn rich_tree(data: &Path, small: usize, sparse: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let mut deep = data.to_path_buf();
+    for i in 0..40 {
+        deep.push(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom"), "at the bottom").unwrap();
+    for d in 0..(small / 1000).max(1) {
+        let dir = data.join(format!("many/{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..small.min(1000) {
+            std::fs::write(
+                dir.join(format!("f{i:04}")),
+                format!("small file {d}/{i}\n"),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(data.join("name with spaces\nand a newline"), "odd").unwrap();
+    std::fs::write(data.join("-leading-dash"), "dash").unwrap();
+    std::fs::write(
+        data.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        "not utf-8",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", data.join("outside")).unwrap();
+    std::os::unix::fs::symlink("../../../../..", data.join("up-and-out")).unwrap();
+    std::fs::write(data.join("one"), "linked").unwrap();
+    std::fs::hard_link(data.join("one"), data.join("many/also-one")).unwrap();
+    std::fs::hard_link(data.join("one"), deep.join("deep-one")).unwrap();
+    nix::unistd::mkfifo(
+        &data.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o620),
+    )
+    .unwrap();
+    let f = std::fs::File::create(data.join("sparse")).unwrap();
+    f.set_len(sparse).unwrap();
+    f.write_all_at(b"the head of a sparse file", 0).unwrap();
+    f.write_all_at(&[0x5a; 100_000], sparse - 100_000).unwrap();
+    std::fs::write(data.join("owned"), "by 1234").unwrap();
+    std::os::unix::fs::chown(data.join("owned"), Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(data.join("owned"), std::fs::Permissions::from_mode(0o4750)).unwrap();
+    set_xattr(&data.join("owned"), "user.caravan.note", b"kept by backups");
+    set_xattr(&data.join("many"), "user.caravan.dir", b"\x00\x01binary");
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        nix::libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The value of one extended attribute (`None` if it is not set).
+pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: as above.
+    let len =
+        unsafe { nix::libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// Checks that `copy` holds what `original` holds (as `tree_listing` sees it), with the
+/// extended attributes `rich_tree` set, the sparse file still sparse, and the hard links
+/// still one file.
+pub fn assert_same_rich_tree(original: &Path, copy: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (tree_listing(original), tree_listing(copy));
+    for (path, what) in &a {
+        assert_eq!(b.get(path), Some(what), "{} differs", path.display());
+    }
+    assert_eq!(a.len(), b.len(), "entries: {} vs {}", a.len(), b.len());
+    assert_eq!(
+        xattr(&copy.join("owned"), "user.caravan.note").as_deref(),
+        Some(&b"kept by backups"[..])
+    );
+    assert_eq!(
+        xattr(&copy.join("many"), "user.caravan.dir").as_deref(),
+        Some(&b"\x00\x01binary"[..])
+    );
+    let sparse = std::fs::metadata(copy.join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 8 << 20,
+        "the sparse file stays sparse: {} blocks",
+        sparse.blocks()
+    );
+    assert_eq!(
+        std::fs::metadata(copy.join("one")).unwrap().nlink(),
+        3,
+        "hard links stay links"
+    );
+    assert_eq!(
+        std::fs::read_link(copy.join("outside")).unwrap(),
+        Path::new("/etc/shadow")
+    );
 }
