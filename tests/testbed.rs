@@ -875,3 +875,74 @@ fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
         s3.ok("VolumeDriver.Remove", &format!(r#"{{"Name":"{v}"}}"#));
     }
 }
+
+#[test]
+fn a_backup_made_on_h1_to_a_folder_and_to_s3_is_restored_on_h3() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root("backups_on_glusterfs") {
+        return;
+    }
+    let mut bed = three_hosts("b", "backups", &[]);
+    let scratch = util::Scratch::new();
+    let s3 = util::s3::S3Server::local(&scratch.path().join("s3"));
+    for d in [0, 2] {
+        let d = &mut bed.daemons[d];
+        d.stop();
+        d.env = s3.env.clone();
+        d.spawn();
+    }
+    let (h1, h3) = (&bed.daemons[0], &bed.daemons[2]);
+    util::cli_ok(&h1.socket, &["create", "site"]);
+    // Written through host 1's mount of the export: 10 000 small files, a 1 GiB sparse
+    // file, deep folders, links, xattrs, odd names.
+    let data = bed.roots[0].join("volumes/site/data");
+    let t = Instant::now();
+    util::rich_tree(&data, 10_000, 1 << 30);
+    eprintln!(
+        "glusterfs: the tree written through h1 in {:?}",
+        t.elapsed()
+    );
+    let vfs = format!("vfs://{}", scratch.path().join("backups").display());
+    let bucket = format!("s3://{}/site", s3.bucket);
+    let mut urls = Vec::new();
+    for dest in [&vfs, &bucket] {
+        let t = Instant::now();
+        let made: serde_json::Value = serde_json::from_str(&util::cli_ok(
+            &h1.socket,
+            &["backup", "create", "site", "--dest", dest, "--json"],
+        ))
+        .unwrap();
+        eprintln!(
+            "glusterfs: backup on h1 to {dest}: {:?}, {}",
+            t.elapsed(),
+            made["sent"]
+        );
+        assert_eq!(made["tree"]["files"], 10_000 + 7, "{made}");
+        urls.push(made["url"].as_str().unwrap().to_string());
+    }
+    // Restored on h3, read back through h3's mount.
+    let t = Instant::now();
+    util::cli_ok(
+        &h3.socket,
+        &["create", "site-vfs", "--from-backup", &urls[0]],
+    );
+    eprintln!(
+        "glusterfs: restore on h3 from the folder: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    util::cli_ok(
+        &h3.socket,
+        &["create", "site-s3", "--from-backup", &urls[1]],
+    );
+    eprintln!("glusterfs: restore on h3 from S3: {:?}", t.elapsed());
+    let r3 = &bed.roots[2];
+    for v in ["site-vfs", "site-s3"] {
+        util::assert_same_rich_tree(
+            &r3.join("volumes/site/data"),
+            &r3.join(format!("volumes/{v}/data")),
+        );
+    }
+    let verified = util::cli_ok(&h3.socket, &["backup", "verify", &urls[1]]);
+    assert!(verified.starts_with("checked "), "{verified}");
+}

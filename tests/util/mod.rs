@@ -560,12 +560,10 @@ pub fn tree_listing(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
                     .entry(std::os::unix::fs::MetadataExt::ino(&m))
                     .or_insert_with(|| rel.clone())
                     .clone();
-                let data = std::fs::read(dir.join(&rel)).unwrap();
                 format!(
                     "file {} bytes, hash {:x}, mtime={}, first name {}",
                     m.len(),
-                    data.iter()
-                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64)),
+                    content_hash(&dir.join(&rel)),
                     std::os::unix::fs::MetadataExt::mtime(&m),
                     same.display()
                 )
@@ -584,6 +582,46 @@ pub fn tree_listing(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
         }
     }
     out
+}
+
+/// A hash of a file's content: of each 64 KiB block that is not all zeros, with its
+/// offset (so two files with the same bytes hash the same whether their zeros are holes or
+/// data). Only data regions are read (`SEEK_DATA`): a sparse file of a GiB costs its data.
+pub fn content_hash(path: &Path) -> u64 {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 64 << 10;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut h = 0u64;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut off = 0u64;
+    while off < len {
+        let data = match nix::unistd::lseek(f.as_fd(), off as i64, nix::unistd::Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => off,
+        };
+        // From the start of the block holding it, so blocks line up in both files.
+        let mut at = data / BLOCK * BLOCK;
+        let end = match nix::unistd::lseek(f.as_fd(), data as i64, nix::unistd::Whence::SeekHole) {
+            Ok(e) => (e as u64).min(len),
+            Err(_) => len,
+        };
+        while at < end {
+            let n = ((len - at).min(BLOCK)) as usize;
+            f.read_exact_at(&mut buf[..n], at).unwrap();
+            if buf[..n].iter().any(|b| *b != 0) {
+                h = h.wrapping_mul(1_000_003).wrapping_add(at);
+                h = buf[..n]
+                    .iter()
+                    .fold(h, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64));
+            }
+            at += BLOCK;
+        }
+        off = at.max(end);
+    }
+    h
 }
 
 /// `caravan --socket SOCKET ARGS` (the CLI of this build), which must succeed; its trimmed
