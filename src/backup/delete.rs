@@ -45,25 +45,34 @@ pub fn delete(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
     )?;
     let result = (|| {
         let b = &repo.b;
-        repo.summary(id)?;
+        match repo.summary(id) {
+            Ok(_) => {}
+            Err(e @ (Error::NoSuchBackup(_) | Error::Invalid(_))) => return Err(e),
+            // A damaged backup can still be deleted.
+            Err(e) => tracing::warn!("deleting backup {id}, which is damaged: {e}"),
+        }
         b.delete(&format!("backups/{id}.json"))?;
         b.delete(&format!("trees/{id}"))?;
         let mut report = DeleteReport {
             backup: id.to_string(),
             ..Default::default()
         };
-        // What the remaining backups need. A backup whose tree cannot be read keeps every
-        // pack: nothing it might need is freed.
+        // What the remaining backups need. A backup whose summary or tree cannot be read
+        // (damaged, or of a newer format) keeps every pack: nothing it might need is freed.
         let mut needed: HashSet<Id> = HashSet::new();
-        let summaries = repo.summaries()?;
         let mut kept_trees = HashSet::new();
-        for s in &summaries {
-            kept_trees.insert(s.id.clone());
-            let tree = repo.tree(s).map_err(|e| {
-                Error::Backup(format!(
-                    "backup {id} was deleted, but no chunks were freed: {e}"
-                ))
-            })?;
+        let nothing_freed = |e: Error| {
+            Error::Backup(format!(
+                "backup {id} was deleted, but no stored data was freed: {e}"
+            ))
+        };
+        for l in b.list("backups")? {
+            let Some(other) = l.name.strip_suffix(".json") else {
+                continue;
+            };
+            kept_trees.insert(other.to_string());
+            let s = repo.summary(other).map_err(nothing_freed)?;
+            let tree = repo.tree(&s).map_err(nothing_freed)?;
             for e in &tree.entries {
                 if let Kind::File { extents, .. } = &e.kind {
                     needed.extend(extents.iter().flat_map(|x| x.chunks.iter().map(|c| c.0)));

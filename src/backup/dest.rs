@@ -247,10 +247,11 @@ impl Backend {
         };
         match &self.inner {
             Inner::Vfs(root) => {
+                // Non-blocking: a FIFO planted there must not hold this thread forever.
                 let f = match crate::beneath::open(
                     root,
                     Path::new(key),
-                    OFlag::O_RDONLY,
+                    OFlag::O_RDONLY | OFlag::O_NONBLOCK,
                     Mode::empty(),
                 ) {
                     Ok(f) => f,
@@ -308,8 +309,16 @@ impl Backend {
         };
         match &self.inner {
             Inner::Vfs(root) => {
-                let f = crate::beneath::open(root, Path::new(key), OFlag::O_RDONLY, Mode::empty())
-                    .map_err(|e| self.fail("opening", key, e))?;
+                let f = crate::beneath::open(
+                    root,
+                    Path::new(key),
+                    OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.fail("opening", key, e))?;
+                if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                    return Err(self.fail("reading", key, "not a regular file"));
+                }
                 let mut buf = vec![0u8; len as usize];
                 let mut done = 0usize;
                 while done < buf.len() {
@@ -380,16 +389,6 @@ impl Backend {
                 }
             }
         }
-    }
-
-    /// When the object `key` was last written, by the destination's clock.
-    pub fn modified(&self, key: &str) -> Result<Option<SystemTime>> {
-        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
-        Ok(self
-            .list(dir)?
-            .into_iter()
-            .find(|l| l.name == name)
-            .and_then(|l| l.modified))
     }
 }
 

@@ -288,6 +288,16 @@ impl Summary {
                 "backup {name} is damaged: its summary names another backup"
             )));
         }
+        let names_ok = crate::volume::validate_name(&s.volume).is_ok()
+            && s.snapshot
+                .as_deref()
+                .is_none_or(|n| crate::volume::validate_snapshot_name(n).is_ok())
+            && s.node.len() <= 256;
+        if !names_ok {
+            return Err(Error::Backup(format!(
+                "backup {name} is damaged: its summary names no valid volume"
+            )));
+        }
         if s.tree_size > MAX_TREE_STORED {
             return Err(Error::Backup(format!(
                 "backup {name} is damaged: a tree of {} bytes",

@@ -308,3 +308,32 @@ fn an_interrupted_backup_is_not_listed_and_its_chunks_are_reused() {
     );
     assert!(r.b.list("locks").unwrap().is_empty(), "locks are released");
 }
+
+#[test]
+fn a_backup_that_cannot_be_read_keeps_every_chunk_when_another_is_deleted() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), noise(1, 1 << 20)).unwrap();
+    let r = repo(&t.path().join("backups"), &rt);
+    backup(&r, "b1", &src);
+    fs::write(src.join("b"), noise(2, 1 << 20)).unwrap();
+    backup(&r, "b2", &src);
+    // b2's summary damaged (or written by a newer version): deleting b1 frees nothing.
+    fs::write(t.path().join("backups/backups/b2.json"), b"{\"format\": 9}").unwrap();
+    let e = delete(&r, "b1", "n1", &Progress::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no stored data was freed"), "{e}");
+    assert!(
+        matches!(r.summary("b1"), Err(Error::NoSuchBackup(_))),
+        "b1 itself is deleted"
+    );
+    assert_eq!(r.chunks().unwrap().len(), 2, "both chunks kept");
+    // The damaged one can be deleted too; then everything is freed.
+    delete(&r, "b2", "n1", &Progress::default()).unwrap();
+    assert!(r.b.list("packs").unwrap().is_empty());
+}

@@ -58,8 +58,9 @@ pub struct BackupView {
 pub(super) type BackupJobs = std::sync::Mutex<HashMap<String, Arc<BackupJob>>>;
 
 /// A name for a new backup or job: the kind, the time (UTC) and a suffix that keeps two
-/// begun in the same second apart.
-fn job_name(kind: &str) -> String {
+/// begun in the same second apart, on this host or another (a hash of the host, the
+/// process and the nanoseconds: two backups to one destination must never share a name).
+fn job_name(kind: &str, node: &str) -> String {
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_seconds(now)
         .to_string()
@@ -70,7 +71,11 @@ fn job_name(kind: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{kind}-{stamp}-{:04x}", (nanos >> 4) & 0xffff)
+    let salt = blake3::hash(format!("{node}/{}/{nanos}", std::process::id()).as_bytes());
+    format!(
+        "{kind}-{stamp}-{}",
+        crate::backup::format::hex(&salt.as_bytes()[..4])
+    )
 }
 
 fn view_of(id: &str, job: &BackupJob) -> BackupJobView {
@@ -186,7 +191,7 @@ impl Service {
                 }
             }
         };
-        let id = job_name("backup");
+        let id = job_name("backup", &self.node);
         let url = BackupUrl {
             dest: dest.clone(),
             id: id.clone(),
@@ -247,7 +252,7 @@ impl Service {
         let url = BackupUrl::parse(url)?;
         let (id, node) = (url.id.clone(), self.node.clone());
         self.backup_job_start(
-            job_name("verify"),
+            job_name("verify", &self.node),
             "verify",
             url.to_string(),
             url.dest.clone(),
@@ -265,7 +270,7 @@ impl Service {
         let url = BackupUrl::parse(url)?;
         let (id, node) = (url.id.clone(), self.node.clone());
         self.backup_job_start(
-            job_name("delete"),
+            job_name("delete", &self.node),
             "delete",
             url.to_string(),
             url.dest.clone(),
