@@ -35,7 +35,7 @@ fn backup(r: &Repo, id: &str, src: &Path) -> format::Summary {
         r,
         id,
         &fs::File::open(src).unwrap(),
-        &source("v"),
+        &source("vol"),
         &Progress::default(),
     )
     .unwrap()
@@ -287,7 +287,7 @@ fn an_interrupted_backup_is_not_listed_and_its_chunks_are_reused() {
             &r,
             "b1",
             &fs::File::open(&src).unwrap(),
-            &source("v"),
+            &source("vol"),
             &progress,
         )
     });
