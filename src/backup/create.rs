@@ -56,7 +56,14 @@ pub fn create(
     let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, &source.node, &purpose)?;
     let result = (|| {
         let known: HashSet<Id> = repo.chunks()?.into_keys().collect();
-        let (tree, stats, sent) = send_tree(repo, src, known, progress, &mut lock)?;
+        // Files unchanged since the last backup of the volume are not read again (not for
+        // a snapshot: its copy has new status-change times and inodes, so nothing would
+        // match).
+        let parent = match source.snapshot {
+            None => parent_of(repo, &source.volume),
+            Some(_) => None,
+        };
+        let (tree, stats, sent) = send_tree(repo, src, known, parent, progress, &mut lock)?;
         let stored = tree.encode()?;
         let tree_id = Id::of(&stored);
         let tree_size = stored.len() as u64;
@@ -134,6 +141,7 @@ fn send_tree(
     repo: &Repo,
     src: &std::fs::File,
     known: HashSet<Id>,
+    parent: Option<Parent>,
     progress: &Progress,
     lock: &mut RepoLock,
 ) -> Result<(Tree, TreeStats, SendStats)> {
@@ -151,6 +159,7 @@ fn send_tree(
         let mut walker = Walker {
             repo,
             known,
+            parent,
             packer: Packer {
                 data: Vec::with_capacity(format::PACK_TARGET + format::MAX_CHUNK as usize),
                 chunks: Vec::new(),
@@ -183,6 +192,7 @@ fn send_tree(
 struct Walker<'a> {
     repo: &'a Repo,
     known: HashSet<Id>,
+    parent: Option<Parent>,
     packer: Packer,
     tx: Option<mpsc::SyncSender<Sealed>>,
     buf: Vec<u8>,
@@ -196,6 +206,56 @@ struct Frame {
     names: Vec<OsString>,
     next: usize,
     index: u32,
+    /// The same folder in the parent backup's tree, if it has it.
+    matched: Option<u32>,
+}
+
+/// The last backup of the same volume, to take unchanged files from.
+pub(crate) struct Parent {
+    tree: Tree,
+    /// (folder's entry, name) -> entry.
+    children: HashMap<(u32, Vec<u8>), u32>,
+}
+
+impl Parent {
+    pub(crate) fn new(tree: Tree) -> Parent {
+        let children = tree
+            .entries
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(i, e)| Some(((e.parent, e.name.bytes()?), i as u32)))
+            .collect();
+        Parent { tree, children }
+    }
+
+    fn child(&self, dir: Option<u32>, name: &[u8]) -> Option<&Entry> {
+        let i = *self.children.get(&(dir?, name.to_vec()))?;
+        self.tree.entries.get(i as usize)
+    }
+
+    fn dir(&self, dir: Option<u32>, name: &[u8]) -> Option<u32> {
+        let i = *self.children.get(&(dir?, name.to_vec()))?;
+        (self.tree.entries.get(i as usize)?.kind == Kind::Dir).then_some(i)
+    }
+}
+
+/// The last complete backup of `volume` itself (not of a snapshot) at the destination,
+/// if its tree can be read: files unchanged since are taken from it.
+pub(crate) fn parent_of(repo: &Repo, volume: &str) -> Option<Parent> {
+    let last = repo
+        .summaries()
+        .ok()?
+        .into_iter()
+        .filter(|s| s.volume == volume && s.snapshot.is_none())
+        .max_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)))?;
+    match repo.tree(&last) {
+        Ok(t) => Some(Parent::new(t)),
+        Err(e) => {
+            tracing::warn!("every file is read again: {e}");
+            None
+        }
+    }
 }
 
 fn io(path: &str, e: impl Into<std::io::Error>) -> Error {
@@ -227,6 +287,7 @@ impl Walker<'_> {
             dir: root,
             next: 0,
             index: 0,
+            matched: Some(0),
         }];
         report.dirs += 1;
         let mut linked: HashMap<(u64, u64), u32> = HashMap::new();
@@ -240,6 +301,7 @@ impl Walker<'_> {
             };
             top.next += 1;
             let parent = top.index;
+            let matched = top.matched;
             let dir = top.dir.try_clone().map_err(|e| io("/", e))?;
             if entries.len() >= format::MAX_ENTRIES {
                 return Err(Error::Backup(format!(
@@ -303,6 +365,7 @@ impl Walker<'_> {
                         names,
                         next: 0,
                         index,
+                        matched: self.parent.as_ref().and_then(|p| p.dir(matched, bytes)),
                     });
                 }
                 SFlag::S_IFREG => {
@@ -333,10 +396,13 @@ impl Walker<'_> {
                         }
                     }
                     let size = u64::try_from(st.st_size).unwrap_or(0);
-                    let extents = self.file_data(file.as_fd(), size).map_err(|e| match e {
-                        Error::Io { source, .. } => io(&path(), source),
-                        other => other,
-                    })?;
+                    let extents = match self.unchanged(matched, bytes, &st) {
+                        Some(x) => x,
+                        None => self.file_data(file.as_fd(), size).map_err(|e| match e {
+                            Error::Io { source, .. } => io(&path(), source),
+                            other => other,
+                        })?,
+                    };
                     let data: u64 = extents
                         .iter()
                         .flat_map(|x| x.chunks.iter().map(|c| u64::from(c.1)))
@@ -411,6 +477,39 @@ impl Walker<'_> {
         ))
     }
 
+    /// The data runs of a file the parent backup has with the same size, modification
+    /// and status-change times and inode (as restic judges it: a write changes the
+    /// status-change time, which nothing can set back), if every chunk is still stored.
+    fn unchanged(
+        &mut self,
+        dir: Option<u32>,
+        name: &[u8],
+        st: &nix::sys::stat::FileStat,
+    ) -> Option<Vec<Extent>> {
+        let prev = self.parent.as_ref()?.child(dir, name)?;
+        let Kind::File { size, extents, .. } = &prev.kind else {
+            return None;
+        };
+        let same = *size == u64::try_from(st.st_size).ok()?
+            && prev.mtime == (st.st_mtime, st.st_mtime_nsec)
+            && prev.ctime == Some((st.st_ctime, st.st_ctime_nsec))
+            && prev.ino == Some(st.st_ino);
+        let chunks = || extents.iter().flat_map(|x| x.chunks.iter());
+        if !same || !chunks().all(|(id, _)| self.known.contains(id)) {
+            return None;
+        }
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (_, len) in chunks() {
+            n += 1;
+            bytes += u64::from(*len);
+        }
+        self.sent.chunks += n;
+        self.sent.reused_bytes += bytes;
+        self.sent.unchanged_files += 1;
+        self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Some(extents.clone())
+    }
+
     /// An entry with the metadata of `st` and the extended attributes read from `fd`.
     fn entry(
         &self,
@@ -444,6 +543,8 @@ impl Walker<'_> {
             mode: meta.mode,
             atime: meta.atime,
             mtime: meta.mtime,
+            ctime: Some((st.st_ctime, st.st_ctime_nsec)),
+            ino: Some(st.st_ino),
             xattrs,
         }
     }

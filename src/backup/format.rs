@@ -249,6 +249,10 @@ pub struct SendStats {
     pub new_bytes: u64,
     /// Data bytes found already stored (by earlier backups or an interrupted run).
     pub reused_bytes: u64,
+    /// Files taken from the previous backup of the volume without being read (same size,
+    /// times and inode).
+    #[serde(default)]
+    pub unchanged_files: u64,
     pub packs: u64,
 }
 
@@ -375,6 +379,13 @@ pub struct Entry {
     pub atime: (i64, i64),
     #[serde(default)]
     pub mtime: (i64, i64),
+    /// The status-change time and inode number when read: a later backup of the same
+    /// volume takes a file whose size, times and inode are all unchanged from this tree
+    /// without reading it again (not restored: nothing can set them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<(i64, i64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
 }
@@ -548,6 +559,8 @@ mod tests {
             mode: 0o644,
             atime: (0, 0),
             mtime: (0, 0),
+            ctime: None,
+            ino: None,
             xattrs: BTreeMap::new(),
         }
     }

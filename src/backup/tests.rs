@@ -216,6 +216,11 @@ fn a_second_backup_sends_only_what_changed_and_deletes_free_what_no_one_needs() 
         first.sent.new_bytes
     );
     assert!(second.sent.reused_bytes >= 39 << 20, "{:?}", second.sent);
+    assert_eq!(
+        second.sent.unchanged_files, 439,
+        "the files not changed are not read again: {:?}",
+        second.sent
+    );
 
     // Deleting the first frees what only it needed: the old version of f3's chunk.
     let d = delete(&r, "b1", "n1", &Progress::default()).unwrap();
