@@ -254,42 +254,15 @@ fn copy_entry(
             let key = (st.st_dev, st.st_ino);
             if st.st_nlink > 1 {
                 if let Some(first) = linked.get(&key) {
-                    // The first copy's folder, reached from the destination's root (the
-                    // bottom frame's) without following a link: the destination is on the
-                    // export too.
-                    let base = &stack[0].dst;
-                    let parent = first.parent().unwrap_or(Path::new(""));
-                    let file_name = first.file_name().unwrap_or_default();
-                    let dir = if parent.as_os_str().is_empty() {
-                        base.try_clone().map_err(|e| err(&rel, e))?
-                    } else {
-                        crate::beneath::open_dir(base, parent)
-                            .map(OwnedFd::from)
-                            .map_err(|e| err(&rel, e))?
-                    };
-                    nix::unistd::linkat(
-                        &dir,
-                        file_name,
-                        dst_dir_of(stack),
-                        name.as_os_str(),
-                        AtFlags::empty(),
-                    )
-                    .map_err(|e| err(&rel, e))?;
+                    // The destination is on the export too: reached from its root (the
+                    // bottom frame's) without following a link.
+                    link_again(&stack[0].dst, first, dst_dir_of(stack), name)
+                        .map_err(|e| err(&rel, e))?;
                     report.hard_links += 1;
                     return Ok(None);
                 }
             }
-            let out = nix::fcntl::openat(
-                top.dst.as_fd(),
-                name.as_os_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(|e| err(&rel, e))?;
+            let out = create_new(top.dst.as_fd(), name).map_err(|e| err(&rel, e))?;
             let len = u64::try_from(st.st_size).unwrap_or(0);
             let (bytes, reflinked) =
                 copy_data(file.as_fd(), out.as_fd(), len, progress).map_err(|e| err(&rel, e))?;
@@ -436,6 +409,36 @@ pub(crate) fn apply_meta(fd: BorrowedFd<'_>, meta: &Meta, xattrs: &[Xattr]) -> n
     let (a, m) = meta.times();
     nix::sys::stat::futimens(fd, &a, &m)?;
     Ok(failed as u64)
+}
+
+/// Creates the file `name` in `dir` for writing: new (never over anything there), never
+/// through a link, private until its metadata is set.
+pub(crate) fn create_new(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+}
+
+/// Makes `name` in `dir` another name of the file at `first` (relative to `base`, the
+/// top of the tree being made), reaching it without following a link.
+pub(crate) fn link_again(
+    base: &OwnedFd,
+    first: &Path,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> std::io::Result<()> {
+    let parent = first.parent().unwrap_or(Path::new(""));
+    let file_name = first.file_name().unwrap_or_default();
+    let from = if parent.as_os_str().is_empty() {
+        base.try_clone()?
+    } else {
+        OwnedFd::from(crate::beneath::open_dir(base, parent)?)
+    };
+    nix::unistd::linkat(&from, file_name, dir, name, AtFlags::empty())?;
+    Ok(())
 }
 
 fn dst_dir_of(stack: &[Frame]) -> BorrowedFd<'_> {

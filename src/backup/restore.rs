@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -146,17 +146,7 @@ fn write_tree(
                 extents,
                 linked: is_linked,
             } => {
-                let out = nix::fcntl::openat(
-                    dir,
-                    name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|x| fail(i, x.into()))?;
+                let out = crate::treecopy::create_new(dir, name).map_err(|x| fail(i, x.into()))?;
                 for x in extents {
                     let mut off = x.offset;
                     for (cid, csize) in &x.chunks {
@@ -202,18 +192,8 @@ fn write_tree(
                         tree.path_of(i)
                     ))
                 })?;
-                let parent = first.parent().unwrap_or(Path::new(""));
-                let file_name = first.file_name().unwrap_or_default();
-                let base = &stack[0].dir;
-                let from = if parent.as_os_str().is_empty() {
-                    base.try_clone().map_err(|x| fail(i, x))?
-                } else {
-                    crate::beneath::open_dir(base, parent)
-                        .map(OwnedFd::from)
-                        .map_err(|x| fail(i, x))?
-                };
-                nix::unistd::linkat(&from, file_name, dir, name, nix::fcntl::AtFlags::empty())
-                    .map_err(|x| fail(i, x.into()))?;
+                crate::treecopy::link_again(&stack[0].dir, first, dir, name)
+                    .map_err(|x| fail(i, x))?;
                 report.hard_links += 1;
             }
             Kind::Symlink { target } => {

@@ -62,18 +62,14 @@ pub(super) type BackupJobs = std::sync::Mutex<HashMap<String, Arc<BackupJob>>>;
 /// process and the nanoseconds: two backups to one destination must never share a name).
 fn job_name(kind: &str, node: &str) -> String {
     let now = std::time::SystemTime::now();
-    let stamp = humantime::format_rfc3339_seconds(now)
-        .to_string()
-        .replace([':', '-'], "")
-        .trim_end_matches('Z')
-        .to_string();
     let nanos = now
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let salt = blake3::hash(format!("{node}/{}/{nanos}", std::process::id()).as_bytes());
     format!(
-        "{kind}-{stamp}-{}",
+        "{kind}-{}-{}",
+        super::snapshots::utc_stamp(now),
         crate::backup::format::hex(&salt.as_bytes()[..4])
     )
 }

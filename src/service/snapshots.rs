@@ -79,16 +79,21 @@ impl CopyProgress {
 /// that keeps two made in the same second apart.
 fn generated_name() -> String {
     let now = std::time::SystemTime::now();
-    let stamp = humantime::format_rfc3339_seconds(now)
-        .to_string()
-        .replace([':', '-'], "")
-        .trim_end_matches('Z')
-        .to_string();
+    let stamp = utc_stamp(now);
     let nanos = now
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("snap-{stamp}-{:04x}", (nanos >> 8) & 0xffff)
+}
+
+/// A time as `20261201T233944` (UTC, to the second): for names.
+pub(super) fn utc_stamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace([':', '-'], "")
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 impl Service {
