@@ -351,12 +351,20 @@ fn a_backup_or_restore_interrupted_by_a_kill_or_ctrl_c_is_never_listed_or_left_h
         .spawn()
         .unwrap();
     let staging = root.join(".caravan/staging");
-    util::eventually(Duration::from_secs(30), "the restore begun", || {
-        std::fs::read_dir(&staging)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-    });
+    // Looked at every millisecond: the restore of 192 MiB takes about a second.
+    let t = Instant::now();
+    while !std::fs::read_dir(&staging)
+        .map(|d| d.count() > 0)
+        .unwrap_or(false)
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "the restore did not begin");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     a.kill9();
+    assert!(
+        !data(&root, "restored").exists(),
+        "killed before the restore was done"
+    );
     let _ = cli.wait();
     a.spawn();
     util::eventually(
