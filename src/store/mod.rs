@@ -669,11 +669,23 @@ mod tests {
         store.apply(create("newer")).await.unwrap();
         store.stop();
         {
-            let db = sled::Config::new()
-                .path(dir.path().join(".caravan/meta"))
-                .segment_size(64 << 10)
-                .open()
-                .unwrap();
+            // The worker closes sled once it has seen the stop: until then sled's own
+            // file lock refuses a second opener.
+            let t = std::time::Instant::now();
+            let db = loop {
+                match sled::Config::new()
+                    .path(dir.path().join(".caravan/meta"))
+                    .segment_size(64 << 10)
+                    .open()
+                {
+                    Ok(db) => break db,
+                    Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("sled still locked 10 s after the stop: {e}"),
+                }
+            };
             let t = db.open_tree("volumes").unwrap();
             t.insert("newer", &br#"{"name":"newer","created_by":7}"#[..])
                 .unwrap();
