@@ -183,7 +183,7 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
         }
         ("GET", ["v1", "copies", name]) => ok(to_json(&svc.copy_get(name)?)),
         ("DELETE", ["v1", "copies", name]) => ok(to_json(&svc.copy_stop(name)?)),
-        ("GET", ["v1", "volumes", name]) => ok(to_json(&svc.get(name).await?)),
+        ("GET", ["v1", "volumes", name]) => ok(to_json(&svc.inspect(name).await?)),
         ("DELETE", ["v1", "volumes", name]) => {
             svc.remove(name).await?;
             ok(json!({}))

@@ -357,7 +357,10 @@ fn a_backup_or_restore_interrupted_by_a_kill_or_ctrl_c_is_never_listed_or_left_h
         .map(|d| d.count() > 0)
         .unwrap_or(false)
     {
-        assert!(t.elapsed() < Duration::from_secs(30), "the restore did not begin");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the restore did not begin"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     a.kill9();

@@ -44,16 +44,23 @@ fn volume_create_run_ls_inspect_rm() {
         "{ls}"
     );
 
-    let inspect = env.inspect(&vol);
+    let mut inspect = env.inspect(&vol);
     assert_eq!(inspect["Driver"], env.driver.as_str());
     assert_eq!(inspect["Scope"], "global");
     assert_eq!(inspect["Status"]["size"], "1G");
     assert_eq!(inspect["Status"]["created_by"], "h1");
     assert_eq!(inspect["Status"]["options"]["mode"], "0775");
-    assert!(
-        inspect["Status"]["usage"]["bytes"].as_u64().unwrap() > 0,
-        "{inspect}"
-    );
+    // Usage is measured in the background (a Get never waits for a walk of the
+    // volume): the data written shows within a few seconds.
+    let t = std::time::Instant::now();
+    while inspect["Status"]["usage"]["bytes"].as_u64().unwrap_or(0) == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{inspect}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        inspect = env.inspect(&vol);
+    }
 
     docker_ok(&["volume", "rm", &vol]);
     assert!(!env.data(&vol).exists(), "data left behind");

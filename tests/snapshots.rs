@@ -425,7 +425,10 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
         "VolumeDriver.Create",
         r#"{"Name":"x3","Opts":{"backup":"s3://b/p"}}"#,
     );
-    assert!(e.contains("not a backup URL"), "a Convoy-style URL without a backup name: {e}");
+    assert!(
+        e.contains("not a backup URL"),
+        "a Convoy-style URL without a backup name: {e}"
+    );
 
     // A clone of the volume as it is now, on a; and through Docker's Create, on b.
     assert_eq!(ok(&a, &["create", "copy", "--from-volume", "src"]), "copy");

@@ -128,6 +128,8 @@ pub struct Service {
     bound: Mutex<BoundHere>,
     locks: VolumeLocks,
     usage: Mutex<HashMap<String, (Instant, Usage)>>,
+    /// Volumes whose usage is being measured in the background now (one walk each).
+    usage_measuring: Mutex<std::collections::HashSet<String>>,
     fs_timeout: Duration,
     started: Instant,
     nodes: Arc<Nodes>,
@@ -173,6 +175,7 @@ impl Service {
             bound: Mutex::new(BoundHere::default()),
             locks: VolumeLocks::default(),
             usage: Mutex::new(HashMap::new()),
+            usage_measuring: Mutex::new(std::collections::HashSet::new()),
             fs_timeout,
             started: Instant::now(),
             nodes,
@@ -251,6 +254,18 @@ impl Service {
         }
         if existed {
             tracing::debug!(volume = %name, "create of an existing volume: nothing to do");
+        }
+        if !existed && !adopted {
+            // A new volume is empty: its usage is known without a walk.
+            let empty = Usage {
+                bytes: 0,
+                files: 0,
+                complete: true,
+            };
+            self.usage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), (Instant::now(), empty));
         }
         Ok((self.view(&record, None), existed))
     }
@@ -658,8 +673,17 @@ impl Service {
             view.stale = true;
             return Ok(view);
         }
-        let usage = self.usage_of(name).await;
-        Ok(self.view(&record, usage))
+        Ok(self.view(&record, self.usage_known(name)))
+    }
+
+    /// A volume with its usage measured now (within the usage budget): `caravan inspect`,
+    /// whose user asked for that figure. Docker's Get is [`Service::get`].
+    pub async fn inspect(&self, name: &str) -> Result<VolumeView> {
+        validate_name(name)?;
+        // Measured first (bounded by its budget; nothing when the export stalls), then
+        // the volume as Get answers it, with that figure.
+        self.usage_of(name).await;
+        self.get(name).await
     }
 
     /// Every volume (without usage, which would cost a walk of every volume).
@@ -856,6 +880,37 @@ impl Service {
         }
     }
 
+    /// The last usage figure measured, whatever its age, at once: Docker's Get never
+    /// waits for a walk of the volume. One older than `USAGE_TTL` (or none) is measured
+    /// again in the background, one walk per volume at a time.
+    fn usage_known(&self, name: &str) -> Option<Usage> {
+        let known = self
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        if known.is_none_or(|(at, _)| at.elapsed() >= USAGE_TTL) {
+            let first = self
+                .usage_measuring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string());
+            if let (true, Some(svc)) = (first, self.me.upgrade()) {
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    // A failed walk keeps the last figure.
+                    let _ = svc.measure_usage(&name).await;
+                    svc.usage_measuring
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
+                });
+            }
+        }
+        known.map(|(_, u)| u)
+    }
+
     async fn usage_of(&self, name: &str) -> Option<Usage> {
         if let Some((at, u)) = self
             .usage
@@ -867,6 +922,11 @@ impl Service {
                 return Some(*u);
             }
         }
+        self.measure_usage(name).await
+    }
+
+    /// Walks the volume (within the usage budget) and keeps the figure.
+    async fn measure_usage(&self, name: &str) -> Option<Usage> {
         let (shared, volume) = (self.shared().clone(), name.to_string());
         // A Get must answer even when the export does not: give up on the figure soon.
         let u = self
