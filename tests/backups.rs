@@ -243,11 +243,15 @@ fn bad_urls_and_sources_are_refused_with_what_is_accepted() {
     );
 }
 
-/// Waits until the destination folder holds at least one pack index (a pack sent).
+/// Waits until the destination folder holds at least one whole pack index (a pack sent;
+/// the index being written is a hidden temporary name until it is complete).
 fn wait_for_a_pack(dest: &Path) {
     util::eventually(Duration::from_secs(60), "a pack sent", || {
         std::fs::read_dir(dest.join("index"))
-            .map(|d| d.count() > 0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            })
             .unwrap_or(false)
     });
 }
