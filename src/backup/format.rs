@@ -41,7 +41,7 @@ pub const MAX_PACK: u64 = 64 << 20;
 pub const MAX_INDEX: u64 = 16 << 20;
 pub const MAX_SUMMARY: u64 = 1 << 20;
 pub const MAX_TREE_STORED: u64 = 1 << 30;
-pub const MAX_TREE_BYTES: u64 = 4 << 30;
+pub const MAX_TREE_BYTES: u64 = 1 << 30;
 pub const MAX_ENTRIES: usize = 20_000_000;
 const MAX_XATTRS: usize = 1024;
 const MAX_XATTR_VALUE: usize = 64 << 10;
@@ -407,17 +407,22 @@ impl Tree {
 
     /// Decodes and checks a stored tree. `name` is the backup's, for messages.
     pub fn decode(stored: &[u8], name: &str) -> Result<Tree> {
+        Self::decode_within(stored, name, MAX_TREE_BYTES)
+    }
+
+    /// [`Tree::decode`] with a smaller bound on the decompressed size (for fuzzing).
+    pub fn decode_within(stored: &[u8], name: &str, max: u64) -> Result<Tree> {
         let bad = |why: String| Error::Backup(format!("backup {name} is damaged: its tree: {why}"));
         let mut json = Vec::new();
         {
             use std::io::Read;
             let d = zstd::stream::read::Decoder::new(stored).map_err(|e| bad(e.to_string()))?;
-            d.take(MAX_TREE_BYTES + 1)
+            d.take(max + 1)
                 .read_to_end(&mut json)
                 .map_err(|e| bad(e.to_string()))?;
         }
-        if json.len() as u64 > MAX_TREE_BYTES {
-            return Err(bad(format!("more than {MAX_TREE_BYTES} bytes")));
+        if json.len() as u64 > max {
+            return Err(bad(format!("more than {max} bytes")));
         }
         let t: Tree = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
         if t.format != FORMAT {

@@ -655,17 +655,22 @@ pub fn rich_tree(data: &Path, small: usize, sparse: u64) {
     }
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join("bottom"), "at the bottom").unwrap();
-    for d in 0..(small / 1000).max(1) {
-        let dir = data.join(format!("many/{d:03}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..small.min(1000) {
-            std::fs::write(
-                dir.join(format!("f{i:04}")),
-                format!("small file {d}/{i}\n"),
-            )
-            .unwrap();
+    // Four writers at once: on a network filesystem each file is a few round trips.
+    let folders = (small / 1000).max(1);
+    std::thread::scope(|scope| {
+        for w in 0..4 {
+            scope.spawn(move || {
+                for d in (0..folders).filter(|d| d % 4 == w) {
+                    let dir = data.join(format!("many/{d:03}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    for i in 0..small.min(1000) {
+                        let text = format!("small file {d}/{i}\n");
+                        std::fs::write(dir.join(format!("f{i:04}")), text).unwrap();
+                    }
+                }
+            });
         }
-    }
+    });
     std::fs::write(data.join("name with spaces\nand a newline"), "odd").unwrap();
     std::fs::write(data.join("-leading-dash"), "dash").unwrap();
     std::fs::write(
