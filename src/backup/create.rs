@@ -378,16 +378,14 @@ impl Walker<'_> {
                     let key = (st.st_dev, st.st_ino);
                     if st.st_nlink > 1 {
                         if let Some(first) = linked.get(&key) {
-                            let mut e = self.entry(
+                            entries.push(self.entry(
                                 parent,
                                 bytes,
                                 Kind::Hardlink { to: *first },
                                 &st,
                                 file.as_fd(),
                                 &mut report,
-                            );
-                            e.xattrs.clear();
-                            entries.push(e);
+                            ));
                             report.hard_links += 1;
                             continue;
                         }
@@ -432,7 +430,7 @@ impl Walker<'_> {
                         }
                         Err(e) => return Err(io(&path(), e)),
                     };
-                    let mut e = self.entry(
+                    entries.push(self.entry(
                         parent,
                         bytes,
                         Kind::Symlink {
@@ -441,33 +439,25 @@ impl Walker<'_> {
                         &st,
                         dir.as_fd(),
                         &mut report,
-                    );
-                    e.xattrs.clear();
-                    entries.push(e);
+                    ));
                     report.symlinks += 1;
                 }
                 SFlag::S_IFIFO => {
-                    let mut e =
-                        self.entry(parent, bytes, Kind::Fifo, &st, dir.as_fd(), &mut report);
-                    e.xattrs.clear();
-                    entries.push(e);
+                    entries.push(self.entry(
+                        parent,
+                        bytes,
+                        Kind::Fifo,
+                        &st,
+                        dir.as_fd(),
+                        &mut report,
+                    ));
                     report.fifos += 1;
                 }
                 _ => report.skipped += 1,
             }
             lock.refresh(&self.repo.b)?;
         }
-        let stats = TreeStats {
-            files: report.files,
-            dirs: report.dirs,
-            symlinks: report.symlinks,
-            hard_links: report.hard_links,
-            fifos: report.fifos,
-            skipped: report.skipped,
-            vanished: report.vanished,
-            xattr_errors: report.xattr_errors,
-            bytes: report.bytes,
-        };
+        let stats = TreeStats::from(&report);
         Ok((
             Tree {
                 format: format::FORMAT,

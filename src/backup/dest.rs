@@ -555,24 +555,12 @@ fn vfs_list(root: &File, dir: &str) -> std::io::Result<Vec<Listed>> {
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let dup = nix::fcntl::openat(
-        d.as_fd(),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut listing = nix::dir::Dir::from_fd(dup)?;
     let mut out = Vec::new();
-    for entry in listing.iter() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
+    // The names read from the folder's handle (bounded: treecopy's folder limit).
+    for name in crate::treecopy::list(d.as_fd())? {
+        let name = name.as_bytes();
         if name.starts_with(b".") {
-            continue; // `.`, `..` and temporary names
-        }
-        if out.len() >= MAX_LISTED {
-            return Err(std::io::Error::other(format!(
-                "more than {MAX_LISTED} entries"
-            )));
+            continue; // temporary names
         }
         let Ok(st) = nix::sys::stat::fstatat(
             d.as_fd(),
@@ -599,9 +587,6 @@ fn vfs_list(root: &File, dir: &str) -> std::io::Result<Vec<Listed>> {
     }
     Ok(out)
 }
-
-/// Objects listed from one folder, at most.
-const MAX_LISTED: usize = 10_000_000;
 
 fn vfs_delete(root: &File, key: &str) -> std::io::Result<()> {
     let (dir, name) = match vfs_dir(root, key, false) {

@@ -240,6 +240,23 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
+impl From<&crate::treecopy::CopyReport> for TreeStats {
+    /// The walk counts as a copy does; the stored form keeps what a backup needs.
+    fn from(r: &crate::treecopy::CopyReport) -> TreeStats {
+        TreeStats {
+            files: r.files,
+            dirs: r.dirs,
+            symlinks: r.symlinks,
+            hard_links: r.hard_links,
+            fifos: r.fifos,
+            skipped: r.skipped,
+            vanished: r.vanished,
+            xattr_errors: r.xattr_errors,
+            bytes: r.bytes,
+        }
+    }
+}
+
 /// What a backup sent and reused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendStats {

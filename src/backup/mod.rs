@@ -121,25 +121,33 @@ impl Repo {
     /// Opens the destination; `create` writes its configuration if it has none (the first
     /// backup), otherwise a destination without one is an error.
     pub fn open(b: Backend, create: bool) -> Result<Repo> {
-        let config = match b.get(format::CONFIG, 64 << 10)? {
-            Some(bytes) => Config::decode(&bytes, b.url())?,
-            None if create => {
+        match Self::open_existing(b)? {
+            Ok(repo) => Ok(repo),
+            Err(b) if create => {
                 let c = Config::default();
                 b.put(
                     format::CONFIG,
                     Bytes::from(serde_json::to_vec_pretty(&c).expect("config serializes")),
                 )?;
-                c
+                Ok(Repo { b, config: c })
             }
-            None => {
-                return Err(Error::Backup(format!(
-                    "{} holds no caravan backups (no {})",
-                    b.url(),
-                    format::CONFIG
-                )))
+            Err(b) => Err(Error::Backup(format!(
+                "{} holds no caravan backups (no {})",
+                b.url(),
+                format::CONFIG
+            ))),
+        }
+    }
+
+    /// Opens a destination that holds backups; one that never had any is handed back.
+    pub fn open_existing(b: Backend) -> Result<std::result::Result<Repo, Backend>> {
+        Ok(match b.get(format::CONFIG, 64 << 10)? {
+            Some(bytes) => {
+                let config = Config::decode(&bytes, b.url())?;
+                Ok(Repo { b, config })
             }
-        };
-        Ok(Repo { b, config })
+            None => Err(b),
+        })
     }
 
     /// Every pack's index: where each stored chunk is. A damaged index is skipped (its

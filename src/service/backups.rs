@@ -245,36 +245,31 @@ impl Service {
 
     /// Starts reading back and checking every chunk of a backup.
     pub fn backup_verify(&self, url: &str) -> Result<BackupJobView> {
-        let url = BackupUrl::parse(url)?;
-        let (id, node) = (url.id.clone(), self.node.clone());
-        self.backup_job_start(
-            job_name("verify", &self.node),
-            "verify",
-            url.to_string(),
-            url.dest.clone(),
-            move |_, repo, p| {
-                Ok(
-                    serde_json::to_value(crate::backup::verify(&repo, &id, &node, p)?)
-                        .expect("a report serializes"),
-                )
-            },
-        )
+        self.backup_url_job(url, "verify", crate::backup::verify)
     }
 
     /// Starts deleting a backup (and freeing the chunks no other backup uses).
     pub fn backup_delete(&self, url: &str) -> Result<BackupJobView> {
+        self.backup_url_job(url, "delete", crate::backup::delete)
+    }
+
+    /// A job of `kind` on the one backup `url` names, its report as the result.
+    fn backup_url_job<R: Serialize + 'static>(
+        &self,
+        url: &str,
+        kind: &'static str,
+        work: fn(&Repo, &str, &str, &Progress) -> Result<R>,
+    ) -> Result<BackupJobView> {
         let url = BackupUrl::parse(url)?;
         let (id, node) = (url.id.clone(), self.node.clone());
+        let dest = url.dest.clone();
         self.backup_job_start(
-            job_name("delete", &self.node),
-            "delete",
+            job_name(kind, &self.node),
+            kind,
             url.to_string(),
-            url.dest.clone(),
+            dest,
             move |_, repo, p| {
-                Ok(
-                    serde_json::to_value(crate::backup::delete(&repo, &id, &node, p)?)
-                        .expect("a report serializes"),
-                )
+                Ok(serde_json::to_value(work(&repo, &id, &node, p)?).expect("a report serializes"))
             },
         )
     }
@@ -288,11 +283,10 @@ impl Service {
         let rt = tokio::runtime::Handle::current();
         let d = dest.clone();
         let summaries = tokio::task::spawn_blocking(move || {
-            match Repo::open(crate::backup::Backend::open(&d, rt)?, false) {
+            match Repo::open_existing(crate::backup::Backend::open(&d, rt)?)? {
                 Ok(repo) => repo.summaries(),
                 // A destination never backed up to holds no backups.
-                Err(Error::Backup(m)) if m.contains("holds no caravan backups") => Ok(Vec::new()),
-                Err(e) => Err(e),
+                Err(_) => Ok(Vec::new()),
             }
         })
         .await
