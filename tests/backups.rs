@@ -202,6 +202,18 @@ fn bad_urls_and_sources_are_refused_with_what_is_accepted() {
     ok(&a, &["create", "web"]);
     let e = fails(&a, &["backup", "create", "web", "--dest", "ftp://x"]);
     assert!(e.contains("accepted: vfs:///"), "{e}");
+    // Not on the shared root, by its path or through a link to it.
+    let on_root = format!("vfs://{}/backups", root.display());
+    let e = fails(&a, &["backup", "create", "web", "--dest", &on_root]);
+    assert!(e.contains("on the shared root"), "{e}");
+    std::os::unix::fs::symlink(&root, s.path().join("to-root")).unwrap();
+    let via_link = format!("vfs://{}/backups", s.path().join("to-root").display());
+    let e = fails(&a, &["backup", "list", &via_link]);
+    assert!(e.contains("on the shared root"), "{e}");
+    assert!(
+        !root.join("backups").exists(),
+        "nothing written on the root"
+    );
     let e = fails(
         &a,
         &["backup", "create", "nothere", "--dest", "vfs:///tmp/x"],

@@ -106,6 +106,34 @@ impl Dest {
         Err(bad("unknown scheme"))
     }
 
+    /// Refuses a folder on the shared root `root` (by its path, or through a link on the
+    /// way): a destination is written from its own top by path, and below the root a path
+    /// may pass links other machines planted. Blocking (it resolves the path).
+    pub fn check_outside(&self, root: &Path) -> Result<()> {
+        let Dest::Vfs { path } = self else {
+            return Ok(());
+        };
+        // The part of the path that exists, resolved as the kernel would resolve it.
+        let mut existing = path.as_path();
+        while !existing.exists() {
+            match existing.parent() {
+                Some(p) => existing = p,
+                None => break,
+            }
+        }
+        let resolved = |p: &Path| std::fs::canonicalize(p).ok();
+        let under = path.starts_with(root)
+            || matches!((resolved(existing), resolved(root)), (Some(e), Some(r)) if e.starts_with(&r));
+        if under {
+            return Err(Error::invalid(format!(
+                "backup destination {}: it is on the shared root {}; keep backups outside the export (another mount, a local disk, S3)",
+                self.url(),
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// The destination's URL, as users write it.
     pub fn url(&self) -> String {
         match self {

@@ -128,6 +128,7 @@ impl Service {
             let progress = j.progress.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
+                dest.check_outside(&s.shared().root)?;
                 let repo = Repo::open(crate::backup::Backend::open(&dest, rt)?, kind == "backup")?;
                 work(s, repo, &progress)
             })
@@ -282,7 +283,9 @@ impl Service {
         }
         let rt = tokio::runtime::Handle::current();
         let d = dest.clone();
+        let root = self.shared().root.clone();
         let summaries = tokio::task::spawn_blocking(move || {
+            d.check_outside(&root)?;
             match Repo::open_existing(crate::backup::Backend::open(&d, rt)?)? {
                 Ok(repo) => repo.summaries(),
                 // A destination never backed up to holds no backups.
@@ -311,7 +314,9 @@ impl Service {
         let url = BackupUrl::parse(url)?;
         let rt = tokio::runtime::Handle::current();
         let u = url.clone();
+        let root = self.shared().root.clone();
         let summary = tokio::task::spawn_blocking(move || {
+            u.dest.check_outside(&root)?;
             Repo::open(crate::backup::Backend::open(&u.dest, rt)?, false)?.summary(&u.id)
         })
         .await

@@ -197,6 +197,7 @@ impl Service {
                 Source::Volume(v) => shared.open_data_dir(v)?,
                 Source::Backup(url) => {
                     let url = crate::backup::BackupUrl::parse(url)?;
+                    url.dest.check_outside(&shared.root)?;
                     let repo =
                         crate::backup::Repo::open(crate::backup::Backend::open(&url.dest, rt)?, false)?;
                     let dst = shared.make_staging(&t)?;
