@@ -8,6 +8,8 @@
 //!    that has a caravan volume and, beside it, a bind mount of that volume's data folder
 //!    (the same filesystem used directly). caravan only bind-mounts, so the ratio should
 //!    be 1.0 within noise.
+//! 3. All at once: 50 `docker run -v` started together, each on a volume of its own,
+//!    against the same with `-d local` volumes: the wall time until all have exited.
 //!
 //! `cargo bench --bench docker_e2e` (as root, with dockerd up: `scripts/docker-up`). Under
 //! `cargo test` (no `--bench` argument) it runs a small smoke version. Environment:
@@ -15,7 +17,9 @@
 //!   with only `CARAVAN_BENCH_ROOTS` set, the first of those);
 //! - `CARAVAN_BENCH_REPS`: interleaved runs per figure (default 10; smoke: 2);
 //! - `CARAVAN_BENCH_MB`: size of the sequential file (default 1024; smoke: 8);
-//! - `CARAVAN_BENCH_FILES`: small files per run (default 5000; smoke: 50).
+//! - `CARAVAN_BENCH_FILES`: small files per run (default 5000; smoke: 50);
+//! - `CARAVAN_BENCH_BURST`: containers started at once, each on its own volume (default
+//!   50; smoke: 3), in up to three interleaved rounds.
 //!
 //! Each figure should take well over a second: `docker exec` itself varies by several
 //! milliseconds from call to call, and on a fast disk 256 MiB is written in 0.2 s.
@@ -57,6 +61,8 @@ fn main() {
     );
 
     end_to_end(&plain, reps);
+    let burst = env_num("CARAVAN_BENCH_BURST", if full { 50 } else { 3 });
+    all_at_once(&plain, reps.min(3), burst);
     data_path(&root, reps, mb, files);
     let _ = std::fs::remove_dir_all(&plain);
     // SIGTERM, not a kill: the daemon removes its spec file, and dockerd then does not
@@ -108,29 +114,7 @@ fn end_to_end(plain: &Path, reps: usize) {
     for run in 0..=reps {
         for driver in interleaved(run) {
             let name = format!("bench-e2e-{}-{run}", driver.name());
-            let create = timed(|| match driver {
-                Driver::Caravan => {
-                    docker_ok(&["volume", "create", "-d", DRIVER, &name]);
-                }
-                Driver::Local => {
-                    let dir = plain.join(&name);
-                    std::fs::create_dir_all(&dir).unwrap();
-                    let device = format!("device={}", dir.display());
-                    docker_ok(&[
-                        "volume",
-                        "create",
-                        "-d",
-                        "local",
-                        "--opt",
-                        "type=none",
-                        "--opt",
-                        "o=bind",
-                        "--opt",
-                        &device,
-                        &name,
-                    ]);
-                }
-            });
+            let create = timed(|| create_volume(driver, plain, &name));
             let mount = format!("{name}:/data");
             let run_ms = timed(|| {
                 docker_ok(&[
@@ -168,6 +152,82 @@ fn end_to_end(plain: &Path, reps: usize) {
     print_pairs(
         ["step", "caravan ms", "local ms", "caravan/local"],
         &steps,
+        &samples,
+    );
+}
+
+/// Creates a volume of `driver` named `name` (a host folder under `plain` for `local`).
+fn create_volume(driver: Driver, plain: &Path, name: &str) {
+    match driver {
+        Driver::Caravan => {
+            docker_ok(&["volume", "create", "-d", DRIVER, name]);
+        }
+        Driver::Local => {
+            let dir = plain.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let device = format!("device={}", dir.display());
+            docker_ok(&[
+                "volume",
+                "create",
+                "-d",
+                "local",
+                "--opt",
+                "type=none",
+                "--opt",
+                "o=bind",
+                "--opt",
+                &device,
+                name,
+            ]);
+        }
+    }
+}
+
+/// `burst` containers started at once, each with a volume of its own (made beforehand),
+/// the way a stack or a rescheduled node starts them: the wall time from the first
+/// `docker run` to the last one's exit, caravan against `local`.
+fn all_at_once(plain: &Path, rounds: usize, burst: usize) {
+    let mut samples = vec![vec![Vec::new()]; 2];
+    for round in 0..rounds {
+        for driver in interleaved(round) {
+            let names: Vec<String> = (0..burst)
+                .map(|i| format!("bench-burst-{}-{round}-{i}", driver.name()))
+                .collect();
+            for name in &names {
+                create_volume(driver, plain, name);
+            }
+            let wall = timed(|| {
+                std::thread::scope(|scope| {
+                    for name in &names {
+                        scope.spawn(move || {
+                            let mount = format!("{name}:/data");
+                            docker_ok(&[
+                                "run",
+                                "--rm",
+                                "--network",
+                                "none",
+                                "-v",
+                                &mount,
+                                IMAGE,
+                                "true",
+                            ]);
+                        });
+                    }
+                });
+            });
+            for name in &names {
+                docker_ok(&["volume", "rm", name]);
+            }
+            samples[driver as usize][0].push(wall);
+        }
+    }
+    println!(
+        "
+{burst} containers started at once, each on its own volume: median of {rounds} interleaved rounds"
+    );
+    print_pairs(
+        ["step", "caravan ms", "local ms", "caravan/local"],
+        &[format!("{burst} x docker run --rm -v vol:/data true")],
         &samples,
     );
 }

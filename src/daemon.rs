@@ -156,6 +156,12 @@ pub async fn run(
     )
     .await?;
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
+    // Other nodes' commits are applied once per heartbeat interval even while no call
+    // asks, so that the next Get rarely has journal entries to read first.
+    let keeping_current = {
+        let (store, every) = (store.clone(), nodes.interval());
+        tokio::spawn(async move { store.keep_current(every).await })
+    };
 
     let socket_activated = activated.is_some();
     let listener = match activated {
@@ -316,6 +322,7 @@ pub async fn run(
         }
     }
     fencing.abort();
+    keeping_current.abort();
     // Copies end before this node says it left: others may then clean what it made.
     svc.stop_copies().await;
     beating.store(false, std::sync::atomic::Ordering::SeqCst);

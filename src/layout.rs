@@ -4,6 +4,7 @@
 //! <root>/.caravan/meta/         sled database (cluster metadata)
 //! <root>/.caravan/lock          cluster lock file (OFD lock)
 //! <root>/.caravan/generation    commit counter, a cheap freshness check for readers
+//! <root>/.caravan/journal/      what each recent commit changed, for readers to catch up
 //! <root>/.caravan/nodes/<node>.json  each node's heartbeat, written only by that node
 //! <root>/.caravan/trash/        removed volumes waiting to be deleted
 //! <root>/volumes/<name>/data/   the data containers see
@@ -100,6 +101,10 @@ impl SharedLayout {
     }
     pub fn nodes_dir(&self) -> PathBuf {
         self.control_dir().join("nodes")
+    }
+    /// The change journal (see `store::journal`).
+    pub fn journal_dir(&self) -> PathBuf {
+        self.control_dir().join("journal")
     }
     pub fn trash_dir(&self) -> PathBuf {
         self.control_dir().join("trash")
@@ -250,6 +255,7 @@ impl SharedLayout {
             (self.trash_dir(), 0o700),
             (self.staging_dir(), 0o700),
             (self.nodes_dir(), 0o700),
+            (self.journal_dir(), 0o700),
             (self.volumes_dir(), 0o711),
             (self.archive_dir(), 0o700),
         ] {
@@ -292,6 +298,7 @@ impl SharedLayout {
             self.trash_dir(),
             self.staging_dir(),
             self.nodes_dir(),
+            self.journal_dir(),
             self.volumes_dir(),
             self.archive_dir(),
             self.meta_dir(),

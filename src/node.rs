@@ -457,7 +457,7 @@ impl Nodes {
             .and_then(|root| crate::beneath::open_dir(root, Path::new(".caravan/nodes")))
             .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
         let dir = crate::beneath::proc_path(&handle);
-        let boot_id = new_boot_id();
+        let boot_id = random_id();
         Ok(Nodes {
             me: me.to_string(),
             watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
@@ -886,7 +886,8 @@ pub fn decode_heartbeat(bytes: &[u8], node: &str) -> Result<Heartbeat> {
 }
 
 /// A random id for this start of the daemon (the kernel's UUID generator).
-fn new_boot_id() -> String {
+/// A random token (a uuid from the kernel): boot ids, the metadata store's id.
+pub(crate) fn random_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| {

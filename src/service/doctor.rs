@@ -452,7 +452,11 @@ impl Service {
             .collect();
         Ok(Facts {
             node: self.node.clone(),
-            records: snap.volumes.clone(),
+            records: snap
+                .volumes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             skipped: snap.unreadable.clone(),
             folders,
             mounted_here,

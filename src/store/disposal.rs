@@ -63,19 +63,13 @@ impl Worker {
                 ))),
                 (w, _) => w,
             };
-            written.map(|generation| {
-                let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-                for (name, rec) in &failed {
-                    if let Some(r) = rec {
-                        cache.volumes.insert(name.clone(), r.clone());
-                    }
-                }
-                cache.generation = generation;
-                cache.hint = generation;
-            })
+            written.map(|generation| self.committed(open, generation, failed.clone()))
         };
         if restored.is_err() {
-            self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
+            if let Some(j) = open.journal.as_mut() {
+                j.discard();
+            }
+            self.distrust();
         }
         let intact = restored.is_ok();
         let mut moved = moved.into_iter();

@@ -17,21 +17,27 @@
 //! work, and gives the lock back when none comes or when the hold reaches its limit
 //! (twice the open's cost, at least 50 ms), so other nodes get their turn.
 //!
-//! Reads (Get, List) are served from the in-memory copy; a reader first compares
-//! `<root>/.caravan/generation` with the value the copy was loaded at, which costs one
-//! small read (shared by concurrent readers), and reloads (under the lock) only when it
-//! moved. When the export does not answer, readers get the last known copy, marked stale
-//! (see [`crate::health`]).
+//! Reads (Get, List) never take the lock, never open sled and never wait for a commit:
+//! they are answered from an immutable in-memory [`Snapshot`], swapped whole when it
+//! changes. A reader first compares `<root>/.caravan/generation` (the hint) with the
+//! snapshot, which costs one small read shared by concurrent readers. When another node
+//! committed, the reader applies that node's entries of the change journal ([`journal`])
+//! to the snapshot, still without the lock; only when an entry is missing or does not
+//! check does it reload under the lock. A commit of this node swaps in its new snapshot
+//! once sled has it durably, before it moves the hint. When the export does not answer,
+//! readers get the last known state, marked stale (see [`crate::health`]).
 //!
 //! Parts: [`mutation`] (the changes and their outcomes), [`decide`] (the pure rules that
 //! decide them, liveness included), `worker` (the store thread: holds, commits, the file
 //! work around them), `batching` (what one commit takes, how long a hold lasts),
 //! `disposal` (moving removed volumes' data aside after the commit),
-//! `janitor` (deleting trashed data), `hint` and `sled_files`.
+//! `janitor` (deleting trashed data), [`journal`], `hint` and `sled_files`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use tokio::sync::oneshot;
 
@@ -46,6 +52,7 @@ pub mod decide;
 mod disposal;
 mod hint;
 mod janitor;
+pub mod journal;
 pub mod mutation;
 mod sled_files;
 mod worker;
@@ -58,26 +65,94 @@ use worker::Worker;
 pub const READ_BUDGET: Duration = Duration::from_secs(2);
 
 /// What a reader gets: the state, and why it may be out of date.
-pub struct Read<'a> {
-    pub snapshot: RwLockReadGuard<'a, Snapshot>,
+pub struct Read {
+    pub snapshot: Arc<Snapshot>,
     /// Set when the export did not answer: the state is the last one known.
     pub stale: Option<String>,
 }
 
-/// The last committed state this node knows.
-#[derive(Debug, Default)]
+/// A committed state of the cluster's metadata, never changed once made: a new one is
+/// swapped in whole. Cloning it is cheap (the volumes share their tree).
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub volumes: BTreeMap<String, VolumeRecord>,
+    pub volumes: imbl::OrdMap<String, VolumeRecord>,
     /// Names whose stored record this version cannot read, with why: never treated as
     /// free names (a newer node may have written them).
     pub unreadable: BTreeMap<String, String>,
-    /// Generation stored in sled at load time.
+    /// The generation of the commit this is the state after.
     pub generation: u64,
-    /// Value of the generation file when the copy was validated.
-    hint: u64,
+    /// The values of the generation hint this state is current for. Any value in the
+    /// range means no commit is newer: commits number themselves past both sled's
+    /// generation and the hint, and the range is made under the lock (or is the hint a
+    /// catch-up reached), so a newer commit always shows as a value beyond it.
+    hints: (u64, u64),
+    /// The metadata store's id, which journal entries must name (`None` until read).
+    store_id: Option<String>,
     loaded: bool,
     /// When this node last committed or reloaded successfully.
     pub last_sync: Option<SystemTime>,
+}
+
+impl Snapshot {
+    /// Whether this state is current for a hint that reads `hint`.
+    fn current_at(&self, hint: u64) -> bool {
+        self.loaded && self.hints.0 <= hint && hint <= self.hints.1
+    }
+
+    /// This state with the journal's `entries` of the generations after it applied, in
+    /// order: the state of generation `to`. Each changed mount or hold is noted as proof
+    /// that its incarnation was alive, as a reload notes it.
+    fn with_changes(
+        &self,
+        entries: Vec<journal::Changes>,
+        to: u64,
+        nodes: Option<&Nodes>,
+    ) -> Snapshot {
+        let mut next = self.clone();
+        for changes in entries {
+            for (name, change) in changes {
+                match change {
+                    Some(Ok(record)) => {
+                        if let Some(nodes) = nodes {
+                            note_live(nodes, next.volumes.get(&name), &record);
+                        }
+                        next.unreadable.remove(&name);
+                        next.volumes.insert(name, record);
+                    }
+                    Some(Err(why)) => {
+                        tracing::error!(volume = %crate::error::shown(&name), "skipping a stored record: {why}");
+                        next.volumes.remove(&name);
+                        next.unreadable.insert(name, why);
+                    }
+                    None => {
+                        next.volumes.remove(&name);
+                        next.unreadable.remove(&name);
+                    }
+                }
+            }
+        }
+        next.generation = to;
+        next.hints = (to, to);
+        next.last_sync = Some(SystemTime::now());
+        next
+    }
+}
+
+/// A commit is proof that its incarnation was alive: tells `nodes` of the incarnations
+/// with mounts, and of a holder, that `new` records and `old` did not.
+fn note_live(nodes: &Nodes, old: Option<&VolumeRecord>, new: &VolumeRecord) {
+    for (node, boot) in &new.incarnations {
+        if old.and_then(|o| o.incarnations.get(node)) != Some(boot) {
+            nodes.saw_commit(node, boot);
+        }
+    }
+    if let Some(h) = &new.holder {
+        if old.and_then(|o| o.holder.as_ref()) != Some(h) {
+            if let Some(boot) = &h.boot_id {
+                nodes.saw_commit(&h.node, boot);
+            }
+        }
+    }
 }
 
 // A job is moved through the worker's channel once per call: its size costs nothing worth
@@ -105,6 +180,14 @@ pub struct StoreStats {
     pub last_lock_wait_ms: f64,
     pub max_lock_wait_ms: f64,
     pub last_commit_ms: f64,
+    /// Reads brought up to date through the change journal, and the entries they applied.
+    #[serde(default)]
+    pub journal_catch_ups: u64,
+    #[serde(default)]
+    pub journal_entries: u64,
+    /// Catch-ups that found an entry missing or bad, and reloaded under the lock instead.
+    #[serde(default)]
+    pub journal_misses: u64,
     /// Holds that ended in a panic inside sled (caught; the next hold reopens it).
     #[serde(default)]
     pub session_failures: u64,
@@ -120,8 +203,12 @@ pub struct StoreStats {
 pub struct Store {
     layout: SharedLayout,
     queue: std::sync::mpsc::Sender<Job>,
-    cache: Arc<RwLock<Snapshot>>,
+    cache: Arc<ArcSwap<Snapshot>>,
     stats: Arc<Mutex<StoreStats>>,
+    /// Liveness, told of what journal entries show (as reloads tell it).
+    nodes: Option<Arc<Nodes>>,
+    /// One catch-up through the journal at a time; the others take its result.
+    catching_up: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The last generation-hint read: when it started, and what it found.
@@ -130,6 +217,7 @@ pub struct Store {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     panic_next: Arc<std::sync::atomic::AtomicBool>,
     fail_next_fsync: Arc<std::sync::atomic::AtomicBool>,
+    fail_next_write: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -142,10 +230,11 @@ impl Store {
         health: Arc<Health>,
     ) -> Result<Store> {
         let (queue, jobs) = std::sync::mpsc::channel();
-        let cache = Arc::new(RwLock::new(Snapshot::default()));
+        let cache = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stats = Arc::new(Mutex::new(StoreStats::default()));
         let panic_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fail_next_fsync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fail_next_write = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut worker = Worker {
             layout: layout.clone(),
             cache: cache.clone(),
@@ -159,11 +248,14 @@ impl Store {
             boot_id: nodes
                 .as_ref()
                 .map_or_else(|| "local".to_string(), |n| n.boot_id().to_string()),
-            nodes,
+            nodes: nodes.clone(),
             health: health.clone(),
             panic_next: panic_next.clone(),
             fail_next_fsync: fail_next_fsync.clone(),
+            fail_next_write: fail_next_write.clone(),
             unsure: None,
+            state: Arc::new(Snapshot::default()),
+            committed: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("caravan-store".into())
@@ -174,6 +266,8 @@ impl Store {
             queue,
             cache,
             stats,
+            nodes,
+            catching_up: Arc::new(tokio::sync::Mutex::new(())),
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
             hint_read: Arc::new(tokio::sync::Mutex::new(None)),
@@ -181,6 +275,7 @@ impl Store {
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             panic_next,
             fail_next_fsync,
+            fail_next_write,
         })
     }
 
@@ -189,6 +284,14 @@ impl Store {
     #[doc(hidden)]
     pub fn inject_fsync_failure(&self) {
         self.fail_next_fsync
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes the next commit fail after its journal entry was staged and before sled
+    /// has it: a commit that died half-way (for tests that it never becomes visible).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.fail_next_write
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -329,7 +432,7 @@ impl Store {
     /// when the export answers within [`READ_BUDGET`], else the last known state with
     /// `stale` set, at once when the export is known to be stalled. An error only when
     /// nothing was ever loaded.
-    pub async fn read(&self) -> Result<Read<'_>> {
+    pub async fn read(&self) -> Result<Read> {
         let why = match self.health.stalled() {
             Some((oldest, waited)) => Error::ExportStalled {
                 what: "reading the cluster metadata".into(),
@@ -360,21 +463,94 @@ impl Store {
         })
     }
 
-    /// The current state: the in-memory copy, reloaded first if another node committed.
-    pub async fn snapshot(&self) -> Result<RwLockReadGuard<'_, Snapshot>> {
+    /// The current state: the in-memory snapshot, brought up to date first if another
+    /// node committed (through the journal, else by a reload under the lock).
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let hint = self.read_hint().await?;
-        let fresh = {
-            let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
-            c.loaded && c.hint == hint
-        };
-        if !fresh {
-            let (reply, rx) = oneshot::channel();
-            self.queue
-                .send(Job::Refresh { reply })
-                .map_err(|_| self.gone())?;
-            self.wait(rx, "reloading the cluster metadata").await??;
+        let current = self.cache.load_full();
+        if current.current_at(hint) {
+            return Ok(current);
         }
-        Ok(self.cache.read().unwrap_or_else(|p| p.into_inner()))
+        if let Some(caught_up) = self.catch_up(hint).await {
+            return Ok(caught_up);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Job::Refresh { reply })
+            .map_err(|_| self.gone())?;
+        self.wait(rx, "reloading the cluster metadata").await??;
+        Ok(self.cache.load_full())
+    }
+
+    /// Brings the snapshot up to the commit the hint names through the journal, without
+    /// the lock. `None` when it cannot (an entry missing or bad, too far behind, nothing
+    /// loaded yet): the caller reloads under the lock.
+    async fn catch_up(&self, hint: u64) -> Option<Arc<Snapshot>> {
+        // Concurrent readers wait for the catch-up in flight instead of repeating it.
+        let _one = tokio::time::timeout(self.timeout, self.catching_up.lock())
+            .await
+            .ok()?;
+        let base = self.cache.load_full();
+        if base.current_at(hint) {
+            return Some(base);
+        }
+        let store = base.store_id.clone()?;
+        let behind = hint.checked_sub(base.generation)?;
+        if !base.loaded || behind == 0 || behind >= journal::MAX_CATCH_UP {
+            return None;
+        }
+        let from = base.generation + 1;
+        let (layout, health) = (self.layout.clone(), self.health.clone());
+        let read =
+            crate::deadline::blocking("reading the change journal", self.timeout, move || {
+                health.watch("reading the change journal", || {
+                    Ok(journal::read_entries(&layout, from, hint, &store))
+                })
+            })
+            .await;
+        let entries = match read {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(why)) => {
+                tracing::debug!("reloading instead of catching up from the journal: {why}");
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .journal_misses += 1;
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!("reloading instead of catching up from the journal: {e}");
+                return None;
+            }
+        };
+        let applied = entries.len() as u64;
+        let next = Arc::new(base.with_changes(entries, hint, self.nodes.as_deref()));
+        // Only over the state it was made from: a commit of this node swapped in meanwhile
+        // is at least as new (it committed under the lock after the hint's commit).
+        let prev = self.cache.compare_and_swap(&base, next.clone());
+        if !Arc::ptr_eq(&prev, &base) {
+            let now = self.cache.load_full();
+            return (now.generation >= hint).then_some(now);
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.journal_catch_ups += 1;
+        stats.journal_entries += applied;
+        Some(next)
+    }
+
+    /// Keeps the snapshot current while nobody asks: every `every`, one look at the hint
+    /// (and the journal when it moved). Readers then rarely have entries to apply, and a
+    /// node that serves no calls still notes other nodes' commits. Ends with the daemon.
+    pub async fn keep_current(&self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if self.health.stalled().is_none() {
+                let _ = self.snapshot().await;
+            }
+        }
     }
 
     /// Reads the generation hint, sharing one read among concurrent callers: a caller
@@ -409,8 +585,8 @@ impl Store {
     }
 
     /// The in-memory copy as it is, without checking the export.
-    fn cached(&self) -> RwLockReadGuard<'_, Snapshot> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    fn cached(&self) -> Arc<Snapshot> {
+        self.cache.load_full()
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -663,6 +839,216 @@ mod tests {
         assert!(snap.generation > g + 1);
     }
 
+    fn second(dir: &tempfile::TempDir) -> Store {
+        Store::start(
+            SharedLayout::new(dir.path()),
+            Duration::from_secs(5),
+            None,
+            crate::health::Health::new(Duration::from_secs(60)),
+        )
+        .unwrap()
+    }
+
+    fn names(snap: &Snapshot) -> Vec<String> {
+        snap.volumes.keys().cloned().collect()
+    }
+
+    /// Holds the cluster lock as another node would, so that any read that needed it
+    /// could not finish.
+    fn take_the_lock(dir: &tempfile::TempDir) -> crate::lock::ClusterLock {
+        crate::lock::ClusterLock::acquire(
+            &dir.path().join(".caravan/lock"),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn another_nodes_commit_is_read_from_the_journal_without_the_lock_or_sled() {
+        let (dir, a) = store();
+        let b = second(&dir);
+        a.apply(create("one")).await.unwrap();
+        assert_eq!(names(&b.snapshot().await.unwrap()), ["one"]);
+        let reloads = b.stats().reloads;
+        a.apply(create("two")).await.unwrap();
+        a.apply(Mutation::Remove { name: "one".into() })
+            .await
+            .unwrap();
+        let lock = take_the_lock(&dir);
+        // b's reads can neither take the lock nor open sled now (a's store thread is
+        // done with it, and the lock is held), so what they answer came from the journal.
+        let snap = tokio::time::timeout(Duration::from_secs(1), b.snapshot())
+            .await
+            .expect("a read waited for the lock")
+            .unwrap();
+        assert_eq!(names(&snap), ["two"]);
+        assert_eq!(snap.generation, a.cached().generation);
+        let stats = b.stats();
+        assert_eq!(stats.reloads, reloads, "{stats:?}");
+        assert_eq!((stats.journal_catch_ups, stats.journal_entries), (1, 2));
+        // The node that committed answers from memory too.
+        let own = tokio::time::timeout(Duration::from_secs(1), a.snapshot())
+            .await
+            .expect("a read on the committing node waited")
+            .unwrap();
+        assert_eq!(names(&own), ["two"]);
+        lock.release();
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_died_half_way_is_never_seen_and_a_planted_entry_never_read() {
+        let (dir, a) = store();
+        let b = second(&dir);
+        a.apply(create("one")).await.unwrap();
+        b.snapshot().await.unwrap();
+        let g = a.cached().generation;
+        // Its journal entry was written, then the commit failed before sled had it.
+        a.inject_write_failure();
+        a.apply(create("ghost")).await.unwrap_err();
+        for s in [&a, &b] {
+            assert_eq!(names(&s.snapshot().await.unwrap()), ["one"]);
+        }
+        let journal = dir.path().join(journal::DIR);
+        assert!(!journal.join(format!("{:020}", g + 1)).exists());
+        // Another machine plants an entry for the next number, well formed and naming
+        // this store: while no commit has that number, no reader reads it.
+        let store_id = a.cached().store_id.clone().unwrap();
+        let forged = BTreeMap::from([(
+            "forged".to_string(),
+            Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
+        )]);
+        std::fs::write(
+            journal.join(format!("{:020}", g + 1)),
+            journal::encode(&store_id, g + 1, &forged),
+        )
+        .unwrap();
+        assert_eq!(names(&b.snapshot().await.unwrap()), ["one"]);
+        // The next real commit takes the number (its own entry replaces the planted one).
+        a.apply(create("real")).await.unwrap();
+        let snap = b.snapshot().await.unwrap();
+        assert_eq!(names(&snap), ["one", "real"]);
+        assert_eq!(snap.generation, g + 1);
+        assert_eq!(b.stats().journal_catch_ups, 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_or_linked_entry_is_never_applied_the_reader_reloads_instead() {
+        let (dir, a) = store();
+        let b = second(&dir);
+        a.apply(create("one")).await.unwrap();
+        b.snapshot().await.unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let journal = dir.path().join(journal::DIR);
+        let store_id = a.cached().store_id.clone().unwrap();
+        for (i, damage) in ["flipped", "link", "fifo", "other store"]
+            .iter()
+            .enumerate()
+        {
+            let name = format!("v{i}");
+            a.apply(create(&name)).await.unwrap();
+            let g = a.cached().generation;
+            let entry = journal.join(format!("{g:020}"));
+            let forged = BTreeMap::from([(
+                "forged".to_string(),
+                Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
+            )]);
+            std::fs::remove_file(&entry).unwrap();
+            match *damage {
+                "flipped" => {
+                    let mut bytes = journal::encode(&store_id, g, &forged);
+                    let at = bytes.len() - 3;
+                    bytes[at] ^= 1;
+                    std::fs::write(&entry, bytes).unwrap();
+                }
+                "link" => {
+                    let target = outside.path().join("entry");
+                    std::fs::write(&target, journal::encode(&store_id, g, &forged)).unwrap();
+                    std::os::unix::fs::symlink(&target, &entry).unwrap();
+                }
+                "fifo" => nix::unistd::mkfifo(&entry, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                _ => std::fs::write(&entry, journal::encode("another", g, &forged)).unwrap(),
+            }
+            let snap = tokio::time::timeout(Duration::from_secs(5), b.snapshot())
+                .await
+                .expect("a planted entry blocked a read")
+                .unwrap();
+            assert!(!snap.volumes.contains_key("forged"), "{damage}");
+            assert!(snap.volumes.contains_key(&name), "{damage}");
+        }
+        let stats = b.stats();
+        assert_eq!(
+            (stats.journal_catch_ups, stats.journal_misses),
+            (0, 4),
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_never_goes_back_and_sees_only_committed_states() {
+        let (dir, a) = store();
+        let b = second(&dir);
+        // What a committed: the names after each of its commits, by generation.
+        let committed = Arc::new(Mutex::new(BTreeMap::<u64, Vec<String>>::new()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = [a.clone(), b.clone(), b.clone()]
+            .into_iter()
+            .map(|s| {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        let snap = s.snapshot().await.unwrap();
+                        seen.push((snap.generation, names(&snap)));
+                        tokio::task::yield_now().await;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..120 {
+            let name = format!("v{:03}", i / 2);
+            if i % 7 == 3 {
+                // A commit that dies half-way: its entry staged, sled never written.
+                a.inject_write_failure();
+            }
+            let r = if i % 2 == 0 {
+                a.apply(create(&name)).await
+            } else {
+                a.apply(Mutation::Remove { name: name.clone() }).await
+            };
+            let snap = a.cached();
+            if r.is_ok() {
+                committed
+                    .lock()
+                    .unwrap()
+                    .insert(snap.generation, names(&snap));
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let committed = committed.lock().unwrap().clone();
+        let mut caught_up = 0;
+        for reader in readers {
+            let seen = reader.await.unwrap();
+            for pair in seen.windows(2) {
+                assert!(
+                    pair[0].0 <= pair[1].0,
+                    "went back: {:?} then {:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            for (g, names) in &seen {
+                if *g == 0 {
+                    continue;
+                }
+                assert_eq!(committed.get(g), Some(names), "generation {g}");
+            }
+            caught_up += seen.len();
+        }
+        assert!(caught_up > 0);
+        assert!(b.stats().journal_catch_ups > 0, "{:?}", b.stats());
+    }
+
     #[tokio::test]
     async fn a_record_this_version_cannot_read_is_never_taken_for_a_free_name() {
         let (dir, store) = store();
@@ -708,7 +1094,7 @@ mod tests {
         assert!(e.contains("cannot be read") && e.contains("upgrade"), "{e}");
         {
             let snap = store.snapshot().await.unwrap();
-            assert!(snap.volumes.is_empty(), "{:?}", snap.volumes.keys());
+            assert!(snap.volumes.is_empty(), "{:?}", names(&snap));
             assert!(snap.unreadable["../../outside"].contains("not a valid volume name"));
         }
         let e = store

@@ -11,6 +11,8 @@ use crate::layout::SharedLayout;
 const SEGMENT_SIZE: usize = 64 << 10;
 pub(super) const VOLUMES_TREE: &str = "volumes";
 pub(super) const GENERATION_KEY: &str = "generation";
+/// The metadata store's random id (see [`super::journal`]).
+pub(super) const STORE_ID_KEY: &str = "store_id";
 
 pub(super) fn read_generation(db: &sled::Db) -> Result<u64> {
     match db.get(GENERATION_KEY) {

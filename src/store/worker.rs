@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
@@ -13,7 +15,8 @@ use super::decide::{self, Committer, Event, Oracle};
 use super::disposal::in_parallel;
 use super::hint::HintWriter;
 use super::janitor::start_janitor;
-use super::sled_files::{open_db, read_generation, LogFile, GENERATION_KEY};
+use super::journal::{self, JournalWriter};
+use super::sled_files::{open_db, read_generation, LogFile, GENERATION_KEY, STORE_ID_KEY};
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -25,7 +28,8 @@ use crate::volume::{VolumeOptions, VolumeRecord};
 /// The store thread's state.
 pub(super) struct Worker {
     pub(super) layout: SharedLayout,
-    pub(super) cache: Arc<RwLock<Snapshot>>,
+    /// What readers are served (this thread and readers catching up swap it).
+    pub(super) cache: Arc<ArcSwap<Snapshot>>,
     pub(super) stats: Arc<Mutex<StoreStats>>,
     pub(super) timeout: Duration,
     pub(super) trash_tag: u64,
@@ -46,9 +50,18 @@ pub(super) struct Worker {
     pub(super) panic_next: Arc<std::sync::atomic::AtomicBool>,
     /// Set by a test to make the next commit's fsync fail after sled's flush went through.
     pub(super) fail_next_fsync: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a test to make the next commit fail between its journal entry and sled.
+    pub(super) fail_next_write: Arc<std::sync::atomic::AtomicBool>,
     /// The generation of a commit whose fsync failed after sled's flush went through: it
     /// may be durable, and only a fresh open of sled can tell (see `verify_landed`).
     pub(super) unsure: Option<u64>,
+    /// The state this thread decides on: only ever one it loaded from sled or committed
+    /// itself under the lock (never one a reader made from the journal). Not loaded:
+    /// the next commit reloads first.
+    pub(super) state: Arc<Snapshot>,
+    /// The generations this hold committed: after it, each one's entry [`journal::KEEP`]
+    /// back is deleted (every number is pruned once, by the node that committed past it).
+    pub(super) committed: Vec<u64>,
 }
 
 /// Filesystem work that must follow a successful commit (still under the lock).
@@ -146,7 +159,13 @@ impl Worker {
         self.health.failed(&e);
         self.events.clear();
         self.trashed.clear();
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
+        self.committed.clear();
+        self.distrust();
+    }
+
+    /// Makes the next commit reload from sled before deciding anything.
+    pub(super) fn distrust(&mut self) {
+        self.state = Arc::new(Snapshot::default());
     }
 
     /// One hold of the cluster lock: take it, open sled once, commit `batch`, and keep
@@ -180,7 +199,7 @@ impl Worker {
             stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
             stats.sessions += 1;
         }
-        let mut open = match OpenStore::open(&self.layout, deadline) {
+        let mut open = match OpenStore::open(&self.layout, deadline, &self.boot_id) {
             Ok(open) => Some(open),
             Err(e) => {
                 self.health.failed(&e);
@@ -226,12 +245,20 @@ impl Worker {
             }
         }
         // sled's file lock must be gone before the cluster lock is released.
+        let journal = open.as_mut().and_then(|o| o.journal.take());
         drop(open);
         lock.release();
         tracing::debug!(
             held_ms = locked.elapsed().as_secs_f64() * 1e3,
             "cluster lock released"
         );
+        // Outside the lock: old entries are never written again.
+        let committed = std::mem::take(&mut self.committed);
+        if let Some(journal) = journal {
+            for g in committed.into_iter().filter(|g| *g > journal::KEEP) {
+                journal.prune(g - journal::KEEP);
+            }
+        }
     }
 
     /// One commit inside a hold of the lock. Returns the replies to send, and whether the
@@ -270,14 +297,14 @@ impl Worker {
             }
             _ => true,
         });
-        let refresh = batch.iter().any(|j| matches!(j, Job::Refresh { .. }));
-        if let Err(e) = self.sync_cache(&open.db, &open.tree, refresh) {
+        if let Err(e) = self.sync_state(open) {
             return (fail_all(batch, &e), false);
         }
+        let base = self.state.clone();
 
         // Folders of new volumes first, all at once; then decide every mutation in
-        // memory, on an overlay of the cache.
-        let mut prepared = self.prepare_creates(&batch);
+        // memory, on an overlay of the state.
+        let mut prepared = self.prepare_creates(&batch, &base);
         let mut overlay: BTreeMap<String, Option<VolumeRecord>> = BTreeMap::new();
         let mut oracle = FreshOracle {
             nodes: self.nodes.clone(),
@@ -290,7 +317,7 @@ impl Worker {
                     mutation, reply, ..
                 } => Some(Decided::Apply(
                     reply,
-                    self.decide(&mutation, &mut overlay, &mut prepared, &mut oracle),
+                    self.decide(&mutation, &base, &mut overlay, &mut prepared, &mut oracle),
                 )),
                 Job::Refresh { reply } => Some(Decided::Refresh(reply)),
                 Job::Stop => None,
@@ -299,11 +326,7 @@ impl Worker {
 
         let t_decide = t0.elapsed();
         let committed = if overlay.is_empty() {
-            Ok(self
-                .cache
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .generation)
+            Ok(base.generation)
         } else {
             self.write(open, &overlay)
         };
@@ -327,25 +350,23 @@ impl Worker {
             }
             Err(e) => {
                 self.health.failed(&e);
+                if let Some(open) = slot.as_mut() {
+                    if let Some(j) = open.journal.as_mut() {
+                        j.discard();
+                    }
+                }
                 // Nothing was applied; the next batch reloads before deciding.
-                self.cache.write().unwrap_or_else(|p| p.into_inner()).loaded = false;
+                self.distrust();
                 return (fail_decided(decided, &e), false);
             }
         };
         for event in events {
             event.log(generation);
         }
-        {
-            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-            for (name, rec) in overlay {
-                match rec {
-                    Some(r) => cache.volumes.insert(name, r),
-                    None => cache.volumes.remove(&name),
-                };
+        if !overlay.is_empty() {
+            if let Some(open) = slot.as_mut() {
+                self.committed(open, generation, overlay);
             }
-            cache.generation = generation;
-            cache.hint = generation;
-            cache.last_sync = Some(SystemTime::now());
         }
         let mutations = decided
             .iter()
@@ -373,27 +394,33 @@ impl Worker {
         (replies, intact)
     }
 
-    /// Reloads the in-memory copy if sled's generation moved since it was loaded. With
-    /// `read_hint` (a reader found the hint changed) the hint file is read under the lock
-    /// and remembered, so that a hint left ahead of sled by a crash stops sending readers
-    /// here; a commit rewrites the hint anyway, so mutations need not read it.
-    fn sync_cache(&mut self, db: &sled::Db, tree: &sled::Tree, read_hint: bool) -> Result<()> {
-        let stored = read_generation(db)?;
-        let hint = if read_hint {
-            super::hint::read(&self.layout).unwrap_or(stored)
-        } else {
-            stored
-        };
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.loaded && cache.generation == stored {
-            if read_hint {
-                cache.hint = hint;
+    /// Brings this thread's state up to sled's (reloading it only when sled's generation
+    /// is not the one the state is of), and publishes it with the hint values it is
+    /// current for: under the lock nobody else commits, so the hint now holds a value
+    /// no newer than sled's last commit, and every later commit writes a larger one.
+    /// A hint left behind sled (a commit that died after sled and before the hint) is
+    /// brought up to it here, so that other nodes' readers see that commit.
+    fn sync_state(&mut self, open: &mut OpenStore) -> Result<()> {
+        let stored = read_generation(&open.db)?;
+        if open.hint.last() < stored {
+            if let Err(e) = open.hint.write(stored) {
+                tracing::warn!("bringing the generation hint up to sled's ({stored}): {e}");
+            }
+        }
+        let last = open.hint.last();
+        let hints = (last.min(stored), last.max(stored));
+        let same_store = self.state.store_id.as_deref() == Some(open.store_id.as_str());
+        if self.state.loaded && self.state.generation == stored && same_store {
+            if self.state.hints != hints {
+                let mut state = (*self.state).clone();
+                state.hints = hints;
+                self.publish(state);
             }
             return Ok(());
         }
-        let mut volumes = BTreeMap::new();
+        let mut volumes = imbl::OrdMap::new();
         let mut unreadable = BTreeMap::new();
-        for item in tree.iter() {
+        for item in open.tree.iter() {
             let (k, v) = item.map_err(|e| Error::Store(format!("reading volumes: {e}")))?;
             match crate::volume::decode_stored(&k, &v) {
                 Ok(rec) => {
@@ -410,62 +437,88 @@ impl Worker {
             }
         }
         // A commit is proof that its incarnation was alive: note the mounts and holds
-        // that changed since the last load.
+        // that changed since what readers were last served.
         if let Some(nodes) = &self.nodes {
+            let served = self.cache.load();
             for (name, rec) in &volumes {
-                let old = cache.volumes.get(name);
-                for (node, boot) in &rec.incarnations {
-                    if old.and_then(|o| o.incarnations.get(node)) != Some(boot) {
-                        nodes.saw_commit(node, boot);
-                    }
-                }
-                if let Some(h) = &rec.holder {
-                    if old.and_then(|o| o.holder.as_ref()) != Some(h) {
-                        if let Some(boot) = &h.boot_id {
-                            nodes.saw_commit(&h.node, boot);
-                        }
-                    }
-                }
+                super::note_live(nodes, served.volumes.get(name), rec);
             }
         }
-        cache.volumes = volumes;
-        cache.unreadable = unreadable;
-        cache.generation = stored;
-        cache.hint = hint;
-        cache.loaded = true;
-        cache.last_sync = Some(SystemTime::now());
+        self.publish(Snapshot {
+            volumes,
+            unreadable,
+            generation: stored,
+            hints,
+            store_id: Some(open.store_id.clone()),
+            loaded: true,
+            last_sync: Some(SystemTime::now()),
+        });
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
         Ok(())
     }
+
+    /// Makes `state` the one this thread decides on and readers are served.
+    fn publish(&mut self, state: Snapshot) {
+        self.state = Arc::new(state);
+        self.cache.store(self.state.clone());
+    }
+
+    /// After sled has commit `generation` (which wrote `overlay`) durably: its journal
+    /// entry gets its number, the new state is published (this node's readers see the
+    /// commit from here on), and then the hint moves (every node's readers do).
+    pub(super) fn committed(
+        &mut self,
+        open: &mut OpenStore,
+        generation: u64,
+        overlay: BTreeMap<String, Option<VolumeRecord>>,
+    ) {
+        if let Some(j) = open.journal.as_mut() {
+            j.publish(generation);
+        }
+        let mut state = (*self.state).clone();
+        for (name, rec) in overlay {
+            match rec {
+                Some(r) => state.volumes.insert(name, r),
+                None => state.volumes.remove(&name),
+            };
+        }
+        state.generation = generation;
+        // The hint holds the last one written until the write below lands.
+        state.hints = (open.hint.last().min(generation), generation);
+        state.last_sync = Some(SystemTime::now());
+        self.publish(state);
+        if let Err(e) = open.hint.write(generation) {
+            // The commit stands; other nodes see it at the next commit, or when the next
+            // hold of the lock brings the hint up to sled's generation.
+            tracing::warn!(
+                generation,
+                "the commit is durable, but moving the generation hint failed: {e}"
+            );
+        }
+        self.committed.push(generation);
+    }
+
     /// Decides one mutation against the cache plus the batch's overlay, with the pure
     /// rules of [`decide`]. On success the overlay holds the new record; on error it is
     /// untouched.
     fn decide(
         &mut self,
         m: &Mutation,
+        base: &Snapshot,
         overlay: &mut BTreeMap<String, Option<VolumeRecord>>,
         prepared: &mut Prepared,
         oracle: &mut dyn Oracle,
     ) -> Result<(Outcome, AfterCommit)> {
-        let cache = self.cache.clone();
         let current = |name: &str, overlay: &BTreeMap<String, Option<VolumeRecord>>| match overlay
             .get(name)
         {
             Some(r) => r.clone(),
-            None => cache
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .volumes
-                .get(name)
-                .cloned(),
+            None => base.volumes.get(name).cloned(),
         };
         // A name whose stored record this version cannot read is not absent: changing it
         // would overwrite what a newer node wrote.
         let unreadable = |name: &str| {
-            cache
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .unreadable
+            base.unreadable
                 .get(name)
                 .map(|why| {
                     Error::invalid(format!(
@@ -608,8 +661,7 @@ impl Worker {
             }
             Mutation::ReconcileNode { node, bound } => {
                 let names: Vec<String> = {
-                    let cache = cache.read().unwrap_or_else(|p| p.into_inner());
-                    let in_cache = cache.volumes.values().filter(|r| {
+                    let in_cache = base.volumes.values().filter(|r| {
                         r.mounts.contains_key(node)
                             || r.holder.as_ref().is_some_and(|h| &h.node == node)
                     });
@@ -656,11 +708,22 @@ impl Worker {
             .checked_add(1)
             .ok_or_else(|| Error::Store("the generation counter is exhausted".into()))?;
         let t0 = Instant::now();
-        // The hint goes first: a reader that sees it reloads under the lock, after this
-        // commit. A crash after this line leaves a hint ahead of sled, which costs readers
-        // one reload, never a stale answer.
-        open.hint.write(next)?;
+        // The journal entry first, under a temporary name: it gets its number only once
+        // sled has the commit (see `committed`), so a commit that dies half-way never
+        // shows in the journal.
+        if let Some(j) = open.journal.as_mut() {
+            j.stage(next, &journal::encode(&open.store_id, next, overlay));
+        }
         let t_hint = t0.elapsed();
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Error::io(
+                "writing volumes (injected by a test)",
+                std::io::Error::from_raw_os_error(nix::libc::EIO),
+            ));
+        }
         let mut batch = sled::Batch::default();
         for (name, rec) in overlay {
             match rec {
@@ -697,7 +760,7 @@ impl Worker {
         }
         self.synced_folder = true;
         tracing::trace!(
-            hint_ms = t_hint.as_secs_f64() * 1e3,
+            journal_ms = t_hint.as_secs_f64() * 1e3,
             sled_ms = (t_flushed - t_hint).as_secs_f64() * 1e3,
             fsync_ms = (t0.elapsed() - t_flushed).as_secs_f64() * 1e3,
             "commit written"
@@ -713,7 +776,7 @@ impl Worker {
     fn verify_landed(&mut self, slot: &mut Option<OpenStore>, next: u64, e: Error) -> Result<u64> {
         tracing::warn!("{e}: sled's flush went through, so the commit may be durable; opening the store again to see");
         drop(slot.take());
-        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout)?;
+        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout, &self.boot_id)?;
         let stored = read_generation(&reopened.db)?;
         *slot = Some(reopened);
         if stored >= next {
@@ -733,10 +796,9 @@ impl Worker {
     /// them before taking the lock was tried and measured slower: a single caller's next
     /// create then arrives too late to share the hold of the lock, and with many callers
     /// the file server serializes the folder work anyway.)
-    fn prepare_creates(&self, batch: &[Job]) -> Prepared {
+    fn prepare_creates(&self, batch: &[Job], base: &Snapshot) -> Prepared {
         let mut records = BTreeMap::new();
         {
-            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
             for job in batch {
                 if let Job::Apply {
                     mutation:
@@ -749,7 +811,7 @@ impl Worker {
                     ..
                 } = job
                 {
-                    if !cache.volumes.contains_key(name) && !records.contains_key(name) {
+                    if !base.volumes.contains_key(name) && !records.contains_key(name) {
                         records
                             .insert(name.clone(), VolumeRecord::new(name, node, options.clone()));
                     }
@@ -771,18 +833,41 @@ pub(super) struct OpenStore {
     tree: sled::Tree,
     hint: HintWriter,
     log: LogFile,
+    /// `None` when the journal folder could not be opened: commits then write no entries
+    /// (readers elsewhere reload instead).
+    pub(super) journal: Option<JournalWriter>,
+    /// The metadata store's id, which its journal entries name.
+    store_id: String,
 }
 
 impl OpenStore {
-    fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
+    fn open(layout: &SharedLayout, deadline: Instant, boot_id: &str) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
         let hint = HintWriter::open(layout)?;
         let log = LogFile::open(layout)?;
+        let journal = JournalWriter::open(layout, boot_id)
+            .map_err(|e| tracing::warn!("commits write no journal entries: {e}"))
+            .ok();
+        let store_id = match db.get(STORE_ID_KEY) {
+            Ok(Some(id)) if !id.is_empty() && id.len() <= 64 => {
+                String::from_utf8_lossy(&id).into_owned()
+            }
+            // New (or from a version without it, or unreadable): a new one, written with
+            // the next commit. Entries that named an old one are never applied.
+            _ => {
+                let id = crate::node::random_id();
+                db.insert(STORE_ID_KEY, id.as_bytes())
+                    .map_err(|e| Error::Store(format!("writing the store id: {e}")))?;
+                id
+            }
+        };
         Ok(OpenStore {
             db,
             tree,
             hint,
             log,
+            journal,
+            store_id,
         })
     }
 }
