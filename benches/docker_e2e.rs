@@ -19,7 +19,8 @@
 //! - `CARAVAN_BENCH_MB`: size of the sequential file (default 1024; smoke: 8);
 //! - `CARAVAN_BENCH_FILES`: small files per run (default 5000; smoke: 50);
 //! - `CARAVAN_BENCH_BURST`: containers started at once, each on its own volume (default
-//!   50; smoke: 3), in up to three interleaved rounds.
+//!   50; smoke: 3), in up to three interleaved rounds;
+//! - `CARAVAN_BENCH_PARTS`: which of `e2e`, `burst` and `data` to run (default all three).
 //!
 //! Each figure should take well over a second: `docker exec` itself varies by several
 //! milliseconds from call to call, and on a fast disk 256 MiB is written in 0.2 s.
@@ -60,10 +61,18 @@ fn main() {
         root.display()
     );
 
-    end_to_end(&plain, reps);
-    let burst = env_num("CARAVAN_BENCH_BURST", if full { 50 } else { 3 });
-    all_at_once(&plain, reps.min(3), burst);
-    data_path(&root, reps, mb, files);
+    let parts = std::env::var("CARAVAN_BENCH_PARTS").unwrap_or_else(|_| "e2e,burst,data".into());
+    let part = |p: &str| parts.split(',').any(|q| q.trim() == p);
+    if part("e2e") {
+        end_to_end(&plain, reps);
+    }
+    if part("burst") {
+        let burst = env_num("CARAVAN_BENCH_BURST", if full { 50 } else { 3 });
+        all_at_once(&plain, reps.min(3), burst);
+    }
+    if part("data") {
+        data_path(&root, reps, mb, files);
+    }
     let _ = std::fs::remove_dir_all(&plain);
     // SIGTERM, not a kill: the daemon removes its spec file, and dockerd then does not
     // wait 15 s on every later `docker volume ls` for a plugin that is gone.

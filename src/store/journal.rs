@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::fcntl::OFlag;
@@ -163,26 +164,39 @@ pub(super) fn read_entries(
     store: &str,
 ) -> std::result::Result<Vec<Changes>, String> {
     let dir = open_dir(layout).map_err(|e| format!("opening {DIR}: {e}"))?;
+    // All the entries of one catch-up together: planted entries with valid hashes must
+    // not make a reader hold gigabytes.
+    let mut budget = MAX_ENTRY;
     (from..=to)
         .map(|generation| {
             let name = entry_name(generation);
             let shown = || format!("{DIR}/{name}");
-            // Non-blocking: a FIFO planted here must not hold a thread.
-            let file = crate::beneath::open(
-                &dir,
-                Path::new(&name),
-                OFlag::O_RDONLY | OFlag::O_NONBLOCK,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("{}: {e}", shown()))?;
-            let meta = file.metadata().map_err(|e| format!("{}: {e}", shown()))?;
+            // Looked at before it is opened for reading: opening a device node planted
+            // here could act on the device, and a FIFO could block.
+            let at = crate::beneath::open(&dir, Path::new(&name), OFlag::O_PATH, Mode::empty())
+                .map_err(|e| format!("{}: {e}", shown()))?;
+            let meta = at.metadata().map_err(|e| format!("{}: {e}", shown()))?;
             if !meta.is_file() {
                 return Err(format!("{} is not a regular file", shown()));
             }
+            if meta.len() > budget {
+                return Err(format!(
+                    "{} would take the catch-up past {MAX_ENTRY} bytes",
+                    shown()
+                ));
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(crate::beneath::proc_path(&at))
+                .map_err(|e| format!("{}: {e}", shown()))?;
             let mut bytes = Vec::new();
-            file.take(MAX_ENTRY + 1)
+            file.take(budget + 1)
                 .read_to_end(&mut bytes)
                 .map_err(|e| format!("{}: {e}", shown()))?;
+            budget = budget
+                .checked_sub(bytes.len() as u64)
+                .ok_or_else(|| format!("{} grew past the catch-up's {MAX_ENTRY} bytes", shown()))?;
             decode(&bytes, generation, store).map_err(|why| format!("{}: {why}", shown()))
         })
         .collect()
@@ -261,17 +275,42 @@ impl JournalWriter {
     }
 
     /// After sled has commit `generation` durably: gives its entry its number. (Before the
-    /// hint moves, so every reader that sees the number finds the entry.)
-    pub(super) fn publish(&mut self, generation: u64) {
+    /// hint moves, so every reader that sees the number finds the entry.) Whether it did.
+    pub(super) fn publish(&mut self, generation: u64) -> bool {
         if self.staged.take() != Some(generation) {
-            return;
+            return false;
         }
         let name = entry_name(generation);
-        if let Err(e) =
-            nix::fcntl::renameat(&self.dir, self.pending.as_str(), &self.dir, name.as_str())
-        {
-            tracing::warn!(generation, "no journal entry for this commit (readers elsewhere reload instead): renaming it: {e}");
+        match nix::fcntl::renameat(&self.dir, self.pending.as_str(), &self.dir, name.as_str()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(generation, "no journal entry for this commit (readers elsewhere reload instead): renaming it: {e}");
+                false
+            }
         }
+    }
+
+    /// For a commit that published no entry of its own: deletes whatever is under its
+    /// number (planted by another machine, or left by a store started over by hand), so
+    /// that readers find nothing there and reload.
+    pub(super) fn forget(&self, generation: u64) {
+        match self.unlink(&entry_name(generation)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not a file this could unlink (a folder?): readers refuse what is not a
+            // regular file, and reload.
+            Err(e) => tracing::warn!(generation, "clearing the journal's entry: {e}"),
+        }
+    }
+
+    /// The generation whose entry waits under the temporary name, if any.
+    pub(super) fn staged(&self) -> Option<u64> {
+        self.staged
+    }
+
+    /// Takes up an entry an earlier writer of this incarnation staged (after a reopen).
+    pub(super) fn restage(&mut self, generation: u64) {
+        self.staged = Some(generation);
     }
 
     /// The staged entry of a commit that did not land: never published.

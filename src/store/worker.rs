@@ -46,12 +46,11 @@ pub(super) struct Worker {
     /// What the batch being decided did to exclusive volumes, logged once it commits.
     pub(super) events: Vec<Event>,
     pub(super) health: Arc<Health>,
-    /// Set by a test to make the next hold panic inside, as sled does on a broken export.
-    pub(super) panic_next: Arc<std::sync::atomic::AtomicBool>,
-    /// Set by a test to make the next commit's fsync fail after sled's flush went through.
-    pub(super) fail_next_fsync: Arc<std::sync::atomic::AtomicBool>,
-    /// Set by a test to make the next commit fail between its journal entry and sled.
-    pub(super) fail_next_write: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) faults: Arc<super::Faults>,
+    /// A commit's hint write failed: its commit is durable but other nodes' readers do
+    /// not know of it. Until a hold brings the hint up to sled, the thread holds the lock
+    /// once a second on its own for that, without waiting for work.
+    pub(super) hint_behind: bool,
     /// The generation of a commit whose fsync failed after sled's flush went through: it
     /// may be durable, and only a fresh open of sled can tell (see `verify_landed`).
     pub(super) unsure: Option<u64>,
@@ -111,7 +110,19 @@ impl Worker {
         self.janitor = start_janitor(self.layout.clone());
         let mut stopping = false;
         while !stopping {
-            let Ok(first) = jobs.recv() else { break };
+            let first = if self.hint_behind {
+                match jobs.recv_timeout(Duration::from_secs(1)) {
+                    Ok(job) => job,
+                    // A hold of its own, only to bring the hint up to sled (sync_state).
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Job::Refresh {
+                        reply: oneshot::channel().0,
+                    },
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                let Ok(job) = jobs.recv() else { break };
+                job
+            };
             let batch = gather(first, &jobs, &mut stopping);
             if !batch.is_empty() {
                 // Opening the folders is the hold's first touch of the export: a stall
@@ -274,10 +285,7 @@ impl Worker {
             let e = Error::Store("the store is not open in this hold".into());
             return (fail_all(batch, &e), false);
         };
-        if self
-            .panic_next
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        if super::Faults::take(&self.faults.panic) {
             panic!("injected: called `Result::unwrap()` on an `Err` value: NotConnected");
         }
         let t0 = Instant::now();
@@ -403,19 +411,23 @@ impl Worker {
     fn sync_state(&mut self, open: &mut OpenStore) -> Result<()> {
         let stored = read_generation(&open.db)?;
         if open.hint.last() < stored {
-            if let Err(e) = open.hint.write(stored) {
-                tracing::warn!("bringing the generation hint up to sled's ({stored}): {e}");
+            match open.hint.write(stored) {
+                Ok(()) => self.hint_behind = false,
+                Err(e) => {
+                    tracing::warn!("bringing the generation hint up to sled's ({stored}): {e}")
+                }
             }
+        } else {
+            self.hint_behind = false;
         }
         let last = open.hint.last();
         let hints = (last.min(stored), last.max(stored));
         let same_store = self.state.store_id.as_deref() == Some(open.store_id.as_str());
         if self.state.loaded && self.state.generation == stored && same_store {
-            if self.state.hints != hints {
-                let mut state = (*self.state).clone();
-                state.hints = hints;
-                self.publish(state);
-            }
+            let mut state = (*self.state).clone();
+            state.hints = hints;
+            state.validated = Some(Instant::now());
+            self.publish(state);
             return Ok(());
         }
         let mut volumes = imbl::OrdMap::new();
@@ -450,11 +462,31 @@ impl Worker {
             generation: stored,
             hints,
             store_id: Some(open.store_id.clone()),
+            validated: Some(Instant::now()),
             loaded: true,
             last_sync: Some(SystemTime::now()),
         });
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
         Ok(())
+    }
+
+    fn write_hint(&self, open: &mut OpenStore, generation: u64) -> Result<()> {
+        let injected = self
+            .faults
+            .hint
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if injected {
+            return Err(Error::io(
+                "writing the generation hint (injected by a test)",
+                std::io::Error::from_raw_os_error(nix::libc::EIO),
+            ));
+        }
+        open.hint.write(generation)
     }
 
     /// Makes `state` the one this thread decides on and readers are served.
@@ -472,8 +504,12 @@ impl Worker {
         generation: u64,
         overlay: BTreeMap<String, Option<VolumeRecord>>,
     ) {
+        // An entry of its own under its number, or none: whatever else is there (planted,
+        // or left by an earlier store) must not pass for this commit's.
         if let Some(j) = open.journal.as_mut() {
-            j.publish(generation);
+            if !j.publish(generation) {
+                j.forget(generation);
+            }
         }
         let mut state = (*self.state).clone();
         for (name, rec) in overlay {
@@ -483,17 +519,21 @@ impl Worker {
             };
         }
         state.generation = generation;
-        // The hint holds the last one written until the write below lands.
-        state.hints = (open.hint.last().min(generation), generation);
+        // The hint holds a value of this hold until the write below lands.
+        state.hints = (self.state.hints.0.min(open.hint.last()), generation);
+        state.validated = Some(Instant::now());
         state.last_sync = Some(SystemTime::now());
         self.publish(state);
-        if let Err(e) = open.hint.write(generation) {
-            // The commit stands; other nodes see it at the next commit, or when the next
-            // hold of the lock brings the hint up to sled's generation.
-            tracing::warn!(
-                generation,
-                "the commit is durable, but moving the generation hint failed: {e}"
-            );
+        let mut written = self.write_hint(open, generation);
+        if written.is_err() {
+            written = self.write_hint(open, generation);
+        }
+        if let Err(e) = written {
+            // The commit stands. Until the hint is brought up to sled, the store thread
+            // comes back for it every second (see `run`), and the next hold on any node
+            // does the same.
+            tracing::warn!(generation, "the commit is durable, but moving the generation hint failed: {e}; retrying every second");
+            self.hint_behind = true;
         }
         self.committed.push(generation);
     }
@@ -715,10 +755,7 @@ impl Worker {
             j.stage(next, &journal::encode(&open.store_id, next, overlay));
         }
         let t_hint = t0.elapsed();
-        if self
-            .fail_next_write
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        if super::Faults::take(&self.faults.write) {
             return Err(Error::io(
                 "writing volumes (injected by a test)",
                 std::io::Error::from_raw_os_error(nix::libc::EIO),
@@ -739,12 +776,14 @@ impl Worker {
             .map_err(|e| store_err("writing volumes", e))?;
         db.insert(GENERATION_KEY, &next.to_be_bytes())
             .map_err(|e| store_err("writing the generation", e))?;
-        db.flush().map_err(|e| store_err("flushing", e))?;
+        if let Err(e) = db.flush() {
+            // The batch was applied: sled may still write it out (on drop, or by its own
+            // flusher), so it may land. Settled by a fresh open, like a failed fsync.
+            self.unsure = Some(next);
+            return Err(store_err("flushing", e));
+        }
         let t_flushed = t0.elapsed();
-        let synced = if self
-            .fail_next_fsync
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        let synced = if super::Faults::take(&self.faults.fsync) {
             Err(Error::io(
                 "fsync (injected by a test)",
                 std::io::Error::from_raw_os_error(nix::libc::EIO),
@@ -775,8 +814,17 @@ impl Worker {
     /// store is left in `slot` (empty when the reopen failed: the hold ends).
     fn verify_landed(&mut self, slot: &mut Option<OpenStore>, next: u64, e: Error) -> Result<u64> {
         tracing::warn!("{e}: sled's flush went through, so the commit may be durable; opening the store again to see");
+        let staged = slot
+            .as_mut()
+            .and_then(|o| o.journal.as_mut())
+            .and_then(|j| j.staged());
         drop(slot.take());
-        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout, &self.boot_id)?;
+        let mut reopened =
+            OpenStore::open(&self.layout, Instant::now() + self.timeout, &self.boot_id)?;
+        // The entry staged before sled is still under its temporary name.
+        if let (Some(j), Some(g)) = (reopened.journal.as_mut(), staged) {
+            j.restage(g);
+        }
         let stored = read_generation(&reopened.db)?;
         *slot = Some(reopened);
         if stored >= next {
@@ -848,12 +896,16 @@ impl OpenStore {
         let journal = JournalWriter::open(layout, boot_id)
             .map_err(|e| tracing::warn!("commits write no journal entries: {e}"))
             .ok();
-        let store_id = match db.get(STORE_ID_KEY) {
-            Ok(Some(id)) if !id.is_empty() && id.len() <= 64 => {
+        let stored_id = db
+            .get(STORE_ID_KEY)
+            .map_err(|e| Error::Store(format!("reading the store id: {e}")))?;
+        let store_id = match stored_id {
+            Some(id) if !id.is_empty() && id.len() <= 64 => {
                 String::from_utf8_lossy(&id).into_owned()
             }
-            // New (or from a version without it, or unreadable): a new one, written with
-            // the next commit. Entries that named an old one are never applied.
+            // New (or from a version without it, or not one this version wrote): a new
+            // one, written with the next commit. Entries that named another are never
+            // applied.
             _ => {
                 let id = crate::node::random_id();
                 db.insert(STORE_ID_KEY, id.as_bytes())
