@@ -156,11 +156,10 @@ pub async fn run(
     )
     .await?;
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
-    // Other nodes' commits are applied twice per heartbeat interval even while no call
-    // asks: Docker's Get answers from memory a state found current within one interval
-    // (see Service::get).
+    // Other nodes' commits are applied once per heartbeat interval even while no call
+    // asks, so that the next read rarely has journal entries to read first.
     let keeping_current = {
-        let (store, every) = (store.clone(), nodes.interval() / 2);
+        let (store, every) = (store.clone(), nodes.interval());
         tokio::spawn(async move { store.keep_current(every).await })
     };
 

@@ -654,24 +654,9 @@ impl Service {
         }
     }
 
-    /// Docker's Get: one volume, with the last usage figure measured here. dockerd sends
-    /// one before every Mount and Unmount and one per volume at its start, so a volume
-    /// the in-memory state has is answered from memory alone, when a read found that
-    /// state current within one heartbeat interval (this node's own commits are in it at
-    /// once; another node's within that interval). A name it does not have is looked up
-    /// fresh: a volume just created on another host is found at once.
+    /// One volume as the store has it now, with the last usage figure measured here
+    /// (Docker's Get: it never waits for a usage walk).
     pub async fn get(&self, name: &str) -> Result<VolumeView> {
-        validate_name(name)?;
-        if let Some(snap) = self.store.recent(self.nodes.interval()) {
-            if let Some(record) = snap.volumes.get(name) {
-                return Ok(self.view(record, self.usage_known(name)));
-            }
-        }
-        self.get_current(name).await
-    }
-
-    /// One volume as the store has it now (read fresh), with the last usage figure.
-    pub async fn get_current(&self, name: &str) -> Result<VolumeView> {
         validate_name(name)?;
         let (record, stale) = {
             let read = self.store.read().await?;
@@ -699,7 +684,7 @@ impl Service {
         // Measured first (bounded by its budget; nothing when the export stalls), then
         // the volume as Get answers it, with that figure.
         self.usage_of(name).await;
-        self.get_current(name).await
+        self.get(name).await
     }
 
     /// Every volume (without usage, which would cost a walk of every volume).

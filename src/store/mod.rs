@@ -222,8 +222,6 @@ pub struct Store {
     nodes: Option<Arc<Nodes>>,
     /// One catch-up through the journal at a time; the others take its result.
     catching_up: Arc<tokio::sync::Mutex<()>>,
-    /// When the last read that found the snapshot current began (see [`Store::recent`]).
-    checked: Arc<Mutex<Option<Instant>>>,
     timeout: Duration,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The last generation-hint read: when it started, and what it found.
@@ -298,7 +296,6 @@ impl Store {
             stats,
             nodes,
             catching_up: Arc::new(tokio::sync::Mutex::new(())),
-            checked: Arc::new(Mutex::new(None)),
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
             hint_read: Arc::new(tokio::sync::Mutex::new(None)),
@@ -509,11 +506,9 @@ impl Store {
         let (started, hint) = self.read_hint().await?;
         let current = self.cache.load_full();
         if current.answers(started, hint) {
-            self.checked(started);
             return Ok(current);
         }
         if let Some(caught_up) = self.catch_up(started, hint).await {
-            self.checked(started);
             return Ok(caught_up);
         }
         let (reply, rx) = oneshot::channel();
@@ -521,25 +516,7 @@ impl Store {
             .send(Job::Refresh { reply })
             .map_err(|_| self.gone())?;
         self.wait(rx, "reloading the cluster metadata").await??;
-        self.checked(started);
         Ok(self.cache.load_full())
-    }
-
-    fn checked(&self, started: Instant) {
-        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked.is_none_or(|c| c < started) {
-            *checked = Some(started);
-        }
-    }
-
-    /// The snapshot from memory alone, if a read that began within `within` found it
-    /// current (the keep-current look does that every half heartbeat interval): it has
-    /// every commit of this node, and every other node's commit from before then. `None`
-    /// when no read found it current that recently (the export stalled, or nothing was
-    /// read yet): the caller reads with [`Store::snapshot`].
-    pub fn recent(&self, within: Duration) -> Option<Arc<Snapshot>> {
-        let checked = (*self.checked.lock().unwrap_or_else(|p| p.into_inner()))?;
-        (checked.elapsed() <= within).then(|| self.cache.load_full())
     }
 
     /// Brings the snapshot up to the commit the hint names through the journal, without
@@ -614,9 +591,8 @@ impl Store {
                 continue;
             }
             if let Ok((started, hint)) = self.read_hint().await {
-                let current = self.cache.load_full();
-                if current.answers(started, hint) || self.catch_up(started, hint).await.is_some() {
-                    self.checked(started);
+                if !self.cache.load().answers(started, hint) {
+                    self.catch_up(started, hint).await;
                 }
             }
         }
