@@ -88,35 +88,137 @@ impl HintWriter {
     }
 }
 
+/// How a node's readers read the hint: through a handle kept open, which costs one read
+/// per look (one round trip on a network filesystem, where opening the file costs four
+/// or five more), opened again every [`REOPEN`] so that a file replaced by hand is seen.
+///
+/// A kept handle reads what the file holds now only where the page cache cannot be
+/// stale: on a local filesystem (every writer shares this host's cache), and on a network
+/// filesystem with `O_DIRECT`, which sends every read to the server (on GlusterFS a plain
+/// handle kept open went on reading the first value while another client wrote 200
+/// others; with `O_DIRECT`, none was missed). Anywhere else, and wherever `O_DIRECT` is
+/// refused, the file is opened for every read, as [`read`] does.
+pub(super) struct HintReader {
+    held: Option<(File, std::time::Instant)>,
+    /// Set once a kept handle proved impossible here: every read opens the file.
+    reopen_always: bool,
+}
+
+/// How long a kept handle is used before the file is opened again.
+const REOPEN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A buffer `O_DIRECT` can read into (aligned to any block size in use).
+#[repr(C, align(4096))]
+struct Aligned([u8; 4096]);
+
+impl HintReader {
+    pub(super) fn new() -> HintReader {
+        HintReader {
+            held: None,
+            reopen_always: false,
+        }
+    }
+
+    pub(super) fn read(&mut self, layout: &SharedLayout) -> Result<u64> {
+        if self.reopen_always {
+            return read(layout);
+        }
+        if self.held.as_ref().is_none_or(|(_, at)| at.elapsed() >= REOPEN) {
+            self.held = None;
+            match open_kept(layout) {
+                Ok(Some(file)) => self.held = Some((file, std::time::Instant::now())),
+                Ok(None) => self.reopen_always = true,
+                // Missing (a new root), or an error the path read names better.
+                Err(_) => return read(layout),
+            }
+            if self.reopen_always {
+                return read(layout);
+            }
+        }
+        let (file, _) = self.held.as_ref().expect("just opened");
+        let mut buf = Box::new(Aligned([0; 4096]));
+        match file.read_at(&mut buf.0, 0) {
+            Ok(n) => parse(&layout.generation_file(), &buf.0[..n.min(64)]),
+            Err(_) => {
+                // EINVAL: this filesystem takes `O_DIRECT` at open but not at read.
+                self.held = None;
+                self.reopen_always = true;
+                read(layout)
+            }
+        }
+    }
+}
+
+/// The hint file opened to be kept (see [`HintReader`]): `None` when this filesystem
+/// allows no safe kept handle.
+fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
+    use nix::sys::statfs::statfs;
+    const LOCAL: &[i64] = &[
+        0xEF53,     // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x2FC1_2FC1, // zfs
+        0xF2F5_2010, // f2fs
+    ];
+    let local = statfs(&layout.root)
+        .map(|s| LOCAL.contains(&(s.filesystem_type().0 as i64)))
+        .unwrap_or(false);
+    let direct = if local { 0 } else { nix::libc::O_DIRECT };
+    match open_checked(layout, direct) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the hint file for reading (with `flags` added) below the root without following
+/// a link anywhere (`.caravan` included). It is looked at through `O_PATH` first: a
+/// device or FIFO another machine put in its place is refused, never opened.
+fn open_checked(layout: &SharedLayout, flags: i32) -> std::io::Result<File> {
+    let at = crate::beneath::open_root(&layout.root).and_then(|root| {
+        crate::beneath::open(
+            root,
+            Path::new(".caravan/generation"),
+            nix::fcntl::OFlag::O_PATH,
+            nix::sys::stat::Mode::empty(),
+        )
+    })?;
+    if !at.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
+    }
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(crate::beneath::proc_path(&at))
+}
+
+fn parse(path: &Path, text: &[u8]) -> Result<u64> {
+    let s = String::from_utf8_lossy(text);
+    if s.trim().is_empty() {
+        return Ok(0);
+    }
+    s.trim().parse().map_err(|_| {
+        Error::Store(format!(
+            "{} holds {:?}, not a number; it is rewritten by the next commit",
+            path.display(),
+            s.chars().take(30).collect::<String>()
+        ))
+    })
+}
+
 /// Reads the hint. A missing or empty file reads as 0 (a root that never committed, or
 /// a file being created this instant): readers then reload, which is always safe.
 pub(super) fn read(layout: &SharedLayout) -> Result<u64> {
     use std::io::Read;
     let path = layout.generation_file();
-    // Opened below the root without following a link anywhere (`.caravan` included): a
-    // regular file of a few bytes, never read whole, never blocking on a FIFO.
-    let text = crate::beneath::open_root(&layout.root)
-        .and_then(|root| {
-            crate::beneath::open(
-                root,
-                Path::new(".caravan/generation"),
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
-                nix::sys::stat::Mode::empty(),
-            )
-        })
-        .and_then(|f| {
-            let mut s = String::new();
-            f.take(64).read_to_string(&mut s).map(|_| s)
-        });
+    // A regular file of a few bytes, never read whole.
+    let text = open_checked(layout, 0).and_then(|f| {
+        let mut s = String::new();
+        f.take(64).read_to_string(&mut s).map(|_| s)
+    });
     match text {
-        Ok(s) if s.trim().is_empty() => Ok(0),
-        Ok(s) => s.trim().parse().map_err(|_| {
-            Error::Store(format!(
-                "{} holds {:?}, not a number; it is rewritten by the next commit",
-                path.display(),
-                s.chars().take(30).collect::<String>()
-            ))
-        }),
+        Ok(s) => parse(&path, s.as_bytes()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(crate::beneath::refused_or_io(&path, e)),
     }
@@ -141,6 +243,35 @@ mod tests {
         w.write(8).unwrap();
         assert_eq!(read(&layout).unwrap(), 8);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), WIDTH as u64 + 1);
+    }
+
+    #[test]
+    fn a_kept_reader_sees_every_write_and_a_replaced_file_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = SharedLayout::new(dir.path());
+        layout.init().unwrap();
+        let mut reader = HintReader::new();
+        assert_eq!(reader.read(&layout).unwrap(), 0);
+        let mut w = HintWriter::open(&layout.pinned().unwrap()).unwrap();
+        for g in 1..50 {
+            w.write(g).unwrap();
+            assert_eq!(reader.read(&layout).unwrap(), g);
+        }
+        assert!(reader.held.is_some() || reader.reopen_always);
+        // Replaced by hand (a new file): the kept handle is given up within REOPEN.
+        let path = layout.generation_file();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, format!("{:020}\n", 900)).unwrap();
+        let t = std::time::Instant::now();
+        while reader.read(&layout).unwrap() != 900 {
+            assert!(t.elapsed() < REOPEN * 3, "the replaced file was never read");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Something other than a file in its place is never opened, and is an error.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::thread::sleep(REOPEN);
+        assert!(reader.read(&layout).is_err());
     }
 
     #[test]

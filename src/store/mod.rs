@@ -224,6 +224,8 @@ pub struct Store {
     catching_up: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// This node's reader of the generation hint (a handle kept open).
+    hint_reader: Arc<Mutex<hint::HintReader>>,
     /// The last generation-hint read: when it started, and what it found.
     hint_read: Arc<tokio::sync::Mutex<Option<(Instant, u64)>>>,
     health: Arc<Health>,
@@ -299,6 +301,7 @@ impl Store {
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
             hint_read: Arc::new(tokio::sync::Mutex::new(None)),
+            hint_reader: Arc::new(Mutex::new(hint::HintReader::new())),
             health,
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             faults,
@@ -620,9 +623,16 @@ impl Store {
         let started = Instant::now();
         let layout = self.layout.clone();
         let health = self.health.clone();
+        let reader = self.hint_reader.clone();
         let value =
             crate::deadline::blocking("reading the cluster generation", self.timeout, move || {
-                health.watch("checking the cluster generation", || hint::read(&layout))
+                health.watch("checking the cluster generation", || {
+                    // Busy only when an earlier read is stuck on a stalled export.
+                    match reader.try_lock() {
+                        Ok(mut reader) => reader.read(&layout),
+                        Err(_) => hint::read(&layout),
+                    }
+                })
             })
             .await?;
         *last = Some((started, value));
