@@ -124,19 +124,7 @@ fn end_to_end(plain: &Path, reps: usize) {
         for driver in interleaved(run) {
             let name = format!("bench-e2e-{}-{run}", driver.name());
             let create = timed(|| create_volume(driver, plain, &name));
-            let mount = format!("{name}:/data");
-            let run_ms = timed(|| {
-                docker_ok(&[
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    "-v",
-                    &mount,
-                    IMAGE,
-                    "true",
-                ]);
-            });
+            let run_ms = timed(|| run_on(&name));
             let rm = timed(|| {
                 docker_ok(&["volume", "rm", &name]);
             });
@@ -163,6 +151,21 @@ fn end_to_end(plain: &Path, reps: usize) {
         &steps,
         &samples,
     );
+}
+
+/// `docker run --rm` of the test image with volume `name` at /data.
+fn run_on(name: &str) {
+    let mount = format!("{name}:/data");
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        IMAGE,
+        "true",
+    ]);
 }
 
 /// Creates a volume of `driver` named `name` (a host folder under `plain` for `local`).
@@ -208,19 +211,7 @@ fn all_at_once(plain: &Path, rounds: usize, burst: usize) {
             let wall = timed(|| {
                 std::thread::scope(|scope| {
                     for name in &names {
-                        scope.spawn(move || {
-                            let mount = format!("{name}:/data");
-                            docker_ok(&[
-                                "run",
-                                "--rm",
-                                "--network",
-                                "none",
-                                "-v",
-                                &mount,
-                                IMAGE,
-                                "true",
-                            ]);
-                        });
+                        scope.spawn(move || run_on(name));
                     }
                 });
             });

@@ -226,7 +226,7 @@ fn hosts(
 
 /// Volumes the Get clients read, made before the clock starts.
 fn make_targets(socket: &Path, n: usize) -> Vec<String> {
-    let mut conn = Conn::open(&socket);
+    let mut conn = Conn::open(socket);
     (0..n)
         .map(|i| {
             let name = format!("target-{i}");

@@ -123,7 +123,11 @@ impl HintReader {
         if self.reopen_always {
             return read(layout);
         }
-        if self.held.as_ref().is_none_or(|(_, at)| at.elapsed() >= REOPEN) {
+        if self
+            .held
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= REOPEN)
+        {
             self.held = None;
             match open_kept(layout) {
                 Ok(Some(file)) => self.held = Some((file, std::time::Instant::now())),
@@ -154,7 +158,7 @@ impl HintReader {
 fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
     use nix::sys::statfs::statfs;
     const LOCAL: &[i64] = &[
-        0xEF53,     // ext2, ext3, ext4
+        0xEF53,      // ext2, ext3, ext4
         0x5846_5342, // xfs
         0x9123_683E, // btrfs
         0x0102_1994, // tmpfs
@@ -162,7 +166,7 @@ fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
         0xF2F5_2010, // f2fs
     ];
     let local = statfs(&layout.root)
-        .map(|s| LOCAL.contains(&(s.filesystem_type().0 as i64)))
+        .map(|s| LOCAL.contains(&i64::from(s.filesystem_type().0)))
         .unwrap_or(false);
     let direct = if local { 0 } else { nix::libc::O_DIRECT };
     match open_checked(layout, direct) {

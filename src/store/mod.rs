@@ -904,6 +904,24 @@ mod tests {
         .unwrap()
     }
 
+    /// What another machine could write: a well-formed entry for `generation`, naming
+    /// `store`'s id, that creates a volume `forged`.
+    fn plant_entry(store: &Store, journal: &std::path::Path, generation: u64) {
+        let store_id = store.cached().store_id.clone().unwrap();
+        std::fs::write(
+            journal.join(format!("{generation:020}")),
+            journal::encode(&store_id, generation, &forged()),
+        )
+        .unwrap();
+    }
+
+    fn forged() -> BTreeMap<String, Option<VolumeRecord>> {
+        BTreeMap::from([(
+            "forged".to_string(),
+            Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
+        )])
+    }
+
     fn names(snap: &Snapshot) -> Vec<String> {
         snap.volumes.keys().cloned().collect()
     }
@@ -967,16 +985,7 @@ mod tests {
         assert!(!journal.join(format!("{:020}", g + 1)).exists());
         // Another machine plants an entry for the next number, well formed and naming
         // this store: while no commit has that number, no reader reads it.
-        let store_id = a.cached().store_id.clone().unwrap();
-        let forged = BTreeMap::from([(
-            "forged".to_string(),
-            Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
-        )]);
-        std::fs::write(
-            journal.join(format!("{:020}", g + 1)),
-            journal::encode(&store_id, g + 1, &forged),
-        )
-        .unwrap();
+        plant_entry(&a, &journal, g + 1);
         assert_eq!(names(&b.snapshot().await.unwrap()), ["one"]);
         // The next real commit takes the number (its own entry replaces the planted one).
         a.apply(create("real")).await.unwrap();
@@ -998,16 +1007,7 @@ mod tests {
         // plants a well-formed entry, naming this store, for the next number.
         std::fs::create_dir(journal.join(".pending-local")).unwrap();
         std::fs::write(journal.join(".pending-local/x"), "keeps the folder").unwrap();
-        let store_id = a.cached().store_id.clone().unwrap();
-        let forged = BTreeMap::from([(
-            "forged".to_string(),
-            Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
-        )]);
-        std::fs::write(
-            journal.join(format!("{:020}", g + 1)),
-            journal::encode(&store_id, g + 1, &forged),
-        )
-        .unwrap();
+        plant_entry(&a, &journal, g + 1);
         a.apply(create("real")).await.unwrap();
         assert_eq!(a.cached().generation, g + 1);
         let snap = b.snapshot().await.unwrap();
@@ -1057,10 +1057,7 @@ mod tests {
             a.apply(create(&name)).await.unwrap();
             let g = a.cached().generation;
             let entry = journal.join(format!("{g:020}"));
-            let forged = BTreeMap::from([(
-                "forged".to_string(),
-                Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
-            )]);
+            let forged = forged();
             std::fs::remove_file(&entry).unwrap();
             match *damage {
                 "flipped" => {
