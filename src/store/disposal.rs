@@ -66,9 +66,6 @@ impl Worker {
             written.map(|generation| self.committed(open, generation, failed.clone()))
         };
         if restored.is_err() {
-            if let Some(j) = open.journal.as_mut() {
-                j.discard();
-            }
             self.distrust();
         }
         let intact = restored.is_ok();

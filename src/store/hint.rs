@@ -165,8 +165,10 @@ fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
         0x2FC1_2FC1, // zfs
         0xF2F5_2010, // f2fs
     ];
+    // The type's width differs between targets (i64 here, i32 on some).
+    #[allow(clippy::unnecessary_cast)]
     let local = statfs(&layout.root)
-        .map(|s| LOCAL.contains(&i64::from(s.filesystem_type().0)))
+        .map(|s| LOCAL.contains(&(s.filesystem_type().0 as i64)))
         .unwrap_or(false);
     let direct = if local { 0 } else { nix::libc::O_DIRECT };
     match open_checked(layout, direct) {

@@ -5,11 +5,12 @@
 //! sled; only when an entry is missing or does not check does it reload under the lock.
 //!
 //! What makes an entry safe to apply (docs/semantics.md, "Reads"):
-//! - Under the lock, a commit writes its entry under a temporary name **before** sled,
-//!   and renames it to its generation only **after** sled has the commit durably; the
-//!   hint moves after that. So a number a reader finds in the hint is committed, and the
-//!   entry of that number, if there is one, is the commit's own: a commit that died
-//!   half-way left at most a temporary file, never an entry under a number.
+//! - Under the lock, a commit writes its entry under its generation only **after** sled
+//!   has the commit durably, and the hint moves after that. So a number a reader finds in
+//!   the hint is committed, and the entry under that number, if there is one, is the
+//!   commit's own: a commit that died before sled wrote no entry, and one whose entry
+//!   could not be written deleted whatever was under the number. A write cut short by a
+//!   crash fails the entry's hash.
 //! - Each entry names the store it belongs to (a random id kept in sled): entries of a
 //!   metadata store deleted and started over by hand never pass for the new one's.
 //! - Everything read is hostile input: opened below the root without following links,
@@ -206,65 +207,52 @@ pub(super) fn read_entries(
 /// does can fail a commit: an entry that could not be written is one readers do without.
 pub(super) struct JournalWriter {
     dir: File,
-    /// This incarnation's temporary name (`.pending-<boot id>`).
-    pending: String,
-    /// The generation whose entry waits under the temporary name.
-    staged: Option<u64>,
 }
 
 impl JournalWriter {
-    pub(super) fn open(layout: &SharedLayout, boot_id: &str) -> Result<JournalWriter> {
+    pub(super) fn open(layout: &SharedLayout) -> Result<JournalWriter> {
         let dir = open_dir(layout)
             .map_err(|e| crate::beneath::refused_or_io(&layout.root.join(DIR), e))?;
-        // The boot id is the daemon's own (a uuid-like token); kept to safe characters
-        // anyway, since it becomes a file name.
-        let token: String = boot_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .take(64)
-            .collect();
-        Ok(JournalWriter {
-            dir,
-            pending: format!(".pending-{token}"),
-            staged: None,
-        })
+        Ok(JournalWriter { dir })
     }
 
-    /// Writes the entry of commit `generation` under the temporary name (before sled).
-    pub(super) fn stage(&mut self, generation: u64, entry: &[u8]) {
-        self.staged = None;
+    /// Writes `entry`, commit `generation`'s, under its number: once sled has the commit
+    /// durably, before the hint moves. When it cannot, whatever is under the number is
+    /// deleted (planted by another machine, left by a metadata store started over by
+    /// hand, or this write's own torn start), so that readers find nothing and reload.
+    pub(super) fn write(&self, generation: u64, entry: &[u8]) {
         if entry.len() as u64 > MAX_ENTRY {
             tracing::debug!(
                 generation,
                 "no journal entry: {} bytes is too large",
                 entry.len()
             );
+            self.forget(generation);
             return;
         }
-        match self.write_pending(entry) {
-            Ok(()) => self.staged = Some(generation),
-            Err(e) => tracing::warn!(
+        if let Err(e) = self.create(&entry_name(generation), entry) {
+            tracing::warn!(
                 generation,
                 "no journal entry for this commit (readers elsewhere reload instead): {e}"
-            ),
+            );
+            self.forget(generation);
         }
     }
 
-    fn write_pending(&self, entry: &[u8]) -> std::io::Result<()> {
-        // A new file every time (`O_EXCL`): whatever is at the name (left by a crash, or
-        // put there by another machine: a FIFO, a device, a link) is never written
-        // through, only unlinked.
+    fn create(&self, name: &str, entry: &[u8]) -> std::io::Result<()> {
+        // A new file every time (`O_EXCL`): whatever is at the name (a FIFO, a device, a
+        // link, a forged entry) is never written through, only unlinked.
         let create = || {
             crate::beneath::open(
                 &self.dir,
-                Path::new(&self.pending),
+                Path::new(name),
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
                 Mode::from_bits_truncate(0o600),
             )
         };
         let mut file = match create() {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                self.unlink(&self.pending)?;
+                self.unlink(name)?;
                 create()?
             }
             r => r?,
@@ -274,49 +262,13 @@ impl JournalWriter {
         file.write_all(entry)
     }
 
-    /// After sled has commit `generation` durably: gives its entry its number. (Before the
-    /// hint moves, so every reader that sees the number finds the entry.) Whether it did.
-    pub(super) fn publish(&mut self, generation: u64) -> bool {
-        if self.staged.take() != Some(generation) {
-            return false;
-        }
-        let name = entry_name(generation);
-        match nix::fcntl::renameat(&self.dir, self.pending.as_str(), &self.dir, name.as_str()) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(generation, "no journal entry for this commit (readers elsewhere reload instead): renaming it: {e}");
-                false
-            }
-        }
-    }
-
-    /// For a commit that published no entry of its own: deletes whatever is under its
-    /// number (planted by another machine, or left by a store started over by hand), so
-    /// that readers find nothing there and reload.
-    pub(super) fn forget(&self, generation: u64) {
+    fn forget(&self, generation: u64) {
         match self.unlink(&entry_name(generation)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // Not a file this could unlink (a folder?): readers refuse what is not a
             // regular file, and reload.
             Err(e) => tracing::warn!(generation, "clearing the journal's entry: {e}"),
-        }
-    }
-
-    /// The generation whose entry waits under the temporary name, if any.
-    pub(super) fn staged(&self) -> Option<u64> {
-        self.staged
-    }
-
-    /// Takes up an entry an earlier writer of this incarnation staged (after a reopen).
-    pub(super) fn restage(&mut self, generation: u64) {
-        self.staged = Some(generation);
-    }
-
-    /// The staged entry of a commit that did not land: never published.
-    pub(super) fn discard(&mut self) {
-        if self.staged.take().is_some() {
-            let _ = self.unlink(&self.pending);
         }
     }
 

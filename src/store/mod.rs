@@ -975,7 +975,7 @@ mod tests {
         a.apply(create("one")).await.unwrap();
         b.snapshot().await.unwrap();
         let g = a.cached().generation;
-        // Its journal entry was written, then the commit failed before sled had it.
+        // The commit fails before sled has it (and so before any journal entry).
         a.inject_write_failure();
         a.apply(create("ghost")).await.unwrap_err();
         for s in [&a, &b] {
@@ -996,24 +996,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_commit_that_could_write_no_entry_clears_its_number_so_nothing_planted_is_read() {
+    async fn a_commit_that_could_write_no_entry_leaves_nothing_a_reader_applies() {
         let (dir, a) = store();
         let b = second(&dir);
         a.apply(create("one")).await.unwrap();
         b.snapshot().await.unwrap();
         let g = a.cached().generation;
         let journal = dir.path().join(journal::DIR);
-        // Another machine blocks the temporary name (so no entry can be staged) and
-        // plants a well-formed entry, naming this store, for the next number.
-        std::fs::create_dir(journal.join(".pending-local")).unwrap();
-        std::fs::write(journal.join(".pending-local/x"), "keeps the folder").unwrap();
-        plant_entry(&a, &journal, g + 1);
+        // Another machine puts a folder, with a forged entry inside, where the next
+        // commit's entry goes: the commit can neither write its entry nor delete it.
+        let blocker = journal.join(format!("{:020}", g + 1));
+        std::fs::create_dir(&blocker).unwrap();
+        plant_entry(&a, &blocker, g + 1);
         a.apply(create("real")).await.unwrap();
         assert_eq!(a.cached().generation, g + 1);
         let snap = b.snapshot().await.unwrap();
         assert_eq!(names(&snap), ["one", "real"]);
-        assert!(!journal.join(format!("{:020}", g + 1)).exists());
-        assert_eq!(b.stats().journal_catch_ups, 0);
+        let stats = b.stats();
+        assert_eq!(
+            (stats.journal_catch_ups, stats.journal_misses),
+            (0, 1),
+            "{stats:?}"
+        );
     }
 
     #[tokio::test]

@@ -210,7 +210,7 @@ impl Worker {
             stats.max_lock_wait_ms = stats.max_lock_wait_ms.max(wait_ms);
             stats.sessions += 1;
         }
-        let mut open = match OpenStore::open(&self.layout, deadline, &self.boot_id) {
+        let mut open = match OpenStore::open(&self.layout, deadline) {
             Ok(open) => Some(open),
             Err(e) => {
                 self.health.failed(&e);
@@ -358,11 +358,6 @@ impl Worker {
             }
             Err(e) => {
                 self.health.failed(&e);
-                if let Some(open) = slot.as_mut() {
-                    if let Some(j) = open.journal.as_mut() {
-                        j.discard();
-                    }
-                }
                 // Nothing was applied; the next batch reloads before deciding.
                 self.distrust();
                 return (fail_decided(decided, &e), false);
@@ -504,12 +499,13 @@ impl Worker {
         generation: u64,
         overlay: BTreeMap<String, Option<VolumeRecord>>,
     ) {
-        // An entry of its own under its number, or none: whatever else is there (planted,
-        // or left by an earlier store) must not pass for this commit's.
-        if let Some(j) = open.journal.as_mut() {
-            if !j.publish(generation) {
-                j.forget(generation);
-            }
+        // Its entry under its number (or none: whatever else was there is gone), before
+        // the hint moves, so that every reader that sees the number finds the entry.
+        if let Some(j) = open.journal.as_ref() {
+            j.write(
+                generation,
+                &journal::encode(&open.store_id, generation, &overlay),
+            );
         }
         let mut state = (*self.state).clone();
         for (name, rec) in overlay {
@@ -748,13 +744,6 @@ impl Worker {
             .checked_add(1)
             .ok_or_else(|| Error::Store("the generation counter is exhausted".into()))?;
         let t0 = Instant::now();
-        // The journal entry first, under a temporary name: it gets its number only once
-        // sled has the commit (see `committed`), so a commit that dies half-way never
-        // shows in the journal.
-        if let Some(j) = open.journal.as_mut() {
-            j.stage(next, &journal::encode(&open.store_id, next, overlay));
-        }
-        let t_hint = t0.elapsed();
         if super::Faults::take(&self.faults.write) {
             return Err(Error::io(
                 "writing volumes (injected by a test)",
@@ -799,8 +788,7 @@ impl Worker {
         }
         self.synced_folder = true;
         tracing::trace!(
-            journal_ms = t_hint.as_secs_f64() * 1e3,
-            sled_ms = (t_flushed - t_hint).as_secs_f64() * 1e3,
+            sled_ms = t_flushed.as_secs_f64() * 1e3,
             fsync_ms = (t0.elapsed() - t_flushed).as_secs_f64() * 1e3,
             "commit written"
         );
@@ -814,17 +802,8 @@ impl Worker {
     /// store is left in `slot` (empty when the reopen failed: the hold ends).
     fn verify_landed(&mut self, slot: &mut Option<OpenStore>, next: u64, e: Error) -> Result<u64> {
         tracing::warn!("{e}: sled's flush went through, so the commit may be durable; opening the store again to see");
-        let staged = slot
-            .as_mut()
-            .and_then(|o| o.journal.as_mut())
-            .and_then(|j| j.staged());
         drop(slot.take());
-        let mut reopened =
-            OpenStore::open(&self.layout, Instant::now() + self.timeout, &self.boot_id)?;
-        // The entry staged before sled is still under its temporary name.
-        if let (Some(j), Some(g)) = (reopened.journal.as_mut(), staged) {
-            j.restage(g);
-        }
+        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout)?;
         let stored = read_generation(&reopened.db)?;
         *slot = Some(reopened);
         if stored >= next {
@@ -889,11 +868,11 @@ pub(super) struct OpenStore {
 }
 
 impl OpenStore {
-    fn open(layout: &SharedLayout, deadline: Instant, boot_id: &str) -> Result<OpenStore> {
+    fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
         let hint = HintWriter::open(layout)?;
         let log = LogFile::open(layout)?;
-        let journal = JournalWriter::open(layout, boot_id)
+        let journal = JournalWriter::open(layout)
             .map_err(|e| tracing::warn!("commits write no journal entries: {e}"))
             .ok();
         let stored_id = db
