@@ -240,7 +240,7 @@ pub(super) struct Faults {
     pub(super) panic: std::sync::atomic::AtomicBool,
     /// The next commit's fsync fails after sled's flush went through.
     pub(super) fsync: std::sync::atomic::AtomicBool,
-    /// The next commit fails between its journal entry and sled.
+    /// The next commit fails before sled has it.
     pub(super) write: std::sync::atomic::AtomicBool,
     /// The next commit's hint write fails (twice: the write and its retry).
     pub(super) hint: std::sync::atomic::AtomicU8,
@@ -325,8 +325,8 @@ impl Store {
             .store(2, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Makes the next commit fail after its journal entry was staged and before sled
-    /// has it: a commit that died half-way (for tests that it never becomes visible).
+    /// Makes the next commit fail before sled has it (and so before any journal entry):
+    /// a commit that died half-way (for tests that it never becomes visible).
     #[doc(hidden)]
     pub fn inject_write_failure(&self) {
         self.faults
