@@ -42,6 +42,25 @@ pub fn open_dir(dir: impl AsFd, rel: &Path) -> std::io::Result<File> {
     open(dir, rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
 }
 
+/// Opens the regular file `rel` below `dir` for reading, with `flags` added (`O_DIRECT`,
+/// for one), refusing links as [`open`] does. It is looked at through `O_PATH` first and
+/// opened for reading only when it is a regular file: opening a device node another
+/// machine put there could act on the device, and a FIFO could block (`ELOOP` then, as
+/// for a link in the way). Returns the file with its size when it was looked at.
+pub fn open_regular(dir: impl AsFd, rel: &Path, flags: i32) -> std::io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = open(dir, rel, OFlag::O_PATH, Mode::empty())?;
+    let meta = at.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(proc_path(&at))?;
+    Ok((file, meta.len()))
+}
+
 /// Opens the root (a configured, trusted path) as a directory handle.
 pub fn open_root(root: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

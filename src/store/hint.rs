@@ -102,6 +102,8 @@ pub(super) struct HintReader {
     held: Option<(File, std::time::Instant)>,
     /// Set once a kept handle proved impossible here: every read opens the file.
     reopen_always: bool,
+    /// What each read reads into (kept: a read per Get must not allocate 4 KiB).
+    buf: Box<Aligned>,
 }
 
 /// How long a kept handle is used before the file is opened again.
@@ -116,6 +118,7 @@ impl HintReader {
         HintReader {
             held: None,
             reopen_always: false,
+            buf: Box::new(Aligned([0; 4096])),
         }
     }
 
@@ -140,9 +143,8 @@ impl HintReader {
             }
         }
         let (file, _) = self.held.as_ref().expect("just opened");
-        let mut buf = Box::new(Aligned([0; 4096]));
-        match file.read_at(&mut buf.0, 0) {
-            Ok(n) => parse(&layout.generation_file(), &buf.0[..n.min(64)]),
+        match file.read_at(&mut self.buf.0, 0) {
+            Ok(n) => parse(&layout.generation_file(), &self.buf.0[..n.min(64)]),
             Err(_) => {
                 // EINVAL: this filesystem takes `O_DIRECT` at open but not at read.
                 self.held = None;
@@ -179,24 +181,10 @@ fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
 }
 
 /// Opens the hint file for reading (with `flags` added) below the root without following
-/// a link anywhere (`.caravan` included). It is looked at through `O_PATH` first: a
-/// device or FIFO another machine put in its place is refused, never opened.
+/// a link anywhere (`.caravan` included), and only if it is a regular file.
 fn open_checked(layout: &SharedLayout, flags: i32) -> std::io::Result<File> {
-    let at = crate::beneath::open_root(&layout.root).and_then(|root| {
-        crate::beneath::open(
-            root,
-            Path::new(".caravan/generation"),
-            nix::fcntl::OFlag::O_PATH,
-            nix::sys::stat::Mode::empty(),
-        )
-    })?;
-    if !at.metadata()?.is_file() {
-        return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
-    }
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(crate::beneath::proc_path(&at))
+    let root = crate::beneath::open_root(&layout.root)?;
+    crate::beneath::open_regular(root, Path::new(".caravan/generation"), flags).map(|(f, _)| f)
 }
 
 fn parse(path: &Path, text: &[u8]) -> Result<u64> {

@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::fcntl::OFlag;
@@ -172,25 +171,20 @@ pub(super) fn read_entries(
         .map(|generation| {
             let name = entry_name(generation);
             let shown = || format!("{DIR}/{name}");
-            // Looked at before it is opened for reading: opening a device node planted
-            // here could act on the device, and a FIFO could block.
-            let at = crate::beneath::open(&dir, Path::new(&name), OFlag::O_PATH, Mode::empty())
-                .map_err(|e| format!("{}: {e}", shown()))?;
-            let meta = at.metadata().map_err(|e| format!("{}: {e}", shown()))?;
-            if !meta.is_file() {
-                return Err(format!("{} is not a regular file", shown()));
-            }
-            if meta.len() > budget {
+            // Never a device or a FIFO planted here (see beneath::open_regular).
+            let (file, len) =
+                crate::beneath::open_regular(&dir, Path::new(&name), 0).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(nix::libc::ELOOP) => format!("{} is not a regular file", shown()),
+                        _ => format!("{}: {e}", shown()),
+                    }
+                })?;
+            if len > budget {
                 return Err(format!(
                     "{} would take the catch-up past {MAX_ENTRY} bytes",
                     shown()
                 ));
             }
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(crate::beneath::proc_path(&at))
-                .map_err(|e| format!("{}: {e}", shown()))?;
             let mut bytes = Vec::new();
             file.take(budget + 1)
                 .read_to_end(&mut bytes)

@@ -534,9 +534,10 @@ impl Store {
         if base.answers(started, hint) {
             return Some(base);
         }
+        // Only a state loaded from sled knows its store's id.
         let store = base.store_id.clone()?;
         let behind = hint.checked_sub(base.generation)?;
-        if !base.loaded || behind == 0 || behind >= journal::MAX_CATCH_UP {
+        if behind == 0 || behind >= journal::MAX_CATCH_UP {
             return None;
         }
         let from = base.generation + 1;
