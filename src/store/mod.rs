@@ -781,13 +781,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_store_on_the_same_root_sees_commits_through_the_generation() {
         let (dir, a) = store();
-        let b = Store::start(
-            SharedLayout::new(dir.path()),
-            Duration::from_secs(5),
-            None,
-            crate::health::Health::new(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let b = second(&dir);
         a.apply(create("web")).await.unwrap();
         assert!(b.snapshot().await.unwrap().volumes.contains_key("web"));
         let gen_a = a.snapshot().await.unwrap().generation;
@@ -853,13 +847,7 @@ mod tests {
             assert!(snap.volumes.contains_key("second") && !snap.volumes.contains_key("first"));
             assert_eq!(snap.generation, g + 2);
         }
-        let other = Store::start(
-            SharedLayout::new(dir.path()),
-            Duration::from_secs(5),
-            None,
-            crate::health::Health::new(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let other = second(&dir);
         let seen = other.snapshot().await.unwrap();
         assert_eq!(seen.volumes.keys().collect::<Vec<_>>(), vec!["second"]);
         assert!(
@@ -871,13 +859,7 @@ mod tests {
     #[tokio::test]
     async fn a_hint_left_ahead_of_sled_by_a_crash_is_never_reused() {
         let (dir, a) = store();
-        let b = Store::start(
-            SharedLayout::new(dir.path()),
-            Duration::from_secs(5),
-            None,
-            crate::health::Health::new(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let b = second(&dir);
         a.apply(create("one")).await.unwrap();
         let g = a.snapshot().await.unwrap().generation;
         // What a commit that died after writing the hint and before sled leaves.
@@ -903,6 +885,15 @@ mod tests {
             crate::health::Health::new(Duration::from_secs(60)),
         )
         .unwrap()
+    }
+
+    /// Two stores on one root, both knowing volume `one` (committed by the first).
+    async fn two_nodes_knowing_one() -> (tempfile::TempDir, Store, Store) {
+        let (dir, a) = store();
+        let b = second(&dir);
+        a.apply(create("one")).await.unwrap();
+        b.snapshot().await.unwrap();
+        (dir, a, b)
     }
 
     /// What another machine could write: a well-formed entry for `generation`, naming
@@ -971,10 +962,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_that_died_half_way_is_never_seen_and_a_planted_entry_never_read() {
-        let (dir, a) = store();
-        let b = second(&dir);
-        a.apply(create("one")).await.unwrap();
-        b.snapshot().await.unwrap();
+        let (dir, a, b) = two_nodes_knowing_one().await;
         let g = a.cached().generation;
         // The commit fails before sled has it (and so before any journal entry).
         a.inject_write_failure();
@@ -998,10 +986,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_that_could_write_no_entry_leaves_nothing_a_reader_applies() {
-        let (dir, a) = store();
-        let b = second(&dir);
-        a.apply(create("one")).await.unwrap();
-        b.snapshot().await.unwrap();
+        let (dir, a, b) = two_nodes_knowing_one().await;
         let g = a.cached().generation;
         let journal = dir.path().join(journal::DIR);
         // Another machine puts a folder, with a forged entry inside, where the next
@@ -1023,10 +1008,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_whose_hint_write_failed_reaches_other_nodes_within_seconds() {
-        let (dir, a) = store();
-        let b = second(&dir);
-        a.apply(create("one")).await.unwrap();
-        b.snapshot().await.unwrap();
+        let (dir, a, b) = two_nodes_knowing_one().await;
         a.inject_hint_failure();
         a.apply(create("two")).await.unwrap();
         // This node has it at once; the others once the store thread came back for the
@@ -1049,10 +1031,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_or_linked_entry_is_never_applied_the_reader_reloads_instead() {
-        let (dir, a) = store();
-        let b = second(&dir);
-        a.apply(create("one")).await.unwrap();
-        b.snapshot().await.unwrap();
+        let (dir, a, b) = two_nodes_knowing_one().await;
         let outside = tempfile::tempdir().unwrap();
         let journal = dir.path().join(journal::DIR);
         let store_id = a.cached().store_id.clone().unwrap();
@@ -1202,16 +1181,7 @@ mod tests {
             t.insert("../../outside", &outside[..]).unwrap();
             db.flush().unwrap();
         }
-        let (_, store) = (
-            (),
-            Store::start(
-                SharedLayout::new(dir.path()),
-                Duration::from_secs(5),
-                None,
-                crate::health::Health::new(Duration::from_secs(60)),
-            )
-            .unwrap(),
-        );
+        let store = second(&dir);
         let e = store.apply(create("newer")).await.unwrap_err().to_string();
         assert!(e.contains("cannot be read") && e.contains("upgrade"), "{e}");
         {
