@@ -1008,7 +1008,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_whose_hint_write_failed_reaches_other_nodes_within_seconds() {
-        let (dir, a, b) = two_nodes_knowing_one().await;
+        let (_dir, a, b) = two_nodes_knowing_one().await;
         a.inject_hint_failure();
         a.apply(create("two")).await.unwrap();
         // This node has it at once; the others once the store thread came back for the
