@@ -370,10 +370,27 @@ fn start_heartbeat(
         .name("caravan-heartbeat".into())
         .spawn(move || {
             let mut next = std::time::Instant::now();
+            // A failure is logged when it begins or changes, not every round; the end of
+            // it once, with how many rounds failed.
+            let mut failing: Option<(String, u64)> = None;
             while running.load(std::sync::atomic::Ordering::SeqCst) {
                 next += nodes.interval();
-                if let Err(e) = health.watch("writing the heartbeat", || nodes.round()) {
-                    tracing::warn!("heartbeat: {e}");
+                match health.watch("writing the heartbeat", || nodes.round()) {
+                    Err(e) => {
+                        let e = e.to_string();
+                        match &mut failing {
+                            Some((last, n)) if *last == e => *n += 1,
+                            _ => {
+                                tracing::warn!("heartbeat: {e}");
+                                failing = Some((e, 1));
+                            }
+                        }
+                    }
+                    Ok(()) => {
+                        if let Some((_, n)) = failing.take() {
+                            tracing::info!(failed_rounds = n, "heartbeat: written again");
+                        }
+                    }
                 }
                 let now = std::time::Instant::now();
                 if next > now {
@@ -389,13 +406,16 @@ fn start_heartbeat(
 }
 
 /// Every heartbeat interval, gives up exclusive volumes another node took over (and
-/// re-validates after a lapse of this node's heartbeat); see [`Service::fence`].
+/// re-validates after a lapse of this node's heartbeat), see [`Service::fence`]; and after
+/// a reconnect to the export, mounts again what was mounted from the old connection, see
+/// [`Service::follow_reconnects`].
 async fn fence_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
     let mut tick = tokio::time::interval(nodes.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         svc.fence().await;
+        svc.follow_reconnects().await;
     }
 }
 

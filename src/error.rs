@@ -52,6 +52,19 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// The configured root no longer reaches this daemon's cluster: another export, or
+    /// none, is mounted there (see [`crate::export`]).
+    #[error("{0}")]
+    ExportReplaced(String),
+
+    /// A filesystem refused a write: it is full, over quota or read-only. Reads keep
+    /// working, and the call works again once it clears.
+    #[error("{context}: {}", .refusal.explain())]
+    WriteRefused {
+        context: String,
+        refusal: WriteRefusal,
+    },
+
     /// A transient conflict between calls; trying again succeeds.
     #[error("{0}")]
     Busy(String),
@@ -87,12 +100,25 @@ impl Error {
         Error::Invalid(msg.into())
     }
 
-    /// An I/O error with what was being done and to which path.
+    /// An I/O error with what was being done and to which path. A write the filesystem
+    /// refused (full, over quota, read-only) is named as such, with what to do.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
+        match WriteRefusal::of(&source) {
+            Some(refusal) => Error::WriteRefused {
+                context: context.into(),
+                refusal,
+            },
+            None => Error::Io {
+                context: context.into(),
+                source,
+            },
         }
+    }
+
+    /// Whether this is an I/O error meaning that a handle's connection to the export is
+    /// gone (see [`crate::export::is_gone`]): the handle is opened again from the path.
+    pub fn export_gone(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if crate::export::is_gone(source))
     }
 
     /// The HTTP status the control API answers this error with.
@@ -110,8 +136,50 @@ impl Error {
             Error::Timeout { .. }
             | Error::ShuttingDown
             | Error::Busy(_)
+            | Error::ExportReplaced(_)
             | Error::ExportStalled { .. } => 503,
+            Error::WriteRefused { refusal, .. } => refusal.status(),
             Error::Io { .. } | Error::Store(_) | Error::Backup(_) => 500,
+        }
+    }
+}
+
+/// Why a filesystem refused a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// `ENOSPC`
+    Full,
+    /// `EDQUOT`
+    OverQuota,
+    /// `EROFS`
+    ReadOnly,
+}
+
+impl WriteRefusal {
+    /// The refusal an I/O error is, if it is one.
+    pub fn of(e: &std::io::Error) -> Option<WriteRefusal> {
+        match e.raw_os_error()? {
+            nix::libc::ENOSPC => Some(WriteRefusal::Full),
+            nix::libc::EDQUOT => Some(WriteRefusal::OverQuota),
+            nix::libc::EROFS => Some(WriteRefusal::ReadOnly),
+            _ => None,
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            WriteRefusal::Full => "the filesystem is full (ENOSPC): free space on it (or grow it), then try again (reads keep working meanwhile)",
+            WriteRefusal::OverQuota => "the filesystem's quota for this user is used up (EDQUOT): raise the quota or free space on it, then try again (reads keep working meanwhile)",
+            WriteRefusal::ReadOnly => "the filesystem is mounted read-only (EROFS): mount it read-write again, then try again (reads keep working meanwhile)",
+        }
+    }
+
+    /// 507 Insufficient Storage for a full or over-quota filesystem, 503 for a read-only
+    /// one (it is unavailable for writes until remounted).
+    fn status(self) -> u16 {
+        match self {
+            WriteRefusal::Full | WriteRefusal::OverQuota => 507,
+            WriteRefusal::ReadOnly => 503,
         }
     }
 }
@@ -144,5 +212,42 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_writes_are_named_with_what_to_do() {
+        let e = |errno| {
+            Error::io(
+                "creating /x/volumes/v",
+                std::io::Error::from_raw_os_error(errno),
+            )
+        };
+        let full = e(nix::libc::ENOSPC);
+        assert!(matches!(
+            full,
+            Error::WriteRefused {
+                refusal: WriteRefusal::Full,
+                ..
+            }
+        ));
+        assert_eq!(full.status(), 507);
+        let text = full.to_string();
+        assert!(
+            text.starts_with("creating /x/volumes/v: the filesystem is full (ENOSPC)"),
+            "{text}"
+        );
+        assert!(e(nix::libc::EDQUOT).to_string().contains("quota"));
+        assert_eq!(e(nix::libc::EDQUOT).status(), 507);
+        let ro = e(nix::libc::EROFS);
+        assert!(ro.to_string().contains("read-only (EROFS)"), "{ro}");
+        assert_eq!(ro.status(), 503);
+        assert!(matches!(e(nix::libc::ENOENT), Error::Io { .. }));
+        assert!(e(nix::libc::ENOTCONN).export_gone());
+        assert!(!e(nix::libc::ENOENT).export_gone());
     }
 }

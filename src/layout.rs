@@ -4,6 +4,7 @@
 //! <root>/.caravan/meta/         sled database (cluster metadata)
 //! <root>/.caravan/lock          cluster lock file (OFD lock)
 //! <root>/.caravan/generation    commit counter, a cheap freshness check for readers
+//! <root>/.caravan/store-id      the metadata store's id, which cluster this export is
 //! <root>/.caravan/journal/      what each recent commit changed, for readers to catch up
 //! <root>/.caravan/nodes/<node>.json  each node's heartbeat, written only by that node
 //! <root>/.caravan/trash/        removed volumes waiting to be deleted
@@ -25,23 +26,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
+use crate::export::{Export, MountId};
 use crate::pinned::PinnedDirs;
 use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};
 
-/// Paths on the shared root.
+/// Paths on the shared root, and the way every opening below it starts: from the root
+/// opened afresh on a mount verified to hold this daemon's cluster ([`Export::root`]).
+/// Clones share one [`Export`].
 #[derive(Debug, Clone)]
 pub struct SharedLayout {
     pub root: PathBuf,
     /// Directories held open for one hold of the cluster lock (see [`SharedLayout::pinned`]).
     pins: Option<Arc<PinnedDirs>>,
+    export: Arc<Export>,
 }
 
 impl SharedLayout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
         SharedLayout {
-            root: root.into(),
+            export: Arc::new(Export::new(&root)),
+            root,
             pins: None,
         }
+    }
+
+    /// The export's connection, shared by every clone of this layout.
+    pub fn export(&self) -> &Arc<Export> {
+        &self.export
+    }
+
+    /// The root, opened afresh on a mount that holds this daemon's cluster (see
+    /// [`Export::root`]): where every opening below it starts.
+    pub fn root_dir(&self) -> Result<File> {
+        self.export.root()
+    }
+
+    /// The mount the pinned root is on, in a copy made by [`SharedLayout::pinned`].
+    pub fn pinned_mount(&self) -> Option<MountId> {
+        self.pins.as_ref().and_then(|p| p.mount())
     }
 
     /// A copy whose file work reaches the control, metadata, volumes and trash folders
@@ -60,7 +83,8 @@ impl SharedLayout {
             self.volumes_dir(),
             self.archive_dir(),
         ];
-        let pins = PinnedDirs::open(&self.root, &dirs).map_err(|(path, e)| {
+        let root = self.root_dir()?;
+        let pins = PinnedDirs::open(&self.root, root, &dirs).map_err(|(path, e)| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::io(
                     format!(
@@ -76,6 +100,7 @@ impl SharedLayout {
         Ok(SharedLayout {
             root: self.root.clone(),
             pins: Some(Arc::new(pins)),
+            export: self.export.clone(),
         })
     }
 
@@ -133,8 +158,7 @@ impl SharedLayout {
     /// link. A link or another kind of file in the way is refused, naming the path.
     fn open_dir_beneath(&self, rel: &str) -> Result<File> {
         let shown = self.root.join(rel);
-        crate::beneath::open_root(&self.root)
-            .and_then(|root| crate::beneath::open_dir(root, Path::new(rel)))
+        crate::beneath::open_dir(self.root_dir()?, Path::new(rel))
             .map_err(|e| crate::beneath::refused_or_io(&shown, e))
     }
 
@@ -247,8 +271,7 @@ impl SharedLayout {
         // Each folder is made in its parent opened without following links (`mkdirat`,
         // which never follows a link at the name either): a link planted between the
         // check above and here cannot send a folder outside the root.
-        let root = crate::beneath::open_root(&self.root)
-            .ctx(|| format!("opening {}", self.root.display()))?;
+        let root = self.root_dir()?;
         for (dir, mode) in [
             (self.control_dir(), 0o700),
             (self.meta_dir(), 0o700),
@@ -291,8 +314,7 @@ impl SharedLayout {
 
     /// Every control folder that exists must be a plain directory, reached without a link.
     fn refuse_linked_control_dirs(&self) -> Result<()> {
-        let root = crate::beneath::open_root(&self.root)
-            .ctx(|| format!("opening {}", self.root.display()))?;
+        let root = self.root_dir()?;
         for dir in [
             self.control_dir(),
             self.trash_dir(),
@@ -671,9 +693,10 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
 }
 
 /// Like [`write_atomically`] without the fsync: all or nothing for readers, but a crash of
-/// the machine holding the file may bring back the old content.
-pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
-    write_via_rename(path, path, content, false)
+/// the machine holding the file may bring back the old content. The file is reached at
+/// `at` (through an open folder, see [`SharedLayout::at`]); messages name `path`.
+pub fn replace_file(path: &Path, at: &Path, content: &[u8]) -> Result<()> {
+    write_via_rename(path, at, content, false)
 }
 
 /// Writes `path` (reached at `at`, see [`SharedLayout::at`]) through a temporary name.

@@ -10,6 +10,8 @@
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`treecopy`]: copying a volume's tree (snapshots) without following a link;
 //! - [`backup`]: backups outside the export (chunked, deduplicated, checked) and restores;
+//! - [`export`]: the export's connection: noticing it went away or was replaced, and
+//!   coming back to the same cluster;
 //! - [`lock`]: the cluster-wide lock (blocking OFD lock with a bounded wait);
 //! - [`pinned`]: open folders on the shared root, so calls skip path lookups on the server;
 //! - [`store`]: cluster metadata in sled: group commit, cached reads, the pure decisions;
@@ -42,6 +44,7 @@ pub mod daemon;
 pub mod deadline;
 pub mod dockerd;
 pub mod error;
+pub mod export;
 pub mod health;
 pub mod layout;
 pub mod lock;

@@ -72,6 +72,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     lock_wait_seconds: Histogram,
     heartbeat_gap_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
+    export_reconnects: Counter,
 }
 
 /// The process's metrics.
@@ -84,6 +85,7 @@ pub fn global() -> &'static Metrics {
         commit_seconds: seconds_buckets(),
         lock_wait_seconds: seconds_buckets(),
         heartbeat_gap_seconds: Family::new_with_constructor(gap_buckets),
+        export_reconnects: Counter::default(),
     })
 }
 
@@ -131,6 +133,13 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// This node came back to the export after losing it (see [`crate::export`]).
+    pub fn export_reconnect(&self) {
+        self.export_reconnects.inc();
+    }
+}
+
 /// The state shown at a scrape.
 pub struct Scrape<'a> {
     pub info: &'a Info,
@@ -170,6 +179,12 @@ pub fn render(state: &Scrape) -> String {
         "heartbeat_gap_seconds",
         "Time between two heartbeats of a watched node, as this node saw them",
         m.heartbeat_gap_seconds.clone(),
+    );
+
+    r.register(
+        "export_reconnects",
+        "Times this node reopened its handles after the export went away or was mounted again",
+        m.export_reconnects.clone(),
     );
 
     let info = state.info;

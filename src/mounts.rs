@@ -66,6 +66,25 @@ pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `target` shows the very folder `folder` (same device and inode), as a bind mount
+/// made by [`bind`] from the live export does. `Err` says why not: a bind mount made from a
+/// connection of the export that is gone fails its `stat` (`ENOTCONN` on FUSE, `ESTALE` on
+/// NFS); one made from a connection that was replaced shows that connection's device; a
+/// mountpoint where nothing is mounted shows an empty local folder.
+pub fn check_bind(target: &Path, folder: &fs::File) -> std::result::Result<(), String> {
+    let want = folder
+        .metadata()
+        .map_err(|e| format!("the volume's folder cannot be inspected ({e})"))?;
+    match fs::metadata(target) {
+        Ok(m) if (m.dev(), m.ino()) == (want.dev(), want.ino()) => Ok(()),
+        Ok(_) => Err("it does not show the volume's folder on the export mounted now (unmounted by hand, or made from a connection of the export that was replaced)".into()),
+        Err(e) if crate::export::is_gone(&e) => {
+            Err(format!("its connection to the export is gone ({e})"))
+        }
+        Err(e) => Err(format!("it cannot be inspected ({e})")),
+    }
+}
+
 /// Unmounts `target` and removes the empty mountpoint. A busy mount is detached lazily
 /// (it disappears once its last user goes) rather than left in place.
 pub fn unbind(target: &Path) -> Result<()> {

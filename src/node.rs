@@ -34,13 +34,14 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::export::MountId;
 use crate::layout::{replace_file, SharedLayout};
 use crate::volume::is_safe_token;
 
@@ -407,11 +408,19 @@ struct Own {
 /// This node's heartbeat writer and its view of every other node.
 pub struct Nodes {
     me: String,
-    /// Where system calls reach the heartbeat folder: through `_dir_handle`.
-    dir: PathBuf,
-    /// The folder's real path, for messages.
+    /// The root, unpinned: every (re)connection opens it afresh (see [`crate::export`]).
+    layout: SharedLayout,
+    /// The heartbeat folder's real path, for messages.
     shown: PathBuf,
-    _dir_handle: File,
+    /// The heartbeat folder as this node reaches it now; `None` after its connection went
+    /// away, until the next operation opens it again.
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Whether this node holds the node-name lock (a daemon does; observers in tests do
+    /// not).
+    takes_name_lock: bool,
+    /// The OFD lock on `<node>.lock`, held while the daemon lives, taken again on every
+    /// reconnection (the old connection's lock went with it).
+    name_lock: Mutex<Option<File>>,
     boot_id: String,
     interval: Duration,
     dead_after: Duration,
@@ -422,9 +431,27 @@ pub struct Nodes {
     logged: Mutex<HashMap<String, (String, Liveness)>>,
     /// Nodes whose heartbeat file could not be read at the last round (logged once each).
     unreadable: Mutex<std::collections::BTreeSet<String>>,
-    /// The OFD lock on `<node>.lock`, held while the daemon lives (`None` in tests that
-    /// build observers without a daemon).
-    _name_lock: Option<File>,
+}
+
+/// The heartbeat folder, opened below the root without following links: a `nodes` folder
+/// replaced by a link to a host folder is refused (and one replaced later is not
+/// followed). Held from one (re)connection to the next.
+struct Conn {
+    /// Keeps `via` valid: the number in it is this descriptor's.
+    _dir: File,
+    /// Where system calls reach the folder: through `dir`.
+    via: PathBuf,
+    /// The mount `dir` is on: when the root resolves to another one, this is reopened.
+    mount: MountId,
+}
+
+/// Why the heartbeat folder is opened (again).
+enum Reconnect {
+    Start,
+    /// The root resolves to another mount (logged and counted by [`crate::export`]).
+    Remounted,
+    /// An operation on the old handle failed with an error of [`crate::export::is_gone`].
+    Gone(String),
 }
 
 impl Nodes {
@@ -436,9 +463,7 @@ impl Nodes {
         interval: Duration,
         dead_after: Duration,
     ) -> Result<Nodes> {
-        let mut nodes = Nodes::observer(layout, me, interval, dead_after)?;
-        nodes._name_lock = Some(lock_name(&nodes.dir, &nodes.shown, me)?);
-        Ok(nodes)
+        Nodes::build(layout, me, interval, dead_after, true)
     }
 
     /// An observer without the name lock (tests, benchmarks).
@@ -448,22 +473,26 @@ impl Nodes {
         interval: Duration,
         dead_after: Duration,
     ) -> Result<Nodes> {
-        // Created by `SharedLayout::init`, never here by path.
-        let shown = layout.nodes_dir();
-        // Held for the daemon's life and used for every heartbeat file: opened without
-        // following links, so a `nodes` folder replaced by a link to a host folder is
-        // refused (and one replaced later is not followed).
-        let handle = crate::beneath::open_root(&layout.root)
-            .and_then(|root| crate::beneath::open_dir(root, Path::new(".caravan/nodes")))
-            .map_err(|e| crate::beneath::refused_or_io(&shown, e))?;
-        let dir = crate::beneath::proc_path(&handle);
+        Nodes::build(layout, me, interval, dead_after, false)
+    }
+
+    fn build(
+        layout: &SharedLayout,
+        me: &str,
+        interval: Duration,
+        dead_after: Duration,
+        takes_name_lock: bool,
+    ) -> Result<Nodes> {
         let boot_id = random_id();
-        Ok(Nodes {
+        let nodes = Nodes {
             me: me.to_string(),
             watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
-            dir,
-            shown,
-            _dir_handle: handle,
+            layout: layout.clone(),
+            // Created by `SharedLayout::init`, never here by path.
+            shown: layout.nodes_dir(),
+            conn: Mutex::new(None),
+            takes_name_lock,
+            name_lock: Mutex::new(None),
             boot_id,
             interval,
             dead_after,
@@ -471,8 +500,110 @@ impl Nodes {
             own: Mutex::new(Own::default()),
             logged: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(Default::default()),
-            _name_lock: None,
-        })
+        };
+        nodes.connect(layout.root_dir()?, Reconnect::Start)?;
+        Ok(nodes)
+    }
+
+    /// Opens the heartbeat folder below `root` and, for a daemon, takes the node-name lock
+    /// there (the old connection's, if any, is let go first: on a connection that is
+    /// still alive it would be this daemon's own lock in the way).
+    fn connect(&self, root: File, why: Reconnect) -> Result<Arc<Conn>> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = crate::beneath::open_dir(&root, Path::new(".caravan/nodes"))
+            .map_err(|e| crate::beneath::refused_or_io(&self.shown, e))?;
+        let mount = MountId::of(&dir).ctx(|| format!("inspecting {}", self.shown.display()))?;
+        let via = crate::beneath::proc_path(&dir);
+        if self.takes_name_lock {
+            let mut lock = self.name_lock.lock().unwrap_or_else(|p| p.into_inner());
+            drop(lock.take());
+            *lock = Some(lock_name(&via, &self.shown, &self.me)?);
+        }
+        if let Reconnect::Gone(e) = &why {
+            self.layout
+                .export()
+                .reopened(&format!("the heartbeat folder {}", self.shown.display()), e);
+        }
+        let fresh = Arc::new(Conn {
+            _dir: dir,
+            via,
+            mount,
+        });
+        *conn = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// The heartbeat folder as reached now, opened again if its connection went away.
+    fn current(&self) -> Result<Arc<Conn>> {
+        let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match held {
+            Some(c) => Ok(c),
+            None => self.connect(self.layout.root_dir()?, Reconnect::Remounted),
+        }
+    }
+
+    /// Runs `op` on the heartbeat folder; when it fails because the folder's connection
+    /// is gone, opens the folder again from the configured root and runs it once more.
+    fn with_folder<T>(&self, op: impl Fn(&Conn) -> Result<T>) -> Result<T> {
+        let conn = self.current()?;
+        match op(&conn) {
+            Err(e) if e.export_gone() => {
+                {
+                    let mut held = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                    if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, &conn)) {
+                        *held = None;
+                    }
+                }
+                let why = self.shown_error(&e);
+                let again = match self.current_or_reconnect(why) {
+                    Ok(c) => c,
+                    // The export is not back yet: the original error says what failed.
+                    Err(_) => return Err(e),
+                };
+                op(&again)
+            }
+            r => r,
+        }
+    }
+
+    fn current_or_reconnect(&self, why: String) -> Result<Arc<Conn>> {
+        let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match held {
+            Some(c) => Ok(c),
+            None => self.connect(self.layout.root_dir()?, Reconnect::Gone(why)),
+        }
+    }
+
+    /// Once a round: when the root now resolves to another mount than the heartbeat
+    /// folder's (the export was mounted again), the folder is opened again there. The
+    /// root's check ([`crate::export::Export::root`]) refuses a mount that does not hold
+    /// this cluster, before anything is written through it.
+    fn follow_the_root(&self) -> Result<()> {
+        let root = self.layout.root_dir()?;
+        let mount =
+            MountId::of(&root).ctx(|| format!("inspecting {}", self.layout.root.display()))?;
+        let held = self
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.mount);
+        if held != Some(mount) {
+            self.connect(root, Reconnect::Remounted)?;
+        }
+        Ok(())
+    }
+
+    /// An error's text with the folder's real path where it shows `/proc/self/fd/N`.
+    fn shown_error(&self, e: &Error) -> String {
+        let text = e.to_string();
+        match self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(c) => text.replace(
+                &c.via.display().to_string(),
+                &self.shown.display().to_string(),
+            ),
+            None => text,
+        }
     }
 
     pub fn me(&self) -> &str {
@@ -491,8 +622,8 @@ impl Nodes {
         self.dead_after
     }
 
-    fn file(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("{node}.json"))
+    fn file_name(node: &str) -> String {
+        format!("{node}.json")
     }
 
     fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
@@ -523,7 +654,9 @@ impl Nodes {
         let bytes = serde_json::to_vec(&hb)
             .map_err(|e| Error::Store(format!("encoding the heartbeat: {e}")))?;
         // No fsync: the point is that other nodes see it move, which the rename gives.
-        replace_file(&self.file(&self.me), &bytes)?;
+        let name = Self::file_name(&self.me);
+        let shown = self.shown.join(&name);
+        self.with_folder(|c| replace_file(&shown, &c.via.join(&name), &bytes))?;
         if state == HeartbeatState::Left {
             *s = u64::MAX;
         }
@@ -556,7 +689,10 @@ impl Nodes {
             }
         }
         let writing = Instant::now();
-        let result = self.beat(HeartbeatState::Running).and_then(|()| {
+        let result = self
+            .follow_the_root()
+            .and_then(|()| self.beat(HeartbeatState::Running))
+            .and_then(|()| {
             let landed = Instant::now();
             let mut own = self.own();
             // A write that itself took dead_after (a hard mount blocked on a server only
@@ -648,25 +784,7 @@ impl Nodes {
     }
 
     fn observe_at(&self, at: Instant) -> Result<()> {
-        let entries =
-            std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.shown.display()))?;
-        let mut read = Vec::new();
-        let mut unreadable = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(node) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if node == self.me || !is_safe_token(node, 1, 255, false) {
-                continue;
-            }
-            match read_heartbeat(&entry.path(), node) {
-                Ok(hb) => read.push(hb),
-                // Replaced meanwhile: the next round reads it again.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => unreadable.push((node.to_string(), e)),
-            }
-        }
+        let (read, unreadable) = self.with_folder(|c| self.read_folder(c))?;
         self.log_unreadable(&read, &unreadable);
         let unreadable: Vec<String> = unreadable.into_iter().map(|(n, _)| n).collect();
         let mut w = self.watchers();
@@ -682,6 +800,34 @@ impl Nodes {
         Ok(())
     }
 
+    /// Reads every other node's heartbeat file in the folder. A listing that breaks off,
+    /// or a file whose read fails because the connection went away, fails the whole
+    /// read: a round that did not see everyone must not advance the seeing clock (nodes
+    /// left out would look silent), nor count as a sight of an unreadable file.
+    #[allow(clippy::type_complexity)]
+    fn read_folder(&self, c: &Conn) -> Result<(Vec<Heartbeat>, Vec<(String, Error)>)> {
+        let listing = || format!("reading {}", self.shown.display());
+        let mut read = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in std::fs::read_dir(&c.via).ctx(listing)? {
+            let name = entry.ctx(listing)?.file_name();
+            let Some(node) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if node == self.me || !is_safe_token(node, 1, 255, false) {
+                continue;
+            }
+            match read_heartbeat(&c.via.join(&name), node) {
+                Ok(hb) => read.push(hb),
+                // Replaced meanwhile: the next round reads it again.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.export_gone() => return Err(e),
+                Err(e) => unreadable.push((node.to_string(), e)),
+            }
+        }
+        Ok((read, unreadable))
+    }
+
     /// Warns once about each heartbeat file that cannot be read (a FIFO, a device, an
     /// oversized or garbled file, perhaps planted by another machine), naming it, and
     /// says when it can be read again.
@@ -691,10 +837,7 @@ impl Nodes {
             if logged.insert(node.clone()) {
                 let file = self.shown.join(format!("{node}.json"));
                 // The error names the file by its /proc/self/fd path: show the real one.
-                let why = e.to_string().replace(
-                    &self.dir.display().to_string(),
-                    &self.shown.display().to_string(),
-                );
+                let why = self.shown_error(e);
                 tracing::warn!(file = %file.display(), "skipping a heartbeat file that cannot be read: {why}");
             }
         }
@@ -711,7 +854,8 @@ impl Nodes {
             return;
         }
         let at = Instant::now();
-        match read_heartbeat(&self.file(node), node) {
+        let name = Self::file_name(node);
+        match self.with_folder(|c| read_heartbeat(&c.via.join(&name), node)) {
             Ok(hb) => {
                 let _ = self.watchers().saw(hb, at);
             }

@@ -31,6 +31,8 @@ use std::sync::OnceLock;
 #[derive(Debug, Default)]
 pub struct PinnedDirs {
     pins: Vec<Pin>,
+    /// The mount the root is on.
+    mount: Option<crate::export::MountId>,
 }
 
 #[derive(Debug)]
@@ -42,18 +44,22 @@ struct Pin {
 }
 
 impl PinnedDirs {
-    /// Opens `root` (the configured path, as given) and `dirs` below it, each without
-    /// following a symlink anywhere under the root. One that is a link, is missing, or
-    /// cannot be opened is an error naming it. Without `/proc` nothing is pinned.
+    /// Pins `root_dir` (the root, opened from the configured path `root`) and `dirs`
+    /// below it, each opened without following a symlink anywhere under the root. One that
+    /// is a link, is missing, or cannot be opened is an error naming it. Without `/proc`
+    /// nothing is pinned.
     pub fn open<P: AsRef<Path>>(
         root: &Path,
+        root_dir: File,
         dirs: &[P],
     ) -> Result<PinnedDirs, (PathBuf, std::io::Error)> {
-        let mut pinned = PinnedDirs::default();
+        let mut pinned = PinnedDirs {
+            mount: crate::export::MountId::of(&root_dir).ok(),
+            ..PinnedDirs::default()
+        };
         if !proc_fd_works() {
             return Ok(pinned);
         }
-        let root_dir = crate::beneath::open_root(root).map_err(|e| (root.to_path_buf(), e))?;
         for dir in dirs {
             let real = dir.as_ref();
             let Ok(rel) = real.strip_prefix(root) else {
@@ -96,6 +102,11 @@ impl PinnedDirs {
         }
     }
 
+    /// The mount the pinned root is on.
+    pub fn mount(&self) -> Option<crate::export::MountId> {
+        self.mount
+    }
+
     /// How many directories are pinned.
     pub fn len(&self) -> usize {
         self.pins.len()
@@ -127,6 +138,10 @@ mod tests {
     use super::*;
     use std::fs;
 
+    fn open_root(root: &Path) -> File {
+        crate::beneath::open_root(root).unwrap()
+    }
+
     #[test]
     fn paths_go_through_the_deepest_pinned_directory() {
         let root = tempfile::tempdir().unwrap();
@@ -135,9 +150,10 @@ mod tests {
         fs::create_dir_all(&b).unwrap();
         fs::write(b.join("f"), b"x").unwrap();
         let missing = root.path().join("missing");
-        let (path, _) = PinnedDirs::open(root.path(), &[&a, &b, &missing]).unwrap_err();
+        let (path, _) =
+            PinnedDirs::open(root.path(), open_root(root.path()), &[&a, &b, &missing]).unwrap_err();
         assert_eq!(path, missing, "a missing folder is refused");
-        let pins = PinnedDirs::open(root.path(), &[&a, &b]).unwrap();
+        let pins = PinnedDirs::open(root.path(), open_root(root.path()), &[&a, &b]).unwrap();
         assert_eq!(pins.len(), 3, "the root, a and b");
 
         let f = b.join("f");
@@ -166,7 +182,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let a = root.path().join("a");
         fs::create_dir(&a).unwrap();
-        let pins = PinnedDirs::open(root.path(), &[&a]).unwrap();
+        let pins = PinnedDirs::open(root.path(), open_root(root.path()), &[&a]).unwrap();
         fs::rename(&a, root.path().join("moved")).unwrap();
         fs::write(pins.at(&a.join("f")), b"x").unwrap();
         assert!(root.path().join("moved/f").exists());
@@ -181,9 +197,12 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("canary"), b"x").unwrap();
         std::os::unix::fs::symlink(&outside, root.join(".caravan/trash")).unwrap();
-        let (path, e) =
-            PinnedDirs::open(&root, &[root.join(".caravan"), root.join(".caravan/trash")])
-                .unwrap_err();
+        let (path, e) = PinnedDirs::open(
+            &root,
+            open_root(&root),
+            &[root.join(".caravan"), root.join(".caravan/trash")],
+        )
+        .unwrap_err();
         assert_eq!(path, root.join(".caravan/trash"));
         assert!(crate::beneath::is_refused_link(&e), "{e}");
         assert!(outside.join("canary").exists());

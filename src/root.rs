@@ -181,7 +181,10 @@ fn explain_write_error(root: &Path, e: Error) -> Error {
                 root.display()
             ))
         }
-        Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::EROFS) => Error::invalid(format!(
+        Error::WriteRefused {
+            refusal: crate::error::WriteRefusal::ReadOnly,
+            ..
+        } => Error::invalid(format!(
             "the shared root {} is read-only ({e}): caravan keeps its metadata there and needs it writable",
             root.display()
         )),

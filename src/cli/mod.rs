@@ -596,6 +596,17 @@ fn info_text(i: &Info) -> String {
     if let Some(e) = &i.standing.last_error {
         text.push_str(&format!("Heartbeat:    failing: {e}\n"));
     }
+    if let Some(why) = &i.connection.refused {
+        text.push_str(&format!("Export:       REFUSED: {why}\n"));
+    }
+    if i.connection.reconnects > 0 {
+        text.push_str(&format!(
+            "Reconnects:   {}, last {:.0} s ago: {}\n",
+            i.connection.reconnects,
+            i.connection.last_reconnect_secs_ago.unwrap_or_default(),
+            i.connection.last_reconnect.as_deref().unwrap_or("?")
+        ));
+    }
     if !i.store.thread_running {
         text.push_str("Store:        STOPPED: nothing can be committed; restart the daemon\n");
     }

@@ -150,6 +150,8 @@ pub struct Service {
     backup_jobs: backups::BackupJobs,
     /// Why snapshots begun here failed, for whoever polls them.
     snapshot_failures: Mutex<HashMap<(String, String), String>>,
+    /// The export's reconnect count when the bind mounts were last checked after one.
+    seen_reconnects: std::sync::atomic::AtomicU64,
     /// This service, for the background work it starts.
     me: std::sync::Weak<Service>,
 }
@@ -186,6 +188,7 @@ impl Service {
             backup_jobs: Mutex::new(HashMap::new()),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             snapshot_failures: Mutex::new(HashMap::new()),
+            seen_reconnects: std::sync::atomic::AtomicU64::new(0),
         });
         svc.replay_pending().await;
         svc.reconcile().await?;
@@ -230,10 +233,24 @@ impl Service {
                 tracing::error!(volume = %name, "{e}");
             }
         }
-        if !kept.is_empty() {
-            tracing::info!(volumes = ?kept, "kept mounts still in use on this node");
+        self.bound_here().replace(kept.iter().cloned().collect());
+        // A kept bind mount made from a connection of the export that is gone (the client
+        // died or the export was mounted again while the daemon was down) is mounted again
+        // from the live export: it is never kept as in use as it is.
+        let mut live = Vec::new();
+        for name in kept {
+            let _guard = self.locks.lock(&name).await;
+            match self.bind_live(&name).await {
+                Ok(None) => live.push(name),
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::error!(volume = %name, "this node's bind mount of the volume does not reach the live export, and mounting it again failed: {e}; the next Mount tries again")
+                }
+            }
         }
-        self.bound_here().replace(kept.into_iter().collect());
+        if !live.is_empty() {
+            tracing::info!(volumes = ?live, "kept mounts still in use on this node");
+        }
         Ok(())
     }
 
@@ -292,8 +309,8 @@ impl Service {
     }
 
     /// Counts a mount of (this node, `id`) and returns the mountpoint, bind-mounting it on
-    /// the node's first mount (or again, when the bind mount vanished behind the daemon's
-    /// back). A mount that could not be answered before the call's deadline (see
+    /// the node's first mount (or again, when the bind mount there does not reach the
+    /// volume's folder on the live export: see [`Service::bind_live`]). A mount that could not be answered before the call's deadline (see
     /// [`crate::deadline`]) is taken back: dockerd saw it fail and will never unmount it.
     pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
         validate_name(name)?;
@@ -322,41 +339,96 @@ impl Service {
         // PendingUnmounts::cancel_take_backs.
         self.pending.cancel_take_backs(name, id);
         self.forget_usage(name);
-        let target = self.local.mountpoint(name);
-        if self.is_bound(name) {
-            let t = target.clone();
-            let present = self
-                .blocking("reading mountinfo", move || {
-                    Ok(mounts::mount_table()?.iter().any(|m| m.mount_point == t))
-                })
-                .await;
-            if let Ok(false) = present {
-                tracing::warn!(volume = %name, mountpoint = %target.display(), "the bind mount vanished behind the daemon's back (unmounted by hand?); mounting it again");
-                self.bound_here().remove(name);
-            }
-        }
-        if !self.is_bound(name) {
-            let (shared, volume) = (self.shared().clone(), name.to_string());
-            let t = target.clone();
-            if let Err(e) = self
-                .blocking("bind-mounting", move || {
-                    let folder = shared.open_data_dir(&volume)?;
-                    mounts::bind(&folder, &shared.data_dir(&volume), &t)
-                })
-                .await
-            {
-                // Take the count back so the cluster does not believe this node uses it.
-                self.take_back(name, id).await;
-                return Err(e);
-            }
-            self.bound_here().insert(name);
+        if let Err(e) = self.bind_live(name).await {
+            // Take the count back so the cluster does not believe this node uses it.
+            self.take_back(name, id).await;
+            return Err(e);
         }
         if !crate::deadline::answerable(ANSWER_MARGIN) {
             tracing::warn!(volume = %name, id, "the mount finished after its caller's deadline; taking it back");
             self.take_back(name, id).await;
             return Err(late());
         }
-        Ok(target)
+        Ok(self.local.mountpoint(name))
+    }
+
+    /// Makes this node's bind mount of `name` reach the volume's folder on the export as
+    /// the configured root reaches it now, under the caller's hold of the volume's lock:
+    /// one there is checked (device and inode, see [`mounts::check_bind`]) and, when it
+    /// does not (unmounted by hand, or made from a connection of the export that is gone or
+    /// was replaced), mounted again. The mountpoint is then answered only when it reaches
+    /// the live export. Containers that use the old mount keep it (their mount namespace
+    /// holds a copy the daemon cannot change): the log says so, and to restart them.
+    ///
+    /// `Some(why)` when a bind mount there was mounted again, and why.
+    async fn bind_live(&self, name: &str) -> Result<Option<String>> {
+        let was_bound = self.is_bound(name);
+        let (shared, volume) = (self.shared().clone(), name.to_string());
+        let target = self.local.mountpoint(name);
+        let t = target.clone();
+        let outcome = self
+            .blocking("bind-mounting", move || {
+                let folder = shared.open_data_dir(&volume)?;
+                let source = shared.data_dir(&volume);
+                let stale = match was_bound {
+                    true => match mounts::check_bind(&t, &folder) {
+                        Ok(()) => return Ok(None),
+                        Err(why) => {
+                            mounts::unbind(&t)?;
+                            Some(why)
+                        }
+                    },
+                    false => None,
+                };
+                mounts::bind(&folder, &source, &t)?;
+                Ok(stale)
+            })
+            .await;
+        let stale = match outcome {
+            Ok(stale) => stale,
+            Err(e) => {
+                if was_bound {
+                    // Whether the old mount is still there or not, it is not this node's
+                    // bind mount of the live export.
+                    self.bound_here().remove(name);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(why) = &stale {
+            tracing::warn!(volume = %name, mountpoint = %target.display(), "this node's bind mount of the volume did not reach the live export: {why}; mounted it again from the export as mounted now. Containers started before keep the mount they have (the kernel gives them no other): restart them to reach the volume again");
+        }
+        if !was_bound {
+            self.bound_here().insert(name);
+        }
+        Ok(stale)
+    }
+
+    /// After this node came back to the export (see [`crate::export`]): every bind mount of
+    /// this node is checked, and mounted again from the live export where it does not
+    /// reach it, so that the mountpoints reach the data again without waiting for the next
+    /// Mount. Runs every heartbeat interval; does nothing while no reconnect happened.
+    pub async fn follow_reconnects(&self) {
+        let now = self.shared().export().reconnects();
+        let seen = self
+            .seen_reconnects
+            .swap(now, std::sync::atomic::Ordering::SeqCst);
+        if now == seen {
+            return;
+        }
+        let bound: Vec<String> = self.bound_here().names.iter().cloned().collect();
+        for name in bound {
+            let _guard = self.locks.lock(&name).await;
+            if !self.is_bound(&name) {
+                continue;
+            }
+            if let Err(e) = self.bind_live(&name).await {
+                tracing::error!(volume = %name, "checking the bind mount after a reconnect to the export: {e}");
+                // Checked again after the next reconnect, or by the next Mount.
+                self.seen_reconnects
+                    .store(seen, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 
     /// The store's Mount, waiting a little when an exclusive volume is refused because its
@@ -769,6 +841,7 @@ impl Service {
                 stale,
                 health: self.health.report(),
                 standing: self.nodes.self_report(),
+                connection: self.shared().export().report(),
                 skipped_records: snap
                     .unreadable
                     .iter()
@@ -1004,6 +1077,8 @@ fn uncertain(e: &Error) -> bool {
         Error::ExportStalled { .. }
             | Error::Timeout { .. }
             | Error::Io { .. }
+            | Error::WriteRefused { .. }
+            | Error::ExportReplaced(_)
             | Error::Store(_)
             | Error::ShuttingDown
     )

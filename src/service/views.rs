@@ -105,6 +105,9 @@ pub struct Info {
     /// This node's own standing: cut off, re-validating its exclusive volumes.
     #[serde(default)]
     pub standing: SelfReport,
+    /// The export's connection: reconnects after it went away or was mounted again.
+    #[serde(default)]
+    pub connection: crate::export::ConnectionReport,
     /// Records in the store that failed their checks (another machine wrote them, or an
     /// older or newer version), by key (shortened), with why: left untouched, never used.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

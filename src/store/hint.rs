@@ -145,10 +145,14 @@ impl HintReader {
         let (file, _) = self.held.as_ref().expect("just opened");
         match file.read_at(&mut self.buf.0, 0) {
             Ok(n) => parse(&layout.generation_file(), &self.buf.0[..n.min(64)]),
-            Err(_) => {
-                // EINVAL: this filesystem takes `O_DIRECT` at open but not at read.
+            Err(e) => {
+                // EINVAL: this filesystem takes `O_DIRECT` at open but not at read. Any
+                // other error (the handle's connection gone, see crate::export) gives up
+                // this handle only: the next read opens the file again.
                 self.held = None;
-                self.reopen_always = true;
+                if e.raw_os_error() == Some(nix::libc::EINVAL) {
+                    self.reopen_always = true;
+                }
                 read(layout)
             }
         }
@@ -157,7 +161,7 @@ impl HintReader {
 
 /// The hint file opened to be kept (see [`HintReader`]): `None` when this filesystem
 /// allows no safe kept handle.
-fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
+fn open_kept(layout: &SharedLayout) -> Result<Option<File>> {
     use nix::sys::statfs::statfs;
     const LOCAL: &[i64] = &[
         0xEF53,      // ext2, ext3, ext4
@@ -173,18 +177,19 @@ fn open_kept(layout: &SharedLayout) -> std::io::Result<Option<File>> {
         .map(|s| LOCAL.contains(&(s.filesystem_type().0 as i64)))
         .unwrap_or(false);
     let direct = if local { 0 } else { nix::libc::O_DIRECT };
-    match open_checked(layout, direct) {
+    match open_checked(layout, direct)? {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => Err(Error::io("opening the generation hint", e)),
     }
 }
 
 /// Opens the hint file for reading (with `flags` added) below the root without following
-/// a link anywhere (`.caravan` included), and only if it is a regular file.
-fn open_checked(layout: &SharedLayout, flags: i32) -> std::io::Result<File> {
-    let root = crate::beneath::open_root(&layout.root)?;
-    crate::beneath::open_regular(root, Path::new(".caravan/generation"), flags).map(|(f, _)| f)
+/// a link anywhere (`.caravan` included), and only if it is a regular file. The outer
+/// error is the root's (see [`SharedLayout::root_dir`]), the inner one the file's.
+fn open_checked(layout: &SharedLayout, flags: i32) -> Result<std::io::Result<File>> {
+    let root = layout.root_dir()?;
+    Ok(crate::beneath::open_regular(root, Path::new(".caravan/generation"), flags).map(|(f, _)| f))
 }
 
 fn parse(path: &Path, text: &[u8]) -> Result<u64> {
@@ -207,7 +212,7 @@ pub(super) fn read(layout: &SharedLayout) -> Result<u64> {
     use std::io::Read;
     let path = layout.generation_file();
     // A regular file of a few bytes, never read whole.
-    let text = open_checked(layout, 0).and_then(|f| {
+    let text = open_checked(layout, 0)?.and_then(|f| {
         let mut s = String::new();
         f.take(64).read_to_string(&mut s).map(|_| s)
     });

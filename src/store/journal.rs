@@ -150,9 +150,9 @@ fn entry_name(generation: u64) -> String {
 }
 
 /// Opens the journal folder below the root, without following a link on the way.
-fn open_dir(layout: &SharedLayout) -> std::io::Result<File> {
-    let root = crate::beneath::open_root(&layout.root)?;
-    crate::beneath::open_dir(root, Path::new(DIR))
+fn open_dir(layout: &SharedLayout) -> Result<File> {
+    crate::beneath::open_dir(layout.root_dir()?, Path::new(DIR))
+        .map_err(|e| crate::beneath::refused_or_io(&layout.root.join(DIR), e))
 }
 
 /// The entries of generations `from..=to` of store `store`, in order. An error (a missing
@@ -163,7 +163,7 @@ pub(super) fn read_entries(
     to: u64,
     store: &str,
 ) -> std::result::Result<Vec<Changes>, String> {
-    let dir = open_dir(layout).map_err(|e| format!("opening {DIR}: {e}"))?;
+    let dir = open_dir(layout).map_err(|e| e.to_string())?;
     // All the entries of one catch-up together: planted entries with valid hashes must
     // not make a reader hold gigabytes.
     let mut budget = MAX_ENTRY;
@@ -205,8 +205,7 @@ pub(super) struct JournalWriter {
 
 impl JournalWriter {
     pub(super) fn open(layout: &SharedLayout) -> Result<JournalWriter> {
-        let dir = open_dir(layout)
-            .map_err(|e| crate::beneath::refused_or_io(&layout.root.join(DIR), e))?;
+        let dir = open_dir(layout)?;
         Ok(JournalWriter { dir })
     }
 

@@ -878,9 +878,19 @@ impl OpenStore {
         let stored_id = db
             .get(STORE_ID_KEY)
             .map_err(|e| Error::Store(format!("reading the store id: {e}")))?;
+        let export = layout.export();
         let store_id = match stored_id {
             Some(id) if !id.is_empty() && id.len() <= 64 => {
                 String::from_utf8_lossy(&id).into_owned()
+            }
+            // This daemon serves a store that has an id: one without is not that store
+            // (another export mounted at the root), and is not given one here.
+            _ if export.cluster().is_some() => {
+                return Err(Error::ExportReplaced(format!(
+                    "the metadata store at {} has no store id, where this daemon serves {}: another export is mounted there; mount this cluster's export again, or restart caravan to serve the one mounted now",
+                    layout.meta_dir().display(),
+                    export.cluster().unwrap_or_default()
+                )));
             }
             // New (or from a version without it, or not one this version wrote): a new
             // one, written with the next commit. Entries that named another are never
@@ -892,6 +902,12 @@ impl OpenStore {
                 id
             }
         };
+        if let Some(mount) = layout.pinned_mount() {
+            if export.learn_cluster(&store_id, mount)? {
+                keep_store_id_file(layout, &store_id)?;
+                export.store_id_file_holds_cluster(mount);
+            }
+        }
         Ok(OpenStore {
             db,
             tree,
@@ -901,6 +917,18 @@ impl OpenStore {
             store_id,
         })
     }
+}
+
+/// Makes `.caravan/store-id` hold `store_id` (under the lock, from sled's own): what
+/// tells a daemon whose export was mounted again that it is the same cluster (see
+/// [`crate::export`]). Whatever another machine put in its place is replaced, never
+/// written through.
+fn keep_store_id_file(layout: &SharedLayout, store_id: &str) -> Result<()> {
+    let path = layout.root.join(crate::export::STORE_ID_FILE);
+    if crate::export::read_store_id(&layout.root_dir()?).is_ok_and(|id| id == store_id) {
+        return Ok(());
+    }
+    crate::layout::replace_file(&path, &layout.at(&path), format!("{store_id}\n").as_bytes())
 }
 
 /// Folders made for a batch's new volumes: name → (record, whether an existing folder was
@@ -961,6 +989,11 @@ fn clone_err(e: &Error) -> Error {
             after: *after,
         },
         Error::ShuttingDown => Error::ShuttingDown,
+        Error::ExportReplaced(why) => Error::ExportReplaced(why.clone()),
+        Error::WriteRefused { context, refusal } => Error::WriteRefused {
+            context: context.clone(),
+            refusal: *refusal,
+        },
         Error::Io { context, source } => Error::Io {
             context: context.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
