@@ -43,16 +43,17 @@ pub const STORE_ID_FILE: &str = ".caravan/store-id";
 const MAX_STORE_ID_BYTES: u64 = 128;
 
 /// Whether an I/O error means that the handle's connection to the export is gone: the
-/// FUSE client died (`ENOTCONN`), the NFS server no longer knows the handle (`ESTALE`), the
-/// device or filesystem went away (`ENODEV`, `EIO`). The handle is opened again from the
+/// FUSE client died (`ENOTCONN`, or `ECONNABORTED` once the kernel aborted the
+/// connection), the NFS server no longer knows the handle (`ESTALE`), the device or
+/// filesystem went away (`ENODEV`, `EIO`). The handle is opened again from the
 /// configured path; the error itself says nothing about whether the export is back.
 pub fn is_gone(e: &std::io::Error) -> bool {
     errno_is_gone(e.raw_os_error())
 }
 
 fn errno_is_gone(errno: Option<i32>) -> bool {
-    use nix::libc::{EIO, ENODEV, ENOTCONN, ESTALE};
-    matches!(errno, Some(ENOTCONN | ESTALE | EIO | ENODEV))
+    use nix::libc::{ECONNABORTED, EIO, ENODEV, ENOTCONN, ESTALE};
+    matches!(errno, Some(ENOTCONN | ECONNABORTED | ESTALE | EIO | ENODEV))
 }
 
 /// Which mount a handle is on: the mount id the kernel shows in `/proc/self/fdinfo` (a new
@@ -323,7 +324,13 @@ mod tests {
         use nix::libc;
         // ENOTCONN on FUSE and ESTALE on NFS are the same event: the handle's connection
         // is gone. (No kernel NFS client here: the classification is what is tested.)
-        for gone in [libc::ENOTCONN, libc::ESTALE, libc::EIO, libc::ENODEV] {
+        for gone in [
+            libc::ENOTCONN,
+            libc::ECONNABORTED,
+            libc::ESTALE,
+            libc::EIO,
+            libc::ENODEV,
+        ] {
             assert!(is_gone(&std::io::Error::from_raw_os_error(gone)), "{gone}");
         }
         for other in [

@@ -415,6 +415,9 @@ pub struct Nodes {
     /// The heartbeat folder as this node reaches it now; `None` after its connection went
     /// away, until the next operation opens it again.
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Why the last held folder was given up (its connection gone), until it is opened
+    /// again.
+    lost: Mutex<Option<String>>,
     /// Whether this node holds the node-name lock (a daemon does; observers in tests do
     /// not).
     takes_name_lock: bool,
@@ -491,6 +494,7 @@ impl Nodes {
             // Created by `SharedLayout::init`, never here by path.
             shown: layout.nodes_dir(),
             conn: Mutex::new(None),
+            lost: Mutex::new(None),
             takes_name_lock,
             name_lock: Mutex::new(None),
             boot_id,
@@ -517,13 +521,20 @@ impl Nodes {
         if self.takes_name_lock {
             let mut lock = self.name_lock.lock().unwrap_or_else(|p| p.into_inner());
             drop(lock.take());
-            *lock = Some(lock_name(&via, &self.shown, &self.me)?);
+            let taken = lock_name(&via, &self.shown, &self.me).map_err(|e| match why {
+                Reconnect::Start => e,
+                _ => Error::invalid(format!(
+                    "{e} (after a reconnect to the export, the old connection's lock can stay held until the file server lets it go; retried every heartbeat)"
+                )),
+            })?;
+            *lock = Some(taken);
         }
         if let Reconnect::Gone(e) = &why {
             self.layout
                 .export()
                 .reopened(&format!("the heartbeat folder {}", self.shown.display()), e);
         }
+        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let fresh = Arc::new(Conn {
             _dir: dir,
             via,
@@ -538,7 +549,16 @@ impl Nodes {
         let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match held {
             Some(c) => Ok(c),
-            None => self.connect(self.layout.root_dir()?, Reconnect::Remounted),
+            None => self.connect(self.layout.root_dir()?, self.reconnect_reason()),
+        }
+    }
+
+    /// Why the folder is opened again now: the error that lost the old handle, if one
+    /// did; else the root resolves to another mount.
+    fn reconnect_reason(&self) -> Reconnect {
+        match self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(why) => Reconnect::Gone(why),
+            None => Reconnect::Remounted,
         }
     }
 
@@ -548,29 +568,21 @@ impl Nodes {
         let conn = self.current()?;
         match op(&conn) {
             Err(e) if e.export_gone() => {
+                let why = self.shown_error(&e);
                 {
                     let mut held = self.conn.lock().unwrap_or_else(|p| p.into_inner());
                     if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, &conn)) {
                         *held = None;
+                        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                     }
                 }
-                let why = self.shown_error(&e);
-                let again = match self.current_or_reconnect(why) {
-                    Ok(c) => c,
+                match self.current() {
+                    Ok(again) => op(&again),
                     // The export is not back yet: the original error says what failed.
-                    Err(_) => return Err(e),
-                };
-                op(&again)
+                    Err(_) => Err(e),
+                }
             }
             r => r,
-        }
-    }
-
-    fn current_or_reconnect(&self, why: String) -> Result<Arc<Conn>> {
-        let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match held {
-            Some(c) => Ok(c),
-            None => self.connect(self.layout.root_dir()?, Reconnect::Gone(why)),
         }
     }
 
@@ -589,7 +601,7 @@ impl Nodes {
             .as_ref()
             .map(|c| c.mount);
         if held != Some(mount) {
-            self.connect(root, Reconnect::Remounted)?;
+            self.connect(root, self.reconnect_reason())?;
         }
         Ok(())
     }

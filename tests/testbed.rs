@@ -773,6 +773,220 @@ fn an_export_stall_every_host_saw_kills_nobody() {
     eprintln!("stall: {refusals} takeover and remove attempts after the thaw, all refused");
 }
 
+/// The export goes away under a host and comes back, three ways, while host 3 holds an
+/// exclusive volume and has a shared one mounted (--dead-after 5s):
+///
+/// 1. host 3's GlusterFS client is killed (as an OOM kill would) and the export mounted
+///    again at the same path: nobody is judged dead, nothing is taken over, host 3's
+///    heartbeat resumes within about an interval of the remount, and a new Mount there
+///    reaches the live export (a file written through host 1 is read through it);
+/// 2. the same, with host 3's daemon restarted while the client is dead: the start fails
+///    with a clear error, and once the export is mounted again, the next start mounts
+///    again the bind mounts it finds on the dead connection instead of keeping them;
+/// 3. the export lazily unmounted for longer than --dead-after, then mounted again:
+///    host 3 is cut off meanwhile, then recovers by itself, without a restart.
+#[test]
+fn the_export_goes_away_and_comes_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root("the_export_goes_away_and_comes_back") {
+        return;
+    }
+    let (interval, dead_after) = (Duration::from_secs(1), Duration::from_secs(5));
+    let flags = ["--dead-after", "5s", "--heartbeat", "1s", "--timeout", "8s"];
+    let mut bed = three_hosts("r", "remount", &flags);
+    let h1_root = bed.roots[0].clone();
+    // Host 3's heartbeat as host 1 reads it (boot id, sequence number).
+    let beat = move || -> Option<(String, u64)> {
+        let text = std::fs::read(h1_root.join(".caravan/nodes/r3.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        Some((v["boot_id"].as_str()?.to_string(), v["seq"].as_u64()?))
+    };
+    // Polls, from `since`, until host 3's heartbeat moves past what it was at `since`;
+    // returns how long after `since` it did.
+    let beats_again = |since: Instant, limit: Duration| {
+        let beat = beat.clone();
+        let before = beat();
+        std::thread::spawn(move || loop {
+            let now = beat();
+            if now.is_some() && now != before {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < limit,
+                "host 3's heartbeat did not move within {limit:?} (still {before:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        })
+    };
+    let from_h1 = bed.roots[0].join("volumes/rs/data/from-h1");
+    let reaches_live_export = |mp: &Path, expected: &str| {
+        std::fs::write(&from_h1, expected).unwrap();
+        std::fs::read_to_string(mp.join("from-h1")).ok().as_deref() == Some(expected)
+    };
+    {
+        let r3 = &bed.daemons[2];
+        r3.ok(
+            "VolumeDriver.Create",
+            r#"{"Name":"rx","Opts":{"access":"exclusive"}}"#,
+        );
+        r3.ok("VolumeDriver.Mount", r#"{"Name":"rx","ID":"x1"}"#);
+        r3.ok("VolumeDriver.Create", r#"{"Name":"rs","Opts":{}}"#);
+        let mp = r3.mountpoint("rs");
+        r3.ok("VolumeDriver.Mount", r#"{"Name":"rs","ID":"s1"}"#);
+        assert!(reaches_live_export(&mp, "before"));
+    }
+    let still_held_and_in_use = |bed: &ThreeHosts, phase: &str| {
+        let (r1, r2) = (&bed.daemons[0], &bed.daemons[1]);
+        let err = r2.err("VolumeDriver.Mount", r#"{"Name":"rx","ID":"x2"}"#);
+        assert!(err.contains("held by node r3"), "{phase}: {err}");
+        let err = r1.err("VolumeDriver.Remove", r#"{"Name":"rs"}"#);
+        assert!(err.contains("r3"), "{phase}: {err}");
+        let st = util::status(r1, "rx");
+        assert!(
+            st["takeovers"].as_array().is_none_or(|t| t.is_empty()),
+            "{phase}: {st}"
+        );
+    };
+
+    // 1. The client dies and the export is mounted again.
+    ok(&["testbed", "client", "3", "kill"]);
+    let mp = bed.daemons[2].mountpoint("rs");
+    // FUSE fails calls on a dead client with ECONNABORTED, then ENOTCONN.
+    let e = std::fs::read_dir(&mp).err();
+    assert!(
+        matches!(
+            e.as_ref().and_then(|e| e.raw_os_error()),
+            Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
+        ),
+        "the bind mount on the dead client: {e:?}"
+    );
+    ok(&["testbed", "client", "3", "remount"]);
+    let remounted = Instant::now();
+    let beat_back = beats_again(remounted, dead_after);
+    let r3 = &bed.daemons[2];
+    let mounted = r3.ok("VolumeDriver.Mount", r#"{"Name":"rs","ID":"s2"}"#);
+    let mount_back = remounted.elapsed();
+    let mp = PathBuf::from(mounted["Mountpoint"].as_str().unwrap());
+    assert!(
+        reaches_live_export(&mp, "after the remount"),
+        "a Mount after the remount answered a mountpoint that does not reach the live export"
+    );
+    let beat_back = beat_back.join().unwrap();
+    eprintln!(
+        "remount: host 3's heartbeat moved {:.2} s after the remount, a Mount reaching the live export was answered after {:.2} s",
+        beat_back.as_secs_f64(),
+        mount_back.as_secs_f64()
+    );
+    // Within one interval of the export answering, with a round's work and a poll.
+    assert!(beat_back < interval * 3, "{beat_back:?}");
+    still_held_and_in_use(&bed, "after the remount");
+    util::assert_nobody_judged_dead(&bed.daemons);
+    let info = r3.api("GET", "/v1/info", "").1;
+    assert!(
+        info["connection"]["reconnects"].as_u64() >= Some(1),
+        "{}",
+        info["connection"]
+    );
+    let log = r3.log_text();
+    assert!(
+        log.contains("now resolves to another mount")
+            && log.contains("did not reach the live export"),
+        "host 3 says what happened:\n{log}"
+    );
+
+    // 2. The daemon restarted while the client is dead: it refuses to start, clearly;
+    // once the export is back it starts, and what it finds mounted from the dead
+    // connection is mounted again, not kept as in use.
+    ok(&["testbed", "client", "3", "kill"]);
+    bed.daemons[2].stop();
+    let (status, said) = bed.daemons[2].spawn_must_fail();
+    assert!(!status.success());
+    assert!(said.contains("not connected"), "{said}");
+    ok(&["testbed", "client", "3", "remount"]);
+    bed.daemons[2].spawn();
+    let r3 = &bed.daemons[2];
+    let log = r3.log_text();
+    let start = log.rfind("shared root checked").unwrap_or(0);
+    let started = &log[start..];
+    for v in ["rs", "rx"] {
+        assert!(
+            started
+                .lines()
+                .any(|l| l.contains("did not reach the live export") && l.contains(v)),
+            "{v} is mounted again at start:\n{started}"
+        );
+    }
+    assert!(
+        !started
+            .lines()
+            .any(|l| l.contains("kept mounts still in use") && l.contains("rs")),
+        "{started}"
+    );
+    assert!(
+        reaches_live_export(&r3.mountpoint("rs"), "after the restart"),
+        "the mountpoint kept from before the restart does not reach the live export"
+    );
+    let mounted = r3.ok("VolumeDriver.Mount", r#"{"Name":"rs","ID":"s3"}"#);
+    assert!(reaches_live_export(
+        Path::new(mounted["Mountpoint"].as_str().unwrap()),
+        "after the restart, mounted"
+    ));
+    still_held_and_in_use(&bed, "after the restart");
+
+    // 3. The export unmounted for longer than --dead-after: host 3 is cut off, then
+    // recovers by itself once it is mounted again.
+    ok(&["testbed", "client", "3", "umount"]);
+    let unmounted = Instant::now();
+    let r3 = &bed.daemons[2];
+    util::eventually(
+        dead_after + interval * 3,
+        "host 3 to call itself cut off",
+        || !r3.api("GET", "/v1/info", "").1["standing"]["cut_off"].is_null(),
+    );
+    let cut_off_after = unmounted.elapsed();
+    let r3_is = |d: &util::Daemon, state: &str| {
+        d.api("GET", "/v1/nodes", "")
+            .1
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["node"] == "r3" && n["state"] == state))
+    };
+    // Longer than --dead-after as the others see it: they judge host 3 dead.
+    util::eventually(
+        dead_after + interval * 3,
+        "host 1 to judge host 3 dead",
+        || r3_is(&bed.daemons[0], "dead"),
+    );
+    let err = r3.err("VolumeDriver.Create", r#"{"Name":"while-away","Opts":{}}"#);
+    eprintln!(
+        "unmounted: host 3 cut off after {:.1} s; a Create there: {err}",
+        cut_off_after.as_secs_f64()
+    );
+    ok(&["testbed", "client", "3", "mount"]);
+    let mounted_again = Instant::now();
+    let beat_back = beats_again(mounted_again, dead_after).join().unwrap();
+    util::eventually(interval * 5, "host 3 to see the others again", || {
+        r3.api("GET", "/v1/info", "").1["standing"]["cut_off"].is_null()
+    });
+    let uncut = mounted_again.elapsed();
+    r3.ok("VolumeDriver.Create", r#"{"Name":"after","Opts":{}}"#);
+    let mounted = r3.ok("VolumeDriver.Mount", r#"{"Name":"rs","ID":"s4"}"#);
+    assert!(reaches_live_export(
+        Path::new(mounted["Mountpoint"].as_str().unwrap()),
+        "after the unmount"
+    ));
+    eprintln!(
+        "unmounted for {:.1} s: heartbeat again {:.2} s and judging again {:.2} s after the export was mounted again",
+        (mounted_again - unmounted).as_secs_f64(),
+        beat_back.as_secs_f64(),
+        uncut.as_secs_f64()
+    );
+    assert!(beat_back < interval * 3, "{beat_back:?}");
+    util::eventually(interval * 5, "host 1 to see host 3 alive", || {
+        r3_is(&bed.daemons[0], "alive")
+    });
+    still_held_and_in_use(&bed, "after the unmount");
+}
+
 /// Three caravan daemons, `{prefix}1` to `{prefix}3`, one on each test-bed host's GlusterFS
 /// mount (in the export's folder `sub`), started with `flags`. Brings the test bed up, and
 /// tears it down (brick thawed, links restored) when dropped, after the daemons.

@@ -178,6 +178,38 @@ impl Daemon {
 
     /// Starts the process again with the same settings (after a kill or a stop).
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts the process again with the same settings where it must refuse to start:
+    /// waits (at most 30 s) for it to exit, and returns its exit status and what it
+    /// logged meanwhile.
+    pub fn spawn_must_fail(&mut self) -> (ExitStatus, String) {
+        let before = self.log_text().len();
+        self.launch();
+        let mut child = self.child.take().unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "daemon {} was still running 30 s after a start that must fail; log:\n{}",
+                    self.node,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self.log_text();
+        (status, log.get(before..).unwrap_or_default().to_string())
+    }
+
+    fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -225,7 +257,6 @@ impl Daemon {
             let _ = std::fs::write(dir.join("pid"), child.id().to_string());
         }
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
