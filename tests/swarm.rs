@@ -26,6 +26,12 @@ const IMAGE: &str = util::docker::IMAGE;
 const DISPATCHER_HEARTBEAT: &str = "2s";
 /// caravan's default `--dead-after`, which these tests keep.
 const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// caravan's default `--heartbeat`, which these tests keep.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The earliest a lost node's exclusive volume can be taken over, counted from the kill:
+/// silence is counted from the node's last beat that others saw, which can come up to one
+/// heartbeat interval before the kill.
+const EARLIEST_TAKEOVER: Duration = DEAD_AFTER.saturating_sub(HEARTBEAT);
 
 /// A task's command: records the node that first wrote the volume, then waits, leaving at
 /// once on SIGTERM.
@@ -320,7 +326,7 @@ fn a_lost_nodes_tasks_come_back_elsewhere_with_their_data() {
         "caravan added more than dead-after + 3 s to Swarm's own rescheduling: {added:?}"
     );
     assert!(
-        db_at >= DEAD_AFTER,
+        db_at >= EARLIEST_TAKEOVER,
         "taken over before h2 could be declared dead: {db_at:?}"
     );
     let st = volume_status(3, "db");
@@ -660,7 +666,7 @@ fn losing_the_leader_loses_no_volume() {
         "{leader}"
     );
     assert!(
-        at >= DEAD_AFTER,
+        at >= EARLIEST_TAKEOVER,
         "taken over before h1 could be declared dead: {at:?}"
     );
     let st = volume_status(k, "db");

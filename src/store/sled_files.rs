@@ -14,6 +14,16 @@ pub(super) const GENERATION_KEY: &str = "generation";
 /// The metadata store's random id (see [`super::journal`]).
 pub(super) const STORE_ID_KEY: &str = "store_id";
 
+/// An error of sled's, with what was being done: an I/O error the filesystem gave (full,
+/// read-only, the connection gone) keeps its kind, so that it is named as such and told
+/// apart; anything else is the store's.
+pub(super) fn sled_error(what: impl std::fmt::Display, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) if io.raw_os_error().is_some() => Error::io(what.to_string(), io),
+        e => Error::Store(format!("{what}: {e}")),
+    }
+}
+
 pub(super) fn read_generation(db: &sled::Db) -> Result<u64> {
     match db.get(GENERATION_KEY) {
         Ok(Some(v)) if v.len() == 8 => {
@@ -24,7 +34,7 @@ pub(super) fn read_generation(db: &sled::Db) -> Result<u64> {
             v.len()
         ))),
         Ok(None) => Ok(0),
-        Err(e) => Err(Error::Store(format!("reading the generation: {e}"))),
+        Err(e) => Err(sled_error("reading the generation", e)),
     }
 }
 
@@ -51,7 +61,7 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
             Ok(db) => {
                 let tree = db
                     .open_tree(VOLUMES_TREE)
-                    .map_err(|e| Error::Store(format!("opening the volumes tree: {e}")))?;
+                    .map_err(|e| sled_error("opening the volumes tree", e))?;
                 return Ok((db, tree));
             }
             Err(sled::Error::Corruption { .. })
@@ -67,10 +77,10 @@ pub(super) fn open_db(layout: &SharedLayout, deadline: Instant) -> Result<(sled:
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }
             Err(e) => {
-                return Err(Error::Store(format!(
-                    "opening {}: {e}",
-                    layout.meta_dir().display()
-                )))
+                return Err(sled_error(
+                    format!("opening {}", layout.meta_dir().display()),
+                    e,
+                ))
             }
         }
     }

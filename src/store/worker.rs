@@ -16,7 +16,9 @@ use super::disposal::in_parallel;
 use super::hint::HintWriter;
 use super::janitor::start_janitor;
 use super::journal::{self, JournalWriter};
-use super::sled_files::{open_db, read_generation, LogFile, GENERATION_KEY, STORE_ID_KEY};
+use super::sled_files::{
+    open_db, read_generation, sled_error, LogFile, GENERATION_KEY, STORE_ID_KEY,
+};
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -428,7 +430,7 @@ impl Worker {
         let mut volumes = imbl::OrdMap::new();
         let mut unreadable = BTreeMap::new();
         for item in open.tree.iter() {
-            let (k, v) = item.map_err(|e| Error::Store(format!("reading volumes: {e}")))?;
+            let (k, v) = item.map_err(|e| sled_error("reading volumes", e))?;
             match crate::volume::decode_stored(&k, &v) {
                 Ok(rec) => {
                     volumes.insert(rec.name.clone(), rec);
@@ -735,7 +737,7 @@ impl Worker {
         overlay: &BTreeMap<String, Option<VolumeRecord>>,
     ) -> Result<u64> {
         let (db, tree) = (&open.db, &open.tree);
-        let store_err = |what: &str, e: sled::Error| Error::Store(format!("{what}: {e}"));
+        let store_err = |what: &str, e: sled::Error| sled_error(what, e);
         // Past both the stored generation and the hint: a commit that died after writing
         // the hint left it ahead of sled, and reusing its number would leave readers that
         // saw it believing they are up to date.
@@ -877,7 +879,7 @@ impl OpenStore {
             .ok();
         let stored_id = db
             .get(STORE_ID_KEY)
-            .map_err(|e| Error::Store(format!("reading the store id: {e}")))?;
+            .map_err(|e| sled_error("reading the store id", e))?;
         let export = layout.export();
         let store_id = match stored_id {
             Some(id) if !id.is_empty() && id.len() <= 64 => {
@@ -898,7 +900,7 @@ impl OpenStore {
             _ => {
                 let id = crate::node::random_id();
                 db.insert(STORE_ID_KEY, id.as_bytes())
-                    .map_err(|e| Error::Store(format!("writing the store id: {e}")))?;
+                    .map_err(|e| sled_error("writing the store id", e))?;
                 id
             }
         };
