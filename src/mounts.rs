@@ -66,22 +66,36 @@ pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `target` shows the very folder `folder` (same device and inode), as a bind mount
-/// made by [`bind`] from the live export does. `Err` says why not: a bind mount made from a
-/// connection of the export that is gone fails its `stat` (`ENOTCONN` on FUSE, `ESTALE` on
-/// NFS); one made from a connection that was replaced shows that connection's device; a
-/// mountpoint where nothing is mounted shows an empty local folder.
-pub fn check_bind(target: &Path, folder: &fs::File) -> std::result::Result<(), String> {
+/// What a mountpoint of this node shows, against the volume's folder on the live export.
+#[derive(Debug, PartialEq)]
+pub enum Bind {
+    /// The very folder (same device and inode), as a bind mount made by [`bind`] from the
+    /// live export shows it.
+    Live,
+    /// Nothing is mounted there (unmounted behind the daemon's back).
+    Vanished,
+    /// A mount that does not reach the live export, with why: one made from a connection
+    /// of the export that is gone fails its `stat` (`ENOTCONN` on FUSE, `ESTALE` on NFS),
+    /// one made from a connection that was replaced shows that connection's device.
+    Stale(String),
+}
+
+/// Checks what `target` shows against `folder`, the volume's folder opened on the live
+/// export.
+pub fn check_bind(target: &Path, folder: &fs::File) -> Result<Bind> {
     let want = folder
         .metadata()
-        .map_err(|e| format!("the volume's folder cannot be inspected ({e})"))?;
+        .ctx(|| "inspecting the volume's folder".to_string())?;
     match fs::metadata(target) {
-        Ok(m) if (m.dev(), m.ino()) == (want.dev(), want.ino()) => Ok(()),
-        Ok(_) => Err("it does not show the volume's folder on the export mounted now (unmounted by hand, or made from a connection of the export that was replaced)".into()),
-        Err(e) if crate::export::is_gone(&e) => {
-            Err(format!("its connection to the export is gone ({e})"))
-        }
-        Err(e) => Err(format!("it cannot be inspected ({e})")),
+        Ok(m) if (m.dev(), m.ino()) == (want.dev(), want.ino()) => Ok(Bind::Live),
+        Ok(_) if !mount_table()?.iter().any(|m| m.mount_point == target) => Ok(Bind::Vanished),
+        Ok(_) => Ok(Bind::Stale(
+            "it shows another folder than the volume's on the export mounted now (made from a connection of the export that was replaced?)".into(),
+        )),
+        Err(e) if crate::export::is_gone(&e) => Ok(Bind::Stale(format!(
+            "its connection to the export is gone ({e})"
+        ))),
+        Err(e) => Ok(Bind::Stale(format!("it cannot be inspected ({e})"))),
     }
 }
 

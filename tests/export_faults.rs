@@ -32,7 +32,10 @@ impl Drop for Mounted {
 
 fn bind(from: &Path, to: &Path) -> Mounted {
     std::fs::create_dir_all(to).unwrap();
-    run("mount", &["--bind", from.to_str().unwrap(), to.to_str().unwrap()]);
+    run(
+        "mount",
+        &["--bind", from.to_str().unwrap(), to.to_str().unwrap()],
+    );
     Mounted(to.to_path_buf())
 }
 
@@ -87,10 +90,7 @@ fn a_full_or_read_only_export_refuses_writes_by_name_and_loses_nothing() {
         let dirs = mp.join("filler-dirs");
         std::fs::create_dir(&dirs).unwrap();
         let full = (0..1_000_000).find_map(|i| std::fs::create_dir(dirs.join(i.to_string())).err());
-        assert_eq!(
-            full.and_then(|e| e.raw_os_error()),
-            Some(nix::libc::ENOSPC)
-        );
+        assert_eq!(full.and_then(|e| e.raw_os_error()), Some(nix::libc::ENOSPC));
     }
     let err = d.err("VolumeDriver.Create", r#"{"Name":"v2","Opts":{}}"#);
     eprintln!("a Create on a full export: {err}");
@@ -110,7 +110,13 @@ fn a_full_or_read_only_export_refuses_writes_by_name_and_loses_nothing() {
     std::fs::create_dir_all(&root).unwrap();
     run(
         "mount",
-        &["--bind", "-o", "ro", fs.to_str().unwrap(), root.to_str().unwrap()],
+        &[
+            "--bind",
+            "-o",
+            "ro",
+            fs.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
     );
     let mounted = Mounted(root.clone());
     let err = d.err("VolumeDriver.Create", r#"{"Name":"v3","Opts":{}}"#);

@@ -29,7 +29,7 @@ pub use copies::CopyView;
 mod views;
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
-use crate::mounts;
+use crate::mounts::{self, Bind};
 use crate::node::{Liveness, NodeView, Nodes};
 use crate::pending::{PendingUnmount, PendingUnmounts};
 use crate::store::{Created, Reconciled, Removed, Store, Unmounted};
@@ -370,22 +370,21 @@ impl Service {
             .blocking("bind-mounting", move || {
                 let folder = shared.open_data_dir(&volume)?;
                 let source = shared.data_dir(&volume);
-                let stale = match was_bound {
-                    true => match mounts::check_bind(&t, &folder) {
-                        Ok(()) => return Ok(None),
-                        Err(why) => {
-                            mounts::unbind(&t)?;
-                            Some(why)
-                        }
-                    },
-                    false => None,
+                let found = match was_bound {
+                    true => mounts::check_bind(&t, &folder)?,
+                    false => Bind::Vanished,
                 };
+                match &found {
+                    Bind::Live => return Ok(found),
+                    Bind::Vanished => {}
+                    Bind::Stale(_) => mounts::unbind(&t)?,
+                }
                 mounts::bind(&folder, &source, &t)?;
-                Ok(stale)
+                Ok(found)
             })
             .await;
-        let stale = match outcome {
-            Ok(stale) => stale,
+        let found = match outcome {
+            Ok(found) => found,
             Err(e) => {
                 if was_bound {
                     // Whether the old mount is still there or not, it is not this node's
@@ -395,9 +394,18 @@ impl Service {
                 return Err(e);
             }
         };
-        if let Some(why) = &stale {
-            tracing::warn!(volume = %name, mountpoint = %target.display(), "this node's bind mount of the volume did not reach the live export: {why}; mounted it again from the export as mounted now. Containers started before keep the mount they have (the kernel gives them no other): restart them to reach the volume again");
-        }
+        let stale = match found {
+            Bind::Live => None,
+            Bind::Vanished if was_bound => {
+                tracing::warn!(volume = %name, mountpoint = %target.display(), "the bind mount vanished behind the daemon's back (unmounted by hand?); mounted it again");
+                None
+            }
+            Bind::Vanished => None,
+            Bind::Stale(why) => {
+                tracing::warn!(volume = %name, mountpoint = %target.display(), "this node's bind mount of the volume did not reach the live export: {why}; mounted it again from the export as mounted now. Containers started before keep the mount they have (the kernel gives them no other): restart them to reach the volume again");
+                Some(why)
+            }
+        };
         if !was_bound {
             self.bound_here().insert(name);
         }
