@@ -23,8 +23,9 @@
 //! - A commit seen in the store is evidence too: [`Nodes::saw_commit`] notes the
 //!   incarnations whose records changed.
 //! - Only one daemon runs per node name: [`Nodes::new`] holds an OFD lock on
-//!   `<node>.lock` for the daemon's lifetime, so an earlier boot id of *this* node's name
-//!   is known to be gone.
+//!   `<node>.lock` for the daemon's lifetime (taken again whenever the heartbeat folder is
+//!   opened again after the export went away, see [`crate::export`]), so an earlier boot
+//!   id of *this* node's name is known to be gone.
 //!
 //! The judging itself, [`Watchers::judge`], is a pure function of what was observed and
 //! of the seeing clock, tested apart from any file.
@@ -442,9 +443,10 @@ pub struct Nodes {
 struct Conn {
     /// Keeps `via` valid: the number in it is this descriptor's.
     _dir: File,
-    /// Where system calls reach the folder: through `dir`.
+    /// Where system calls reach the folder: through `_dir`.
     via: PathBuf,
-    /// The mount `dir` is on: when the root resolves to another one, this is reopened.
+    /// The mount the root was on when the folder was opened: when the root resolves to
+    /// another one, the folder is opened again there.
     mount: MountId,
 }
 
@@ -516,7 +518,8 @@ impl Nodes {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let dir = crate::beneath::open_dir(&root, Path::new(".caravan/nodes"))
             .map_err(|e| crate::beneath::refused_or_io(&self.shown, e))?;
-        let mount = MountId::of(&dir).ctx(|| format!("inspecting {}", self.shown.display()))?;
+        let mount =
+            MountId::of(&root).ctx(|| format!("inspecting {}", self.layout.root.display()))?;
         let via = crate::beneath::proc_path(&dir);
         if self.takes_name_lock {
             let mut lock = self.name_lock.lock().unwrap_or_else(|p| p.into_inner());
