@@ -61,6 +61,75 @@ pub fn open_regular(dir: impl AsFd, rel: &Path, flags: i32) -> std::io::Result<(
     Ok((file, meta.len()))
 }
 
+/// Opens the regular file at `at` for reading and writing (with `flags` added), creating it
+/// with `mode` when it is missing. `at` is reached through an open folder (a
+/// `/proc/self/fd/N/name` path of a folder opened below the root); its last component is
+/// never followed. What is there is looked at through `O_PATH` first and opened only when
+/// it is a regular file: a device node another machine put there is never opened
+/// (opening one can act on the device: a watchdog arms, a tape rewinds), a FIFO never
+/// blocks, a link is never followed. Anything else fails with `ELOOP`, as a link in the
+/// way does for [`open`]. Returns the file and whether this call created it.
+pub fn open_or_create_regular(at: &Path, flags: i32, mode: u32) -> std::io::Result<(File, bool)> {
+    use nix::libc::{O_CLOEXEC, O_NOFOLLOW, O_PATH};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Another node creating or replacing the file between our look and our open: look
+    // again, a few times.
+    for _ in 0..8 {
+        let look = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_PATH | O_NOFOLLOW | O_CLOEXEC)
+            .open(at);
+        match look {
+            Ok(handle) => {
+                if !handle.metadata()?.is_file() {
+                    return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
+                }
+                // The inode looked at, reopened through its handle: not the name again.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(flags | O_CLOEXEC)
+                    .open(proc_path(&handle))?;
+                return Ok((file, false));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let made = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(flags | O_NOFOLLOW | O_CLOEXEC)
+                    .open(at);
+                match made {
+                    Ok(file) => return Ok((file, true)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{} kept being created and removed while it was opened",
+        at.display()
+    )))
+}
+
+/// What kind of entry is at `at` (not followed), for a message.
+pub fn entry_kind(at: &Path) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(at).map(|m| m.file_type()) {
+        Ok(t) if t.is_symlink() => "a symbolic link".into(),
+        Ok(t) if t.is_dir() => "a folder".into(),
+        Ok(t) if t.is_block_device() => "a block device".into(),
+        Ok(t) if t.is_char_device() => "a character device".into(),
+        Ok(t) if t.is_fifo() => "a FIFO".into(),
+        Ok(t) if t.is_socket() => "a socket".into(),
+        Ok(_) => "a file".into(),
+        Err(e) => format!("unreadable ({e})"),
+    }
+}
+
 /// Opens the root (a configured, trusted path) as a directory handle.
 pub fn open_root(root: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -191,6 +260,44 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_is_looked_at_before_it_is_opened_for_writing() {
+        // Any folder will do: the one outside the test's root.
+        let (_d, _root, base) = tree();
+        let at = base.join("f");
+        let (mut f, created) = open_or_create_regular(&at, 0, 0o600).unwrap();
+        assert!(created);
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        let (_, created) = open_or_create_regular(&at, 0, 0o600).unwrap();
+        assert!(!created);
+        assert_eq!(fs::read(&at).unwrap(), b"x");
+        // A FIFO is refused without blocking; so is a device node, never opened; a link
+        // is never followed.
+        let fifo = base.join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
+        let e = open_or_create_regular(&fifo, 0, 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
+        if nix::unistd::geteuid().is_root() {
+            let dev = base.join("null");
+            nix::sys::stat::mknod(
+                &dev,
+                nix::sys::stat::SFlag::S_IFCHR,
+                Mode::S_IRWXU,
+                nix::sys::stat::makedev(1, 3),
+            )
+            .unwrap();
+            let e = open_or_create_regular(&dev, 0, 0o600).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
+        }
+        let outside = base.join("outside");
+        fs::write(&outside, b"host file").unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let e = open_or_create_regular(&link, 0, 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
+        assert_eq!(fs::read(&outside).unwrap(), b"host file");
     }
 
     #[test]

@@ -10,8 +10,7 @@
 //! instead of waiting). The wait is bounded: a watchdog interrupts the blocked `fcntl` with
 //! `SIGUSR1` at the deadline, so a call never hangs on a lock that is not coming back.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Once;
@@ -23,7 +22,7 @@ use nix::libc;
 use nix::sys::pthread::{pthread_kill, pthread_self};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// Signal used to interrupt a blocked lock wait. The handler does nothing; it exists so the
 /// signal interrupts `fcntl` with `EINTR` (no `SA_RESTART`) instead of killing the process.
@@ -92,28 +91,18 @@ fn lock_error(path: &Path, e: Errno) -> Error {
 }
 
 /// Opens (creating it if needed) a lock file on the export, reached at `at` and named
-/// `path` in messages. The export is written by other machines: a link planted there is
-/// never followed, and anything but a regular file (a FIFO would block the open) refused.
+/// `path` in messages. The export is written by other machines: what is there is looked
+/// at before it is opened ([`crate::beneath::open_or_create_regular`]), so a link is never
+/// followed and a device or FIFO planted there is never opened, only refused.
 pub fn open_lock_file(path: &Path, at: &Path, what: &str) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(at)
-        .ctx(|| format!("opening {what} {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .ctx(|| format!("reading {}", path.display()))?;
-    if !meta.file_type().is_file() {
-        return Err(Error::invalid(format!(
-            "{} is not a regular file; remove it so that caravan can take {what}",
+    match crate::beneath::open_or_create_regular(at, libc::O_NONBLOCK, 0o600) {
+        Ok((file, _)) => Ok(file),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::invalid(format!(
+            "{} is not a regular file (a link, a device or a FIFO put there by another machine?); remove it so that caravan can take {what}",
             path.display()
-        )));
+        ))),
+        Err(e) => Err(Error::io(format!("opening {what} {}", path.display()), e)),
     }
-    Ok(file)
 }
 
 /// Tries to take an exclusive OFD lock on the whole of `file` without waiting: `Ok(true)`
@@ -220,6 +209,34 @@ mod tests {
             waited < Duration::from_secs(2),
             "the waiter was not woken: {waited:?}"
         );
+    }
+
+    #[test]
+    fn a_planted_fifo_or_device_is_refused_without_being_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A reader blocked on the FIFO's other end returns as soon as anyone opens it for
+        // writing (O_RDWR included): it must still be blocked after the refusal.
+        let (tx, opened) = mpsc::channel();
+        let fifo = path.clone();
+        std::thread::spawn(move || {
+            let _ = std::fs::File::open(&fifo);
+            let _ = tx.send(());
+        });
+        let e = ClusterLock::acquire(&path, Instant::now() + Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a regular file") && e.contains("remove it"),
+            "{e}"
+        );
+        assert!(
+            opened.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the FIFO planted at the lock was opened"
+        );
+        // Let the reader go.
+        drop(std::fs::OpenOptions::new().write(true).open(&path));
     }
 
     #[test]

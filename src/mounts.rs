@@ -22,8 +22,8 @@ use crate::error::{Error, IoContext, Result};
 /// The folder was opened without following any link (see
 /// [`crate::layout::SharedLayout::open_data_dir`]) and the mount is made from that handle
 /// through `/proc/self/fd`: a symlink put in place of the volume's folders can never make
-/// this node mount some other host path. After mounting, the mount is checked to be that
-/// very folder (device and inode), and undone otherwise.
+/// this node mount some other host path. The mount is `nodev`. After mounting, it is
+/// checked to be that very folder (device and inode), and undone otherwise.
 pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
     let meta = folder
         .metadata()
@@ -48,6 +48,26 @@ pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
         .mount(&from, target)
         .map(drop)
         .ctx(|| format!("bind-mounting {} on {}", source.display(), target.display()))?;
+    // Device nodes on the export are never honoured through caravan's mounts: another
+    // machine can create them there (a disk of this host's, /dev/mem). A bind mount takes
+    // the flags of the mount it is made from only where they are locked, so `nodev` is
+    // set on it here (containers' mounts, made from this one, inherit it).
+    // A bind remount sets every per-mount flag: the ones the bind took from the export's
+    // mount (ro, nosuid, noexec, atime) are given again.
+    let kept = nix::sys::statvfs::statvfs(target)
+        .map(|v| inherited_flags(v.flags()))
+        .unwrap_or(MountFlags::empty());
+    if let Err(e) = Mount::builder()
+        .fstype("none")
+        .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::NODEV | kept)
+        .mount(target, target)
+    {
+        let _ = unbind(target);
+        return Err(Error::io(
+            format!("making the bind mount on {} nodev", target.display()),
+            e,
+        ));
+    }
     let mounted = match fs::metadata(target) {
         Ok(m) => m,
         Err(e) => {
@@ -64,6 +84,22 @@ pub fn bind(folder: &fs::File, source: &Path, target: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The per-mount flags of a mount, as `statvfs` shows them, for a remount to keep.
+fn inherited_flags(f: nix::sys::statvfs::FsFlags) -> MountFlags {
+    use nix::sys::statvfs::FsFlags;
+    [
+        (FsFlags::ST_RDONLY, MountFlags::RDONLY),
+        (FsFlags::ST_NOSUID, MountFlags::NOSUID),
+        (FsFlags::ST_NOEXEC, MountFlags::NOEXEC),
+        (FsFlags::ST_NOATIME, MountFlags::NOATIME),
+        (FsFlags::ST_NODIRATIME, MountFlags::NODIRATIME),
+        (FsFlags::ST_RELATIME, MountFlags::RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f.contains(*st))
+    .fold(MountFlags::empty(), |all, (_, m)| all | m)
 }
 
 /// What a mountpoint of this node shows, against the volume's folder on the live export.

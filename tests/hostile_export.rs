@@ -145,12 +145,196 @@ fn planted_temporary_names_and_a_linked_generation_file_overwrite_nothing() {
         seq() >= first + 2
     });
     assert_canary_intact(&canary);
+    // A link planted at the generation hint is replaced under the lock, never written
+    // through (issue 24: before, every commit failed on it).
     let generation = root.join(".caravan/generation");
     fs::remove_file(&generation).unwrap();
     std::os::unix::fs::symlink(canary.join("file"), &generation).unwrap();
-    let err = d.err("VolumeDriver.Create", r#"{"Name":"other","Opts":{}}"#);
-    assert!(!err.is_empty());
+    d.ok("VolumeDriver.Create", r#"{"Name":"other","Opts":{}}"#);
     assert_canary_intact(&canary);
+    assert!(fs::symlink_metadata(&generation).unwrap().is_file());
+}
+
+/// Issue 24, 1: a block device planted at the generation hint (a loop device standing for
+/// a host disk) is never opened: the next commit replaces it, the disk is untouched, and
+/// the log says what was there. A FIFO there is reported by `caravan doctor` before that,
+/// and reads do not block on it.
+#[test]
+fn a_device_or_fifo_planted_at_the_hint_is_never_opened_and_is_replaced() {
+    if !require_root("a_device_or_fifo_planted_at_the_hint_is_never_opened_and_is_replaced") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let disk = s.path().join("disk.img");
+    fs::write(&disk, vec![0xA5u8; 1 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(loopdev.clone());
+    let rdev = fs::metadata(&loopdev).unwrap().rdev();
+
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"one","Opts":{}}"#);
+    let generation = root.join(".caravan/generation");
+    fs::remove_file(&generation).unwrap();
+    nix::sys::stat::mknod(
+        &generation,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        rdev,
+    )
+    .unwrap();
+    // Commits go on; the first hold that opens the hint after the plant replaces it (a
+    // hold already under way writes through the handle it opened before).
+    let mut n = 0;
+    util::eventually(
+        Duration::from_secs(10),
+        "a hold to replace the device",
+        || {
+            n += 1;
+            let body = format!(r#"{{"Name":"after-{n}","Opts":{{}}}}"#);
+            d.ok("VolumeDriver.Create", &body);
+            fs::symlink_metadata(&generation).is_ok_and(|m| m.is_file())
+        },
+    );
+    let disk_now = fs::read(&loopdev).unwrap();
+    assert!(
+        disk_now.iter().all(|b| *b == 0xA5),
+        "the block device planted at the hint was written"
+    );
+    assert!(fs::symlink_metadata(&generation).unwrap().is_file());
+    assert!(
+        d.log_text()
+            .contains("the generation hint is a block device"),
+        "{}",
+        d.log_text()
+    );
+
+    // A FIFO: doctor names it; reads answer (never blocked on it); a commit replaces it.
+    fs::remove_file(&generation).unwrap();
+    nix::unistd::mkfifo(&generation, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (status, report) = d.api("GET", "/v1/doctor", "");
+    assert_eq!(status, 200, "{report}");
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "control_file_refused")
+        .unwrap_or_else(|| panic!("{report}"))
+        .clone();
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("generation is a FIFO"),
+        "{finding}"
+    );
+    d.ok("VolumeDriver.Get", r#"{"Name":"one"}"#);
+    util::eventually(
+        Duration::from_secs(10),
+        "a hold to replace the FIFO",
+        || {
+            n += 1;
+            let body = format!(r#"{{"Name":"after-{n}","Opts":{{}}}}"#);
+            d.ok("VolumeDriver.Create", &body);
+            fs::symlink_metadata(&generation).is_ok_and(|m| m.is_file())
+        },
+    );
+    let (_, report) = d.api("GET", "/v1/doctor", "");
+    assert!(
+        !report.to_string().contains("control_file_refused"),
+        "{report}"
+    );
+}
+
+/// Issue 24, 2: one false hint (the largest number there is) does not stop the cluster:
+/// commits on every node go on with numbers next to the metadata's own, and the hint is
+/// put back.
+#[test]
+fn a_false_hint_does_not_stop_the_cluster() {
+    if !require_root("a_false_hint_does_not_stop_the_cluster") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    let b = Daemon::start(s.path(), &root, "b");
+    a.ok("VolumeDriver.Create", r#"{"Name":"one","Opts":{}}"#);
+    let generation = root.join(".caravan/generation");
+    fs::write(&generation, format!("{}\n", u64::MAX)).unwrap();
+    for (d, v) in [(&a, "two"), (&b, "three"), (&a, "four")] {
+        util::eventually(Duration::from_secs(10), "a create", || {
+            d.plugin(
+                "VolumeDriver.Create",
+                &format!(r#"{{"Name":"{v}","Opts":{{}}}}"#),
+            )["Err"]
+                == ""
+        });
+        d.ok(
+            "VolumeDriver.Mount",
+            &format!(r#"{{"Name":"{v}","ID":"x"}}"#),
+        );
+    }
+    let hint: u64 = fs::read_to_string(&generation)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(hint < 1000, "the hint was not put back: {hint}");
+    let listed = b.ok("VolumeDriver.List", "{}");
+    assert_eq!(listed["Volumes"].as_array().unwrap().len(), 4, "{listed}");
+}
+
+/// Issue 24, 1: device nodes on the export are not honoured through a volume's mount
+/// (another machine can create one in a volume's folder): the bind mount is `nodev`.
+#[test]
+fn a_device_node_in_a_volume_is_not_honoured_through_its_mount() {
+    if !require_root("a_device_node_in_a_volume_is_not_honoured_through_its_mount") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    d.ok("VolumeDriver.Create", r#"{"Name":"vol","Opts":{}}"#);
+    // Planted by another machine: /dev/zero's numbers.
+    nix::sys::stat::mknod(
+        &root.join("volumes/vol/data/zero"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 5),
+    )
+    .unwrap();
+    let mp = d.ok("VolumeDriver.Mount", r#"{"Name":"vol","ID":"c1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = fs::File::open(Path::new(&mp).join("zero")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EACCES), "{e}");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mp.as_str()))
+        .unwrap();
+    assert!(line.split(' ').nth(5).unwrap().contains("nodev"), "{line}");
+    d.ok("VolumeDriver.Unmount", r#"{"Name":"vol","ID":"c1"}"#);
 }
 
 /// The start-up write check never writes through a link planted at its name.

@@ -20,6 +20,7 @@
 //! | `abandoned_copy`: a restore's or clone's staging folder left by an incarnation judged dead | the folder is deleted |
 //! | `skipped_record`: a stored record that fails its checks | no: upgrade the node that wrote it, or remove it by hand |
 //! | `store_stopped`, `store_failures`: sled's health (its thread, holds that failed inside it) | no: restart the daemon |
+//! | `control_file_refused`: a control file (the generation hint, a lock, the store id, a heartbeat) that is not a regular file | no: the hint is replaced by the next commit; the others are never opened, remove them by hand |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -92,6 +93,9 @@ pub struct Facts {
     /// The store's own health: whether its thread runs, and the holds that failed inside
     /// sled.
     pub store: crate::store::StoreStats,
+    /// Control files that are not regular files (put there by another machine?), by
+    /// path, with what they are.
+    pub planted: Vec<(String, String)>,
 }
 
 impl Facts {
@@ -267,6 +271,19 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
             out.push(f);
         }
     }
+    for (path, kind) in &facts.planted {
+        let what = if path.ends_with("/generation") {
+            "the next commit replaces it (caravan never opens it)"
+        } else {
+            "caravan refuses to open it (calls that need it fail): remove it by hand"
+        };
+        out.push(finding(
+            "control_file_refused",
+            None,
+            format!("{path} is {kind}, not a regular file (put there by another machine?): {what}"),
+            None,
+        ));
+    }
     if facts.trash_entries > 0 {
         out.push(finding(
             "trash_leftovers",
@@ -279,6 +296,40 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// The control files that exist and are not regular files: the generation hint, the
+/// cluster lock, the store id, and the heartbeat and node-name lock files (looked at, never
+/// followed or opened).
+fn planted_control_files(pinned: &crate::layout::SharedLayout) -> Vec<(String, String)> {
+    let control = pinned.control_dir();
+    let mut paths: Vec<std::path::PathBuf> = ["generation", "lock", "store-id"]
+        .iter()
+        .map(|n| control.join(n))
+        .collect();
+    let nodes = pinned.nodes_dir();
+    if let Ok(entries) = std::fs::read_dir(pinned.at(&nodes)) {
+        paths.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| {
+                    let n = n.to_string_lossy();
+                    n.ends_with(".json") || n.ends_with(".lock")
+                })
+                .map(|n| nodes.join(n)),
+        );
+    }
+    paths
+        .into_iter()
+        .filter_map(|p| match std::fs::symlink_metadata(pinned.at(&p)) {
+            Ok(m) if !m.file_type().is_file() => Some((
+                p.display().to_string(),
+                crate::beneath::entry_kind(&pinned.at(&p)),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether a volume folder holds a `volume.json` (looked at without following links).
@@ -379,7 +430,7 @@ impl Service {
     async fn doctor_facts(&self) -> Result<Facts> {
         let shared = self.shared().clone();
         let mounts_dir = self.local.mounts_dir();
-        let (folders, trash_entries, mounted_here) = self
+        let (folders, trash_entries, mounted_here, planted) = self
             .blocking("checking the export for doctor", move || {
                 let pinned = shared.pinned()?;
                 let mut folders = BTreeMap::new();
@@ -408,13 +459,14 @@ impl Service {
                 let trash_entries = std::fs::read_dir(pinned.at(&trash))
                     .map(|d| d.flatten().count())
                     .unwrap_or(0);
+                let planted = planted_control_files(&pinned);
                 // Direct children with valid volume names only: the mounts folder itself
                 // is a mount point in the managed plugin (its PropagatedMount).
                 let mounted: BTreeSet<String> = crate::mounts::mounted_below(&mounts_dir)?
                     .into_iter()
                     .filter(|n| crate::volume::validate_name(n).is_ok())
                     .collect();
-                Ok((folders, trash_entries, mounted))
+                Ok((folders, trash_entries, mounted, planted))
             })
             .await?;
         let shared = self.shared().clone();
@@ -465,6 +517,7 @@ impl Service {
             staging,
             dead_incarnations,
             store: self.store.stats(),
+            planted,
         })
     }
 

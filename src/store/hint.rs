@@ -14,8 +14,8 @@
 //! other than the one it holds sends it to reload, and one it holds is an answer from
 //! before the commit returned.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -23,6 +23,10 @@ use crate::layout::SharedLayout;
 
 /// Digits in the file: wide enough for any u64, fixed so that an overwrite covers it all.
 const WIDTH: usize = 20;
+
+/// How far ahead of sled's generation the hint may be and still be taken as caravan's
+/// own (see `OpenStore::open`).
+pub(super) const TRUSTED_AHEAD: u64 = 1 << 16;
 
 /// The hint file, open for writing during one hold of the cluster lock.
 pub(super) struct HintWriter {
@@ -36,18 +40,32 @@ pub(super) struct HintWriter {
 }
 
 impl HintWriter {
+    /// Opens the hint for one hold of the lock. What is at its name is looked at first
+    /// ([`crate::beneath::open_or_create_regular`]): anything but a regular file owned by
+    /// this daemon's user (a device, a FIFO, a link, another user's file, put there by
+    /// another machine) is never opened or written through; it is replaced, under the
+    /// lock, by a new file, and the log says so.
     pub(super) fn open(layout: &SharedLayout) -> Result<HintWriter> {
         let path = layout.generation_file();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            // Never through a link another machine planted here (it would be truncated).
-            .custom_flags(nix::libc::O_DSYNC | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(layout.at(&path))
-            .ctx(|| format!("opening {}", path.display()))?;
+        let at = layout.at(&path);
+        let opened = || crate::beneath::open_or_create_regular(&at, nix::libc::O_DSYNC, 0o644);
+        let file = match opened() {
+            Ok((file, _)) if owned_by_this_user(&file) => file,
+            found => {
+                let what = match found {
+                    Ok(_) => "a file of another user".to_string(),
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                        crate::beneath::entry_kind(&at)
+                    }
+                    Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+                };
+                tracing::warn!(file = %path.display(), "the generation hint is {what}, not a regular file of this daemon's (put there by another machine?): replacing it");
+                layout.remove_tree(&path)?;
+                opened()
+                    .map(|(file, _)| file)
+                    .ctx(|| format!("creating {}", path.display()))?
+            }
+        };
         let mut text = [0u8; WIDTH + 2];
         let n = file
             .read_at(&mut text, 0)
@@ -88,6 +106,12 @@ impl HintWriter {
     }
 }
 
+fn owned_by_this_user(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// How a node's readers read the hint: through a handle kept open, which costs one read
 /// per look (one round trip on a network filesystem, where opening the file costs four
 /// or five more), opened again every [`REOPEN`] so that a file replaced by hand is seen.
@@ -122,7 +146,8 @@ impl HintReader {
         }
     }
 
-    pub(super) fn read(&mut self, layout: &SharedLayout) -> Result<u64> {
+    /// The hint's value; `None` when what is there is not a hint (see [`read`]).
+    pub(super) fn read(&mut self, layout: &SharedLayout) -> Result<Option<u64>> {
         if self.reopen_always {
             return read(layout);
         }
@@ -144,7 +169,7 @@ impl HintReader {
         }
         let (file, _) = self.held.as_ref().expect("just opened");
         match file.read_at(&mut self.buf.0, 0) {
-            Ok(n) => parse(&layout.generation_file(), &self.buf.0[..n.min(64)]),
+            Ok(n) => Ok(parse(&self.buf.0[..n.min(64)])),
             Err(e) => {
                 // EINVAL: this filesystem takes `O_DIRECT` at open but not at read. Any
                 // other error (the handle's connection gone, see crate::export) gives up
@@ -192,23 +217,22 @@ fn open_checked(layout: &SharedLayout, flags: i32) -> Result<std::io::Result<Fil
     Ok(crate::beneath::open_regular(root, Path::new(".caravan/generation"), flags).map(|(f, _)| f))
 }
 
-fn parse(path: &Path, text: &[u8]) -> Result<u64> {
+/// The number in the hint's text; empty reads as 0 (a file being created this instant),
+/// anything else that is not a number as `None`.
+fn parse(text: &[u8]) -> Option<u64> {
     let s = String::from_utf8_lossy(text);
-    if s.trim().is_empty() {
-        return Ok(0);
+    match s.trim() {
+        "" => Some(0),
+        t => t.parse().ok(),
     }
-    s.trim().parse().map_err(|_| {
-        Error::Store(format!(
-            "{} holds {:?}, not a number; it is rewritten by the next commit",
-            path.display(),
-            s.chars().take(30).collect::<String>()
-        ))
-    })
 }
 
 /// Reads the hint. A missing or empty file reads as 0 (a root that never committed, or
-/// a file being created this instant): readers then reload, which is always safe.
-pub(super) fn read(layout: &SharedLayout) -> Result<u64> {
+/// a file being created this instant): readers then reload, which is always safe. What
+/// is not a hint (garbage, or anything but a regular file: a FIFO, a device, a link,
+/// put there by another machine) reads as `None`, never opened: readers then reload
+/// under the lock, and that hold replaces it (see [`HintWriter::open`]).
+pub(super) fn read(layout: &SharedLayout) -> Result<Option<u64>> {
     use std::io::Read;
     let path = layout.generation_file();
     // A regular file of a few bytes, never read whole.
@@ -217,8 +241,10 @@ pub(super) fn read(layout: &SharedLayout) -> Result<u64> {
         f.take(64).read_to_string(&mut s).map(|_| s)
     });
     match text {
-        Ok(s) => parse(&path, s.as_bytes()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Ok(s) => Ok(parse(s.as_bytes())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(0)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(None),
         Err(e) => Err(crate::beneath::refused_or_io(&path, e)),
     }
 }
@@ -236,11 +262,11 @@ mod tests {
         std::fs::write(&path, "123456789012345678901234567890\n").unwrap();
         let mut w = HintWriter::open(&layout.pinned().unwrap()).unwrap();
         w.write(7).unwrap();
-        assert_eq!(read(&layout).unwrap(), 7);
+        assert_eq!(read(&layout).unwrap(), Some(7));
         w.write(u64::MAX).unwrap();
-        assert_eq!(read(&layout).unwrap(), u64::MAX);
+        assert_eq!(read(&layout).unwrap(), Some(u64::MAX));
         w.write(8).unwrap();
-        assert_eq!(read(&layout).unwrap(), 8);
+        assert_eq!(read(&layout).unwrap(), Some(8));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), WIDTH as u64 + 1);
     }
 
@@ -250,11 +276,11 @@ mod tests {
         let layout = SharedLayout::new(dir.path());
         layout.init().unwrap();
         let mut reader = HintReader::new();
-        assert_eq!(reader.read(&layout).unwrap(), 0);
+        assert_eq!(reader.read(&layout).unwrap(), Some(0));
         let mut w = HintWriter::open(&layout.pinned().unwrap()).unwrap();
         for g in 1..50 {
             w.write(g).unwrap();
-            assert_eq!(reader.read(&layout).unwrap(), g);
+            assert_eq!(reader.read(&layout).unwrap(), Some(g));
         }
         assert!(reader.held.is_some() || reader.reopen_always);
         // Replaced by hand (a new file): the kept handle is given up within REOPEN.
@@ -262,29 +288,29 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, format!("{:020}\n", 900)).unwrap();
         let t = std::time::Instant::now();
-        while reader.read(&layout).unwrap() != 900 {
+        while reader.read(&layout).unwrap() != Some(900) {
             assert!(t.elapsed() < REOPEN * 3, "the replaced file was never read");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        // Something other than a file in its place is never opened, and is an error.
+        // Something other than a file in its place is never opened (it would block), and
+        // reads as no hint.
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::thread::sleep(REOPEN);
-        assert!(reader.read(&layout).is_err());
+        assert_eq!(reader.read(&layout).unwrap(), None);
     }
 
     #[test]
-    fn missing_or_empty_reads_as_zero_and_garbage_is_an_error() {
+    fn missing_or_empty_reads_as_zero_and_garbage_as_no_hint() {
         let dir = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(dir.path());
         std::fs::create_dir_all(layout.control_dir()).unwrap();
         let path = layout.generation_file();
-        assert_eq!(read(&layout).unwrap(), 0);
+        assert_eq!(read(&layout).unwrap(), Some(0));
         std::fs::write(&path, "").unwrap();
-        assert_eq!(read(&layout).unwrap(), 0);
+        assert_eq!(read(&layout).unwrap(), Some(0));
         std::fs::write(&path, "twelve").unwrap();
-        let e = read(&layout).unwrap_err().to_string();
-        assert!(e.contains("not a number"), "{e}");
+        assert_eq!(read(&layout).unwrap(), None);
     }
 
     #[test]
@@ -296,7 +322,6 @@ mod tests {
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.join(".caravan")).unwrap();
-        let e = read(&SharedLayout::new(&root)).unwrap_err().to_string();
-        assert!(e.contains("generation"), "{e}");
+        assert_eq!(read(&SharedLayout::new(&root)).unwrap(), None);
     }
 }

@@ -226,8 +226,9 @@ pub struct Store {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// This node's reader of the generation hint (a handle kept open).
     hint_reader: Arc<Mutex<hint::HintReader>>,
-    /// The last generation-hint read: when it started, and what it found.
-    hint_read: Arc<tokio::sync::Mutex<Option<(Instant, u64)>>>,
+    /// The last generation-hint read: when it started, and what it found (`None`: not a
+    /// hint, see `hint::read`).
+    hint_read: Arc<tokio::sync::Mutex<Option<(Instant, Option<u64>)>>>,
     health: Arc<Health>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     faults: Arc<Faults>,
@@ -507,12 +508,16 @@ impl Store {
     /// node committed (through the journal, else by a reload under the lock).
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let (started, hint) = self.read_hint().await?;
-        let current = self.cache.load_full();
-        if current.answers(started, hint) {
-            return Ok(current);
-        }
-        if let Some(caught_up) = self.catch_up(started, hint).await {
-            return Ok(caught_up);
+        // No hint (something else is at its name): a reload under the lock, whose hold
+        // puts a hint back.
+        if let Some(hint) = hint {
+            let current = self.cache.load_full();
+            if current.answers(started, hint) {
+                return Ok(current);
+            }
+            if let Some(caught_up) = self.catch_up(started, hint).await {
+                return Ok(caught_up);
+            }
         }
         let (reply, rx) = oneshot::channel();
         self.queue
@@ -594,7 +599,7 @@ impl Store {
             if self.health.stalled().is_some() {
                 continue;
             }
-            if let Ok((started, hint)) = self.read_hint().await {
+            if let Ok((started, Some(hint))) = self.read_hint().await {
                 if !self.cache.load().answers(started, hint) {
                     self.catch_up(started, hint).await;
                 }
@@ -608,7 +613,7 @@ impl Store {
     /// reads again itself. dockerd sends bursts of Gets (one before every Mount and
     /// Unmount, one per volume at its start); on a network filesystem each read is a
     /// round trip.
-    async fn read_hint(&self) -> Result<(Instant, u64)> {
+    async fn read_hint(&self) -> Result<(Instant, Option<u64>)> {
         let arrived = Instant::now();
         let mut last = tokio::time::timeout(self.timeout, self.hint_read.lock())
             .await
@@ -875,6 +880,86 @@ mod tests {
             snap.generation
         );
         assert!(snap.generation > g + 1);
+    }
+
+    #[tokio::test]
+    async fn a_forged_hint_far_ahead_is_put_back_and_the_cluster_goes_on() {
+        let (dir, a) = store();
+        let b = second(&dir);
+        a.apply(create("one")).await.unwrap();
+        let g = a.snapshot().await.unwrap().generation;
+        // Another machine writes the largest number there is.
+        let hint = dir.path().join(".caravan/generation");
+        std::fs::write(&hint, format!("{}\n", u64::MAX)).unwrap();
+        // Commits go on, on both nodes, with numbers next to sled's own.
+        a.apply(create("two")).await.unwrap();
+        b.apply(create("three")).await.unwrap();
+        let snap = a.snapshot().await.unwrap();
+        assert_eq!(names(&snap), ["one", "three", "two"]);
+        assert_eq!(snap.generation, g + 2);
+        assert_eq!(
+            std::fs::read_to_string(&hint)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap(),
+            g + 2
+        );
+        assert_eq!(names(&b.snapshot().await.unwrap()), ["one", "three", "two"]);
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_commit_failed_leaves_no_folder_to_adopt() {
+        let (dir, a) = store();
+        a.inject_write_failure();
+        a.apply(create("lost")).await.unwrap_err();
+        assert!(
+            !dir.path().join("volumes/lost").exists(),
+            "the failed create left its folder behind"
+        );
+        let Outcome::Created { adopted, .. } = a.apply(create("lost")).await.unwrap() else {
+            panic!("not a create's outcome")
+        };
+        assert!(
+            !adopted,
+            "a create after a failed one adopted its leftovers"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_or_fifo_at_the_hint_is_never_opened_but_replaced() {
+        // Planted before the first commit (a hold under way would write through the
+        // handle it opened before).
+        let (dir, a) = store();
+        let hint = dir.path().join(".caravan/generation");
+        nix::unistd::mkfifo(&hint, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A reader blocked on the FIFO's other end returns as soon as anyone opens it for
+        // writing: it must still be blocked after the commit.
+        let (tx, opened) = std::sync::mpsc::channel();
+        let fifo = hint.clone();
+        std::thread::spawn(move || {
+            let _ = std::fs::File::open(&fifo);
+            let _ = tx.send(());
+        });
+        a.apply(create("one")).await.unwrap();
+        assert!(
+            opened.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the FIFO planted at the hint was opened for writing"
+        );
+        assert!(
+            std::fs::metadata(&hint).unwrap().is_file(),
+            "replaced by a file"
+        );
+        let g = a.snapshot().await.unwrap().generation;
+        assert_eq!(
+            std::fs::read_to_string(&hint)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap(),
+            g
+        );
+        // (The reader stays blocked on the unlinked FIFO until the test process ends.)
     }
 
     fn second(dir: &tempfile::TempDir) -> Store {

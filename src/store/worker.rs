@@ -315,6 +315,12 @@ impl Worker {
         // Folders of new volumes first, all at once; then decide every mutation in
         // memory, on an overlay of the state.
         let mut prepared = self.prepare_creates(&batch, &base);
+        // The folders this batch made (not found there already, not staged copies).
+        let made: Vec<String> = prepared
+            .iter()
+            .filter(|(_, (_, adopted))| matches!(adopted, Ok(false)))
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut overlay: BTreeMap<String, Option<VolumeRecord>> = BTreeMap::new();
         let mut oracle = FreshOracle {
             nodes: self.nodes.clone(),
@@ -334,14 +340,25 @@ impl Worker {
             })
             .collect();
 
+        // Folders made for creates that were refused: nothing will ever record them.
+        self.discard_folders(prepared.iter().filter_map(|(name, (_, adopted))| {
+            matches!(adopted, Ok(false)).then_some(name.as_str())
+        }));
+
         let t_decide = t0.elapsed();
         let committed = if overlay.is_empty() {
             Ok(base.generation)
         } else {
             self.write(open, &overlay)
         };
+        // Whether the outcome stays unknown (the commit may have landed).
+        let mut unknown = false;
         let committed = match (committed, self.unsure.take()) {
-            (Err(e), Some(next)) => self.verify_landed(slot, next, e),
+            (Err(e), Some(next)) => {
+                let (landed, stays_unknown) = self.verify_landed(slot, next, e);
+                unknown = stays_unknown;
+                landed
+            }
             (c, _) => c,
         };
         let committed = match committed {
@@ -360,7 +377,13 @@ impl Worker {
             }
             Err(e) => {
                 self.health.failed(&e);
-                // Nothing was applied; the next batch reloads before deciding.
+                // Nothing was applied; the next batch reloads before deciding. The folders
+                // this batch made for new volumes go too: a Create reported failed must
+                // leave nothing that a later create or `doctor --repair` would adopt.
+                // (Unless the commit may have landed: then they may be volumes.)
+                if !unknown {
+                    self.discard_folders(made.iter().map(String::as_str));
+                }
                 self.distrust();
                 return (fail_decided(decided, &e), false);
             }
@@ -802,20 +825,47 @@ impl Worker {
     /// see whether the commit's generation is stored. Landed: the commit counts, and its
     /// after-commit work (binds, disposals) must run. Not landed: it failed. The reopened
     /// store is left in `slot` (empty when the reopen failed: the hold ends).
-    fn verify_landed(&mut self, slot: &mut Option<OpenStore>, next: u64, e: Error) -> Result<u64> {
+    /// Returns whether the commit landed, and whether that stays unknown (the store could
+    /// not be opened again to see).
+    fn verify_landed(
+        &mut self,
+        slot: &mut Option<OpenStore>,
+        next: u64,
+        e: Error,
+    ) -> (Result<u64>, bool) {
         tracing::warn!("{e}: sled's flush went through, so the commit may be durable; opening the store again to see");
         drop(slot.take());
-        let reopened = OpenStore::open(&self.layout, Instant::now() + self.timeout)?;
-        let stored = read_generation(&reopened.db)?;
-        *slot = Some(reopened);
-        if stored >= next {
-            tracing::warn!(
-                generation = next,
-                "the commit landed although its fsync failed; it counts"
-            );
-            Ok(next)
-        } else {
-            Err(e)
+        let stored = OpenStore::open(&self.layout, Instant::now() + self.timeout).and_then(|r| {
+            let stored = read_generation(&r.db)?;
+            *slot = Some(r);
+            Ok(stored)
+        });
+        match stored {
+            Err(e) => (Err(e), true),
+            Ok(stored) if stored >= next => {
+                tracing::warn!(
+                    generation = next,
+                    "the commit landed although its fsync failed; it counts"
+                );
+                (Ok(next), false)
+            }
+            Ok(_) => (Err(e), false),
+        }
+    }
+
+    /// Deletes the folders of new volumes that will never be recorded (their create was
+    /// refused, or its commit failed), under the lock: nobody else creates the name
+    /// meanwhile.
+    fn discard_folders<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        for name in names {
+            match self.layout.remove_tree(&self.layout.volume_dir(name)) {
+                Ok(()) => {
+                    tracing::debug!(volume = %name, "deleted the folder of a create that was not committed")
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %name, "deleting the folder of a create that was not committed: {e}")
+                }
+            }
         }
     }
 
@@ -872,7 +922,21 @@ pub(super) struct OpenStore {
 impl OpenStore {
     fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
-        let hint = HintWriter::open(layout)?;
+        let mut hint = HintWriter::open(layout)?;
+        // The hint is a hint: far ahead of sled's own generation it is not one of
+        // caravan's (a crash between an older version's hint write and its commit leaves
+        // it one ahead per crash), and taking it would push every later commit's number up
+        // to it (u64::MAX: "the generation counter is exhausted", on every node, for good).
+        // It is put back to sled's, under the lock.
+        let stored = read_generation(&db)?;
+        if hint.last() > stored.saturating_add(super::hint::TRUSTED_AHEAD) {
+            tracing::warn!(
+                hint = hint.last(),
+                generation = stored,
+                "the generation hint is far ahead of the metadata's own generation (written by another machine?): not trusted; setting it back"
+            );
+            hint.write(stored)?;
+        }
         let log = LogFile::open(layout)?;
         let journal = JournalWriter::open(layout)
             .map_err(|e| tracing::warn!("commits write no journal entries: {e}"))
