@@ -64,6 +64,10 @@ use worker::Worker;
 /// How long a reader waits for the export before answering from the last known state.
 pub const READ_BUDGET: Duration = Duration::from_secs(2);
 
+/// A read of the generation hint: when it started, and what it found (`None`: no hint
+/// there, see `hint::read`).
+type HintRead = (Instant, Option<u64>);
+
 /// What a reader gets: the state, and why it may be out of date.
 pub struct Read {
     pub snapshot: Arc<Snapshot>,
@@ -228,7 +232,7 @@ pub struct Store {
     hint_reader: Arc<Mutex<hint::HintReader>>,
     /// The last generation-hint read: when it started, and what it found (`None`: not a
     /// hint, see `hint::read`).
-    hint_read: Arc<tokio::sync::Mutex<Option<(Instant, Option<u64>)>>>,
+    hint_read: Arc<tokio::sync::Mutex<Option<HintRead>>>,
     health: Arc<Health>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     faults: Arc<Faults>,
