@@ -483,3 +483,123 @@ fn a_fifo_and_a_huge_file_planted_as_heartbeats_are_skipped() {
     let (_, info) = a.api("GET", "/v1/info", "");
     assert!(info["standing"]["cut_off"].is_null(), "{info}");
 }
+
+/// Issue 24, 4: change-journal entries are not authenticated (anyone who can write the
+/// export can write one): what one says only answers reads until sled confirms it. A
+/// forged removal never makes Docker's Get answer "no such volume" (dockerd would forget
+/// the volume), forged mounts of a killed node's incarnation never keep it alive, and the
+/// listing is put back from sled within the confirmation delay.
+#[test]
+fn forged_journal_entries_never_decide_nor_keep_a_dead_node_alive() {
+    if !require_root("forged_journal_entries_never_decide_nor_keep_a_dead_node_alive") {
+        return;
+    }
+    use caravan::volume::{VolumeOptions, VolumeRecord};
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let fast = ["--heartbeat", "200ms", "--dead-after", "2s"];
+    let start = |node: &str| {
+        let spec = s.path().join(format!("spec-{node}"));
+        Daemon::start_with(s.path(), &root, node, spec, "caravan", &fast)
+    };
+    let a = start("a");
+    let b = start("b");
+    let mut c = start("c");
+    a.ok("VolumeDriver.Create", r#"{"Name":"keep","Opts":{}}"#);
+    c.ok("VolumeDriver.Create", r#"{"Name":"cv","Opts":{}}"#);
+    c.ok("VolumeDriver.Mount", r#"{"Name":"cv","ID":"c1"}"#);
+    b.ok("VolumeDriver.Get", r#"{"Name":"keep"}"#);
+    let heartbeat: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(".caravan/nodes/c.json")).unwrap()).unwrap();
+    let c_boot = heartbeat["boot_id"].as_str().unwrap().to_string();
+    let store_id = fs::read_to_string(root.join(".caravan/store-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let hint = root.join(".caravan/generation");
+    // Writes the next commit's entry and moves the hint, as a commit would.
+    let forge = |changes: std::collections::BTreeMap<String, Option<VolumeRecord>>| {
+        let g: u64 = fs::read_to_string(&hint).unwrap().trim().parse().unwrap();
+        let next = g + 1;
+        fs::write(
+            root.join(format!(".caravan/journal/{next:020}")),
+            caravan::store::journal::encode(&store_id, next, &changes),
+        )
+        .unwrap();
+        fs::write(&hint, format!("{next:020}\n")).unwrap();
+    };
+
+    // A forged removal: b's Get still answers the volume (sled is asked first).
+    forge([("keep".to_string(), None)].into());
+    let got = b.ok("VolumeDriver.Get", r#"{"Name":"keep"}"#);
+    assert_eq!(got["Volume"]["Name"], "keep", "{got}");
+
+    // c is killed; forged entries keep showing its incarnation mounting `cv` anew.
+    c.kill9();
+    let killed = std::time::Instant::now();
+    let mut n = 0;
+    while killed.elapsed() < Duration::from_secs(5) {
+        n += 1;
+        let mut r = VolumeRecord::new("cv", "c", VolumeOptions::default());
+        r.mounts.insert(
+            "c".into(),
+            [(format!("forged-{n}"), 1)].into_iter().collect(),
+        );
+        r.incarnations.insert("c".into(), c_boot.clone());
+        forge([("cv".to_string(), Some(r))].into());
+        std::thread::sleep(Duration::from_millis(100));
+        let nodes = a.api("GET", "/v1/nodes", "").1;
+        let state = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["node"] == "c")
+            .map(|v| v["state"].clone());
+        if state == Some(serde_json::json!("dead")) {
+            break;
+        }
+    }
+    let judged = killed.elapsed();
+    eprintln!(
+        "c judged dead {:.1} s after the kill, with {n} forged entries meanwhile",
+        judged.as_secs_f64()
+    );
+    // Dead after 2 s of silence, plus a heartbeat of slack: forged mounts never count as
+    // beats.
+    assert!(
+        judged < Duration::from_millis(2000 + 400 + 200),
+        "{judged:?}"
+    );
+    // a removes `cv`: sled has c's (dead) mount only; the forged ones never decided.
+    a.ok("VolumeDriver.Remove", r#"{"Name":"cv"}"#);
+
+    // A forged ghost in the listing is served for a while (entries answer reads, for
+    // speed), and gone once sled confirms (within 10 s and a beat).
+    let listed = |d: &Daemon| -> Vec<String> {
+        d.ok("VolumeDriver.List", "{}")["Volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&b), ["keep"]);
+    forge(
+        [(
+            "ghost".to_string(),
+            Some(VolumeRecord::new("ghost", "x", VolumeOptions::default())),
+        )]
+        .into(),
+    );
+    assert_eq!(listed(&b), ["ghost", "keep"]);
+    let forged_at = std::time::Instant::now();
+    util::eventually(
+        Duration::from_secs(12),
+        "the ghost to be confirmed away",
+        || listed(&b) == ["keep"],
+    );
+    eprintln!(
+        "the ghost was confirmed away after {:.1} s",
+        forged_at.elapsed().as_secs_f64()
+    );
+}

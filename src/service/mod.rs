@@ -740,8 +740,13 @@ impl Service {
         validate_name(name)?;
         let (record, stale) = {
             let read = self.store.read().await?;
-            let record = read
-                .snapshot
+            let mut snapshot = read.snapshot;
+            // dockerd forgets a volume it is told is gone: never on the strength of a
+            // change-journal entry alone (see store::Snapshot::unconfirmed_since).
+            if read.stale.is_none() && snapshot.removed_by_journal(name) {
+                snapshot = self.store.confirm().await?;
+            }
+            let record = snapshot
                 .volumes
                 .get(name)
                 .cloned()

@@ -255,7 +255,9 @@ impl JournalWriter {
         file.write_all(entry)
     }
 
-    fn forget(&self, generation: u64) {
+    /// Deletes whatever is under `generation`'s number (a commit that wrote no entry of
+    /// its own, or a number no commit will have).
+    pub(super) fn forget(&self, generation: u64) {
         match self.unlink(&entry_name(generation)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -98,7 +98,22 @@ pub struct Snapshot {
     loaded: bool,
     /// When this node last committed or reloaded successfully.
     pub last_sync: Option<SystemTime>,
+    /// Since when this state holds changes read from the change journal that sled has
+    /// not confirmed (`None`: all of it was read from sled or committed by this node).
+    /// Entries are not authenticated (anyone who can write the export can write one, as
+    /// they can write sled's own files): they only answer reads, never decide, never
+    /// count as proof of life, and what they say is confirmed from sled within
+    /// [`CONFIRM_JOURNAL_AFTER`] (see [`Store::keep_current`]).
+    unconfirmed_since: Option<Instant>,
+    /// Names that entries removed (or made unreadable) since the last state read from
+    /// sled: Docker's Get never answers "no such volume" for one of them before sled
+    /// confirms it (dockerd forgets a volume it is told is gone).
+    removed_by_journal: imbl::OrdSet<String>,
 }
+
+/// How long a state holding changes read from the change journal is served before sled
+/// confirms them (a reload under the lock; see [`Snapshot::unconfirmed_since`]).
+pub const CONFIRM_JOURNAL_AFTER: Duration = Duration::from_secs(10);
 
 impl Snapshot {
     /// Whether this state is current for a hint that reads `hint`.
@@ -115,34 +130,39 @@ impl Snapshot {
     }
 
     /// This state with the journal's `entries` of the generations after it applied, in
-    /// order: the state of generation `to`. Each changed mount or hold is noted as proof
-    /// that its incarnation was alive, as a reload notes it.
+    /// order: the state of generation `to`, unconfirmed by sled. (Unlike a reload, what
+    /// an entry shows is never noted as proof that an incarnation was alive: an entry is
+    /// not authenticated.)
     fn with_changes(
         &self,
         entries: Vec<journal::Changes>,
         to: u64,
         validated: Instant,
-        nodes: Option<&Nodes>,
     ) -> Snapshot {
         let mut next = self.clone();
         for changes in entries {
             for (name, change) in changes {
+                let was_there = next.volumes.contains_key(&name);
                 match change {
                     Some(Ok(record)) => {
-                        if let Some(nodes) = nodes {
-                            note_live(nodes, next.volumes.get(&name), &record);
-                        }
                         next.unreadable.remove(&name);
+                        next.removed_by_journal.remove(&name);
                         next.volumes.insert(name, record);
                     }
                     Some(Err(why)) => {
                         tracing::error!(volume = %crate::error::shown(&name), "skipping a stored record: {why}");
                         next.volumes.remove(&name);
-                        next.unreadable.insert(name, why);
+                        next.unreadable.insert(name.clone(), why);
+                        if was_there {
+                            next.removed_by_journal.insert(name);
+                        }
                     }
                     None => {
                         next.volumes.remove(&name);
                         next.unreadable.remove(&name);
+                        if was_there {
+                            next.removed_by_journal.insert(name);
+                        }
                     }
                 }
             }
@@ -151,7 +171,13 @@ impl Snapshot {
         next.hints = (to, to);
         next.validated = Some(validated);
         next.last_sync = Some(SystemTime::now());
+        next.unconfirmed_since = self.unconfirmed_since.or(Some(validated));
         next
+    }
+
+    /// Whether only a journal entry, not sled, says that `name` is gone.
+    pub fn removed_by_journal(&self, name: &str) -> bool {
+        self.removed_by_journal.contains(name)
     }
 }
 
@@ -222,8 +248,6 @@ pub struct Store {
     queue: std::sync::mpsc::Sender<Job>,
     cache: Arc<ArcSwap<Snapshot>>,
     stats: Arc<Mutex<StoreStats>>,
-    /// Liveness, told of what journal entries show (as reloads tell it).
-    nodes: Option<Arc<Nodes>>,
     /// One catch-up through the journal at a time; the others take its result.
     catching_up: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
@@ -301,7 +325,6 @@ impl Store {
             queue,
             cache,
             stats,
-            nodes,
             catching_up: Arc::new(tokio::sync::Mutex::new(())),
             timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
@@ -523,6 +546,12 @@ impl Store {
                 return Ok(caught_up);
             }
         }
+        self.confirm().await
+    }
+
+    /// The state as sled has it now: a reload under the lock, which replaces whatever
+    /// journal entries said (see [`Snapshot::unconfirmed_since`]).
+    pub async fn confirm(&self) -> Result<Arc<Snapshot>> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job::Refresh { reply })
@@ -574,7 +603,7 @@ impl Store {
             }
         };
         let applied = entries.len() as u64;
-        let next = Arc::new(base.with_changes(entries, hint, started, self.nodes.as_deref()));
+        let next = Arc::new(base.with_changes(entries, hint, started));
         // Only over the state it was made from: a commit of this node swapped in meanwhile
         // is at least as new (it committed under the lock after the hint's commit).
         let prev = self.cache.compare_and_swap(&base, next.clone());
@@ -590,10 +619,11 @@ impl Store {
 
     /// Keeps the snapshot current while nobody asks: every `every`, one look at the hint
     /// (and the journal when it moved). Readers then rarely have entries to apply, and a
-    /// node that serves no calls still notes other nodes' commits. It never reloads
-    /// under the lock (an idle node must not take the lock every interval because some
-    /// commit wrote no entry): when the journal cannot bring it up to date, the next
-    /// read does. Ends with the daemon.
+    /// node that serves no calls still notes other nodes' commits. It reloads under the
+    /// lock only to confirm what journal entries said, once they have been served for
+    /// [`CONFIRM_JOURNAL_AFTER`] (an idle node must not take the lock every interval
+    /// because some commit wrote no entry: when the journal cannot bring it up to date,
+    /// the next read does). Ends with the daemon.
     pub async fn keep_current(&self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
@@ -601,6 +631,13 @@ impl Store {
                 return;
             }
             if self.health.stalled().is_some() {
+                continue;
+            }
+            let unconfirmed = self.cache.load().unconfirmed_since;
+            if unconfirmed.is_some_and(|t| t.elapsed() >= CONFIRM_JOURNAL_AFTER) {
+                if let Err(e) = self.confirm().await {
+                    tracing::debug!("confirming what the change journal said: {e}");
+                }
                 continue;
             }
             if let Ok((started, Some(hint))) = self.read_hint().await {
@@ -964,6 +1001,59 @@ mod tests {
             g
         );
         // (The reader stays blocked on the unlinked FIFO until the test process ends.)
+    }
+
+    #[tokio::test]
+    async fn what_a_forged_entry_says_is_confirmed_away_and_never_decides() {
+        let (dir, a, b) = two_nodes_knowing_one().await;
+        let g = a.snapshot().await.unwrap().generation;
+        let c = second(&dir);
+        assert_eq!(names(&c.snapshot().await.unwrap()), ["one"]);
+        // Another machine forges the next commit: `one` removed, `forged` created.
+        let store_id = a.cached().store_id.clone().unwrap();
+        let mut changes = forged();
+        changes.insert("one".into(), None);
+        let journal = dir.path().join(".caravan/journal");
+        std::fs::write(
+            journal.join(format!("{:020}", g + 1)),
+            journal::encode(&store_id, g + 1, &changes),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(".caravan/generation"),
+            format!("{:020}\n", g + 1),
+        )
+        .unwrap();
+        // A reader takes it (entries answer reads, for speed)...
+        let read = b.snapshot().await.unwrap();
+        assert_eq!(names(&read), ["forged"]);
+        assert!(read.removed_by_journal("one") && read.unconfirmed_since.is_some());
+        // ...but decisions are made on sled: `one` can be mounted, `forged` cannot.
+        b.apply(Mutation::Mount {
+            name: "one".into(),
+            node: "n2".into(),
+            id: "c".into(),
+        })
+        .await
+        .unwrap();
+        let e = b
+            .apply(Mutation::Mount {
+                name: "forged".into(),
+                node: "n2".into(),
+                id: "c".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NoSuchVolume(_)), "{e}");
+        // The commit skipped the forged number (the hint was ahead) and cleared it: a
+        // reader catching up across it never applies it.
+        let caught_up = c.snapshot().await.unwrap();
+        assert_eq!(names(&caught_up), ["one"]);
+        assert_eq!(caught_up.generation, g + 2);
+        // And confirming puts sled's state back.
+        let confirmed = b.confirm().await.unwrap();
+        assert_eq!(names(&confirmed), ["one"]);
+        assert!(confirmed.unconfirmed_since.is_none() && !confirmed.removed_by_journal("one"));
     }
 
     fn second(dir: &tempfile::TempDir) -> Store {

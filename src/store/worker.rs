@@ -485,6 +485,8 @@ impl Worker {
             validated: Some(Instant::now()),
             loaded: true,
             last_sync: Some(SystemTime::now()),
+            unconfirmed_since: None,
+            removed_by_journal: Default::default(),
         });
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
         Ok(())
@@ -526,7 +528,13 @@ impl Worker {
     ) {
         // Its entry under its number (or none: whatever else was there is gone), before
         // the hint moves, so that every reader that sees the number finds the entry.
+        // Numbers skipped (the hint was ahead of sled) will never have a commit: what is
+        // under them (planted there) is deleted, so that a reader catching up across them
+        // reloads instead of applying it.
         if let Some(j) = open.journal.as_ref() {
+            for skipped in self.state.generation.saturating_add(1)..generation {
+                j.forget(skipped);
+            }
             j.write(
                 generation,
                 &journal::encode(&open.store_id, generation, &overlay),
