@@ -269,3 +269,61 @@ fn a_mounts_folder_that_is_itself_a_mount_point_is_no_finding() {
     assert_eq!(r["findings"], serde_json::json!([]), "{r}");
     assert!(still, "the repair unmounted the mounts folder");
 }
+
+/// Issue 24, 5: a `volume.json` planted by another machine that names a source (here a
+/// backup in a folder) steers nothing: the repair adopts the data that is there, never
+/// restores from the source, and never makes the source's folder.
+#[test]
+fn a_planted_volume_json_never_makes_the_repair_restore() {
+    if !require_root("a_planted_volume_json_never_makes_the_repair_restore") {
+        return;
+    }
+    use caravan::volume::{VolumeOptions, VolumeRecord};
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let d = Daemon::start(s.path(), &root, "a");
+    let made_by_root = s.path().join("made-by-root/deep");
+    let url = format!("vfs://{}?backup=backup-1&volume=xx", made_by_root.display());
+    let options = VolumeOptions::from_map([("from_backup", url.as_str())]).unwrap();
+    let record = VolumeRecord::new("planted", "elsewhere", options);
+    fs::create_dir_all(root.join("volumes/planted/data")).unwrap();
+    fs::write(root.join("volumes/planted/data/there"), "already").unwrap();
+    fs::write(
+        root.join("volumes/planted/volume.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let (_, report) = doctor(&d, true);
+    let f = found(&report, "data_without_record", "planted").unwrap();
+    assert_eq!(f["repaired"], serde_json::json!({"Ok": null}), "{f}");
+    assert!(
+        !s.path().join("made-by-root").exists(),
+        "the repair made the planted source's folder"
+    );
+    let get = d.ok("VolumeDriver.Get", r#"{"Name":"planted"}"#);
+    assert!(
+        !get.to_string().contains("from_backup"),
+        "the adopted volume keeps the planted source: {get}"
+    );
+    let mp = d.ok("VolumeDriver.Mount", r#"{"Name":"planted","ID":"c1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fs::read_to_string(format!("{mp}/there")).unwrap(),
+        "already"
+    );
+    d.ok("VolumeDriver.Unmount", r#"{"Name":"planted","ID":"c1"}"#);
+    // Reading a destination never makes it either.
+    let out = std::process::Command::new(util::caravan_bin())
+        .args(["--socket", d.socket.to_str().unwrap(), "backup", "list"])
+        .arg(format!("vfs://{}", made_by_root.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.path().join("made-by-root").exists());
+}

@@ -106,14 +106,14 @@ impl Dest {
         Err(bad("unknown scheme"))
     }
 
-    /// Refuses a folder on the shared root `root` (by its path, or through a link on the
-    /// way): a destination is written from its own top by path, and below the root a path
-    /// may pass links other machines planted. Blocking (it resolves the path).
-    pub fn check_outside(&self, root: &Path) -> Result<()> {
+    /// Refuses a folder whose path is on the shared root `root`, by its path or through a
+    /// link on the way (the part of the path that exists, resolved as the kernel would):
+    /// checked before anything is made there. [`Backend::open`] checks the folder it opened
+    /// again, by its handle (the path may change in between).
+    fn check_path_outside(&self, root: &Path) -> Result<()> {
         let Dest::Vfs { path } = self else {
             return Ok(());
         };
-        // The part of the path that exists, resolved as the kernel would resolve it.
         let mut existing = path.as_path();
         while !existing.exists() {
             match existing.parent() {
@@ -125,13 +125,17 @@ impl Dest {
         let under = path.starts_with(root)
             || matches!((resolved(existing), resolved(root)), (Some(e), Some(r)) if e.starts_with(&r));
         if under {
-            return Err(Error::invalid(format!(
-                "backup destination {}: it is on the shared root {}; keep backups outside the export (another mount, a local disk, S3)",
-                self.url(),
-                root.display()
-            )));
+            return Err(self.on_the_root(root));
         }
         Ok(())
+    }
+
+    fn on_the_root(&self, root: &Path) -> Error {
+        Error::invalid(format!(
+            "backup destination {}: it is on the shared root {}; keep backups outside the export (another mount, a local disk, S3)",
+            self.url(),
+            root.display()
+        ))
     }
 
     /// The destination's URL, as users write it.
@@ -186,19 +190,51 @@ pub struct Backend {
 const S3_TIMEOUT: Duration = Duration::from_secs(30);
 const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether a destination is opened to be written or only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Write,
+    Read,
+}
+
 impl Backend {
-    /// Opens a destination. A folder is made if missing (its path is the operator's).
+    /// Opens a destination, to write to it (`Access::Write`: a folder is made if missing,
+    /// its path being the operator's) or only to read it (`Access::Read`: nothing is ever
+    /// made; a missing folder is an error). A folder is opened once, by its configured
+    /// path, and everything below it is reached from that handle without following links;
+    /// one that is on the shared root `shared_root` (another machine could plant links
+    /// below it) is refused, checked on the handle opened, not on a path resolved again.
     /// Must be called from a blocking thread with `rt` the runtime's handle.
-    pub fn open(dest: &Dest, rt: tokio::runtime::Handle) -> Result<Backend> {
+    pub fn open(
+        dest: &Dest,
+        rt: tokio::runtime::Handle,
+        shared_root: &Path,
+        access: Access,
+    ) -> Result<Backend> {
         let url = dest.url();
         let inner = match dest {
             Dest::Vfs { path } => {
-                std::fs::create_dir_all(path).map_err(|e| {
-                    Error::io(format!("making the backup folder {}", path.display()), e)
+                dest.check_path_outside(shared_root)?;
+                if access == Access::Write {
+                    std::fs::create_dir_all(path).map_err(|e| {
+                        Error::io(format!("making the backup folder {}", path.display()), e)
+                    })?;
+                }
+                let root = crate::beneath::open_root(path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound if access == Access::Read => Error::NoSuchBackup(
+                        format!("{url} holds no caravan backups (the folder does not exist)"),
+                    ),
+                    _ => Error::io(format!("opening the backup folder {}", path.display()), e),
                 })?;
-                let root = crate::beneath::open_root(path).map_err(|e| {
+                // Where the folder opened really is (the kernel's own path of the handle).
+                let opened = std::fs::read_link(crate::beneath::proc_path(&root)).map_err(|e| {
                     Error::io(format!("opening the backup folder {}", path.display()), e)
                 })?;
+                let shared =
+                    std::fs::canonicalize(shared_root).unwrap_or(shared_root.to_path_buf());
+                if opened.starts_with(&shared) {
+                    return Err(dest.on_the_root(shared_root));
+                }
                 Inner::Vfs(root)
             }
             Dest::S3 {
@@ -708,7 +744,13 @@ mod tests {
         let dest = Dest::Vfs {
             path: d.path().join("b"),
         };
-        let b = Backend::open(&dest, rt.handle().clone()).unwrap();
+        let b = Backend::open(
+            &dest,
+            rt.handle().clone(),
+            Path::new("/nonexistent-root"),
+            Access::Write,
+        )
+        .unwrap();
         b.put("packs/abc", Bytes::from_static(b"hello")).unwrap();
         assert_eq!(b.get("packs/abc", 100).unwrap().unwrap(), b"hello");
         assert_eq!(b.get_range("packs/abc", 1, 3).unwrap(), b"ell");

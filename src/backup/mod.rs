@@ -36,7 +36,7 @@ use bytes::Bytes;
 
 pub use create::{create, Source};
 pub use delete::{delete, DeleteReport};
-pub use dest::{Backend, Dest};
+pub use dest::{Access, Backend, Dest};
 pub use restore::restore;
 pub use verify::{verify, Damage, VerifyReport};
 

@@ -16,6 +16,8 @@ fn repo(dir: &Path, rt: &tokio::runtime::Runtime) -> Repo {
             path: dir.to_path_buf(),
         },
         rt.handle().clone(),
+        Path::new("/nonexistent-root"),
+        Access::Write,
     )
     .unwrap();
     Repo::open(b, true).unwrap()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CopyProgress, Service};
-use crate::backup::{format::Summary, BackupUrl, Dest, Repo};
+use crate::backup::{format::Summary, Access, Backend, BackupUrl, Dest, Repo};
 use crate::error::{Error, Result};
 use crate::store::decide::SnapshotStep;
 use crate::treecopy::Progress;
@@ -128,8 +128,13 @@ impl Service {
             let progress = j.progress.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                dest.check_outside(&s.shared().root)?;
-                let repo = Repo::open(crate::backup::Backend::open(&dest, rt)?, kind == "backup")?;
+                let access = if kind == "backup" {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let backend = Backend::open(&dest, rt, &s.shared().root, access)?;
+                let repo = Repo::open(backend, kind == "backup")?;
                 work(s, repo, &progress)
             })
             .await
@@ -285,8 +290,13 @@ impl Service {
         let d = dest.clone();
         let root = self.shared().root.clone();
         let summaries = tokio::task::spawn_blocking(move || {
-            d.check_outside(&root)?;
-            match Repo::open_existing(crate::backup::Backend::open(&d, rt)?)? {
+            let backend = match Backend::open(&d, rt, &root, Access::Read) {
+                Ok(b) => b,
+                // A folder that does not exist holds no backups.
+                Err(Error::NoSuchBackup(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            match Repo::open_existing(backend)? {
                 Ok(repo) => repo.summaries(),
                 // A destination never backed up to holds no backups.
                 Err(_) => Ok(Vec::new()),
@@ -316,8 +326,7 @@ impl Service {
         let u = url.clone();
         let root = self.shared().root.clone();
         let summary = tokio::task::spawn_blocking(move || {
-            u.dest.check_outside(&root)?;
-            Repo::open(crate::backup::Backend::open(&u.dest, rt)?, false)?.summary(&u.id)
+            Repo::open(Backend::open(&u.dest, rt, &root, Access::Read)?, false)?.summary(&u.id)
         })
         .await
         .unwrap_or_else(|e| Err(Error::Backup(format!("reading the backup failed: {e}"))))?;

@@ -197,9 +197,13 @@ impl Service {
                 Source::Volume(v) => shared.open_data_dir(v)?,
                 Source::Backup(url) => {
                     let url = crate::backup::BackupUrl::parse(url)?;
-                    url.dest.check_outside(&shared.root)?;
-                    let repo =
-                        crate::backup::Repo::open(crate::backup::Backend::open(&url.dest, rt)?, false)?;
+                    let backend = crate::backup::Backend::open(
+                        &url.dest,
+                        rt,
+                        &shared.root,
+                        crate::backup::Access::Read,
+                    )?;
+                    let repo = crate::backup::Repo::open(backend, false)?;
                     let dst = shared.make_staging(&t)?;
                     return crate::backup::restore(&repo, &url.id, &dst, &node, &progress);
                 }

@@ -572,12 +572,22 @@ impl Service {
         }
         let shared = self.shared().clone();
         let n = name.to_string();
-        let options = self
+        let mut options = self
             .blocking("reading volume.json", move || {
                 let pinned = shared.pinned()?;
                 recorded_options(pinned.open_volume_dir(&n)?, &n)
             })
             .await?;
+        // The data on the export is what is adopted. A source the file names (a backup,
+        // a volume, a snapshot to copy from) is never acted on: the file is the export's,
+        // and another machine may have written it to make this node restore, as root,
+        // from wherever it says.
+        if let Some(source) = options.source() {
+            tracing::warn!(volume = %name, "volume.json names a source ({source}); not acted on: the data on the export is adopted as it is");
+            options.from_snapshot = None;
+            options.from_volume = None;
+            options.from_backup = None;
+        }
         self.create(name, options).await.map(drop)
     }
 
