@@ -91,13 +91,14 @@ pub struct BackupUrlRequest {
 }
 
 /// Handles one control request; returns the HTTP status and the JSON body.
-pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+pub async fn handle(svc: Arc<Service>, method: &str, path: &ApiPath, body: &[u8]) -> (u16, Value) {
     let started = Instant::now();
     let result = route(&svc, method, path, body).await;
     let took = started.elapsed();
     let ms = took.as_secs_f64() * 1e3;
     let node = svc.node();
     let name = route_name(method, path);
+    let path = &path.raw;
     let path = crate::error::cut(path);
     match result {
         Ok((status, v)) => {
@@ -118,10 +119,51 @@ pub async fn handle(svc: Arc<Service>, method: &str, path: &str, body: &[u8]) ->
     }
 }
 
+/// A control API path as routed: its segments, each percent-decoded once, here and
+/// nowhere else. The permission check and the routing both look at these, so that no
+/// spelling of a path (`/v1/%64octor`) is routed where the check did not look.
+#[derive(Debug)]
+pub struct ApiPath {
+    /// The path as sent (for messages and logs).
+    pub raw: String,
+    parts: Vec<String>,
+}
+
+impl ApiPath {
+    /// Every segment counts, an empty one too: `/v1/volumes/` (a name of "") must reach
+    /// name validation, not be taken for the list.
+    pub fn parse(raw: &str) -> ApiPath {
+        ApiPath {
+            raw: raw.to_string(),
+            parts: raw
+                .strip_prefix('/')
+                .unwrap_or(raw)
+                .split('/')
+                .map(percent_decode)
+                .collect(),
+        }
+    }
+
+    fn parts(&self) -> Vec<&str> {
+        self.parts.iter().map(String::as_str).collect()
+    }
+
+    /// Whether the path is the control API's (`/v1/...`).
+    pub fn is_control(&self) -> bool {
+        self.parts.first().is_some_and(|p| p == "v1")
+    }
+
+    /// Whether `method` on this path only reads: what others than root may call (see
+    /// `server::routes`). Doctor reads the whole export: root's, like the changes, so that
+    /// nobody else can pile such walks onto a slow export.
+    pub fn reads_only(&self, method: &str) -> bool {
+        method == "GET" && self.is_control() && route_name(method, self) != "doctor"
+    }
+}
+
 /// The route as a metrics label (a fixed set, whatever the path holds).
-fn route_name(method: &str, path: &str) -> &'static str {
-    let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    match (method, parts.as_slice()) {
+fn route_name(method: &str, path: &ApiPath) -> &'static str {
+    match (method, path.parts().as_slice()) {
         ("GET", ["v1", "info"]) => "info",
         ("GET", ["v1", "health"]) => "health",
         ("GET", ["v1", "volumes"]) => "list",
@@ -150,16 +192,13 @@ fn route_name(method: &str, path: &str) -> &'static str {
     }
 }
 
-async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value)> {
-    // Every segment counts, an empty one too: `/v1/volumes/` (a name of "") must reach
-    // name validation, not be taken for the list.
-    let decoded: Vec<String> = path
-        .strip_prefix('/')
-        .unwrap_or(path)
-        .split('/')
-        .map(percent_decode)
-        .collect();
-    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+async fn route(
+    svc: &Arc<Service>,
+    method: &str,
+    path: &ApiPath,
+    body: &[u8],
+) -> Result<(u16, Value)> {
+    let parts = path.parts();
     let ok = |v: Value| Ok((200, v));
     match (method, parts.as_slice()) {
         ("GET", ["v1", "info"]) => ok(to_json(&svc.info().await?)),
@@ -248,7 +287,10 @@ async fn route(svc: &Arc<Service>, method: &str, path: &str, body: &[u8]) -> Res
         }
         ("GET", ["v1", "backup-jobs", id]) => ok(to_json(&svc.backup_job(id)?)),
         ("DELETE", ["v1", "backup-jobs", id]) => ok(to_json(&svc.backup_job_stop(id)?)),
-        _ => Err(Error::NoSuchEndpoint(format!("{method} {path}"))),
+        _ => Err(Error::NoSuchEndpoint(format!(
+            "{method} {}",
+            crate::error::cut(&path.raw)
+        ))),
     }
 }
 

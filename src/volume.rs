@@ -38,10 +38,14 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
     let shown = || crate::error::shown(name);
     if name.len() < 2 || name.len() > MAX_NAME_LEN {
+        // A long name is shown cut, with its length already.
+        let length = match crate::error::cut(name) {
+            std::borrow::Cow::Borrowed(_) => format!(" ({} bytes)", name.len()),
+            std::borrow::Cow::Owned(_) => String::new(),
+        };
         return Err(Error::invalid(format!(
-            "invalid volume name {} ({} bytes): {RULE}",
-            shown(),
-            name.len()
+            "invalid volume name {}{length}: {RULE}",
+            shown()
         )));
     }
     if !is_safe_token(name, 2, MAX_NAME_LEN, true) {
@@ -740,6 +744,19 @@ mod tests {
             };
             assert!(err.contains(expected), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_long_name_is_said_to_be_long_once() {
+        let e = validate_name(&"a".repeat(300)).unwrap_err().to_string();
+        assert_eq!(e.matches("(300 bytes)").count(), 1, "{e}");
+        let e = validate_snapshot_name(&"s".repeat(300))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.matches("(300 bytes)").count(), 1, "{e}");
+        assert!(e.contains("snapshot name"), "{e}");
+        let e = validate_name("x").unwrap_err().to_string();
+        assert!(e.contains("(1 bytes)"), "{e}");
     }
 
     #[test]

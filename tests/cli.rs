@@ -473,6 +473,38 @@ fn other_users_may_read_through_the_socket_group_and_change_nothing() {
             "{args:?}: {err}"
         );
     }
+    // The same check whatever the spelling of the path (issue 24, 12): a percent-encoded
+    // segment, an absolute request target. Doctor is root's; so is every change.
+    for target in [
+        "/v1/%64octor",
+        "/v1/doctor",
+        "http://localhost/v1/%64octor",
+        "/%76%31/doctor",
+    ] {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&d.socket)
+        .args(["--request-target", target, "http://localhost/"]);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let g = nix::unistd::Gid::from_raw(GROUP);
+                nix::unistd::setgroups(&[g])?;
+                nix::unistd::setgid(g)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert_eq!(stdout(&out), "403", "GET {target} as uid {NOBODY}");
+    }
     // Not in the group: no connection at all.
     let out = as_user(NOBODY, &["list"]);
     assert_eq!(out.status.code(), Some(1));

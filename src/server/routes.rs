@@ -39,7 +39,7 @@ pub fn routes(
                 let peer = peer.unwrap_or_default();
                 let path = path.as_str().to_string();
                 async move {
-                    if plugin_only && path.starts_with("/v1/") {
+                    if plugin_only && api::ApiPath::parse(&path).is_control() {
                         let msg = "the control API is served on the unix socket only";
                         return reply(StatusCode::NOT_FOUND, json!({ "Err": msg, "error": msg }));
                     }
@@ -66,12 +66,10 @@ async fn dispatch(
     body: Bytes,
 ) -> warp::reply::Response {
     // The plugin API is dockerd's (root), and everything that changes anything is root's;
-    // others who may connect (--socket-group) can read.
-    // Doctor reads the whole export: root's, like the changes, so that nobody else can
-    // pile such walks onto a slow export.
-    let read_only =
-        method == Method::GET && path.starts_with("/v1/") && !path.starts_with("/v1/doctor");
-    if !peer.may_change() && !read_only {
+    // others who may connect (--socket-group) can read. The check looks at the path as it
+    // is routed (decoded once, see api::ApiPath), never at another spelling of it.
+    let api_path = api::ApiPath::parse(&path);
+    if !peer.may_change() && !api_path.reads_only(method.as_str()) {
         let who = peer
             .uid
             .map_or("an unknown user".to_string(), |u| format!("uid {u}"));
@@ -105,10 +103,10 @@ async fn dispatch(
             Err(e) => reply(StatusCode::OK, json!({ "Err": e.to_string() })),
         };
     }
-    if path.starts_with("/v1/") {
+    if api_path.is_control() {
         let m = method.as_str().to_string();
         let (status, v) = serve(timeout, "control call", async move {
-            api::handle(svc, &m, &path, &body).await
+            api::handle(svc, &m, &api_path, &body).await
         })
         .await
         .unwrap_or_else(|e| (e.status(), json!({ "error": e.to_string() })));
