@@ -45,8 +45,14 @@ pub async fn run(
         }
     };
     // Every listener serves up to its own limit: the unix socket, --listen with the same
-    // limit, and the metrics endpoint's 16.
-    let connections = cfg.max_connections * if cfg.tcp.is_some() { 2 } else { 1 }
+    // limit (and as many more in a TLS handshake, see server::Accept::HANDSHAKES), and
+    // the metrics endpoint's 16.
+    let connections = cfg.max_connections
+        + if cfg.tcp.is_some() {
+            cfg.max_connections + crate::server::handshake_slots(cfg.max_connections)
+        } else {
+            0
+        }
         + if cfg.metrics.is_some() {
             METRICS_CONNECTIONS
         } else {

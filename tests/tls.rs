@@ -183,6 +183,63 @@ fn only_clients_with_a_certificate_from_the_client_ca_are_served() {
     );
 }
 
+/// Issue 24, 11: peers that connect and never complete a handshake (30 idle TCP
+/// connections, from another address, against --max-connections 8) never keep a client
+/// with a valid certificate waiting: handshakes have slots of their own, at most 16 per
+/// address, and time out after 3 s.
+#[test]
+fn idle_handshakes_never_keep_an_authenticated_client_waiting() {
+    if !require_root("idle_handshakes_never_keep_an_authenticated_client_waiting") {
+        return;
+    }
+    let s = Scratch::new();
+    let pki = Pki::new(s.path());
+    let port = util::free_port();
+    let mut flags = pki.flags(port);
+    flags.extend(["--max-connections".to_string(), "8".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _d = Daemon::start_with(
+        s.path(),
+        &s.path().join("root"),
+        "a",
+        s.path().join("spec"),
+        "caravan-tls",
+        &flags,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // 30 connections from 127.0.0.2 that send nothing, kept open.
+    let idle: Vec<tokio::net::TcpStream> = rt.block_on(async {
+        let mut idle = Vec::new();
+        for _ in 0..30 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            idle.push(
+                socket
+                    .connect(format!("127.0.0.1:{port}").parse().unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        idle
+    });
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let v = call(&pki, port, Some("docker"), "Plugin.Activate", "")
+            .expect("an authenticated client is served");
+        let took = t.elapsed();
+        assert_eq!(v["Implements"][0], "VolumeDriver");
+        eprintln!(
+            "call {i} beside 30 idle connections: {:.0} ms",
+            took.as_secs_f64() * 1e3
+        );
+        assert!(took < Duration::from_secs(2), "call {i} waited {took:?}");
+    }
+    drop(idle);
+}
+
 #[test]
 fn tls_settings_that_do_not_fit_are_refused_before_anything_starts() {
     let s = Scratch::new();

@@ -108,19 +108,46 @@ impl Peer {
 }
 
 /// A connection accepted but not yet ready to serve (a TLS handshake to complete), run
-/// in the connection's own task within the header timeout.
+/// in the connection's own task within [`handshake_timeout`].
 pub type Pending<C> =
     std::pin::Pin<Box<dyn Future<Output = std::io::Result<(C, Peer)>> + Send + 'static>>;
+
+/// A connection just accepted: what makes it ready, and where it comes from (an IP
+/// address over TCP, for the per-peer cap on handshakes).
+pub struct Accepted<C> {
+    pub pending: Pending<C>,
+    pub from: Option<std::net::IpAddr>,
+}
 
 /// A listening socket the loop accepts connections from.
 pub trait Accept: Send {
     type Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<Pending<Self::Conn>>> + Send;
+    /// Whether a connection must complete a handshake (TLS) before it is served. Such
+    /// connections are accepted into a pool of their own ([`handshake_slots`]), at most
+    /// [`PER_PEER_HANDSHAKES`] from one address, for at most [`handshake_timeout`]:
+    /// peers that never finish one (or never present a certificate) cannot hold the
+    /// connections that serve authenticated clients.
+    const HANDSHAKES: bool = false;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Accepted<Self::Conn>>> + Send;
+}
+
+/// Handshakes in flight from one address at most; more are closed at once.
+pub const PER_PEER_HANDSHAKES: usize = 16;
+
+/// Connections in a handshake at once, at most, beside the `max_connections` served.
+pub fn handshake_slots(max_connections: usize) -> usize {
+    max_connections.max(64)
+}
+
+/// How long a handshake may take: a TLS handshake on a network takes milliseconds; a
+/// peer that takes seconds is not completing one.
+pub fn handshake_timeout(header_timeout: Duration) -> Duration {
+    header_timeout.min(Duration::from_secs(3))
 }
 
 impl Accept for UnixListener {
     type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Conn>> {
         let (s, _) = UnixListener::accept(self).await?;
         // A peer whose credentials cannot be read counts as nobody in particular.
         let uid = s.peer_cred().ok().map(|c| c.uid());
@@ -128,7 +155,10 @@ impl Accept for UnixListener {
             uid,
             trusted_remote: false,
         };
-        Ok(Box::pin(std::future::ready(Ok((s, peer)))))
+        Ok(Accepted {
+            pending: Box::pin(std::future::ready(Ok((s, peer)))),
+            from: None,
+        })
     }
 }
 
@@ -141,27 +171,31 @@ pub struct PlainTcp {
 
 impl Accept for PlainTcp {
     type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
-        let (s, _) = self.tcp.accept().await?;
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Conn>> {
+        let (s, from) = self.tcp.accept().await?;
         // Small requests and answers: no Nagle delay.
         let _ = s.set_nodelay(true);
         let peer = Peer {
             uid: None,
             trusted_remote: self.trusted,
         };
-        Ok(Box::pin(std::future::ready(Ok((s, peer)))))
+        Ok(Accepted {
+            pending: Box::pin(std::future::ready(Ok((s, peer)))),
+            from: Some(from.ip()),
+        })
     }
 }
 
 impl Accept for crate::tls::TlsListener {
     type Conn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    async fn accept(&self) -> std::io::Result<Pending<Self::Conn>> {
+    const HANDSHAKES: bool = true;
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Conn>> {
         let (s, from) = self.tcp.accept().await?;
         // A handshake is several small writes each way: with Nagle's delay and delayed
         // ACKs it took about 44 ms (benches/transports.rs).
         let _ = s.set_nodelay(true);
         let acceptor = self.acceptor.clone();
-        Ok(Box::pin(async move {
+        let pending = Box::pin(async move {
             match acceptor.accept(s).await {
                 Ok(tls) => Ok((
                     tls,
@@ -182,7 +216,43 @@ impl Accept for crate::tls::TlsListener {
                     Err(e)
                 }
             }
-        }))
+        });
+        Ok(Accepted {
+            pending,
+            from: Some(from.ip()),
+        })
+    }
+}
+
+/// Handshakes in flight per address (see [`PER_PEER_HANDSHAKES`]).
+#[derive(Default)]
+struct PeerHandshakes(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PeerHandshakes {
+    /// Counts one more handshake from `from`, unless it has its share in flight.
+    fn begin(self: &Arc<Self>, from: std::net::IpAddr) -> Option<PeerHandshake> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(from).or_insert(0);
+        if *n >= PER_PEER_HANDSHAKES {
+            return None;
+        }
+        *n += 1;
+        Some(PeerHandshake(self.clone(), from))
+    }
+}
+
+/// One handshake counted against its address, until dropped.
+struct PeerHandshake(Arc<PeerHandshakes>, std::net::IpAddr);
+
+impl Drop for PeerHandshake {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -205,36 +275,38 @@ pub async fn serve<L: Accept, F>(
     // Clients that may only read get a quarter of the connections: they cannot hold every
     // slot and keep dockerd (root) waiting.
     let readers = Arc::new(Semaphore::new((limits.max_connections / 4).max(1)));
+    // Where connections wait to be accepted: a serving slot, or for a listener whose
+    // connections need a handshake first, a handshake slot (see Accept::HANDSHAKES).
+    let gate = if L::HANDSHAKES {
+        Arc::new(Semaphore::new(handshake_slots(limits.max_connections)))
+    } else {
+        slots.clone()
+    };
+    let handshake_limit = if L::HANDSHAKES {
+        handshake_timeout(limits.header_timeout)
+    } else {
+        limits.header_timeout
+    };
+    let per_peer = Arc::new(PeerHandshakes::default());
+    let at_limit = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (calls, _) = tokio::sync::watch::channel(0usize);
     let calls = Arc::new(calls);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut at_limit = false;
     loop {
-        // A slot first, then accept: past the limit, clients wait in the backlog and cost
-        // this process nothing.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
+        // A permit first, then accept: past the limit, clients wait in the backlog and
+        // cost this process nothing.
+        let permit = match gate.clone().try_acquire_owned() {
+            Ok(permit) => permit,
             Err(_) => {
-                if !at_limit {
-                    at_limit = true;
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        "connection limit reached: new connections wait until one closes (idle ones close after {}); if this is dockerd's own load, raise --max-connections",
-                        humantime::format_duration(limits.header_timeout)
-                    );
-                }
+                note_limit(&at_limit, &limits, L::HANDSHAKES);
                 tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    permit = gate.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                     _ = &mut shutdown => break,
                 }
             }
         };
-        if at_limit && slots.available_permits() >= limits.max_connections / 2 {
-            at_limit = false;
-            tracing::info!("connections are below the limit again");
-        }
-        let pending = tokio::select! {
+        let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -246,11 +318,21 @@ pub async fn serve<L: Accept, F>(
             },
             _ = &mut shutdown => break,
         };
+        let counted = match (L::HANDSHAKES, accepted.from) {
+            (true, Some(from)) => match per_peer.begin(from) {
+                Some(counted) => Some(counted),
+                None => {
+                    tracing::debug!(client = %from, "closed a connection: {PER_PEER_HANDSHAKES} handshakes from this address are in flight");
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let (filter, calls, watcher) = (filter.clone(), calls.clone(), graceful.watcher());
-        let readers = readers.clone();
+        let (readers, slots, at_limit) = (readers.clone(), slots.clone(), at_limit.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            let (stream, peer) = match tokio::time::timeout(limits.header_timeout, pending).await {
+            let (stream, peer) = match tokio::time::timeout(handshake_limit, accepted.pending).await
+            {
                 Ok(Ok(ready)) => ready,
                 // Logged where it failed (a TLS handshake says why).
                 Ok(Err(_)) => return,
@@ -261,6 +343,36 @@ pub async fn serve<L: Accept, F>(
                     return;
                 }
             };
+            drop(counted);
+            // After a handshake: a serving slot, waited for at most the header timeout
+            // (the handshake slot is kept meanwhile, so the waiting are bounded too).
+            let _slot = if L::HANDSHAKES {
+                let slot = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Ok(slot),
+                    Err(_) => {
+                        note_limit(&at_limit, &limits, false);
+                        tokio::time::timeout(limits.header_timeout, slots.clone().acquire_owned())
+                            .await
+                            .map(|s| s.expect("the semaphore is never closed"))
+                    }
+                };
+                drop(permit);
+                match slot {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        tracing::debug!("closed an authenticated connection: no connection slot freed within the header timeout");
+                        return;
+                    }
+                }
+            } else {
+                permit
+            };
+            if at_limit.load(std::sync::atomic::Ordering::Relaxed)
+                && slots.available_permits() >= limits.max_connections / 2
+                && at_limit.swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!("connections are below the limit again");
+            }
             let _reader = if peer.may_change() {
                 None
             } else {
@@ -299,6 +411,26 @@ pub async fn serve<L: Accept, F>(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(calls = *calls.borrow(), "calls still in flight after {}; exiting anyway", humantime::format_duration(drain));
         }
+    }
+}
+
+/// Says once that a limit was reached (until the connections fall below it again).
+fn note_limit(at_limit: &std::sync::atomic::AtomicBool, limits: &Limits, handshakes: bool) {
+    if at_limit.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if handshakes {
+        tracing::warn!(
+            handshakes = handshake_slots(limits.max_connections),
+            "handshake limit reached: new connections wait until one completes or times out (after {})",
+            humantime::format_duration(handshake_timeout(limits.header_timeout))
+        );
+    } else {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            "connection limit reached: new connections wait until one closes (idle ones close after {}); if this is dockerd's own load, raise --max-connections",
+            humantime::format_duration(limits.header_timeout)
+        );
     }
 }
 

@@ -10,7 +10,10 @@
 mod listener;
 mod routes;
 
-pub use listener::{fd_budget, serve, Accept, Limits, Peer, PlainTcp, MAX_BODY, RESERVED_FDS};
+pub use listener::{
+    fd_budget, handshake_slots, serve, Accept, Accepted, Limits, Peer, PlainTcp, MAX_BODY,
+    RESERVED_FDS,
+};
 pub use routes::{metrics_routes, routes};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
