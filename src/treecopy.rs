@@ -61,6 +61,63 @@ pub struct CopyReport {
     pub reflinked: u64,
     pub copied: u64,
     pub millis: u64,
+    /// Set-user-ID and set-group-ID bits not carried over, and extended attributes of the
+    /// privileged namespaces not carried over (see [`Privileges`]), by entries.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_setid: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_xattrs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Whether a copy carries over what grants privilege: set-user-ID and set-group-ID bits,
+/// and extended attributes of the `security.` and `trusted.` namespaces (file
+/// capabilities, security labels). caravan copies as root, and what it copies from (a
+/// backup destination, a volume's folder on the export) can be written by other
+/// machines: by default none of it is carried over, and the top folder of the copy keeps
+/// the new volume's own owner and mode. A user who trusts the source says so (the
+/// `keep_privileges` option).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Privileges {
+    #[default]
+    Drop,
+    Keep,
+}
+
+/// Extended attribute namespaces that grant privilege.
+const PRIVILEGED_XATTRS: [&[u8]; 2] = [b"security.", b"trusted."];
+
+impl Privileges {
+    pub fn keep(keep: bool) -> Privileges {
+        if keep {
+            Privileges::Keep
+        } else {
+            Privileges::Drop
+        }
+    }
+
+    /// The permission bits to set for `mode`, counting what is dropped.
+    fn mode(self, mode: u32, report: &mut CopyReport) -> u32 {
+        let mode = mode & 0o7777;
+        if self == Privileges::Drop && mode & 0o6000 != 0 {
+            report.dropped_setid += 1;
+            return mode & !0o6000;
+        }
+        mode
+    }
+
+    /// Whether an extended attribute named `name` is carried over, counting what is not.
+    fn xattr(self, name: &[u8], report: &mut CopyReport) -> bool {
+        let privileged = PRIVILEGED_XATTRS.iter().any(|p| name.starts_with(p));
+        if self == Privileges::Drop && privileged {
+            report.dropped_xattrs += 1;
+            return false;
+        }
+        true
+    }
 }
 
 impl CopyReport {
@@ -124,12 +181,13 @@ struct Frame {
 }
 
 /// Copies the contents of the folder `src` into the empty folder `dst`, then gives `dst`
-/// the owner, mode, attributes and times of `src`. Counts into `progress` and checks its
-/// stop switch between entries.
+/// the times of `src` (and, when `privileges` keeps them, its owner, mode and
+/// attributes). Counts into `progress` and checks its stop switch between entries.
 pub fn copy_tree(
     src: &std::fs::File,
     dst: &std::fs::File,
     progress: &Progress,
+    privileges: Privileges,
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
     let mut report = CopyReport::default();
@@ -165,18 +223,30 @@ pub fn copy_tree(
         let Some(name) = top.names.get(top.next).cloned() else {
             // Every entry copied: the folder's own metadata last, so its times stick.
             let done = stack.pop().expect("a frame");
-            set_meta(
-                done.dst.as_fd(),
-                &done.stat,
-                &mut report,
-                Some(done.src.as_fd()),
-            )
-            .map_err(|e| err(&done.rel, e))?;
+            let applied = if stack.is_empty() && privileges == Privileges::Drop {
+                apply_times(done.dst.as_fd(), &Meta::of(&done.stat))
+            } else {
+                set_meta(
+                    done.dst.as_fd(),
+                    &done.stat,
+                    &mut report,
+                    Some(done.src.as_fd()),
+                    privileges,
+                )
+            };
+            applied.map_err(|e| err(&done.rel, e))?;
             report.dirs += 1;
             continue;
         };
         top.next += 1;
-        if let Some(sub) = copy_entry(&stack, &name, &mut linked, &mut report, progress)? {
+        if let Some(sub) = copy_entry(
+            &stack,
+            &name,
+            &mut linked,
+            &mut report,
+            progress,
+            privileges,
+        )? {
             stack.push(sub);
         }
     }
@@ -192,6 +262,7 @@ fn copy_entry(
     linked: &mut HashMap<(u64, u64), PathBuf>,
     report: &mut CopyReport,
     progress: &Progress,
+    privileges: Privileges,
 ) -> Result<Option<Frame>, CopyError> {
     let top = stack.last().expect("a frame");
     let rel = top.rel.join(name);
@@ -273,7 +344,8 @@ fn copy_entry(
             }
             report.bytes = report.bytes.saturating_add(bytes);
             progress.files.fetch_add(1, Ordering::Relaxed);
-            set_meta(out.as_fd(), &st, report, Some(file.as_fd())).map_err(|e| err(&rel, e))?;
+            set_meta(out.as_fd(), &st, report, Some(file.as_fd()), privileges)
+                .map_err(|e| err(&rel, e))?;
             report.files += 1;
             // Bounded: past that, further links to a file are copied as files of their own.
             if st.st_nlink > 1 && linked.len() < MAX_LINKED {
@@ -358,7 +430,8 @@ pub(crate) fn make_symlink(
     Ok(())
 }
 
-/// Makes the FIFO `name` in `dir` with its owner, mode and times.
+/// Makes the FIFO `name` in `dir` with its owner, mode (no set-id bits: they mean nothing
+/// on a FIFO) and times.
 pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::io::Result<()> {
     nix::sys::stat::mknodat(
         dir,
@@ -383,7 +456,7 @@ pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::
     std::os::unix::fs::chown(&at, Some(meta.uid), Some(meta.gid))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(meta.mode & 0o7777))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(meta.mode & 0o1777))?;
     }
     let (a, m) = meta.times();
     nix::sys::stat::utimensat(
@@ -397,18 +470,32 @@ pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::
 }
 
 /// Owner, mode, extended attributes and times on a handle, in that order (an owner set
-/// after would clear set-id bits and capabilities; times last, so they stick). The
-/// attributes that could not be set are counted.
-pub(crate) fn apply_meta(fd: BorrowedFd<'_>, meta: &Meta, xattrs: &[Xattr]) -> nix::Result<u64> {
+/// after would clear set-id bits and capabilities; times last, so they stick), within
+/// what `privileges` lets through. What is dropped and the attributes that could not be
+/// set are counted in `report`.
+pub(crate) fn apply_meta(
+    fd: BorrowedFd<'_>,
+    meta: &Meta,
+    xattrs: &[Xattr],
+    privileges: Privileges,
+    report: &mut CopyReport,
+) -> nix::Result<()> {
     nix::unistd::fchown(fd, Some(meta.uid.into()), Some(meta.gid.into()))?;
-    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))?;
-    let failed = xattrs
-        .iter()
-        .filter(|(n, v)| !write_xattr(fd, n, v))
-        .count();
+    let mode = privileges.mode(meta.mode, report);
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode))?;
+    for (n, v) in xattrs {
+        if privileges.xattr(n, report) && !write_xattr(fd, n, v) {
+            report.xattr_errors += 1;
+        }
+    }
+    apply_times(fd, meta)
+}
+
+/// The times only: the top folder of a copy that does not keep privileges keeps the new
+/// volume's own owner, mode and attributes.
+pub(crate) fn apply_times(fd: BorrowedFd<'_>, meta: &Meta) -> nix::Result<()> {
     let (a, m) = meta.times();
-    nix::sys::stat::futimens(fd, &a, &m)?;
-    Ok(failed as u64)
+    nix::sys::stat::futimens(fd, &a, &m)
 }
 
 /// Creates the file `name` in `dir` for writing: new (never over anything there), never
@@ -533,10 +620,11 @@ fn set_meta(
     st: &FileStat,
     report: &mut CopyReport,
     from: Option<BorrowedFd<'_>>,
+    privileges: Privileges,
 ) -> nix::Result<()> {
     let (xattrs, unread) = from.map(read_xattrs).unwrap_or_default();
-    report.xattr_errors += unread + apply_meta(fd, &Meta::of(st), &xattrs)?;
-    Ok(())
+    report.xattr_errors += unread;
+    apply_meta(fd, &Meta::of(st), &xattrs, privileges, report)
 }
 
 /// An extended attribute: name and value.
@@ -720,7 +808,7 @@ mod tests {
     fn copy(src: &Path, dst: &Path) -> Result<CopyReport, CopyError> {
         fs::create_dir_all(dst).unwrap();
         let (s, d) = (fs::File::open(src).unwrap(), fs::File::open(dst).unwrap());
-        copy_tree(&s, &d, &Progress::default())
+        copy_tree(&s, &d, &Progress::default(), Privileges::Keep)
     }
 
     #[test]
@@ -838,7 +926,7 @@ mod tests {
         let (s, d) = (fs::File::open(&src).unwrap(), fs::File::open(&dst).unwrap());
         let stopped = Progress::default();
         stopped.stop.store(true, Ordering::Relaxed);
-        let e = copy_tree(&s, &d, &stopped).unwrap_err();
+        let e = copy_tree(&s, &d, &stopped, Privileges::Keep).unwrap_err();
         assert!(e.to_string().contains(STOPPED), "{e}");
     }
 }

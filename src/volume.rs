@@ -121,6 +121,11 @@ pub struct VolumeOptions {
     /// Restored from this backup (its URL, `DESTINATION?backup=NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_backup: Option<String>,
+    /// A copy (restore or clone) carries over set-id bits, privileged extended attributes
+    /// and the source's top-folder owner and mode: the user trusts the source (see
+    /// [`crate::treecopy::Privileges`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_privileges: bool,
     /// Options this version does not know, kept as they were stored (a newer node wrote
     /// them) so that rewriting the record loses nothing. See [`VolumeRecord::format`].
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -231,7 +236,7 @@ impl OptionMap {
 
 impl VolumeOptions {
     pub const ACCEPTED_KEYS: &'static str =
-        "size, uid, gid, mode, on_delete, access, from_snapshot, from_volume, from_backup (or backup)";
+        "size, uid, gid, mode, on_delete, access, from_snapshot, from_volume, from_backup (or backup), keep_privileges";
 
     /// Parses Docker's `Opts` map. Unknown keys and bad values are refused with a message
     /// that names them and lists what is accepted.
@@ -262,6 +267,18 @@ impl VolumeOptions {
                         .map_err(|e| Error::invalid(format!("option {key}: {e}")))?;
                     o.from_backup = Some(value.to_string());
                 }
+                "keep_privileges" => {
+                    o.keep_privileges = match value {
+                        "true" | "yes" => true,
+                        "false" | "no" => false,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "invalid value {} for option keep_privileges: accepted values are true, false (yes, no)",
+                                shown(value)
+                            )))
+                        }
+                    }
+                }
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown option {}: accepted options are {}",
@@ -279,6 +296,11 @@ impl VolumeOptions {
         if sources.iter().filter(|s| **s).count() > 1 {
             return Err(Error::invalid(
                 "give one of from_snapshot, from_volume and from_backup, not several",
+            ));
+        }
+        if o.keep_privileges && !sources.contains(&true) {
+            return Err(Error::invalid(
+                "keep_privileges is for copies: give it with from_backup, from_volume or from_snapshot",
             ));
         }
         Ok(o)
@@ -323,6 +345,9 @@ impl VolumeOptions {
         }
         if let Some(f) = &self.from_backup {
             m.insert("from_backup", f.clone());
+        }
+        if self.keep_privileges {
+            m.insert("keep_privileges", "true".into());
         }
         m
     }

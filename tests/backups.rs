@@ -440,3 +440,72 @@ fn a_backup_or_restore_interrupted_by_a_kill_or_ctrl_c_is_never_listed_or_left_h
     );
     assert!(!data(&root, "damaged").exists());
 }
+
+/// Issue 24, 6: a restore carries over no set-id bits, no `security.`/`trusted.`
+/// attributes and not the backed-up top folder's mode unless asked: a backup store that
+/// another machine can write must not give root-owned set-uid programs to a volume.
+#[test]
+fn a_restore_gives_no_set_id_programs_unless_asked() {
+    if !require_root("a_restore_gives_no_set_id_programs_unless_asked") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    ok(&a, &["create", "src-vol"]);
+    let src = data(&root, "src-vol");
+    std::fs::write(src.join("tool"), "#!/bin/sh\nid -u\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o7777)).unwrap();
+    let dest = format!("vfs://{}", s.path().join("backups").display());
+    let url = ok(&a, &["backup", "create", "src-vol", "--dest", &dest]);
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+
+    let out = Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["create", "plain", "--from-backup", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--keep-privileges"),
+        "the CLI says what was dropped: {said}"
+    );
+    assert_eq!(mode(data(&root, "plain").join("tool")), 0o755);
+    assert_eq!(
+        mode(data(&root, "plain")),
+        0o755,
+        "the new volume's own mode"
+    );
+
+    ok(
+        &a,
+        &[
+            "create",
+            "trusted",
+            "--from-backup",
+            &url,
+            "--keep-privileges",
+        ],
+    );
+    assert_eq!(mode(data(&root, "trusted").join("tool")), 0o4755);
+    assert_eq!(mode(data(&root, "trusted")), 0o7777);
+
+    // Docker's way, and a clone, the same.
+    a.ok(
+        "VolumeDriver.Create",
+        &format!(r#"{{"Name":"docker-made","Opts":{{"from_backup":"{url}"}}}}"#),
+    );
+    assert_eq!(mode(data(&root, "docker-made").join("tool")), 0o755);
+    ok(&a, &["create", "cloned", "--from-volume", "src-vol"]);
+    assert_eq!(mode(data(&root, "cloned").join("tool")), 0o755);
+    let e = fails(&a, &["create", "lonely", "--keep-privileges"]);
+    assert!(e.contains("keep_privileges is for copies"), "{e}");
+}

@@ -19,16 +19,19 @@ use super::format::{self, Entry, Kind, Tree};
 use super::lock::{LockKind, RepoLock};
 use super::{ChunkError, PackReader, Repo};
 use crate::error::{Error, Result};
-use crate::treecopy::{CopyReport, Meta, Progress, STOPPED};
+use crate::treecopy::{CopyReport, Meta, Privileges, Progress, STOPPED};
 
-/// Restores backup `id` of `repo` into the empty folder `dst` (a handle); counts into
-/// `progress` (whose totals it sets) and stops when asked.
+/// Restores backup `id` of `repo` into the empty folder `dst` (a handle), carrying over
+/// set-id bits, privileged attributes and the top folder's owner and mode only when
+/// `privileges` keeps them (see [`Privileges`]); counts into `progress` (whose totals it
+/// sets) and stops when asked.
 pub fn restore(
     repo: &Repo,
     id: &str,
     dst: &std::fs::File,
     node: &str,
     progress: &Progress,
+    privileges: Privileges,
 ) -> Result<CopyReport> {
     let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, node, &format!("restore of {id}"))?;
     let result = (|| {
@@ -36,7 +39,9 @@ pub fn restore(
         progress.expect(summary.tree.files, summary.tree.bytes);
         let tree = repo.tree(&summary)?;
         let chunks = repo.chunks()?;
-        write_tree(repo, &tree, &chunks, dst, progress, &mut lock, id)
+        write_tree(
+            repo, &tree, &chunks, dst, progress, &mut lock, id, privileges,
+        )
     })();
     lock.release(&repo.b);
     result
@@ -66,6 +71,7 @@ fn xattrs_of(e: &Entry) -> Vec<crate::treecopy::Xattr> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_tree(
     repo: &Repo,
     tree: &Tree,
@@ -74,6 +80,7 @@ fn write_tree(
     progress: &Progress,
     lock: &mut RepoLock,
     id: &str,
+    privileges: Privileges,
 ) -> Result<CopyReport> {
     let started = Instant::now();
     let mut report = CopyReport::default();
@@ -106,8 +113,14 @@ fn write_tree(
                     tree.path_of(i)
                 )));
             }
-            finish_dir(&tree.entries[done.index], &done.dir, &mut report)
-                .map_err(|x| fail(done.index, x))?;
+            finish_dir(
+                &tree.entries[done.index],
+                &done.dir,
+                &mut report,
+                privileges,
+                false,
+            )
+            .map_err(|x| fail(done.index, x))?;
         }
         let top = stack.last().ok_or_else(|| {
             Error::Backup(format!("backup {id} is damaged: its tree is out of order"))
@@ -175,9 +188,14 @@ fn write_tree(
                 let len = i64::try_from(*size)
                     .map_err(|_| fail(i, std::io::Error::other("too large")))?;
                 nix::unistd::ftruncate(&out, len).map_err(|x| fail(i, x.into()))?;
-                report.xattr_errors +=
-                    crate::treecopy::apply_meta(out.as_fd(), &meta, &xattrs_of(e))
-                        .map_err(|x| fail(i, x.into()))?;
+                crate::treecopy::apply_meta(
+                    out.as_fd(),
+                    &meta,
+                    &xattrs_of(e),
+                    privileges,
+                    &mut report,
+                )
+                .map_err(|x| fail(i, x.into()))?;
                 if *is_linked {
                     linked.insert(i, rel);
                 }
@@ -210,16 +228,35 @@ fn write_tree(
         lock.refresh(&repo.b)?;
     }
     while let Some(done) = stack.pop() {
-        finish_dir(&tree.entries[done.index], &done.dir, &mut report)
-            .map_err(|x| fail(done.index, x))?;
+        let top = stack.is_empty();
+        finish_dir(
+            &tree.entries[done.index],
+            &done.dir,
+            &mut report,
+            privileges,
+            top,
+        )
+        .map_err(|x| fail(done.index, x))?;
     }
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
 
-/// A folder's own metadata, once everything in it is made (so its times stick).
-fn finish_dir(e: &Entry, dir: &OwnedFd, report: &mut CopyReport) -> std::io::Result<()> {
-    report.xattr_errors += crate::treecopy::apply_meta(dir.as_fd(), &meta_of(e), &xattrs_of(e))?;
+/// A folder's own metadata, once everything in it is made (so its times stick). The top
+/// folder keeps the new volume's own owner, mode and attributes unless privileges are
+/// kept.
+fn finish_dir(
+    e: &Entry,
+    dir: &OwnedFd,
+    report: &mut CopyReport,
+    privileges: Privileges,
+    top: bool,
+) -> std::io::Result<()> {
+    if top && privileges == Privileges::Drop {
+        crate::treecopy::apply_times(dir.as_fd(), &meta_of(e))?;
+    } else {
+        crate::treecopy::apply_meta(dir.as_fd(), &meta_of(e), &xattrs_of(e), privileges, report)?;
+    }
     report.dirs += 1;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -49,12 +50,23 @@ fn restore_into(
     dst: &Path,
 ) -> crate::error::Result<crate::treecopy::CopyReport> {
     fs::create_dir_all(dst).unwrap();
+    restore_with(r, id, dst, crate::treecopy::Privileges::Keep)
+}
+
+fn restore_with(
+    r: &Repo,
+    id: &str,
+    dst: &Path,
+    privileges: crate::treecopy::Privileges,
+) -> crate::error::Result<crate::treecopy::CopyReport> {
+    fs::create_dir_all(dst).unwrap();
     restore(
         r,
         id,
         &fs::File::open(dst).unwrap(),
         "n2",
         &Progress::default(),
+        privileges,
     )
 }
 
@@ -183,6 +195,86 @@ fn a_tree_round_trips_with_links_holes_owners_and_odd_names() {
     );
     // Nothing is restored over what is there.
     assert!(restore_into(&r, "b1", &dst).is_err());
+}
+
+/// Issue 24, 6: what a restore from a backup (anyone who can write the destination may
+/// have made it) carries over by default: no set-id bits, no `security.` or `trusted.`
+/// attributes, and the top folder keeps the new volume's own owner and mode; all of it
+/// only when asked.
+#[test]
+fn a_restore_drops_set_id_bits_and_privileged_attributes_unless_asked() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("suid"), "binary").unwrap();
+    fs::set_permissions(src.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(src.join("sub/sgid"), "binary").unwrap();
+    fs::set_permissions(src.join("sub/sgid"), fs::Permissions::from_mode(0o2711)).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o7777)).unwrap();
+    let privileged = crate::treecopy::write_xattr(
+        fs::File::open(src.join("suid")).unwrap().as_fd(),
+        b"trusted.caravan-test",
+        b"x",
+    );
+    let user = crate::treecopy::write_xattr(
+        fs::File::open(src.join("suid")).unwrap().as_fd(),
+        b"user.caravan-test",
+        b"y",
+    );
+    let r = repo(&t.path().join("backups"), &rt);
+    backup(&r, "b1", &src);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let xattr = |p: &Path, n: &[u8]| {
+        crate::treecopy::read_xattrs(fs::File::open(p).unwrap().as_fd())
+            .0
+            .into_iter()
+            .any(|(name, _)| name == n)
+    };
+
+    let dropped = t.path().join("dropped");
+    fs::create_dir_all(&dropped).unwrap();
+    fs::set_permissions(&dropped, fs::Permissions::from_mode(0o755)).unwrap();
+    let report = restore_with(&r, "b1", &dropped, crate::treecopy::Privileges::Drop).unwrap();
+    assert_eq!(mode(&dropped.join("suid")), 0o755);
+    assert_eq!(mode(&dropped.join("sub/sgid")), 0o711);
+    assert_eq!(mode(&dropped), 0o755, "the top folder keeps its own mode");
+    assert_eq!(report.dropped_setid, 2, "{report:?}");
+    if privileged {
+        assert!(!xattr(&dropped.join("suid"), b"trusted.caravan-test"));
+        assert_eq!(report.dropped_xattrs, 1, "{report:?}");
+    }
+    if user {
+        assert!(
+            xattr(&dropped.join("suid"), b"user.caravan-test"),
+            "user attributes stay"
+        );
+    }
+
+    let kept = t.path().join("kept");
+    let report = restore_with(&r, "b1", &kept, crate::treecopy::Privileges::Keep).unwrap();
+    assert_eq!(mode(&kept.join("suid")), 0o4755);
+    assert_eq!(mode(&kept.join("sub/sgid")), 0o2711);
+    assert_eq!(mode(&kept), 0o7777);
+    assert_eq!((report.dropped_setid, report.dropped_xattrs), (0, 0));
+    if privileged {
+        assert!(xattr(&kept.join("suid"), b"trusted.caravan-test"));
+    }
+
+    // A clone copies the same way.
+    let cloned = t.path().join("cloned");
+    fs::create_dir_all(&cloned).unwrap();
+    let report = crate::treecopy::copy_tree(
+        &fs::File::open(&src).unwrap(),
+        &fs::File::open(&cloned).unwrap(),
+        &Progress::default(),
+        crate::treecopy::Privileges::Drop,
+    )
+    .unwrap();
+    assert_eq!(mode(&cloned.join("suid")), 0o755);
+    assert_eq!(report.dropped_setid, 2, "{report:?}");
 }
 
 #[test]

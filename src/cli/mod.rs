@@ -75,6 +75,11 @@ pub enum Command {
         /// waits for the restore
         #[arg(long)]
         from_backup: Option<String>,
+        /// With a copy: carry over set-user-ID and set-group-ID bits, `security.` and
+        /// `trusted.` extended attributes and the source's top-folder owner and mode, which
+        /// are dropped by default (only when you trust the source)
+        #[arg(long)]
+        keep_privileges: bool,
         #[arg(long)]
         json: bool,
     },
@@ -235,9 +240,11 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
             from_snapshot,
             from_volume,
             from_backup,
+            keep_privileges,
             json,
         } => {
             let copy = from_snapshot.is_some() || from_volume.is_some() || from_backup.is_some();
+            let keep_privileges = keep_privileges.then(|| "true".to_string());
             let mut options = BTreeMap::new();
             for (k, v) in [
                 ("size", size),
@@ -249,6 +256,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
                 ("from_snapshot", from_snapshot),
                 ("from_volume", from_volume),
                 ("from_backup", from_backup),
+                ("keep_privileges", keep_privileges),
             ] {
                 if let Some(v) = v {
                     options.insert(k, v);

@@ -263,6 +263,7 @@ pub async fn follow_copy(
     let v = client.request("POST", "/v1/copies", Some(body)).await?;
     let begun: crate::service::CopyView = decode(v)?;
     if begun.state == "done" {
+        say_dropped(&begun, json);
         return Ok(());
     }
     let path = format!("/v1/copies/{}", path_segment(&begun.volume));
@@ -275,6 +276,7 @@ pub async fn follow_copy(
         match view.state.as_str() {
             "done" => {
                 shown.end();
+                say_dropped(&view, json);
                 return Ok(());
             }
             "failed" => {
@@ -299,6 +301,24 @@ pub async fn follow_copy(
                 )));
             }
         }
+    }
+}
+
+/// Says on stderr what a copy did not carry over (set-id bits, privileged attributes),
+/// and how to keep them.
+fn say_dropped(view: &crate::service::CopyView, json: bool) {
+    let Some(c) = view
+        .copy
+        .as_ref()
+        .filter(|c| c.dropped_setid + c.dropped_xattrs > 0)
+    else {
+        return;
+    };
+    if !json {
+        eprintln!(
+            "note: {} set-id bit(s) and {} security./trusted. attribute(s) from {} were not carried over; create with --keep-privileges to keep them, if you trust the source",
+            c.dropped_setid, c.dropped_xattrs, view.source
+        );
     }
 }
 

@@ -191,6 +191,7 @@ impl Service {
         }
         let rt = tokio::runtime::Handle::current();
         let node = self.node.clone();
+        let privileges = crate::treecopy::Privileges::keep(job.options.keep_privileges);
         let copied = tokio::task::spawn_blocking(move || {
             let src = match &source {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
@@ -205,11 +206,11 @@ impl Service {
                     )?;
                     let repo = crate::backup::Repo::open(backend, false)?;
                     let dst = shared.make_staging(&t)?;
-                    return crate::backup::restore(&repo, &url.id, &dst, &node, &progress);
+                    return crate::backup::restore(&repo, &url.id, &dst, &node, &progress, privileges);
                 }
             };
             let dst = shared.make_staging(&t)?;
-            let report = crate::treecopy::copy_tree(&src, &dst, &progress).map_err(|e| {
+            let report = crate::treecopy::copy_tree(&src, &dst, &progress, privileges).map_err(|e| {
                 Error::io(format!("copying {source}, at {}", e.path.display()), e.source)
             })?;
             // A snapshot does not change: anything gone while copying means it was being
@@ -245,6 +246,9 @@ impl Service {
             {
                 Ok(created) if !created.existed => {
                     tracing::info!(volume = %name, source = %job.source, method = report.method(), files = report.files, bytes = report.bytes, ms = report.millis, "volume made as a copy");
+                    if report.dropped_setid + report.dropped_xattrs > 0 {
+                        tracing::warn!(volume = %name, source = %job.source, dropped_setid = report.dropped_setid, dropped_xattrs = report.dropped_xattrs, "the copy did not carry over set-id bits or security./trusted. attributes (create it with keep_privileges=true to keep them, if you trust the source)");
+                    }
                     (Ok(report), Discard::No)
                 }
                 // Made meanwhile with the same options (another host's Create): that is

@@ -208,17 +208,22 @@ impl Service {
         let copied = tokio::task::spawn_blocking(move || {
             let src = shared.open_data_dir(&v)?;
             let dst = shared.make_snapshot_dir(&v, &n)?;
-            crate::treecopy::copy_tree(&src, &dst, &p).map_err(|e| {
-                let at = if e.path.as_os_str().is_empty() {
-                    ".".into()
-                } else {
-                    e.path.display().to_string()
-                };
-                Error::io(
-                    format!("copying volume {v} into snapshot {n}, at {at}"),
-                    e.source,
-                )
-            })
+            // A snapshot is the volume's data as it was, kept inert on the export (never
+            // mounted): a faithful copy, privileges included. Copies that become volumes
+            // (restores, clones) are the ones that drop them by default.
+            crate::treecopy::copy_tree(&src, &dst, &p, crate::treecopy::Privileges::Keep).map_err(
+                |e| {
+                    let at = if e.path.as_os_str().is_empty() {
+                        ".".into()
+                    } else {
+                        e.path.display().to_string()
+                    };
+                    Error::io(
+                        format!("copying volume {v} into snapshot {n}, at {at}"),
+                        e.source,
+                    )
+                },
+            )
         })
         .await
         .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
