@@ -120,13 +120,23 @@ fn a_backup_made_on_one_host_is_restored_on_another_from_a_folder_and_from_s3() 
         "{shown}"
     );
 
-    ok(&b, &["create", "from-folder", "--from-backup", &to_vfs]);
+    // Trusted sources (this test's own backups): restored with everything they hold.
+    ok(
+        &b,
+        &[
+            "create",
+            "from-folder",
+            "--from-backup",
+            &to_vfs,
+            "--keep-privileges",
+        ],
+    );
     let web = util::tree_listing(&data(&root, "web"));
     util::assert_same_rich_tree(&web, &data(&root, "from-folder"));
     // Through Docker's API with Convoy's option name, from S3.
     b.ok(
         "VolumeDriver.Create",
-        &format!(r#"{{"Name":"from-s3","Opts":{{"backup":"{to_s3}"}}}}"#),
+        &format!(r#"{{"Name":"from-s3","Opts":{{"backup":"{to_s3}","keep_privileges":"true"}}}}"#),
     );
     util::assert_same_rich_tree(&web, &data(&root, "from-s3"));
     let inspect = json(&a, &["inspect", "from-s3", "--json"]);
@@ -140,7 +150,16 @@ fn a_backup_made_on_one_host_is_restored_on_another_from_a_folder_and_from_s3() 
     let e = fails(&b, &["create", "web", "--from-backup", &to_vfs]);
     assert!(e.contains("already exists"), "{e}");
     // The same create again is answered with the volume (Create is idempotent).
-    ok(&b, &["create", "from-folder", "--from-backup", &to_vfs]);
+    ok(
+        &b,
+        &[
+            "create",
+            "from-folder",
+            "--from-backup",
+            &to_vfs,
+            "--keep-privileges",
+        ],
+    );
 
     // A second backup after 1 of 20 blobs changed sends about that much.
     std::fs::write(data(&root, "web").join("blob7"), noise(99, 1 << 20)).unwrap();
@@ -168,7 +187,16 @@ fn a_backup_made_on_one_host_is_restored_on_another_from_a_folder_and_from_s3() 
     let second_url = second["url"].as_str().unwrap();
     let verified = ok(&a, &["backup", "verify", second_url]);
     assert!(verified.starts_with("checked "), "{verified}");
-    ok(&b, &["create", "second", "--from-backup", second_url]);
+    ok(
+        &b,
+        &[
+            "create",
+            "second",
+            "--from-backup",
+            second_url,
+            "--keep-privileges",
+        ],
+    );
     let web = util::tree_listing(&data(&root, "web"));
     util::assert_same_rich_tree(&web, &data(&root, "second"));
 

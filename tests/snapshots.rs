@@ -395,7 +395,16 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
 
     // Restored on b from the snapshot made on a: the snapshot's tree, not today's.
     assert_eq!(
-        ok(&b, &["create", "restored", "--from-snapshot", "src@s1"]),
+        ok(
+            &b,
+            &[
+                "create",
+                "restored",
+                "--from-snapshot",
+                "src@s1",
+                "--keep-privileges"
+            ]
+        ),
         "restored"
     );
     assert_eq!(
@@ -407,11 +416,24 @@ fn restores_and_clones_are_made_on_any_host_and_never_overwrite() {
     let mode = std::fs::metadata(volume_data(&root, "restored"))
         .unwrap()
         .mode();
-    assert_eq!(mode & 0o777, 0o750, "the copy keeps the source's root mode");
+    assert_eq!(
+        mode & 0o777,
+        0o750,
+        "a copy that keeps privileges keeps the source's root mode"
+    );
     // The same create again is answered with the volume; another source or no source
     // for an existing name is refused, and nothing is overwritten.
     assert_eq!(
-        ok(&a, &["create", "restored", "--from-snapshot", "src@s1"]),
+        ok(
+            &a,
+            &[
+                "create",
+                "restored",
+                "--from-snapshot",
+                "src@s1",
+                "--keep-privileges"
+            ]
+        ),
         "restored"
     );
     let e = fails(&a, &["create", "src", "--from-snapshot", "src@s1"]);

@@ -1068,7 +1068,13 @@ fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
     let t = Instant::now();
     util::cli_ok(
         &s2.socket,
-        &["create", "site-v1", "--from-snapshot", "site@v1"],
+        &[
+            "create",
+            "site-v1",
+            "--from-snapshot",
+            "site@v1",
+            "--keep-privileges",
+        ],
     );
     let restored = t.elapsed();
     // Read through host 3's mount: what the snapshot holds, byte for byte.
@@ -1151,7 +1157,10 @@ fn a_backup_made_on_h1_to_a_folder_and_to_s3_is_restored_on_h3() {
     std::thread::scope(|scope| {
         for (name, url) in ["site-vfs", "site-s3"].iter().zip(&urls) {
             scope.spawn(move || {
-                util::cli_ok(&h3.socket, &["create", name, "--from-backup", url]);
+                util::cli_ok(
+                    &h3.socket,
+                    &["create", name, "--from-backup", url, "--keep-privileges"],
+                );
                 eprintln!("glusterfs: restore on h3 as {name}: {:?}", t.elapsed());
             });
         }
