@@ -25,6 +25,12 @@ use crate::treecopy::{CopyReport, Meta, Privileges, Progress, STOPPED};
 /// set-id bits, privileged attributes and the top folder's owner and mode only when
 /// `privileges` keeps them (see [`Privileges`]); counts into `progress` (whose totals it
 /// sets) and stops when asked.
+///
+/// What it writes is bounded: a backup whose recorded data is larger than `size` (the
+/// volume's, if it has one) is refused before anything is written, and a restore that
+/// would write more than the backup records (a tree whose files share chunks can
+/// describe far more data than is stored) stops with an error there.
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     repo: &Repo,
     id: &str,
@@ -32,19 +38,53 @@ pub fn restore(
     node: &str,
     progress: &Progress,
     privileges: Privileges,
+    size: Option<u64>,
 ) -> Result<CopyReport> {
     let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, node, &format!("restore of {id}"))?;
     let result = (|| {
         let summary = repo.summary(id)?;
+        if let Some(size) = size.filter(|s| summary.tree.bytes > *s) {
+            return Err(Error::invalid(format!(
+                "backup {id} holds {} of data, more than the volume's size {}: create the volume with a larger size (or none)",
+                crate::volume::format_size(summary.tree.bytes),
+                crate::volume::format_size(size)
+            )));
+        }
         progress.expect(summary.tree.files, summary.tree.bytes);
         let tree = repo.tree(&summary)?;
         let chunks = repo.chunks()?;
+        let budget = Budget {
+            recorded: summary.tree.bytes,
+            written: 0,
+        };
         write_tree(
-            repo, &tree, &chunks, dst, progress, &mut lock, id, privileges,
+            repo, &tree, &chunks, dst, progress, &mut lock, id, privileges, budget,
         )
     })();
     lock.release(&repo.b);
     result
+}
+
+/// The data a restore may still write: what the backup records, no more.
+struct Budget {
+    recorded: u64,
+    written: u64,
+}
+
+impl Budget {
+    fn spend(&mut self, bytes: u64) -> std::result::Result<(), String> {
+        self.written = self
+            .written
+            .checked_add(bytes)
+            .filter(|w| *w <= self.recorded)
+            .ok_or_else(|| {
+                format!(
+                    "its files hold more data than the {} its summary records; the restore stopped there",
+                    crate::volume::format_size(self.recorded)
+                )
+            })?;
+        Ok(())
+    }
 }
 
 /// One folder being filled: its entry, its handle, its path (relative to `dst`).
@@ -81,6 +121,7 @@ fn write_tree(
     lock: &mut RepoLock,
     id: &str,
     privileges: Privileges,
+    mut budget: Budget,
 ) -> Result<CopyReport> {
     let started = Instant::now();
     let mut report = CopyReport::default();
@@ -163,6 +204,12 @@ fn write_tree(
                 for x in extents {
                     let mut off = x.offset;
                     for (cid, csize) in &x.chunks {
+                        budget.spend(u64::from(*csize)).map_err(|why| {
+                            Error::Backup(format!(
+                                "backup {id} is damaged at {}: {why}",
+                                tree.path_of(i)
+                            ))
+                        })?;
                         let data = match reader.chunk(chunks, *cid, *csize) {
                             Ok(bytes) => bytes,
                             Err(ChunkError::Damaged(why)) => {

@@ -67,6 +67,7 @@ fn restore_with(
         "n2",
         &Progress::default(),
         privileges,
+        None,
     )
 }
 
@@ -275,6 +276,63 @@ fn a_restore_drops_set_id_bits_and_privileged_attributes_unless_asked() {
     .unwrap();
     assert_eq!(mode(&cloned.join("suid")), 0o755);
     assert_eq!(report.dropped_setid, 2, "{report:?}");
+}
+
+/// Issue 24, 9: a tree whose files all point at one stored chunk describes far more data
+/// than is stored (or than its summary records): the restore stops at what the summary
+/// records; and a backup larger than the volume's size is refused before anything is
+/// written.
+#[test]
+fn a_restore_writes_no_more_than_the_backup_records_nor_the_volume_holds() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("one"), noise(7, 300 << 10)).unwrap();
+    let r = repo(&t.path().join("backups"), &rt);
+    backup(&r, "b1", &src);
+    let mut summary = r.summary("b1").unwrap();
+    let mut tree = r.tree(&summary).unwrap();
+    let one = tree.entries[1].clone();
+    for i in 0..128 {
+        let mut e = one.clone();
+        e.name = format::Text::Utf8(format!("copy{i}"));
+        tree.entries.push(e);
+    }
+    let stored = tree.encode().unwrap();
+    summary.tree_id = format::Id::of(&stored);
+    summary.tree_size = stored.len() as u64;
+    r.b.put("trees/b1", bytes::Bytes::from(stored)).unwrap();
+    r.b.put(
+        "backups/b1.json",
+        bytes::Bytes::from(serde_json::to_vec(&summary).unwrap()),
+    )
+    .unwrap();
+    let dst = t.path().join("dst");
+    let e = restore_with(&r, "b1", &dst, crate::treecopy::Privileges::Drop)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more data than"), "{e}");
+    let written: u64 = fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(written < 1 << 20, "{written} bytes written");
+
+    let e = restore(
+        &r,
+        "b1",
+        &fs::File::open(t.path()).unwrap(),
+        "n2",
+        &Progress::default(),
+        crate::treecopy::Privileges::Drop,
+        Some(100 << 10),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("more than the volume's size"), "{e}");
 }
 
 #[test]

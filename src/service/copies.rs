@@ -192,6 +192,7 @@ impl Service {
         let rt = tokio::runtime::Handle::current();
         let node = self.node.clone();
         let privileges = crate::treecopy::Privileges::keep(job.options.keep_privileges);
+        let size = job.options.size;
         let copied = tokio::task::spawn_blocking(move || {
             let src = match &source {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
@@ -206,7 +207,9 @@ impl Service {
                     )?;
                     let repo = crate::backup::Repo::open(backend, false)?;
                     let dst = shared.make_staging(&t)?;
-                    return crate::backup::restore(&repo, &url.id, &dst, &node, &progress, privileges);
+                    return crate::backup::restore(
+                        &repo, &url.id, &dst, &node, &progress, privileges, size,
+                    );
                 }
             };
             let dst = shared.make_staging(&t)?;
