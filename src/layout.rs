@@ -802,6 +802,11 @@ impl NodeLayout {
     pub fn pending_unmounts_file(&self) -> PathBuf {
         self.state_dir.join("pending-unmounts.json")
     }
+    /// The last backup this node made of each volume to each destination: the parent of
+    /// its next one (see `backup::create`).
+    pub fn backup_parents_file(&self) -> PathBuf {
+        self.state_dir.join("backup-parents.json")
+    }
     pub fn init(&self) -> Result<()> {
         fs::DirBuilder::new()
             .recursive(true)

@@ -484,7 +484,8 @@ fn an_interrupted_or_too_slow_copy_leaves_no_volume() {
     let spec = s.path().join("spec-c");
     let c = Daemon::start_with(s.path(), &root, "c", spec, "caravan", &["--timeout", "2s"]);
     ok(&a, &["create", "big"]);
-    fill_many(&volume_data(&root, "big"), 20_000);
+    // Enough files that a copy takes well over the 2 s a call has, on any machine here.
+    fill_many(&volume_data(&root, "big"), 80_000);
 
     // Docker's Create gives up with its call: the copy is stopped and discarded.
     let t = Instant::now();

@@ -14,8 +14,10 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::format::{self, Id, Index, Kind, Located};
+use super::format::node::NodeKind;
+use super::format::{self, Id, Index, Located};
 use super::lock::{LockKind, RepoLock};
+use super::tree::{self, Step};
 use super::{PackReader, Repo};
 use crate::error::{Error, Result};
 use crate::treecopy::Progress;
@@ -52,6 +54,8 @@ pub fn delete(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
             Err(e) => tracing::warn!("deleting backup {id}, which is damaged: {e}"),
         }
         b.delete(&format!("backups/{id}.json"))?;
+        // Format 1's tree is named after its backup; format 2's pages are shared, and go
+        // below once no backup reaches them.
         b.delete(&format!("trees/{id}"))?;
         let mut report = DeleteReport {
             backup: id.to_string(),
@@ -70,14 +74,34 @@ pub fn delete(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
             let Some(other) = l.name.strip_suffix(".json") else {
                 continue;
             };
-            kept_trees.insert(other.to_string());
             let s = repo.summary(other).map_err(nothing_freed)?;
-            let tree = repo.tree(&s).map_err(nothing_freed)?;
-            for e in &tree.entries {
-                if let Kind::File { extents, .. } = &e.kind {
-                    needed.extend(extents.iter().flat_map(|x| x.chunks.iter().map(|c| c.0)));
-                }
+            if s.format == 1 {
+                kept_trees.insert(other.to_string());
+            } else {
+                kept_trees.insert(s.tree_id.hex());
             }
+            tree::walk(repo, &s, |at, step| {
+                lock.refresh(b)?;
+                match step {
+                    Step::Enter(n) => {
+                        if let NodeKind::Dir { pages } = &n.kind {
+                            kept_trees.extend(pages.iter().map(Id::hex));
+                        }
+                    }
+                    Step::Leaf(n) => {
+                        if let NodeKind::File { extent_pages, .. } = &n.kind {
+                            kept_trees.extend(extent_pages.iter().map(Id::hex));
+                        }
+                        at.runs(n, |x| {
+                            needed.extend(x.chunks.iter().map(|c| c.0));
+                            Ok(())
+                        })?;
+                    }
+                    Step::Leave(_) => {}
+                }
+                Ok(())
+            })
+            .map_err(nothing_freed)?;
         }
         for t in b.list("trees")? {
             if !kept_trees.contains(&t.name) {
@@ -142,7 +166,7 @@ pub fn delete(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
                 }
                 let pack = Id::of(&data);
                 let new_index = Index {
-                    format: format::FORMAT,
+                    format: format::INDEX_FORMAT,
                     pack,
                     pack_size: data.len() as u64,
                     chunks,

@@ -16,15 +16,22 @@
 //! stored values is checked.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The format this version writes and reads.
-pub const FORMAT: u32 = 1;
+pub mod node;
+
+/// The format this version writes: of the destination's configuration and of backups
+/// (their summary and tree). Format 1 (one tree object per backup, read whole) is still
+/// read; a destination this version writes to is marked format 2, so that versions that
+/// cannot read its backups refuse it with a clear error.
+pub const FORMAT: u32 = 2;
+/// Formats this version reads.
+pub const FORMATS_READ: [u32; 2] = [1, 2];
+/// The format of pack indexes (unchanged by format 2).
+pub const INDEX_FORMAT: u32 = 1;
 /// The configuration object's name.
 pub const CONFIG: &str = "caravan-backups.json";
 /// What `kind` in the configuration says.
@@ -43,8 +50,6 @@ pub const MAX_SUMMARY: u64 = 1 << 20;
 pub const MAX_TREE_STORED: u64 = 1 << 30;
 pub const MAX_TREE_BYTES: u64 = 1 << 30;
 pub const MAX_ENTRIES: usize = 20_000_000;
-const MAX_XATTRS: usize = 1024;
-const MAX_XATTR_VALUE: usize = 64 << 10;
 const MAX_LINK_TARGET: usize = 4096;
 
 /// A chunk's or pack's name: the BLAKE3 hash of its bytes.
@@ -161,8 +166,8 @@ impl Config {
                 c.kind
             )));
         }
-        if c.format != FORMAT {
-            return Err(Error::Backup(format!("{at} holds backups of format {}; this version reads format {FORMAT}: use a matching caravan", c.format)));
+        if !FORMATS_READ.contains(&c.format) {
+            return Err(Error::Backup(format!("{at} holds backups of format {}; this version reads formats 1 and 2: use a matching caravan", c.format)));
         }
         let sizes_ok = fastcdc::v2020::MINIMUM_MIN <= c.min_chunk as usize
             && c.min_chunk as usize <= fastcdc::v2020::MINIMUM_MAX
@@ -205,7 +210,7 @@ impl Index {
     pub fn decode(b: &[u8], name: &str) -> Result<Index> {
         let bad = |why: String| Error::Backup(format!("index {name} is damaged: {why}"));
         let i: Index = serde_json::from_slice(b).map_err(|e| bad(e.to_string()))?;
-        if i.format != FORMAT || i.pack.hex() != name {
+        if i.format != INDEX_FORMAT || i.pack.hex() != name {
             return Err(bad(
                 "it is not the index of the pack it is named after".into()
             ));
@@ -298,9 +303,9 @@ impl Summary {
     pub fn decode(b: &[u8], name: &str) -> Result<Summary> {
         let s: Summary = serde_json::from_slice(b)
             .map_err(|e| Error::Backup(format!("backup {name} is damaged: its summary: {e}")))?;
-        if s.format != FORMAT {
+        if !FORMATS_READ.contains(&s.format) {
             return Err(Error::Backup(format!(
-                "backup {name} is of format {}; this version reads format {FORMAT}",
+                "backup {name} is of format {}; this version reads formats 1 and 2",
                 s.format
             )));
         }
@@ -407,12 +412,17 @@ pub struct Entry {
     pub xattrs: BTreeMap<String, String>,
 }
 
-/// `trees/<id>`: every entry of a backup.
+/// `trees/<id>`: every entry of a backup of format 1, in one object. Read as a stream
+/// ([`Tree::stream`]), one entry at a time: a tree of a few kilobytes can decompress into
+/// a gigabyte of entries, and none of it is held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     pub format: u32,
     pub entries: Vec<Entry>,
 }
+
+/// The tree format of backups of format 1.
+pub const V1_TREE_FORMAT: u32 = 1;
 
 impl Tree {
     pub fn encode(&self) -> Result<Vec<u8>> {
@@ -422,131 +432,242 @@ impl Tree {
             .map_err(|e| Error::Backup(format!("compressing the tree: {e}")))
     }
 
-    /// Decodes and checks a stored tree. `name` is the backup's, for messages.
+    /// Decodes and checks a whole stored tree (tests, and small trees): at most `max`
+    /// bytes of JSON.
+    pub fn decode_within(stored: &[u8], name: &str, max: u64) -> Result<Tree> {
+        let mut entries = Vec::new();
+        Tree::stream(stored, name, max, |_, e| {
+            entries.push(e);
+            Ok(())
+        })?;
+        Ok(Tree {
+            format: V1_TREE_FORMAT,
+            entries,
+        })
+    }
+
     pub fn decode(stored: &[u8], name: &str) -> Result<Tree> {
         Self::decode_within(stored, name, MAX_TREE_BYTES)
     }
 
-    /// [`Tree::decode`] with a smaller bound on the decompressed size (for fuzzing).
-    pub fn decode_within(stored: &[u8], name: &str, max: u64) -> Result<Tree> {
+    /// Reads a stored tree entry by entry, each checked against the ones before it (what
+    /// a restore needs to follow it safely: a root folder first, every entry's parent a
+    /// folder before it, names that are one path component, data within the file's size,
+    /// hard links to earlier linked files) and handed to `each` with its index. What is
+    /// kept of the entries already seen is two bits each. `name` is the backup's.
+    pub fn stream(
+        stored: &[u8],
+        name: &str,
+        max: u64,
+        mut each: impl FnMut(usize, Entry) -> Result<()>,
+    ) -> Result<()> {
+        use serde::de::DeserializeSeed;
         let bad = |why: String| Error::Backup(format!("backup {name} is damaged: its tree: {why}"));
-        let mut json = Vec::new();
-        {
-            use std::io::Read;
-            let d = zstd::stream::read::Decoder::new(stored).map_err(|e| bad(e.to_string()))?;
-            d.take(max + 1)
-                .read_to_end(&mut json)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        if json.len() as u64 > max {
-            return Err(bad(format!("more than {max} bytes")));
-        }
-        let t: Tree = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
-        if t.format != FORMAT {
-            return Err(bad(format!("format {}", t.format)));
-        }
-        t.check().map_err(bad)?;
-        Ok(t)
-    }
-
-    /// The rules a tree must keep for a restore to follow it safely.
-    fn check(&self) -> std::result::Result<(), String> {
-        if self.entries.len() > MAX_ENTRIES {
-            return Err(format!("{} entries", self.entries.len()));
-        }
-        let Some(root) = self.entries.first() else {
-            return Err("no root".into());
+        let decoder = zstd::stream::read::Decoder::new(stored).map_err(|e| bad(e.to_string()))?;
+        let reader = std::io::Read::take(decoder, max);
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(reader));
+        let mut state = Stream {
+            each: &mut each,
+            failed: None,
+            dirs: Bits::default(),
+            linked: Bits::default(),
+            count: 0,
         };
-        if root.parent != 0 || root.kind != Kind::Dir {
-            return Err("its first entry is not the root folder".into());
+        let read = TreeSeed(&mut state).deserialize(&mut de);
+        if let Some(e) = state.failed.take() {
+            return Err(e);
         }
-        for (i, e) in self.entries.iter().enumerate().skip(1) {
-            let at = || format!("entry {i}");
-            let p = e.parent as usize;
-            if p >= i || self.entries[p].kind != Kind::Dir {
-                return Err(format!("{}: its parent is not a folder before it", at()));
-            }
-            let name = e
-                .name
-                .bytes()
-                .ok_or_else(|| format!("{}: a name that is not hex", at()))?;
-            check_component(&name).map_err(|w| format!("{}: {w}", at()))?;
-            match &e.kind {
-                Kind::File { size, extents, .. } => {
-                    let mut end = 0u64;
-                    for x in extents {
-                        if x.offset < end {
-                            return Err(format!("{}: overlapping data", at()));
-                        }
-                        let mut len = 0u64;
-                        for (_, s) in &x.chunks {
-                            if *s == 0 || *s > MAX_CHUNK {
-                                return Err(format!("{}: a chunk of {s} bytes", at()));
-                            }
-                            len = len.checked_add(u64::from(*s)).ok_or("overflow")?;
-                        }
-                        end = x.offset.checked_add(len).ok_or("overflow")?;
-                        if end > *size {
-                            return Err(format!("{}: data past the file's size", at()));
-                        }
+        read.map_err(|e| bad(e.to_string()))?;
+        if state.count == 0 {
+            return Err(bad("no root".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A bit per entry.
+#[derive(Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn set(&mut self, i: usize) {
+        let (w, b) = (i / 64, i % 64);
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << b;
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// A tree being streamed: what each entry is checked against.
+struct Stream<'a, F> {
+    each: &'a mut F,
+    /// The callback's own error (serde's carries only text).
+    failed: Option<Error>,
+    dirs: Bits,
+    linked: Bits,
+    count: usize,
+}
+
+impl<F: FnMut(usize, Entry) -> Result<()>> Stream<'_, F> {
+    fn take(&mut self, e: Entry) -> std::result::Result<(), String> {
+        let i = self.count;
+        if i >= MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        check_entry(i, &e, &self.dirs, &self.linked)?;
+        match e.kind {
+            Kind::Dir => self.dirs.set(i),
+            Kind::File { linked: true, .. } => self.linked.set(i),
+            _ => {}
+        }
+        self.count += 1;
+        (self.each)(i, e).map_err(|e| {
+            let text = e.to_string();
+            self.failed = Some(e);
+            text
+        })
+    }
+}
+
+struct TreeSeed<'s, 'a, F>(&'s mut Stream<'a, F>);
+
+impl<'de, F: FnMut(usize, Entry) -> Result<()>> serde::de::DeserializeSeed<'de>
+    for TreeSeed<'_, '_, F>
+{
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(usize, Entry) -> Result<()>> serde::de::Visitor<'de> for TreeSeed<'_, '_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a tree of format 1")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        let mut format = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "format" => {
+                    let f: u32 = map.next_value()?;
+                    if f != V1_TREE_FORMAT {
+                        return Err(A::Error::custom(format!("format {f}")));
                     }
+                    format = Some(f);
                 }
-                Kind::Symlink { target } => {
-                    let t = target
-                        .bytes()
-                        .ok_or_else(|| format!("{}: a link target that is not hex", at()))?;
-                    if t.is_empty() || t.len() > MAX_LINK_TARGET || t.contains(&0) {
-                        return Err(format!("{}: a bad link target", at()));
-                    }
-                }
-                Kind::Hardlink { to } => {
-                    let to = *to as usize;
-                    let ok =
-                        to < i && matches!(self.entries[to].kind, Kind::File { linked: true, .. });
-                    if !ok {
-                        return Err(format!(
-                            "{}: a hard link to something that is not an earlier linked file",
-                            at()
-                        ));
-                    }
-                }
-                Kind::Dir | Kind::Fifo => {}
-            }
-            if e.xattrs.len() > MAX_XATTRS {
-                return Err(format!("{}: {} extended attributes", at(), e.xattrs.len()));
-            }
-            for (k, v) in &e.xattrs {
-                if k.is_empty()
-                    || k.len() > 255
-                    || k.contains('\0')
-                    || v.len() > MAX_XATTR_VALUE * 2
-                    || unhex(v).is_none()
-                {
-                    return Err(format!("{}: a bad extended attribute", at()));
+                // Its format first: entries are not taken before it is known.
+                "entries" if format.is_some() => map.next_value_seed(EntriesSeed(&mut *self.0))?,
+                "entries" => return Err(A::Error::custom("entries before the format")),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
         Ok(())
     }
+}
 
-    /// The path of entry `i` below the volume's root, for messages.
-    pub fn path_of(&self, i: usize) -> String {
-        path_of(&self.entries, i)
+struct EntriesSeed<'s, 'a, F>(&'s mut Stream<'a, F>);
+
+impl<'de, F: FnMut(usize, Entry) -> Result<()>> serde::de::DeserializeSeed<'de>
+    for EntriesSeed<'_, '_, F>
+{
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
     }
 }
 
-/// The path of entry `i` of `entries` below the volume's root (`/a/b`), for messages.
-pub fn path_of(entries: &[Entry], i: usize) -> String {
-    let mut parts = Vec::new();
-    let mut at = i;
-    while at != 0 && at < entries.len() && parts.len() <= crate::treecopy::MAX_DEPTH {
-        let e = &entries[at];
-        let name = e.name.bytes().unwrap_or_default();
-        parts.push(OsStr::from_bytes(&name).to_string_lossy().into_owned());
-        at = e.parent as usize;
+impl<'de, F: FnMut(usize, Entry) -> Result<()>> serde::de::Visitor<'de> for EntriesSeed<'_, '_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the entries of a tree")
     }
-    parts.reverse();
-    format!("/{}", parts.join("/"))
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        while let Some(e) = seq.next_element::<Entry>()? {
+            self.0.take(e).map_err(A::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
+/// The rules entry `i` keeps, given which earlier entries are folders and linked files.
+fn check_entry(i: usize, e: &Entry, dirs: &Bits, linked: &Bits) -> std::result::Result<(), String> {
+    let at = || format!("entry {i}");
+    if i == 0 {
+        if e.parent != 0 || e.kind != Kind::Dir {
+            return Err("its first entry is not the root folder".into());
+        }
+        return check_v1_xattrs(&e.xattrs).map_err(|w| format!("{}: {w}", at()));
+    }
+    let p = e.parent as usize;
+    if p >= i || !dirs.get(p) {
+        return Err(format!("{}: its parent is not a folder before it", at()));
+    }
+    let name = e
+        .name
+        .bytes()
+        .ok_or_else(|| format!("{}: a name that is not hex", at()))?;
+    check_component(&name).map_err(|w| format!("{}: {w}", at()))?;
+    match &e.kind {
+        Kind::File { size, extents, .. } => {
+            let mut runs = node::Runs::new(*size);
+            for x in extents {
+                runs.take(x).map_err(|w| format!("{}: {w}", at()))?;
+            }
+        }
+        Kind::Symlink { target } => {
+            let t = target
+                .bytes()
+                .ok_or_else(|| format!("{}: a link target that is not hex", at()))?;
+            if t.is_empty() || t.len() > MAX_LINK_TARGET || t.contains(&0) {
+                return Err(format!("{}: a bad link target", at()));
+            }
+        }
+        Kind::Hardlink { to } => {
+            let to = *to as usize;
+            if to >= i || !linked.get(to) {
+                return Err(format!(
+                    "{}: a hard link to something that is not an earlier linked file",
+                    at()
+                ));
+            }
+        }
+        Kind::Dir | Kind::Fifo => {}
+    }
+    check_v1_xattrs(&e.xattrs).map_err(|w| format!("{}: {w}", at()))
+}
+
+/// Format 1's bounds on extended attributes (as its writer kept them): at most 1024, of
+/// at most 64 KiB each.
+fn check_v1_xattrs(x: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    if x.len() > 1024 {
+        return Err(format!("{} extended attributes", x.len()));
+    }
+    for (k, v) in x {
+        if k.is_empty()
+            || k.len() > 255
+            || k.contains('\0')
+            || v.len() > (64 << 10) * 2
+            || unhex(v).is_none()
+        {
+            return Err("a bad extended attribute".into());
+        }
+    }
+    Ok(())
 }
 
 /// A name that is one path component: not empty, `.` or `..`, no `/` or NUL, ≤ 255 bytes.
@@ -596,10 +717,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_round_trips_and_names_its_paths() {
+    fn a_format_1_tree_streams_back() {
         let id = Id::of(b"x");
         let t = Tree {
-            format: FORMAT,
+            format: V1_TREE_FORMAT,
             entries: vec![
                 entry(0, "", Kind::Dir),
                 entry(0, "a", Kind::Dir),
@@ -622,7 +743,6 @@ mod tests {
         };
         let back = Tree::decode(&t.encode().unwrap(), "b").unwrap();
         assert_eq!(back, t);
-        assert_eq!(back.path_of(2), "/a/f");
         assert_eq!(back.entries[3].name.bytes().unwrap(), b"bin\xff");
         assert_eq!(Id::parse(&id.hex()), Some(id));
     }
@@ -729,7 +849,7 @@ mod tests {
         ];
         for (what, entries) in cases {
             let t = Tree {
-                format: FORMAT,
+                format: V1_TREE_FORMAT,
                 entries,
             };
             let e = Tree::decode(&t.encode().unwrap(), "b")
@@ -744,7 +864,7 @@ mod tests {
     fn an_index_pointing_outside_its_pack_is_refused() {
         let pack = Id::of(b"pack");
         let mut i = Index {
-            format: FORMAT,
+            format: INDEX_FORMAT,
             pack,
             pack_size: 100,
             chunks: vec![Located {

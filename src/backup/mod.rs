@@ -28,6 +28,7 @@ pub mod lock;
 mod create;
 mod delete;
 mod restore;
+pub(crate) mod tree;
 mod verify;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ pub use restore::restore;
 pub use verify::{verify, Damage, VerifyReport};
 
 use crate::error::{Error, Result};
-use format::{Config, Id, Index, Located, Summary, Tree};
+use format::{Config, Id, Index, Located, Summary};
 
 /// A backup's URL: its destination and its name, Convoy's way:
 /// `vfs:///srv/backups?backup=NAME&volume=VOL` (the volume is for people; the name
@@ -122,6 +123,18 @@ impl Repo {
     /// backup), otherwise a destination without one is an error.
     pub fn open(b: Backend, create: bool) -> Result<Repo> {
         match Self::open_existing(b)? {
+            // Written to by this version: marked as of its format, so that versions that
+            // cannot read the backups it makes refuse the destination, clearly.
+            Ok(mut repo) if create && repo.config.format < format::FORMAT => {
+                repo.config.format = format::FORMAT;
+                repo.b.put(
+                    format::CONFIG,
+                    Bytes::from(
+                        serde_json::to_vec_pretty(&repo.config).expect("config serializes"),
+                    ),
+                )?;
+                Ok(repo)
+            }
             Ok(repo) => Ok(repo),
             Err(b) if create => {
                 let c = Config::default();
@@ -209,8 +222,9 @@ impl Repo {
         Summary::decode(&bytes, id)
     }
 
-    /// A backup's tree, checked against the hash its summary gives.
-    pub fn tree(&self, s: &Summary) -> Result<Tree> {
+    /// The stored tree object of a backup of format 1, checked against the hash its
+    /// summary gives (read it with [`format::Tree::stream`]).
+    pub fn v1_tree(&self, s: &Summary) -> Result<Vec<u8>> {
         let bytes = self
             .b
             .get(&format!("trees/{}", s.id), s.tree_size)?
@@ -223,7 +237,7 @@ impl Repo {
                 s.id
             )));
         }
-        Tree::decode(&bytes, &s.id)
+        Ok(bytes)
     }
 }
 

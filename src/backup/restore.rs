@@ -2,7 +2,8 @@
 //! handles (folders, files with their holes, hard links, symlinks as links, FIFOs), with
 //! owners, modes, extended attributes and times; every chunk checked against its hash
 //! before it is written. A damaged chunk ends the restore with the path of the file that
-//! needs it.
+//! needs it. The tree is walked a page at a time ([`super::tree`]): a restore holds the
+//! folders it is in, never the whole tree.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,11 +16,16 @@ use std::time::Instant;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::format::{self, Entry, Kind, Tree};
+use super::format::node::{Node, NodeKind};
 use super::lock::{LockKind, RepoLock};
+use super::tree::{self, At, Step};
 use super::{ChunkError, PackReader, Repo};
 use crate::error::{Error, Result};
 use crate::treecopy::{CopyReport, Meta, Privileges, Progress, STOPPED};
+
+/// Hard-linked files remembered at most (their other names after that fail the restore,
+/// naming the bound, as a copy's do).
+const MAX_LINKED: usize = 1_000_000;
 
 /// Restores backup `id` of `repo` into the empty folder `dst` (a handle), carrying over
 /// set-id bits, privileged attributes and the top folder's owner and mode only when
@@ -51,15 +57,29 @@ pub fn restore(
             )));
         }
         progress.expect(summary.tree.files, summary.tree.bytes);
-        let tree = repo.tree(&summary)?;
         let chunks = repo.chunks()?;
-        let budget = Budget {
-            recorded: summary.tree.bytes,
-            written: 0,
+        let started = Instant::now();
+        let mut r = Restorer {
+            repo,
+            id,
+            dst,
+            chunks: &chunks,
+            reader: PackReader::new(repo),
+            progress,
+            privileges,
+            budget: Budget {
+                recorded: summary.tree.bytes,
+                written: 0,
+            },
+            open: Vec::new(),
+            linked: HashMap::new(),
+            report: CopyReport::default(),
+            lock: &mut lock,
         };
-        write_tree(
-            repo, &tree, &chunks, dst, progress, &mut lock, id, privileges, budget,
-        )
+        tree::walk(repo, &summary, |at, step| r.step(at, step))?;
+        let mut report = r.report;
+        report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
     })();
     lock.release(&repo.b);
     result
@@ -87,127 +107,107 @@ impl Budget {
     }
 }
 
-/// One folder being filled: its entry, its handle, its path (relative to `dst`).
-struct Frame {
-    index: usize,
-    dir: OwnedFd,
-    rel: PathBuf,
+struct Restorer<'a> {
+    repo: &'a Repo,
+    id: &'a str,
+    dst: &'a std::fs::File,
+    chunks: &'a super::Chunks,
+    reader: PackReader<'a>,
+    progress: &'a Progress,
+    privileges: Privileges,
+    budget: Budget,
+    /// The folders being filled: their handles and paths (relative to `dst`), the top
+    /// folder first.
+    open: Vec<(OwnedFd, PathBuf)>,
+    /// Where each linked file was restored (relative to `dst`), for its other names.
+    linked: HashMap<u64, PathBuf>,
+    report: CopyReport,
+    lock: &'a mut RepoLock,
 }
 
-fn meta_of(e: &Entry) -> Meta {
+fn meta_of(n: &Node) -> Meta {
     Meta {
-        uid: e.uid,
-        gid: e.gid,
-        mode: e.mode,
-        atime: e.atime,
-        mtime: e.mtime,
+        uid: n.uid,
+        gid: n.gid,
+        mode: n.mode,
+        atime: n.atime,
+        mtime: n.mtime,
     }
 }
 
-fn xattrs_of(e: &Entry) -> Vec<crate::treecopy::Xattr> {
-    e.xattrs
+fn xattrs_of(n: &Node) -> Vec<crate::treecopy::Xattr> {
+    n.xattrs
         .iter()
-        .filter_map(|(k, v)| Some((k.as_bytes().to_vec(), format::unhex(v)?)))
+        .filter_map(|(k, v)| Some((k.as_bytes().to_vec(), super::format::unhex(v)?)))
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_tree(
-    repo: &Repo,
-    tree: &Tree,
-    chunks: &super::Chunks,
-    dst: &std::fs::File,
-    progress: &Progress,
-    lock: &mut RepoLock,
-    id: &str,
-    privileges: Privileges,
-    mut budget: Budget,
-) -> Result<CopyReport> {
-    let started = Instant::now();
-    let mut report = CopyReport::default();
-    let mut reader = PackReader::new(repo);
-    let fail = |i: usize, e: std::io::Error| Error::io(format!("restoring {}", tree.path_of(i)), e);
-    let root = nix::fcntl::openat(
-        dst.as_fd(),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fail(0, e.into()))?;
-    let mut stack = vec![Frame {
-        index: 0,
-        dir: root,
-        rel: PathBuf::new(),
-    }];
-    // Where each linked file was restored (relative to dst), for its other names.
-    let mut linked: HashMap<usize, PathBuf> = HashMap::new();
-    for (i, e) in tree.entries.iter().enumerate().skip(1) {
-        if progress.stop.load(Ordering::Relaxed) {
+impl Restorer<'_> {
+    fn step(&mut self, at: &At, step: Step) -> Result<()> {
+        if self.progress.stop.load(Ordering::Relaxed) {
             return Err(Error::Backup(STOPPED.replace("copy", "restore")));
         }
-        // Depth-first order: the parent is on the stack; the folders left are done.
-        while stack.last().is_some_and(|f| f.index != e.parent as usize) {
-            let done = stack.pop().expect("checked");
-            if stack.is_empty() {
-                return Err(Error::Backup(format!(
-                    "backup {id} is damaged: its tree is out of order at {}",
-                    tree.path_of(i)
-                )));
+        let fail =
+            |n: &Node, e: std::io::Error| Error::io(format!("restoring {}", at.path_of(n)), e);
+        match step {
+            Step::Enter(n) if self.open.is_empty() => {
+                // The top folder: the handle given, readable (the caller's may be O_PATH).
+                let root = nix::fcntl::openat(
+                    self.dst.as_fd(),
+                    ".",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| fail(n, e.into()))?;
+                self.open.push((root, PathBuf::new()));
             }
-            finish_dir(
-                &tree.entries[done.index],
-                &done.dir,
-                &mut report,
-                privileges,
-                false,
-            )
-            .map_err(|x| fail(done.index, x))?;
-        }
-        let top = stack.last().ok_or_else(|| {
-            Error::Backup(format!("backup {id} is damaged: its tree is out of order"))
-        })?;
-        let name_bytes = e.name.bytes().unwrap_or_default();
-        let name = OsStr::from_bytes(&name_bytes);
-        let rel = top.rel.join(name);
-        let dir = top.dir.as_fd();
-        let meta = meta_of(e);
-        match &e.kind {
-            Kind::Dir => {
-                if stack.len() >= crate::treecopy::MAX_DEPTH {
-                    return Err(Error::Backup(format!(
-                        "{}: deeper than {} levels",
-                        tree.path_of(i),
-                        crate::treecopy::MAX_DEPTH
-                    )));
-                }
-                nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700))
-                    .map_err(|x| fail(i, x.into()))?;
+            Step::Enter(n) => {
+                let name_bytes = n.name.bytes().unwrap_or_default();
+                let name = OsStr::from_bytes(&name_bytes);
+                let (dir, rel) = self.open.last().expect("inside the top folder");
+                let rel = rel.join(name);
+                nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
+                    .map_err(|x| fail(n, x.into()))?;
                 let sub = nix::fcntl::openat(
-                    dir,
+                    dir.as_fd(),
                     name,
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )
-                .map_err(|x| fail(i, x.into()))?;
-                stack.push(Frame {
-                    index: i,
-                    dir: sub,
-                    rel,
-                });
+                .map_err(|x| fail(n, x.into()))?;
+                self.open.push((sub, rel));
             }
-            Kind::File {
-                size,
-                extents,
-                linked: is_linked,
-            } => {
-                let out = crate::treecopy::create_new(dir, name).map_err(|x| fail(i, x.into()))?;
-                for x in extents {
+            Step::Leave(n) => {
+                let (dir, _) = self.open.pop().expect("entered");
+                let top = self.open.is_empty();
+                self.finish_dir(n, &dir, top).map_err(|x| fail(n, x))?;
+            }
+            Step::Leaf(n) => self.leaf(at, n)?,
+        }
+        self.lock.refresh(&self.repo.b)
+    }
+
+    fn leaf(&mut self, at: &At, n: &Node) -> Result<()> {
+        let fail = |e: std::io::Error| Error::io(format!("restoring {}", at.path_of(n)), e);
+        let name_bytes = n.name.bytes().unwrap_or_default();
+        let name = OsStr::from_bytes(&name_bytes);
+        let (dir, rel) = self.open.last().expect("inside the top folder");
+        let (dir, rel) = (dir.as_fd(), rel.join(name));
+        let meta = meta_of(n);
+        match &n.kind {
+            NodeKind::File { size, link, .. } => {
+                let out = crate::treecopy::create_new(dir, name).map_err(|x| fail(x.into()))?;
+                let (id, chunks) = (self.id, self.chunks);
+                let (reader, budget, progress) =
+                    (&mut self.reader, &mut self.budget, self.progress);
+                let mut written = 0u64;
+                at.runs(n, |x| {
                     let mut off = x.offset;
                     for (cid, csize) in &x.chunks {
                         budget.spend(u64::from(*csize)).map_err(|why| {
                             Error::Backup(format!(
                                 "backup {id} is damaged at {}: {why}",
-                                tree.path_of(i)
+                                at.path_of(n)
                             ))
                         })?;
                         let data = match reader.chunk(chunks, *cid, *csize) {
@@ -215,7 +215,7 @@ fn write_tree(
                             Err(ChunkError::Damaged(why)) => {
                                 return Err(Error::Backup(format!(
                                     "{} is damaged in backup {id}: {why} (`caravan backup verify` lists every damaged file)",
-                                    tree.path_of(i)
+                                    at.path_of(n)
                                 )))
                             }
                             Err(ChunkError::Failed(e)) => return Err(e),
@@ -223,89 +223,85 @@ fn write_tree(
                         // A chunk of zeros is left a hole: the file reads the same, and
                         // sparse files stay sparse.
                         if data.iter().any(|b| *b != 0) {
-                            write_at(out.as_fd(), &data, off).map_err(|x| fail(i, x))?;
+                            write_at(out.as_fd(), &data, off).map_err(fail)?;
                         }
                         off += u64::from(*csize);
+                        written += u64::from(*csize);
                         progress
                             .bytes
                             .fetch_add(u64::from(*csize), Ordering::Relaxed);
-                        report.bytes += u64::from(*csize);
                     }
-                }
-                let len = i64::try_from(*size)
-                    .map_err(|_| fail(i, std::io::Error::other("too large")))?;
-                nix::unistd::ftruncate(&out, len).map_err(|x| fail(i, x.into()))?;
+                    Ok(())
+                })?;
+                self.report.bytes += written;
+                let len =
+                    i64::try_from(*size).map_err(|_| fail(std::io::Error::other("too large")))?;
+                nix::unistd::ftruncate(&out, len).map_err(|x| fail(x.into()))?;
                 crate::treecopy::apply_meta(
                     out.as_fd(),
                     &meta,
-                    &xattrs_of(e),
-                    privileges,
-                    &mut report,
+                    &xattrs_of(n),
+                    self.privileges,
+                    &mut self.report,
                 )
-                .map_err(|x| fail(i, x.into()))?;
-                if *is_linked {
-                    linked.insert(i, rel);
+                .map_err(|x| fail(x.into()))?;
+                if let Some(link) = link {
+                    if self.linked.len() >= MAX_LINKED {
+                        return Err(Error::Backup(format!(
+                            "{}: more than {MAX_LINKED} hard-linked files",
+                            at.path_of(n)
+                        )));
+                    }
+                    self.linked.insert(*link, rel);
                 }
-                report.files += 1;
-                report.copied += 1;
-                progress.files.fetch_add(1, Ordering::Relaxed);
+                self.report.files += 1;
+                self.report.copied += 1;
+                self.progress.files.fetch_add(1, Ordering::Relaxed);
             }
-            Kind::Hardlink { to } => {
-                let first = linked.get(&(*to as usize)).ok_or_else(|| {
+            NodeKind::Hardlink { link } => {
+                let first = self.linked.get(link).ok_or_else(|| {
                     Error::Backup(format!(
-                        "backup {id} is damaged: {} links to a file not restored",
-                        tree.path_of(i)
+                        "backup {} is damaged: {} links to a file not restored",
+                        self.id,
+                        at.path_of(n)
                     ))
                 })?;
-                crate::treecopy::link_again(&stack[0].dir, first, dir, name)
-                    .map_err(|x| fail(i, x))?;
-                report.hard_links += 1;
+                crate::treecopy::link_again(&self.open[0].0, first, dir, name).map_err(fail)?;
+                self.report.hard_links += 1;
             }
-            Kind::Symlink { target } => {
+            NodeKind::Symlink { target } => {
                 let t = target.bytes().unwrap_or_default();
                 crate::treecopy::make_symlink(dir, name, OsStr::from_bytes(&t), &meta)
-                    .map_err(|x| fail(i, x))?;
-                report.symlinks += 1;
+                    .map_err(fail)?;
+                self.report.symlinks += 1;
             }
-            Kind::Fifo => {
-                crate::treecopy::make_fifo(dir, name, &meta).map_err(|x| fail(i, x))?;
-                report.fifos += 1;
+            NodeKind::Fifo => {
+                crate::treecopy::make_fifo(dir, name, &meta).map_err(fail)?;
+                self.report.fifos += 1;
             }
+            NodeKind::Dir { .. } => unreachable!("folders are entered"),
         }
-        lock.refresh(&repo.b)?;
+        Ok(())
     }
-    while let Some(done) = stack.pop() {
-        let top = stack.is_empty();
-        finish_dir(
-            &tree.entries[done.index],
-            &done.dir,
-            &mut report,
-            privileges,
-            top,
-        )
-        .map_err(|x| fail(done.index, x))?;
-    }
-    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    Ok(report)
-}
 
-/// A folder's own metadata, once everything in it is made (so its times stick). The top
-/// folder keeps the new volume's own owner, mode and attributes unless privileges are
-/// kept.
-fn finish_dir(
-    e: &Entry,
-    dir: &OwnedFd,
-    report: &mut CopyReport,
-    privileges: Privileges,
-    top: bool,
-) -> std::io::Result<()> {
-    if top && privileges == Privileges::Drop {
-        crate::treecopy::apply_times(dir.as_fd(), &meta_of(e))?;
-    } else {
-        crate::treecopy::apply_meta(dir.as_fd(), &meta_of(e), &xattrs_of(e), privileges, report)?;
+    /// A folder's own metadata, once everything in it is made (so its times stick). The
+    /// top folder keeps the new volume's own owner, mode and attributes unless privileges
+    /// are kept.
+    fn finish_dir(&mut self, n: &Node, dir: &OwnedFd, top: bool) -> std::io::Result<()> {
+        if top && self.privileges == Privileges::Drop {
+            crate::treecopy::apply_times(dir.as_fd(), &meta_of(n))?;
+        } else {
+            crate::treecopy::apply_meta(
+                dir.as_fd(),
+                &meta_of(n),
+                &xattrs_of(n),
+                self.privileges,
+                &mut self.report,
+            )?;
+        }
+        self.report.dirs += 1;
+        Ok(())
     }
-    report.dirs += 1;
-    Ok(())
 }
 
 fn write_at(fd: std::os::fd::BorrowedFd<'_>, data: &[u8], off: u64) -> std::io::Result<()> {

@@ -8,8 +8,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use super::format::node;
 use super::*;
 use crate::treecopy::Progress;
+
+/// A page of either kind, encoded (for tests that write trees by hand).
+mod erased {
+    pub trait Page {
+        fn encode(&self) -> (super::format::Id, Vec<u8>, usize);
+    }
+    impl<T: serde::Serialize> Page for T {
+        fn encode(&self) -> (super::format::Id, Vec<u8>, usize) {
+            super::node::encode_page(self).unwrap()
+        }
+    }
+}
 
 fn repo(dir: &Path, rt: &tokio::runtime::Runtime) -> Repo {
     let b = Backend::open(
@@ -34,11 +47,17 @@ fn source(volume: &str) -> Source {
 }
 
 fn backup(r: &Repo, id: &str, src: &Path) -> format::Summary {
+    backup_after(r, id, src, None)
+}
+
+/// A backup whose parent (the last one this host made of the volume) is `parent`.
+fn backup_after(r: &Repo, id: &str, src: &Path, parent: Option<&str>) -> format::Summary {
     create(
         r,
         id,
         &fs::File::open(src).unwrap(),
         &source("vol"),
+        parent,
         &Progress::default(),
     )
     .unwrap()
@@ -293,18 +312,51 @@ fn a_restore_writes_no_more_than_the_backup_records_nor_the_volume_holds() {
     fs::write(src.join("one"), noise(7, 300 << 10)).unwrap();
     let r = repo(&t.path().join("backups"), &rt);
     backup(&r, "b1", &src);
+    // Another machine rewrites the tree: 128 more names for the file's data.
     let mut summary = r.summary("b1").unwrap();
-    let mut tree = r.tree(&summary).unwrap();
-    let one = tree.entries[1].clone();
+    let page = |id: &format::Id| {
+        let stored =
+            r.b.get(&format!("trees/{}", id.hex()), 1 << 20)
+                .unwrap()
+                .unwrap();
+        node::decode_listing(&stored, id, "b1").unwrap().listing
+    };
+    let mut root = page(&summary.tree_id).remove(0);
+    let node::NodeKind::Dir { pages } = &root.kind else {
+        panic!("a root folder")
+    };
+    let one = page(&pages[0]).remove(0);
+    let mut listing = vec![one.clone()];
     for i in 0..128 {
-        let mut e = one.clone();
-        e.name = format::Text::Utf8(format!("copy{i}"));
-        tree.entries.push(e);
+        let mut n = one.clone();
+        n.name = format::Text::Utf8(format!("one{i:03}"));
+        listing.push(n);
     }
-    let stored = tree.encode().unwrap();
-    summary.tree_id = format::Id::of(&stored);
+    let put = |page: &dyn erased::Page| {
+        let (id, stored, _) = page.encode();
+        r.b.put(&format!("trees/{}", id.hex()), bytes::Bytes::from(stored))
+            .unwrap();
+        id
+    };
+    let listing_id = put(&node::Listing {
+        format: node::TREE_FORMAT,
+        listing,
+    });
+    root.kind = node::NodeKind::Dir {
+        pages: vec![listing_id],
+    };
+    let (root_id, stored, _) = node::encode_page(&node::Listing {
+        format: node::TREE_FORMAT,
+        listing: vec![root],
+    })
+    .unwrap();
+    r.b.put(
+        &format!("trees/{}", root_id.hex()),
+        bytes::Bytes::from(stored.clone()),
+    )
+    .unwrap();
+    summary.tree_id = root_id;
     summary.tree_size = stored.len() as u64;
-    r.b.put("trees/b1", bytes::Bytes::from(stored)).unwrap();
     r.b.put(
         "backups/b1.json",
         bytes::Bytes::from(serde_json::to_vec(&summary).unwrap()),
@@ -360,7 +412,7 @@ fn a_second_backup_sends_only_what_changed_and_deletes_free_what_no_one_needs() 
         .unwrap()
         .write_all_at(b"changed", 500_000)
         .unwrap();
-    let second = backup(&r, "b2", &src);
+    let second = backup_after(&r, "b2", &src, Some("b1"));
     assert!(
         second.sent.new_bytes * 20 < first.sent.new_bytes,
         "sent {} after {}",
@@ -445,6 +497,7 @@ fn an_interrupted_backup_is_not_listed_and_its_chunks_are_reused() {
             "b1",
             &fs::File::open(&src).unwrap(),
             &source("vol"),
+            None,
             &progress,
         )
     });
@@ -493,4 +546,113 @@ fn a_backup_that_cannot_be_read_keeps_every_chunk_when_another_is_deleted() {
     // The damaged one can be deleted too; then everything is freed.
     delete(&r, "b2", "n1", &Progress::default()).unwrap();
     assert!(r.b.list("packs").unwrap().is_empty());
+}
+
+/// Backups of format 1 (one tree object, made by earlier versions) are still restored
+/// (their tree read as a stream), verified and deleted; a destination of format 1 that this
+/// version writes to is marked format 2 (older versions then refuse it, clearly).
+#[test]
+fn a_backup_of_format_1_is_still_restored_and_its_destination_marked_format_2() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample_tree(&src);
+    let r = repo(&t.path().join("backups"), &rt);
+    let made = backup(&r, "b2", &src);
+    // The same tree as format 1 wrote it: flat, parent-numbered entries.
+    let mut entries: Vec<format::Entry> = Vec::new();
+    let mut open: Vec<u32> = Vec::new();
+    tree::walk(&r, &made, |_, step| {
+        let (n, dir) = match step {
+            tree::Step::Enter(n) => (n, true),
+            tree::Step::Leaf(n) => (n, false),
+            tree::Step::Leave(_) => {
+                open.pop();
+                return Ok(());
+            }
+        };
+        let kind = match &n.kind {
+            node::NodeKind::Dir { .. } => format::Kind::Dir,
+            node::NodeKind::File {
+                size,
+                extents,
+                link,
+                ..
+            } => format::Kind::File {
+                size: *size,
+                extents: extents.clone(),
+                linked: link.is_some(),
+            },
+            node::NodeKind::Hardlink { .. } => format::Kind::Hardlink {
+                // The sample tree has one linked file.
+                to: entries
+                    .iter()
+                    .position(|e| matches!(e.kind, format::Kind::File { linked: true, .. }))
+                    .unwrap() as u32,
+            },
+            node::NodeKind::Symlink { target } => format::Kind::Symlink {
+                target: target.clone(),
+            },
+            node::NodeKind::Fifo => format::Kind::Fifo,
+        };
+        let index = entries.len() as u32;
+        entries.push(format::Entry {
+            parent: open.last().copied().unwrap_or(0),
+            name: n.name.clone(),
+            kind,
+            uid: n.uid,
+            gid: n.gid,
+            mode: n.mode,
+            atime: n.atime,
+            mtime: n.mtime,
+            ctime: n.ctime,
+            ino: n.ino,
+            xattrs: n.xattrs.clone(),
+        });
+        if dir {
+            open.push(index);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let stored = format::Tree {
+        format: format::V1_TREE_FORMAT,
+        entries,
+    }
+    .encode()
+    .unwrap();
+    let mut old = made.clone();
+    old.format = 1;
+    old.id = "b1".into();
+    old.tree_id = format::Id::of(&stored);
+    old.tree_size = stored.len() as u64;
+    r.b.put("trees/b1", bytes::Bytes::from(stored)).unwrap();
+    r.b.put(
+        "backups/b1.json",
+        bytes::Bytes::from(serde_json::to_vec(&old).unwrap()),
+    )
+    .unwrap();
+    let mut config = r.config.clone();
+    config.format = 1;
+    r.b.put(
+        format::CONFIG,
+        bytes::Bytes::from(serde_json::to_vec(&config).unwrap()),
+    )
+    .unwrap();
+
+    restore_into(&r, "b1", &dst).unwrap();
+    assert_eq!(listing(&src), listing(&dst));
+    let v = verify(&r, "b1", "n2", &Progress::default()).unwrap();
+    assert!(v.damaged.is_empty() && v.chunks > 0, "{v:?}");
+    // Deleting the format 2 backup keeps what the format 1 one needs.
+    delete(&r, "b2", "n2", &Progress::default()).unwrap();
+    let again = t.path().join("again");
+    restore_into(&r, "b1", &again).unwrap();
+    assert_eq!(listing(&src), listing(&again));
+
+    // Written to by this version: marked format 2.
+    let reopened = repo(&t.path().join("backups"), &rt);
+    assert_eq!(reopened.config.format, format::FORMAT);
 }

@@ -2,13 +2,14 @@
 //! destination and checked against their hashes; the files whose data is damaged or
 //! missing are named.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{Id, Kind};
+use super::format::Id;
 use super::lock::{LockKind, RepoLock};
+use super::tree::{self, Step};
 use super::{ChunkError, PackReader, Repo};
 use crate::error::{Error, Result};
 use crate::treecopy::{Progress, STOPPED};
@@ -41,23 +42,26 @@ pub fn verify(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
     let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, node, &format!("verify of {id}"))?;
     let result = (|| {
         let summary = repo.summary(id)?;
-        let tree = repo.tree(&summary)?;
         let chunks = repo.chunks()?;
-        // Each chunk needed, with the files that need it (a chunk shared by many files is
-        // read once).
-        let mut needs: BTreeMap<Id, (u32, Vec<usize>)> = BTreeMap::new();
-        for (i, e) in tree.entries.iter().enumerate() {
-            if let Kind::File { extents, .. } = &e.kind {
-                for (c, size) in extents.iter().flat_map(|x| x.chunks.iter()) {
-                    let n = needs.entry(*c).or_insert((*size, Vec::new()));
-                    if n.1.last() != Some(&i) {
-                        n.1.push(i);
-                    }
-                }
+        // Each chunk needed, once (a chunk shared by many files is read once): the tree is
+        // walked a first time for them, and again, if any is damaged, to name the files.
+        let mut needs: HashMap<Id, u32> = HashMap::new();
+        tree::walk(repo, &summary, |at, step| {
+            if progress.stop.load(Ordering::Relaxed) {
+                return Err(Error::Backup(STOPPED.replace("copy", "verification")));
             }
-        }
+            if let Step::Leaf(n) = step {
+                at.runs(n, |x| {
+                    for (c, size) in &x.chunks {
+                        needs.insert(*c, *size);
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
         // Counted in bytes only: chunks are read in pack order, not file by file.
-        progress.expect(0, needs.values().map(|(s, _)| u64::from(*s)).sum());
+        progress.expect(0, needs.values().map(|s| u64::from(*s)).sum());
         // In pack order, so that each pack is read once.
         let mut order: Vec<(Id, u64, Id)> = needs
             .keys()
@@ -72,41 +76,51 @@ pub fn verify(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
             backup: id.to_string(),
             ..Default::default()
         };
-        let mut damaged: BTreeMap<usize, String> = BTreeMap::new();
+        let mut bad: HashMap<Id, String> = HashMap::new();
         let mut packs = BTreeSet::new();
         for (pack, _, c) in order {
             if progress.stop.load(Ordering::Relaxed) {
                 return Err(Error::Backup(STOPPED.replace("copy", "verification")));
             }
-            let (size, files) = &needs[&c];
-            match reader.chunk(&chunks, c, *size) {
+            let size = needs[&c];
+            match reader.chunk(&chunks, c, size) {
                 Ok(_) => {
                     report.chunks += 1;
-                    report.bytes += u64::from(*size);
+                    report.bytes += u64::from(size);
                     packs.insert(pack);
                 }
                 Err(ChunkError::Damaged(why)) => {
-                    for f in files {
-                        damaged.entry(*f).or_insert_with(|| why.clone());
-                    }
+                    bad.insert(c, why);
                 }
                 Err(ChunkError::Failed(e)) => return Err(e),
             }
-            progress
-                .bytes
-                .fetch_add(u64::from(*size), Ordering::Relaxed);
+            progress.bytes.fetch_add(u64::from(size), Ordering::Relaxed);
             lock.refresh(&repo.b)?;
         }
         report.packs = packs.len() as u64;
-        report.damaged_files = damaged.len() as u64;
-        report.damaged = damaged
-            .into_iter()
-            .take(MAX_SHOWN)
-            .map(|(i, reason)| Damage {
-                path: tree.path_of(i),
-                reason,
-            })
-            .collect();
+        if !bad.is_empty() {
+            tree::walk(repo, &summary, |at, step| {
+                if let Step::Leaf(n) = step {
+                    let mut why = None;
+                    at.runs(n, |x| {
+                        if why.is_none() {
+                            why = x.chunks.iter().find_map(|(c, _)| bad.get(c).cloned());
+                        }
+                        Ok(())
+                    })?;
+                    if let Some(reason) = why {
+                        report.damaged_files += 1;
+                        if report.damaged.len() < MAX_SHOWN {
+                            report.damaged.push(Damage {
+                                path: at.path_of(n),
+                                reason,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
         report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
     })();

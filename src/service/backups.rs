@@ -207,6 +207,7 @@ impl Service {
         };
         let target = format!("{source} to {}", dest.url());
         let backup_id = id.clone();
+        let dest_url = dest.url();
         self.backup_job_start(id, "backup", target, dest, move |svc, repo, progress| {
             let shared = svc.shared().clone();
             let rt = tokio::runtime::Handle::current();
@@ -231,7 +232,18 @@ impl Service {
                     shared.open_data_dir(&volume)
                 }
             };
-            let made = dir.and_then(|d| crate::backup::create(&repo, &backup_id, &d, &src, progress));
+            // The parent: the last backup of this volume this node made there, as this
+            // node recorded it (never chosen by what the destination says).
+            let parent = match &snapshot {
+                None => svc.recorded_parent(&dest_url, &volume),
+                Some(_) => None,
+            };
+            let made = dir.and_then(|d| {
+                crate::backup::create(&repo, &backup_id, &d, &src, parent.as_deref(), progress)
+            });
+            if let (Ok(_), None) = (&made, &snapshot) {
+                svc.record_parent(&dest_url, &volume, &backup_id);
+            }
             if let Some(s) = &snapshot {
                 if let Err(e) =
                     rt.block_on(svc.store.snapshot_step(&volume, s, &svc.node, SnapshotStep::ReadEnd))
@@ -247,6 +259,27 @@ impl Service {
             })
             .expect("a view serializes"))
         })
+    }
+
+    /// The backup this node last made of `volume` to `dest`, if it recorded one.
+    fn recorded_parent(&self, dest: &str, volume: &str) -> Option<String> {
+        read_parents(&self.local.backup_parents_file()).remove(&parent_key(dest, volume))
+    }
+
+    /// Records backup `id` as the last this node made of `volume` to `dest`.
+    fn record_parent(&self, dest: &str, volume: &str, id: &str) {
+        let path = self.local.backup_parents_file();
+        let mut parents = read_parents(&path);
+        parents.insert(parent_key(dest, volume), id.to_string());
+        // Bounded: the oldest keys (in key order: any will do) go first.
+        while parents.len() > MAX_PARENTS {
+            let first = parents.keys().next().cloned().expect("not empty");
+            parents.remove(&first);
+        }
+        let bytes = serde_json::to_vec_pretty(&parents).expect("a map serializes");
+        if let Err(e) = crate::layout::write_atomically(&path, &bytes) {
+            tracing::warn!("recording the backup made (the next one reads every file again): {e}");
+        }
     }
 
     /// Starts reading back and checking every chunk of a backup.
@@ -385,5 +418,26 @@ impl Service {
             .values()
             .filter(|j| j.outcome.borrow().is_none())
             .count()
+    }
+}
+
+/// Destinations and volumes whose last backup a node remembers, at most.
+const MAX_PARENTS: usize = 10_000;
+
+fn parent_key(dest: &str, volume: &str) -> String {
+    format!("{dest}\n{volume}")
+}
+
+/// The node's record of the backups it made last (its own state folder: trusted, but
+/// bounded all the same); an unreadable one is none.
+fn read_parents(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            let _ = f.take(16 << 20).read_to_end(&mut bytes);
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        }
+        Err(_) => Default::default(),
     }
 }

@@ -134,7 +134,7 @@ pub struct Service {
     started: Instant,
     nodes: Arc<Nodes>,
     health: Arc<Health>,
-    /// The last List answer rendered, with the metadata generation and the version of
+    /// The last List answer rendered, with the state (its serial) and the version of
     /// `bound` it shows (see [`Service::list_rendered`]).
     list_answer: Mutex<Option<((u64, u64), Bytes)>>,
     /// Unmounts not yet committed (see [`crate::pending`]).
@@ -800,7 +800,7 @@ impl Service {
             tracing::warn!("List answered from the last known metadata: {why}");
         }
         let bound = self.bound_here();
-        let key = (read.snapshot.generation, bound.version);
+        let key = (read.snapshot.serial(), bound.version);
         let mut memo = self.list_answer.lock().unwrap_or_else(|p| p.into_inner());
         match &*memo {
             Some((k, answer)) if *k == key => Ok(answer.clone()),

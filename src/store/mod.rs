@@ -109,6 +109,15 @@ pub struct Snapshot {
     /// sled: Docker's Get never answers "no such volume" for one of them before sled
     /// confirms it (dockerd forgets a volume it is told is gone).
     removed_by_journal: imbl::OrdSet<String>,
+    /// Which state this is: a number no other state made by this process has (two states
+    /// of one generation can differ: one from journal entries, one confirmed by sled).
+    serial: u64,
+}
+
+/// A number for a state made now, never given to another.
+fn next_serial() -> u64 {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How long a state holding changes read from the change journal is served before sled
@@ -172,7 +181,14 @@ impl Snapshot {
         next.validated = Some(validated);
         next.last_sync = Some(SystemTime::now());
         next.unconfirmed_since = self.unconfirmed_since.or(Some(validated));
+        next.serial = next_serial();
         next
+    }
+
+    /// Which state this is (see [`Snapshot::serial`]): what a cache of something derived
+    /// from it is keyed by.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// Whether only a journal entry, not sled, says that `name` is gone.

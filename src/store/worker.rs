@@ -442,6 +442,21 @@ impl Worker {
         }
         let last = open.hint.last();
         let hints = (last.min(stored), last.max(stored));
+        // A hint ahead of sled (an older version's commit that died between the two, or
+        // another machine's writing, within the trusted distance): the numbers between
+        // will never be commits. The state is that of the hint's number, and whatever is
+        // under those numbers in the journal goes: a reader catching up from here starts
+        // past them, and never applies what another machine planted there.
+        let stored = if last > stored {
+            if let Some(j) = open.journal.as_ref() {
+                for skipped in stored + 1..=last {
+                    j.forget(skipped);
+                }
+            }
+            last
+        } else {
+            stored
+        };
         let same_store = self.state.store_id.as_deref() == Some(open.store_id.as_str());
         if self.state.loaded && self.state.generation == stored && same_store {
             let mut state = (*self.state).clone();
@@ -487,6 +502,7 @@ impl Worker {
             last_sync: Some(SystemTime::now()),
             unconfirmed_since: None,
             removed_by_journal: Default::default(),
+            serial: 0,
         });
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
         Ok(())
@@ -512,7 +528,8 @@ impl Worker {
     }
 
     /// Makes `state` the one this thread decides on and readers are served.
-    fn publish(&mut self, state: Snapshot) {
+    fn publish(&mut self, mut state: Snapshot) {
+        state.serial = super::next_serial();
         self.state = Arc::new(state);
         self.cache.store(self.state.clone());
     }
@@ -528,13 +545,7 @@ impl Worker {
     ) {
         // Its entry under its number (or none: whatever else was there is gone), before
         // the hint moves, so that every reader that sees the number finds the entry.
-        // Numbers skipped (the hint was ahead of sled) will never have a commit: what is
-        // under them (planted there) is deleted, so that a reader catching up across them
-        // reloads instead of applying it.
         if let Some(j) = open.journal.as_ref() {
-            for skipped in self.state.generation.saturating_add(1)..generation {
-                j.forget(skipped);
-            }
             j.write(
                 generation,
                 &journal::encode(&open.store_id, generation, &overlay),
