@@ -58,7 +58,10 @@ pub fn create(
     };
     let mut lock = RepoLock::acquire(&repo.b, LockKind::Shared, &source.node, &purpose)?;
     let result = (|| {
-        let known: HashSet<Id> = repo.chunks()?.into_keys().collect();
+        let known = Known {
+            stored: repo.chunks()?,
+            new: HashSet::new(),
+        };
         // Pages already there (unchanged folders of earlier backups) are not sent again.
         let known_pages: HashSet<Id> = repo
             .b
@@ -129,6 +132,12 @@ impl Packer {
         self.data.extend_from_slice(stored);
     }
 
+    /// Whether the pack is to be sent now: its data has reached its size, or its chunks
+    /// the number whose index a reader still takes.
+    fn full(&self) -> bool {
+        self.data.len() >= format::PACK_TARGET || self.chunks.len() >= format::PACK_CHUNKS
+    }
+
     /// The pack and its index, ready to send; the packer is empty again.
     fn seal(&mut self) -> Option<Outgoing> {
         if self.chunks.is_empty() {
@@ -153,7 +162,7 @@ impl Packer {
 fn send_tree(
     repo: &Repo,
     src: &std::fs::File,
-    known: HashSet<Id>,
+    known: Known,
     known_pages: HashSet<Id>,
     parent: Option<Node>,
     progress: &Progress,
@@ -212,9 +221,26 @@ fn send_tree(
     })
 }
 
+/// The chunks stored: those found at the start, and those this backup added.
+struct Known {
+    stored: super::Chunks,
+    new: HashSet<Id>,
+}
+
+impl Known {
+    fn contains(&self, id: &Id) -> bool {
+        self.new.contains(id) || self.stored.contains(id)
+    }
+
+    /// Adds `id`; whether it is new.
+    fn insert(&mut self, id: Id) -> bool {
+        !self.stored.contains(&id) && self.new.insert(id)
+    }
+}
+
 struct Walker<'a> {
     repo: &'a Repo,
-    known: HashSet<Id>,
+    known: Known,
     known_pages: HashSet<Id>,
     packer: Packer,
     tx: Option<mpsc::SyncSender<Outgoing>>,
@@ -855,11 +881,47 @@ impl Walker<'_> {
         self.packer.add(id, &stored, data.len());
         self.sent.new_chunks += 1;
         self.sent.new_bytes += stored.len() as u64;
-        if self.packer.data.len() >= format::PACK_TARGET {
+        if self.packer.full() {
             if let Some(sealed) = self.packer.seal() {
                 self.send(sealed)?;
             }
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's bound on a pack's chunks keeps its index within what a reader takes,
+    /// whatever the chunks (a million small files made an index of 42 MB before).
+    #[test]
+    fn a_pack_of_tiny_chunks_is_sent_while_its_index_is_still_readable() {
+        let mut p = Packer {
+            data: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let mut n = 0u64;
+        while !p.full() {
+            let id = Id::of(&n.to_le_bytes());
+            // Offsets as large as a pack allows, sizes as wide as they get.
+            p.chunks.push(Located {
+                id,
+                offset: format::MAX_PACK - 1,
+                length: u32::MAX,
+                size: format::MAX_CHUNK,
+            });
+            n += 1;
+        }
+        assert_eq!(n as usize, format::PACK_CHUNKS);
+        let index = Index {
+            format: format::INDEX_FORMAT,
+            pack: Id::of(b"pack"),
+            pack_size: format::MAX_PACK,
+            chunks: p.chunks,
+        };
+        let bytes = serde_json::to_vec(&index).unwrap().len() as u64;
+        assert!(bytes <= format::MAX_INDEX, "{bytes} bytes");
     }
 }

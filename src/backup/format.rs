@@ -41,8 +41,12 @@ pub const KIND: &str = "caravan-backups";
 pub const MIN_CHUNK: u32 = 512 << 10;
 pub const AVG_CHUNK: u32 = 1 << 20;
 pub const MAX_CHUNK: u32 = 8 << 20;
-/// A pack is sent once it holds this much.
+/// A pack is sent once it holds this much...
 pub const PACK_TARGET: usize = 16 << 20;
+/// ... or this many chunks: its index (about 120 bytes of JSON a chunk) then stays well
+/// within what a reader takes ([`MAX_INDEX`]) however small the chunks (a million small
+/// files are a million chunks).
+pub const PACK_CHUNKS: usize = 65_536;
 /// Bounds on objects read back.
 pub const MAX_PACK: u64 = 64 << 20;
 pub const MAX_INDEX: u64 = 16 << 20;
