@@ -63,6 +63,12 @@ pub struct DaemonArgs {
     /// block removal, and its exclusive volumes can be taken over [default: 15s]
     #[arg(long, env = "CARAVAN_DEAD_AFTER", value_parser = parse_dead_after)]
     pub dead_after: Option<Duration>,
+    /// How much longer than --dead-after a takeover of an exclusive volume waits, so that
+    /// writes the dead holder's export client still had in flight can no longer land
+    /// [default: from the export: 0 for a local folder, GlusterFS's ping timeout (42s
+    /// unless set), NFS soft mounts' timeo and retrans; hard NFS mounts have no bound]
+    #[arg(long, env = "CARAVAN_FENCE_WAIT", value_parser = parse_fence_wait)]
+    pub fence_wait: Option<Duration>,
     /// How often this node writes its heartbeat [default: 1s, at most dead-after / 3]
     #[arg(long, env = "CARAVAN_HEARTBEAT", value_parser = parse_heartbeat)]
     pub heartbeat: Option<Duration>,
@@ -201,6 +207,7 @@ struct FileConfig {
     driver_name: Option<String>,
     timeout: Option<String>,
     dead_after: Option<String>,
+    fence_wait: Option<String>,
     heartbeat: Option<String>,
     max_connections: Option<usize>,
     header_timeout: Option<String>,
@@ -234,6 +241,8 @@ pub struct DaemonConfig {
     pub driver_name: String,
     pub timeout: Duration,
     pub dead_after: Duration,
+    /// `--fence-wait`, when given; otherwise derived from the export at start.
+    pub fence_wait: Option<Duration>,
     pub heartbeat: Duration,
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -322,6 +331,14 @@ fn parse_dead_after(s: &str) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 15s"))?;
     if d < Duration::from_secs(2) || d > Duration::from_secs(3600) {
         return Err(format!("{s} is out of range: use 2s to 1h"));
+    }
+    Ok(d)
+}
+
+fn parse_fence_wait(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 45s"))?;
+    if d > Duration::from_secs(3600) {
+        return Err(format!("{s} is out of range: use 0s to 1h"));
     }
     Ok(d)
 }
@@ -545,6 +562,10 @@ impl DaemonArgs {
             None => from_file(file.dead_after, parse_dead_after, "dead_after")?
                 .unwrap_or(DEFAULT_DEAD_AFTER),
         };
+        let fence_wait = match self.fence_wait {
+            Some(d) => Some(d),
+            None => from_file(file.fence_wait, parse_fence_wait, "fence_wait")?,
+        };
         let heartbeat = match self.heartbeat {
             Some(d) => d,
             None => from_file(file.heartbeat, parse_heartbeat, "heartbeat")?
@@ -626,6 +647,7 @@ impl DaemonArgs {
             driver_name,
             timeout,
             dead_after,
+            fence_wait,
             heartbeat,
             max_connections,
             header_timeout,
@@ -698,7 +720,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
     toml::from_str(text).map_err(|e| {
         Error::invalid(format!(
-            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, heartbeat, max_connections, header_timeout, metrics, socket_group, listen, tls_cert, tls_key, tls_client_ca, tls_docker_cert, tls_docker_key, tls_ca, insecure_tcp, docker_socket, log_level",
+            "config file {}: {e}accepted keys: root, nfs, nfs_options, node, state_dir, socket, spec_dir, driver_name, timeout, dead_after, fence_wait, heartbeat, max_connections, header_timeout, metrics, socket_group, listen, tls_cert, tls_key, tls_client_ca, tls_docker_cert, tls_docker_key, tls_ca, insecure_tcp, docker_socket, log_level",
             path.display()
         ))
     })

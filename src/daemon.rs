@@ -128,13 +128,23 @@ pub async fn run(
     // start-up (a service manager then shows why, and can retry). The thread that gave up
     // stays blocked in the kernel until the export answers; the daemon does not wait.
     let health = Health::new(stall_after(cfg.timeout));
-    let (node, timeout, heartbeat, dead_after, h) = (
+    let (node, timeout, heartbeat, dead_after, fence_wait, h) = (
         cfg.node.clone(),
         cfg.timeout,
         cfg.heartbeat,
         cfg.dead_after,
+        cfg.fence_wait,
         health.clone(),
     );
+    // The lease on exclusive volumes, renewed by every beat, and the keeper that fences
+    // this node's containers when it runs out (see crate::fence): started before the
+    // first beat, so that nothing is ever granted here without it.
+    let lease = Arc::new(crate::fence::Lease::new(
+        &local.state_dir,
+        dead_after.saturating_sub(heartbeat),
+    ));
+    crate::fence::ensure_keeper(&local.state_dir)?;
+    let state_dir = local.state_dir.clone();
     let what = format!("checking the shared root {}", cfg.root.display());
     let (nodes, store) = run_blocking(&what, cfg.timeout, move || {
         // Warns, among other things, that a local root (such as the default) is not shared.
@@ -142,6 +152,18 @@ pub async fn run(
         tracing::info!(root = %shared.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
         // Takes the node-name lock first: a second daemon with a live node's name stops here.
         let nodes = Arc::new(Nodes::new(&shared, &node, heartbeat, dead_after)?);
+        let bound = crate::fence::write_bound(&root_info.fs_type, &root_info.options, root_info.shared);
+        let (wait, from) = match (fence_wait, bound.wait) {
+            (Some(given), _) => (given, format!("--fence-wait; the export says: {}", bound.why)),
+            (None, Some(derived)) => (derived, bound.why),
+            (None, None) => {
+                tracing::warn!("takeovers of exclusive volumes cannot wait for a dead holder's in-flight writes: {}; until then they wait --dead-after only", bound.why);
+                (Duration::ZERO, format!("UNBOUNDED: {}", bound.why))
+            }
+        };
+        tracing::info!(fence_wait_secs = wait.as_secs_f64(), "takeovers wait --dead-after plus this: {from}");
+        nodes.set_fence_wait(wait, from);
+        nodes.set_lease(lease);
         nodes.round()?;
         h.set_root(root_info);
         // The store gets half the call budget, so that a call that waited for the lock
@@ -161,7 +183,7 @@ pub async fn run(
         health.clone(),
     )
     .await?;
-    let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone()));
+    let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone(), state_dir));
     // Other nodes' commits are applied once per heartbeat interval even while no call
     // asks, so that the next read rarely has journal entries to read first.
     let keeping_current = {
@@ -291,6 +313,9 @@ pub async fn run(
         }
         _ => None,
     };
+    if let Some(socket) = &cfg.docker_socket {
+        svc.set_docker_socket(socket.clone());
+    }
     // Serving already (the listener is bound): dockerd's list call is answered.
     let announcing = cfg
         .docker_socket
@@ -332,14 +357,23 @@ pub async fn run(
     // Copies end before this node says it left: others may then clean what it made.
     svc.stop_copies().await;
     beating.store(false, std::sync::atomic::Ordering::SeqCst);
-    let leaving = nodes.clone();
-    match run_blocking("marking this node as left", cfg.timeout / 2, move || {
-        leaving.beat(HeartbeatState::Left)
-    })
-    .await
-    {
-        Ok(()) => tracing::info!("marked this node as left"),
-        Err(e) => tracing::warn!("{e}"),
+    // "Left" lets others take this node's exclusive volumes at once: not while containers
+    // here still use one. Then this node only stops beating: a daemon started again within
+    // its lease keeps them, and otherwise the fence keeper stops those containers before
+    // anyone may take the volumes over.
+    let held = nodes.lease().map(|l| l.volumes()).unwrap_or_default();
+    if held.is_empty() {
+        let leaving = nodes.clone();
+        match run_blocking("marking this node as left", cfg.timeout / 2, move || {
+            leaving.beat(HeartbeatState::Left)
+        })
+        .await
+        {
+            Ok(()) => tracing::info!("marked this node as left"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    } else {
+        tracing::warn!(volumes = %held.join(", "), lease_secs = nodes.lease_term().as_secs_f64(), "not marking this node as left: containers here use exclusive volumes it holds; a daemon started again within the lease keeps them, else the fence keeper stops those containers when it runs out");
     }
     let stopper = store.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
@@ -415,11 +449,21 @@ fn start_heartbeat(
 /// re-validates after a lapse of this node's heartbeat), see [`Service::fence`]; and after
 /// a reconnect to the export, mounts again what was mounted from the old connection, see
 /// [`Service::follow_reconnects`].
-async fn fence_loop(nodes: Arc<Nodes>, svc: Arc<Service>) {
+async fn fence_loop(nodes: Arc<Nodes>, svc: Arc<Service>, state_dir: PathBuf) {
     let mut tick = tokio::time::interval(nodes.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keeper_failed = false;
     loop {
         tick.tick().await;
+        // The keeper outlives daemons; one that was killed is started again.
+        match crate::fence::ensure_keeper(&state_dir) {
+            Ok(()) => keeper_failed = false,
+            Err(e) if !keeper_failed => {
+                tracing::error!("the fence keeper is not running and could not be started: {e}");
+                keeper_failed = true;
+            }
+            Err(_) => {}
+        }
         svc.fence().await;
         svc.follow_reconnects().await;
     }

@@ -36,7 +36,44 @@ fn socket_identity(path: &Path) -> Option<(u64, u64)> {
 /// The request: this driver's volumes only, so dockerd asks no other plugin for its list
 /// (it still activates them all, which is what makes it remember this one).
 pub fn list_path(driver: &str) -> String {
-    let filters = serde_json::json!({ "driver": [driver] }).to_string();
+    format!(
+        "/volumes?filters={}",
+        encode_filters(&serde_json::json!({ "driver": [driver] }))
+    )
+}
+
+/// The running containers that use the volume `name` (for naming the container that
+/// holds an exclusive volume): `GET /containers/json` with a volume filter. `None` when
+/// dockerd does not answer within `timeout`.
+pub async fn containers_using(socket: &Path, name: &str, timeout: Duration) -> Option<Vec<String>> {
+    let path = format!(
+        "/containers/json?filters={}",
+        encode_filters(&serde_json::json!({ "volume": [name] }))
+    );
+    let answer = Client::new(socket, timeout)
+        .request("GET", &path, None)
+        .await;
+    let list = match answer {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(docker = %socket.display(), "asking dockerd which container uses {name}: {e}");
+            return None;
+        }
+    };
+    // Bounded: names of at most 16 containers, each as dockerd gives it ("/name").
+    Some(
+        list.as_array()?
+            .iter()
+            .filter_map(|c| c.get("Names")?.get(0)?.as_str())
+            .map(|n| n.trim_start_matches('/').chars().take(128).collect())
+            .take(16)
+            .collect(),
+    )
+}
+
+/// A `filters` query value: the JSON, percent-encoded.
+fn encode_filters(filters: &serde_json::Value) -> String {
+    let filters = filters.to_string();
     let mut encoded = String::with_capacity(filters.len() * 3);
     for b in filters.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -45,7 +82,7 @@ pub fn list_path(driver: &str) -> String {
             encoded.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("/volumes?filters={encoded}")
+    encoded
 }
 
 /// Watches `socket` for as long as the daemon runs, asking each dockerd that appears there

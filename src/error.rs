@@ -39,6 +39,16 @@ pub enum Error {
         dead_in: Option<Duration>,
     },
 
+    /// An exclusive volume has one writer: another container has it mounted.
+    #[error("volume {name} is exclusive (one writer at a time) and another container has it mounted on node {node} ({}Docker mount ID {id}); stop that container first: a Swarm service using it must be updated with --update-order stop-first. If no container uses it any more (dockerd lost track of it), release that mount on node {node} with `caravan umount {name} --id {id}`", container.as_ref().map(|c| format!("container {c}, ")).unwrap_or_default())]
+    ExclusiveInUse {
+        name: String,
+        node: String,
+        id: String,
+        /// The container's name, when the node that refuses is the one it runs on.
+        container: Option<String>,
+    },
+
     #[error("volume {0} is not mounted on this node")]
     NotMounted(String),
 
@@ -132,7 +142,8 @@ impl Error {
             Error::Conflict { .. }
             | Error::InUse { .. }
             | Error::Snapshot(_)
-            | Error::ExclusiveHeld { .. } => 409,
+            | Error::ExclusiveHeld { .. }
+            | Error::ExclusiveInUse { .. } => 409,
             Error::Timeout { .. }
             | Error::ShuttingDown
             | Error::Busy(_)

@@ -20,6 +20,8 @@
 //! - [`nfs`]: mounting an NFSv4 export itself (`--nfs`);
 //! - [`node`]: node identity, heartbeats and the liveness of incarnations (no clock
 //!   comparisons);
+//! - [`fence`]: the lease on exclusive volumes and the fence keeper that stops their
+//!   containers when this node cannot renew it;
 //! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
 //! - [`pending`]: unmounts recorded on this node until the export answers;
 //! - [`service`]: the volume operations both APIs share (create, mount, remove, …);
@@ -45,6 +47,7 @@ pub mod deadline;
 pub mod dockerd;
 pub mod error;
 pub mod export;
+pub mod fence;
 pub mod health;
 pub mod layout;
 pub mod lock;

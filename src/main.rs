@@ -12,6 +12,19 @@ fn main() {
     let code = match cli.command {
         Command::Daemon(args) => run_daemon(args.resolve()),
         Command::Plugin(args) => run_daemon(args.resolve()),
+        Command::FenceKeeper { state_dir } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            match caravan::fence::keep(&state_dir) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("caravan fence-keeper: {e}");
+                    1
+                }
+            }
+        }
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -73,6 +73,8 @@ pub struct Metrics {
     lock_wait_seconds: Histogram,
     heartbeat_gap_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
     export_reconnects: Counter,
+    fences: Counter,
+    fenced_processes: Counter,
 }
 
 /// The process's metrics.
@@ -86,6 +88,8 @@ pub fn global() -> &'static Metrics {
         lock_wait_seconds: seconds_buckets(),
         heartbeat_gap_seconds: Family::new_with_constructor(gap_buckets),
         export_reconnects: Counter::default(),
+        fences: Counter::default(),
+        fenced_processes: Counter::default(),
     })
 }
 
@@ -138,6 +142,13 @@ impl Metrics {
     pub fn export_reconnect(&self) {
         self.export_reconnects.inc();
     }
+
+    /// This node's lease ran out and the fence keeper stopped `processes` processes.
+    pub fn fenced(&self, processes: usize) {
+        self.fences.inc();
+        self.fenced_processes
+            .inc_by(u64::try_from(processes).unwrap_or(u64::MAX));
+    }
 }
 
 /// The state shown at a scrape.
@@ -185,6 +196,16 @@ pub fn render(state: &Scrape) -> String {
         "export_reconnects",
         "Times this node reopened its handles after the export went away or was mounted again",
         m.export_reconnects.clone(),
+    );
+    r.register(
+        "fences",
+        "Times this node's lease on its exclusive volumes ran out and the fence keeper stopped their containers",
+        m.fences.clone(),
+    );
+    r.register(
+        "fenced_processes",
+        "Processes the fence keeper stopped",
+        m.fenced_processes.clone(),
     );
 
     let info = state.info;

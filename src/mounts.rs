@@ -172,6 +172,10 @@ pub struct MountEntry {
     pub source: String,
     /// Per-mount and per-superblock options together, comma-separated.
     pub options: String,
+    /// The filesystem's device (`major:minor`) and the folder of it mounted here: a bind
+    /// mount of the same folder shows the same pair in every mount namespace.
+    pub device: String,
+    pub root: PathBuf,
 }
 
 impl MountEntry {
@@ -188,8 +192,17 @@ impl MountEntry {
             options: format!("{},{super_options}", left.get(5)?),
             fs_type,
             source,
+            device: left.get(2)?.to_string(),
+            root: unescape(left.get(3)?).into(),
         })
     }
+}
+
+/// The mount table of process `pid` (its mount namespace's, as that process sees it).
+pub fn mount_table_of(pid: u32) -> Result<Vec<MountEntry>> {
+    let path = format!("/proc/{pid}/mountinfo");
+    let text = fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+    Ok(parse_mountinfo(&text))
 }
 
 /// This process's mount table.
@@ -275,6 +288,17 @@ mod tests {
         assert_eq!(m.fs_type, "nfs4");
         assert_eq!(m.source, "srv:/export");
         assert!(m.options.contains("vers=4.2") && m.options.starts_with("rw,relatime"));
+        assert_eq!(
+            (m.device.as_str(), m.root.as_path()),
+            ("0:32", Path::new("/"))
+        );
+        let bind =
+            MountEntry::parse("40 36 0:33 /volumes/a\\040b/data /data rw - fuse.glusterfs gv0 rw")
+                .unwrap();
+        assert_eq!(
+            (bind.device.as_str(), bind.root.as_path()),
+            ("0:33", Path::new("/volumes/a b/data"))
+        );
         let table = vec![m];
         assert!(mount_of(&table, Path::new("/mnt/my share/x")).is_some());
         assert!(mount_of(&table, Path::new("/mnt/other")).is_none());

@@ -320,6 +320,17 @@ impl Watchers {
     /// with the mount or hold at stake; `None` (a record from a version that did not
     /// record it) judges the node's current boot id.
     pub fn judge(&self, node: &str, boot_id: Option<&str>, at: Instant) -> Judgment {
+        self.judge_within(node, boot_id, at, self.dead_after)
+    }
+
+    /// Like [`Watchers::judge`], dead only after `limit` of silence.
+    pub fn judge_within(
+        &self,
+        node: &str,
+        boot_id: Option<&str>,
+        at: Instant,
+        limit: Duration,
+    ) -> Judgment {
         if node == self.me {
             // Only one daemon runs per name (the name lock), so an earlier boot id of this
             // node's own name is gone.
@@ -337,7 +348,7 @@ impl Watchers {
         }
         let Some(w) = self.watches.get(node) else {
             // Never watched: it may be starting; only silence proves it gone.
-            return Judgment::alive(Some(self.dead_after));
+            return Judgment::alive(Some(limit));
         };
         let boot = boot_id.unwrap_or(&w.current.boot_id);
         let seen = w.boots.iter().find(|b| b.boot_id == boot);
@@ -351,10 +362,10 @@ impl Watchers {
             last = last.max(*c);
         }
         let silent = self.clock.now(at).saturating_sub(last);
-        if silent > self.dead_after {
+        if silent > limit {
             Judgment::gone(Liveness::Dead)
         } else {
-            Judgment::alive(Some(self.dead_after - silent))
+            Judgment::alive(Some(limit - silent))
         }
     }
 
@@ -435,6 +446,12 @@ pub struct Nodes {
     logged: Mutex<HashMap<String, (String, Liveness)>>,
     /// Nodes whose heartbeat file could not be read at the last round (logged once each).
     unreadable: Mutex<std::collections::BTreeSet<String>>,
+    /// This node's lease on its exclusive volumes, renewed by every beat (see
+    /// [`crate::fence`]); a daemon has one, observers do not.
+    lease: std::sync::OnceLock<Arc<crate::fence::Lease>>,
+    /// How long after another node's holder is judged dead its writes may still land
+    /// (`--fence-wait`): a takeover waits that much longer.
+    fence_wait: Mutex<(Duration, String)>,
 }
 
 /// The heartbeat folder, opened below the root without following links: a `nodes` folder
@@ -506,6 +523,8 @@ impl Nodes {
             own: Mutex::new(Own::default()),
             logged: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(Default::default()),
+            lease: std::sync::OnceLock::new(),
+            fence_wait: Mutex::new((Duration::ZERO, "not set".into())),
         };
         nodes.connect(layout.root_dir()?, Reconnect::Start)?;
         Ok(nodes)
@@ -637,6 +656,45 @@ impl Nodes {
         self.dead_after
     }
 
+    /// How long a beat keeps this node's lease on its exclusive volumes: `dead_after`
+    /// less one interval, so that it runs out (and the fence keeper stops its containers)
+    /// before any other node may judge it dead.
+    pub fn lease_term(&self) -> Duration {
+        self.dead_after.saturating_sub(self.interval)
+    }
+
+    /// Renews `lease` after every beat from now on.
+    pub fn set_lease(&self, lease: Arc<crate::fence::Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    pub fn lease(&self) -> Option<&Arc<crate::fence::Lease>> {
+        self.lease.get()
+    }
+
+    /// How long after a holder is judged dead its in-flight writes may still land.
+    pub fn fence_wait(&self) -> Duration {
+        self.fence_wait.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The fence wait and where it comes from (shown in `caravan info`).
+    pub fn fence_wait_from(&self) -> (Duration, String) {
+        self.fence_wait
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_fence_wait(&self, wait: Duration, from: String) {
+        *self.fence_wait.lock().unwrap_or_else(|p| p.into_inner()) = (wait, from);
+    }
+
+    /// The silence after which an exclusive volume's holder may be taken over: it is
+    /// dead, and whatever it had in flight can no longer land.
+    pub fn takeover_after(&self) -> Duration {
+        self.dead_after.saturating_add(self.fence_wait())
+    }
+
     fn file_name(node: &str) -> String {
         format!("{node}.json")
     }
@@ -688,10 +746,10 @@ impl Nodes {
             let silent = own
                 .last_beat_ok
                 .map(|t| started.saturating_duration_since(t));
-            if let Some(silent) = silent.filter(|s| *s >= self.dead_after) {
+            if let Some(silent) = silent.filter(|s| *s >= self.lease_term()) {
                 if own.revalidating.is_none() {
                     let why = format!(
-                        "this node could not write its heartbeat for {:.0}s (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                        "this node could not write its heartbeat for {:.0}s (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
                         silent.as_secs_f64(),
                         self.dead_after.as_secs()
                     );
@@ -713,10 +771,10 @@ impl Nodes {
             // A write that itself took dead_after (a hard mount blocked on a server only
             // this host lost) is a lapse too: others may have judged this node dead.
             let previous = own.last_beat_ok.unwrap_or(writing);
-            if landed.saturating_duration_since(previous) >= self.dead_after {
+            if landed.saturating_duration_since(previous) >= self.lease_term() {
                 if own.revalidating.is_none() {
                     let why = format!(
-                        "writing this node's heartbeat took until {:.0}s after the previous one (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                        "writing this node's heartbeat took until {:.0}s after the previous one (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
                         landed.saturating_duration_since(previous).as_secs_f64(),
                         self.dead_after.as_secs()
                     );
@@ -728,6 +786,9 @@ impl Nodes {
             // When the write began, not when it returned: the beat is no younger than that.
             own.last_beat_ok = Some(writing);
             drop(own);
+            if let Some(lease) = self.lease.get() {
+                lease.renew(writing);
+            }
             self.observe_at(started)
         });
         match &result {
@@ -890,6 +951,14 @@ impl Nodes {
         self.watchers().judge(node, boot_id, Instant::now())
     }
 
+    /// Judges the incarnation (`node`, `boot_id`) as the holder of an exclusive volume:
+    /// dead only once silent for [`Nodes::takeover_after`].
+    pub fn judge_holder(&self, node: &str, boot_id: Option<&str>) -> Judgment {
+        let limit = self.takeover_after();
+        self.watchers()
+            .judge_within(node, boot_id, Instant::now(), limit)
+    }
+
     /// The node's current state (its current boot id), for display.
     pub fn liveness(&self, node: &str) -> Liveness {
         self.judge(node, None).state
@@ -902,12 +971,13 @@ impl Nodes {
         if let Some(why) = &own.revalidating {
             return Err(why.clone());
         }
+        let term = self.lease_term();
         match own.last_beat_ok {
-            Some(t) if t.elapsed() < self.dead_after => Ok(()),
+            Some(t) if t.elapsed() < term => Ok(()),
             Some(t) => Err(format!(
-                "this node has not written its heartbeat for {:.0}s (more than --dead-after {}s): another node may have taken its exclusive volumes over",
+                "this node has not written its heartbeat for {:.1}s: its lease on exclusive volumes ({:.1}s, --dead-after less one heartbeat) ran out, and another node may take them over",
                 t.elapsed().as_secs_f64(),
-                self.dead_after.as_secs()
+                term.as_secs_f64()
             )),
             None => Err("this node has not written its heartbeat yet".into()),
         }
@@ -921,13 +991,16 @@ impl Nodes {
 
     /// The exclusive volumes were re-validated against a fresh read of the store begun
     /// at `epoch`: unless another lapse began since, this node may hold again.
-    pub fn revalidated(&self, epoch: u64) {
+    /// `held` names the exclusive volumes this node still holds and has mounted.
+    pub fn revalidated(&self, epoch: u64, held: &[String]) {
         let mut own = self.own();
         if own.revalidate_epoch == epoch && own.revalidating.is_some() {
             own.revalidating = None;
-            tracing::info!(
-                "exclusive volumes re-validated: this node serves as their holder again"
-            );
+            if held.is_empty() {
+                tracing::info!("exclusive volumes re-validated: this node holds none mounted here; it may be granted exclusive volumes again");
+            } else {
+                tracing::info!(volumes = %held.join(", "), "exclusive volumes re-validated: no other node took these over, and this node serves as their holder again");
+            }
         }
     }
 
@@ -1276,7 +1349,7 @@ mod tests {
             .revalidation_needed()
             .expect("a lapse needs re-validation");
         assert!(b.may_hold().is_err());
-        b.revalidated(epoch);
+        b.revalidated(epoch, &[]);
         assert!(b.may_hold().is_ok());
         a.refresh("b");
         assert!(

@@ -27,6 +27,8 @@ pub struct RootInfo {
     pub source: String,
     /// Whether the filesystem type is one that other hosts can share.
     pub shared: bool,
+    /// Its mount options (per mount and per superblock).
+    pub options: String,
 }
 
 /// Filesystem types that several hosts can mount at once.
@@ -59,6 +61,7 @@ pub fn check(layout: &SharedLayout, node: &str, lock_wait: Duration) -> Result<R
         shared: SHARED_TYPES.contains(&mount.fs_type.as_str()),
         fs_type: mount.fs_type,
         source: mount.source,
+        options: mount.options,
     };
     layout.init().map_err(|e| explain_write_error(root, e))?;
     // Every call below reaches the export through folders opened without following a

@@ -97,7 +97,11 @@ fn a_restarted_exclusive_holder_keeps_its_volume() {
     b.kill9();
     wait_dead(&a, "b");
     b.spawn();
-    b.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b2"}"#);
+    // dockerd mounts its container's volume again (one container: the same mount ID;
+    // another container would be refused while b1 is mounted).
+    b.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b1"}"#);
+    let other = b.err("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b2"}"#);
+    assert!(other.contains("Docker mount ID b1"), "{other}");
     let err = a.err("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a1"}"#);
     assert!(err.contains("held by node b"), "{err}");
     let st = util::status(&a, "ex");

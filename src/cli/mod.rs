@@ -44,6 +44,12 @@ pub enum Command {
     /// docs/managed-plugin.md)
     #[command(hide = true)]
     Plugin(crate::config::PluginArgs),
+    /// The fence keeper the daemon starts (see docs/semantics.md, "One writer")
+    #[command(hide = true)]
+    FenceKeeper {
+        #[arg(long)]
+        state_dir: std::path::PathBuf,
+    },
     /// Create a volume
     Create {
         name: String,
@@ -225,6 +231,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), ClientError> {
         }
         Command::Daemon(_)
         | Command::Plugin(_)
+        | Command::FenceKeeper { .. }
         | Command::Completions { .. }
         | Command::Manpage => {
             unreachable!("started or printed by main")
@@ -604,6 +611,7 @@ fn info_text(i: &Info) -> String {
     if let Some(e) = &i.standing.last_error {
         text.push_str(&format!("Heartbeat:    failing: {e}\n"));
     }
+    text.push_str(&crate::fence::fencing_text(&i.fencing));
     if let Some(why) = &i.connection.refused {
         text.push_str(&format!("Export:       REFUSED: {why}\n"));
     }

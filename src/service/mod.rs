@@ -152,6 +152,9 @@ pub struct Service {
     snapshot_failures: Mutex<HashMap<(String, String), String>>,
     /// The export's reconnect count when the bind mounts were last checked after one.
     seen_reconnects: std::sync::atomic::AtomicU64,
+    /// The local dockerd's socket, if known: asked which container holds an exclusive
+    /// volume, for a refusal that names it.
+    docker_socket: std::sync::OnceLock<PathBuf>,
     /// This service, for the background work it starts.
     me: std::sync::Weak<Service>,
 }
@@ -170,6 +173,7 @@ impl Service {
         let pending = PendingUnmounts::load(local.pending_unmounts_file());
         let svc = Arc::new_cyclic(|me| Service {
             me: me.clone(),
+            docker_socket: std::sync::OnceLock::new(),
             pending,
             node,
             store,
@@ -333,7 +337,7 @@ impl Service {
             if uncertain(&e) && !matches!(e, Error::ExportStalled { .. }) {
                 self.take_back_later(name, id);
             }
-            return Err(e);
+            return Err(self.name_the_container(e).await);
         }
         // Under the volume's lock, before the retry task can take it: see
         // PendingUnmounts::cancel_take_backs.
@@ -344,12 +348,58 @@ impl Service {
             self.take_back(name, id).await;
             return Err(e);
         }
+        // Before the container can write: the fence keeper must know the volume.
+        if let Some(lease) = self.nodes.lease() {
+            let exclusive = self.store.snapshot().await.ok().is_some_and(|snap| {
+                snap.volumes
+                    .get(name)
+                    .is_some_and(|r| r.options.access == crate::volume::Access::Exclusive)
+            });
+            if exclusive {
+                lease.set_volume(name, Some(&self.local.mountpoint(name)));
+            }
+        }
         if !crate::deadline::answerable(ANSWER_MARGIN) {
             tracing::warn!(volume = %name, id, "the mount finished after its caller's deadline; taking it back");
             self.take_back(name, id).await;
             return Err(late());
         }
         Ok(self.local.mountpoint(name))
+    }
+
+    /// Tells the service where the local dockerd listens.
+    pub fn set_docker_socket(&self, socket: PathBuf) {
+        let _ = self.docker_socket.set(socket);
+    }
+
+    /// A refusal because another container has an exclusive volume mounted on this node,
+    /// with that container's name when the local dockerd says which one it is (within a
+    /// second; without it, the refusal names the mount ID only).
+    async fn name_the_container(&self, e: Error) -> Error {
+        let Error::ExclusiveInUse {
+            name,
+            node,
+            id,
+            container: None,
+        } = e
+        else {
+            return e;
+        };
+        let container = match self.docker_socket.get() {
+            Some(socket) if node == self.node => {
+                crate::dockerd::containers_using(socket, &name, Duration::from_secs(1))
+                    .await
+                    .filter(|names| !names.is_empty())
+                    .map(|names| names.join(", "))
+            }
+            _ => None,
+        };
+        Error::ExclusiveInUse {
+            name,
+            node,
+            id,
+            container,
+        }
     }
 
     /// Makes this node's bind mount of `name` reach the volume's folder on the export as
@@ -459,9 +509,9 @@ impl Service {
             else {
                 return Err(e);
             };
-            let dead_after = self.nodes.dead_after();
+            let dead_after = self.nodes.takeover_after();
             let silent = dead_after.saturating_sub(dead_in);
-            let left = crate::deadline::remaining(dead_after * 2);
+            let left = crate::deadline::remaining(self.nodes.dead_after() * 2);
             let waited = start.elapsed();
             let wait = match wait_for_holder(silent, dead_in, self.nodes.interval(), left, waited) {
                 None => return Err(e),
@@ -647,7 +697,7 @@ impl Service {
     /// volume from a live holder, which drops its claim when it notices.
     pub async fn takeover(&self, name: &str, force: bool) -> Result<VolumeView> {
         validate_name(name)?;
-        let deadline = Instant::now() + self.nodes.dead_after() + self.nodes.interval() * 3;
+        let deadline = Instant::now() + self.nodes.takeover_after() + self.nodes.interval() * 3;
         loop {
             // The volume's lock only for each attempt, not across the wait: Mounts and
             // Unmounts of it on this node go on meanwhile.
@@ -708,15 +758,83 @@ impl Service {
                 lost_here(snap.volumes.get(&name), &self.node)
             };
             let Some(why) = lost else { continue };
-            tracing::warn!(volume = %name, "{why}; unmounting it here");
+            tracing::warn!(volume = %name, "{why}; stopping the containers that use it here, and unmounting it");
+            // Unmounting this node's mountpoint leaves the containers' own bind mounts:
+            // their processes are stopped first (see crate::fence).
+            self.stop_local_users(&name).await;
             if let Err(e) = self.unbind(&name).await {
                 tracing::error!(volume = %name, "fencing: {e}");
                 all_dropped = false;
             }
         }
         if let (Some(epoch), true) = (epoch, all_dropped) {
-            self.nodes.revalidated(epoch);
+            let held = self.sync_lease().await;
+            self.nodes.revalidated(epoch, &held);
+        } else {
+            self.sync_lease().await;
         }
+    }
+
+    fn fencing_report(&self) -> crate::fence::FencingReport {
+        let Some(lease) = self.nodes.lease() else {
+            return crate::fence::FencingReport::default();
+        };
+        let fences = lease.fences();
+        let (wait, from) = self.nodes.fence_wait_from();
+        crate::fence::FencingReport {
+            lease_secs: lease.term().as_secs_f64(),
+            fence_wait_secs: wait.as_secs_f64(),
+            fence_wait_from: from,
+            keeper_running: crate::fence::keeper_running(&self.local.state_dir).unwrap_or(false),
+            volumes: lease.volumes(),
+            fences: fences.count,
+            last_fence: fences.last,
+        }
+    }
+
+    /// Kills the processes of this host that reach `name` through a mount of their own
+    /// (containers), see [`crate::fence::stop_users`].
+    async fn stop_local_users(&self, name: &str) {
+        let volumes =
+            std::collections::BTreeMap::from([(name.to_string(), self.local.mountpoint(name))]);
+        let killed = tokio::task::spawn_blocking(move || crate::fence::stop_users(&volumes))
+            .await
+            .unwrap_or_default();
+        if !killed.is_empty() {
+            tracing::warn!(volume = %name, killed = %killed.join(", "), "stopped the processes that still used a lost exclusive volume");
+        }
+    }
+
+    /// Brings the lease's list of exclusive volumes bound here up to date (see
+    /// [`crate::fence`]); returns it.
+    async fn sync_lease(&self) -> Vec<String> {
+        let Some(lease) = self.nodes.lease() else {
+            return Vec::new();
+        };
+        if let Some(report) = lease.take_report() {
+            crate::metrics::global().fenced(report.killed.len());
+        }
+        let Ok(snap) = self.store.snapshot().await else {
+            return lease.volumes();
+        };
+        let bound = self.bound_here().names.clone();
+        let exclusive: Vec<String> = bound
+            .into_iter()
+            .filter(|n| {
+                snap.volumes
+                    .get(n)
+                    .is_some_and(|r| r.options.access == crate::volume::Access::Exclusive)
+            })
+            .collect();
+        for old in lease.volumes() {
+            if !exclusive.contains(&old) {
+                lease.set_volume(&old, None);
+            }
+        }
+        for name in &exclusive {
+            lease.set_volume(name, Some(&self.local.mountpoint(name)));
+        }
+        exclusive
     }
 
     /// The mountpoint, if the volume is mounted on this node.
@@ -855,6 +973,7 @@ impl Service {
                 health: self.health.report(),
                 standing: self.nodes.self_report(),
                 connection: self.shared().export().report(),
+                fencing: self.fencing_report(),
                 skipped_records: snap
                     .unreadable
                     .iter()

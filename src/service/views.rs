@@ -108,6 +108,9 @@ pub struct Info {
     /// The export's connection: reconnects after it went away or was mounted again.
     #[serde(default)]
     pub connection: crate::export::ConnectionReport,
+    /// The lease on exclusive volumes and its fencing (see [`crate::fence`]).
+    #[serde(default)]
+    pub fencing: crate::fence::FencingReport,
     /// Records in the store that failed their checks (another machine wrote them, or an
     /// older or newer version), by key (shortened), with why: left untouched, never used.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

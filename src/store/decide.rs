@@ -22,6 +22,15 @@ pub trait Oracle {
     /// `Ok` while the committing node may act as the holder of its exclusive volumes.
     fn may_hold(&self) -> std::result::Result<(), String>;
     fn dead_after(&self) -> Duration;
+    /// Judges (`node`, `boot_id`) as the holder of an exclusive volume: dead only once
+    /// silent for [`Oracle::takeover_after`], when its in-flight writes can no longer land.
+    fn judge_holder(&mut self, node: &str, boot_id: Option<&str>) -> Judgment {
+        self.judge(node, boot_id)
+    }
+    /// `dead_after` and the fence wait (see [`crate::fence`]).
+    fn takeover_after(&self) -> Duration {
+        self.dead_after()
+    }
 }
 
 /// The incarnation that commits, and its clock (for display fields only).
@@ -298,6 +307,17 @@ pub fn mount(
     record.check_writable()?;
     if record.options.access == Access::Exclusive {
         claim(record, who, false, oracle, events)?;
+        // One writer: one container (one Docker mount ID) at a time, wherever it runs,
+        // this node included. The same ID again (`docker cp`, a repeated Mount after a
+        // restart) is the same container.
+        if let Some((node, other)) = other_mount(record, id) {
+            return Err(Error::ExclusiveInUse {
+                name: record.name.clone(),
+                node,
+                id: other,
+                container: None,
+            });
+        }
         events.push(Event::ExclusiveMount {
             volume: record.name.clone(),
             node: who.node.to_string(),
@@ -305,6 +325,15 @@ pub fn mount(
         });
     }
     Ok(record.add_mount(who.node, who.boot_id, id))
+}
+
+/// A mount of the volume under another ID than `id` (node, ID), if any.
+fn other_mount(record: &VolumeRecord, id: &str) -> Option<(String, String)> {
+    record.mounts.iter().find_map(|(node, ids)| {
+        ids.iter()
+            .find(|(other, count)| other.as_str() != id && **count > 0)
+            .map(|(other, _)| (node.clone(), other.clone()))
+    })
 }
 
 /// Counts an Unmount of (`who`, `id`). `None` when the ID was not mounted on the node. The
@@ -381,12 +410,12 @@ pub fn reconcile(record: &mut VolumeRecord, bound: bool, who: Committer<'_>) -> 
 /// Whether the holder of an exclusive volume is alive: its granted incarnation, or the
 /// incarnation that recorded its mounts (a restarted holder that kept its bind mounts).
 fn judge_holder(record: &VolumeRecord, holder: &Holder, oracle: &mut dyn Oracle) -> Judgment {
-    let granted = oracle.judge(&holder.node, holder.boot_id.as_deref());
+    let granted = oracle.judge_holder(&holder.node, holder.boot_id.as_deref());
     if granted.is_alive() || record.node_mount_count(&holder.node) == 0 {
         return granted;
     }
     match record.incarnations.get(&holder.node) {
-        Some(b) if Some(b) != holder.boot_id.as_ref() => oracle.judge(&holder.node, Some(b)),
+        Some(b) if Some(b) != holder.boot_id.as_ref() => oracle.judge_holder(&holder.node, Some(b)),
         _ => granted,
     }
 }
@@ -425,14 +454,15 @@ pub fn claim(
                     format!(
                         "once this node can see the cluster again (it is cut off from the export and declares nobody dead) and {} has been silent for {}s",
                         h.node,
-                        oracle.dead_after().as_secs()
+                        oracle.takeover_after().as_secs()
                     )
                 } else {
                     format!(
-                        "once {} has been silent for {}s (in {:.0}s if it stays silent)",
+                        "once {} has been silent for {}s (--dead-after {}s, then the wait until its in-flight writes can no longer land; in {:.0}s if it stays silent)",
                         h.node,
+                        oracle.takeover_after().as_secs(),
                         oracle.dead_after().as_secs(),
-                        judged.dead_in.unwrap_or(oracle.dead_after()).as_secs_f64()
+                        judged.dead_in.unwrap_or(oracle.takeover_after()).as_secs_f64()
                     )
                 };
                 return Err(Error::ExclusiveHeld {
@@ -605,11 +635,85 @@ mod tests {
             (h.node.as_str(), h.boot_id.as_deref(), h.generation),
             ("h3", Some("h3-b2"), 1)
         );
+        // The same container again (`docker cp`, a Mount repeated after a restart).
         assert_eq!(
-            mount(&mut r, "b", H3_NEW, &mut Script::default(), &mut ev).unwrap(),
+            mount(&mut r, "a", H3_NEW, &mut Script::default(), &mut ev).unwrap(),
             2
         );
         assert_eq!(r.generation, 1, "the holder's own mounts grant nothing new");
+    }
+
+    #[test]
+    fn a_second_container_is_refused_on_the_holders_node_and_on_any_other() {
+        let mut r = volume("exclusive");
+        let mut ev = Vec::new();
+        mount(&mut r, "a", H3_NEW, &mut Script::default(), &mut ev).unwrap();
+        // Another container on the holder's own node: one writer, not one node.
+        let e = mount(&mut r, "b", H3_NEW, &mut Script::default(), &mut ev).unwrap_err();
+        assert!(
+            matches!(&e, Error::ExclusiveInUse { node, id, .. } if node == "h3" && id == "a"),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("stop-first") && text.contains("caravan umount v --id a"),
+            "{text}"
+        );
+        // Elsewhere, while the holder is alive: the holder is named.
+        assert!(matches!(
+            mount(&mut r, "c", H2, &mut Script::default(), &mut ev),
+            Err(Error::ExclusiveHeld { .. })
+        ));
+        assert_eq!(r.node_mount_count("h3"), 1, "nothing counted");
+        assert_eq!(r.generation, 1, "nothing granted");
+        // Once the first container unmounts, the second is let in.
+        unmount(&mut r, "a", H3_NEW).unwrap();
+        assert_eq!(
+            mount(&mut r, "b", H3_NEW, &mut Script::default(), &mut ev).unwrap(),
+            1
+        );
+        // A shared volume still takes any number of containers.
+        let mut s = volume("shared");
+        mount(&mut s, "a", H3_NEW, &mut Script::default(), &mut ev).unwrap();
+        mount(&mut s, "b", H3_NEW, &mut Script::default(), &mut ev).unwrap();
+        mount(&mut s, "c", H2, &mut Script::default(), &mut ev).unwrap();
+    }
+
+    #[test]
+    fn takeovers_are_judged_by_the_holder_rule_and_quote_its_wait() {
+        /// An oracle whose holder judgment waits 20 s longer than dead-after.
+        struct Fenced(Script);
+        impl Oracle for Fenced {
+            fn judge(&mut self, n: &str, b: Option<&str>) -> Judgment {
+                self.0.judge(n, b)
+            }
+            fn judge_holder(&mut self, _: &str, _: Option<&str>) -> Judgment {
+                Judgment {
+                    state: Liveness::Alive,
+                    dead_in: Some(Duration::from_secs(20)),
+                    observer_cut_off: false,
+                }
+            }
+            fn may_hold(&self) -> std::result::Result<(), String> {
+                Ok(())
+            }
+            fn dead_after(&self) -> Duration {
+                Duration::from_secs(5)
+            }
+            fn takeover_after(&self) -> Duration {
+                Duration::from_secs(25)
+            }
+        }
+        let mut r = volume("exclusive");
+        let mut ev = Vec::new();
+        mount(&mut r, "a", H3_OLD, &mut Script::default(), &mut ev).unwrap();
+        // dead by heartbeat, but not yet past the fence wait: refused.
+        let mut o = Fenced(Script::default().with("h3", Some("h3-b1"), Liveness::Dead));
+        let e = mount(&mut r, "x", H2, &mut o, &mut ev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("silent for 25s") && e.contains("in 20s"), "{e}");
+        assert_eq!(r.holder.as_ref().unwrap().node, "h3");
     }
 
     #[test]
@@ -617,8 +721,8 @@ mod tests {
         let mut r = volume("exclusive");
         let mut ev = Vec::new();
         mount(&mut r, "a", H3_OLD, &mut Script::default(), &mut ev).unwrap();
-        // h3 restarts (b2) and mounts again: the grant moves to b2.
-        mount(&mut r, "c", H3_NEW, &mut Script::default(), &mut ev).unwrap();
+        // h3 restarts (b2) and dockerd mounts its container again: the grant moves to b2.
+        mount(&mut r, "a", H3_NEW, &mut Script::default(), &mut ev).unwrap();
         assert_eq!(r.holder.as_ref().unwrap().boot_id.as_deref(), Some("h3-b2"));
         assert_eq!(r.generation, 2);
         // h2 sees b1 dead, b2 alive: refused.

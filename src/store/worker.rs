@@ -104,6 +104,23 @@ impl Oracle for FreshOracle {
             .as_ref()
             .map_or(Duration::from_secs(15), |n| n.dead_after())
     }
+
+    fn judge_holder(&mut self, node: &str, boot_id: Option<&str>) -> Judgment {
+        let Some(nodes) = &self.nodes else {
+            return self.judge(node, boot_id);
+        };
+        if !self.refreshed.contains(node) {
+            nodes.refresh(node);
+            self.refreshed.insert(node.to_string());
+        }
+        nodes.judge_holder(node, boot_id)
+    }
+
+    fn takeover_after(&self) -> Duration {
+        self.nodes
+            .as_ref()
+            .map_or(Duration::from_secs(15), |n| n.takeover_after())
+    }
 }
 
 impl Worker {
