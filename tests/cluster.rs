@@ -559,3 +559,162 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     assert_eq!(st["holder"]["node"], "a", "{st}");
     assert_eq!(st["takeovers"][2]["from"], "b", "{st}");
 }
+
+/// A "container": a process in a mount namespace of its own with `mountpoint` bound at
+/// another place, appending "`tag` N" lines to `log` there every 20 ms.
+fn line_writer(mountpoint: &std::path::Path, inside: &std::path::Path, tag: &str) -> Writer {
+    std::fs::create_dir_all(inside).unwrap();
+    let script = format!(
+        "mount --make-rprivate / && mount --bind '{mp}' '{at}' && i=0; while :; do echo \"{tag} $i\" >> '{at}/log'; i=$((i+1)); sleep 0.02; done",
+        mp = mountpoint.display(),
+        at = inside.display(),
+    );
+    Writer(
+        std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Killed when the test ends, however it ends.
+struct Writer(std::process::Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One writer, whatever fails (issue 29): a daemon restarted within its lease keeps its
+/// container writing; a daemon frozen past it has its container stopped by the fence
+/// keeper before another node may take the volume over, and no line of the old writer
+/// follows the new writer's first.
+#[test]
+fn a_holder_that_cannot_renew_its_lease_stops_its_container_before_a_takeover() {
+    if !require_root("a_holder_that_cannot_renew_its_lease_stops_its_container_before_a_takeover") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    // Lease: dead-after less one heartbeat, 2.5 s.
+    let timing = ["--dead-after", "3s", "--heartbeat", "500ms"];
+    let start = |node: &str| {
+        let spec = s.path().join(format!("spec-{node}"));
+        Daemon::start_with(s.path(), &root, node, spec, "caravan", &timing)
+    };
+    let mut a = start("a");
+    let b = start("b");
+    a.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"ex","Opts":{"access":"exclusive"}}"#,
+    );
+    let mpa = a.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a1"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = std::path::Path::new(&mpa).join("log");
+    let mut writer = line_writer(
+        std::path::Path::new(&mpa),
+        &s.path().join("container-a"),
+        "a",
+    );
+    util::eventually(Duration::from_secs(5), "the container to write", || {
+        lines(&log).len() > 3
+    });
+    let info = a.api("GET", "/v1/info", "").1;
+    assert_eq!(
+        info["fencing"]["volumes"],
+        serde_json::json!(["ex"]),
+        "{info}"
+    );
+    assert_eq!(info["fencing"]["keeper_running"], true, "{info}");
+
+    // A restart (an upgrade) within the lease: the container goes on writing past it.
+    let stopped = Instant::now();
+    a.stop();
+    a.spawn();
+    let before = lines(&log).len();
+    while stopped.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        writer.0.try_wait().unwrap().is_none(),
+        "a restart within the lease stopped the container"
+    );
+    assert!(lines(&log).len() > before, "the container stopped writing");
+    assert_eq!(util::status(&b, "ex")["holder"]["node"], "a");
+
+    // Frozen past the lease (SIGSTOP: no beat, no unmount, nothing the daemon does).
+    signal(&a, nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    util::eventually(Duration::from_secs(3 + 3), "b's takeover", || {
+        util::try_http(
+            &b.socket,
+            "POST",
+            "/VolumeDriver.Mount",
+            r#"{"Name":"ex","ID":"b1"}"#,
+            false,
+        )
+        .map(|(_, v)| v["Err"] == "")
+        .unwrap_or(false)
+    });
+    let taken = frozen.elapsed();
+    // The keeper stopped the container before b could take over.
+    let status = writer
+        .0
+        .try_wait()
+        .unwrap()
+        .expect("the old container still runs after the takeover");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(nix::libc::SIGKILL), "{status:?}");
+    assert!(
+        taken >= Duration::from_millis(2500),
+        "taken over within the old holder's lease: {taken:?}"
+    );
+    let mpb = b.mountpoint("ex");
+    for i in 0..20 {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mpb.join("log"))
+            .unwrap();
+        writeln!(f, "b {i}").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = lines(&mpb.join("log"));
+    let first_b = all.iter().position(|l| l.starts_with("b ")).unwrap();
+    let late: Vec<&String> = all[first_b..]
+        .iter()
+        .filter(|l| l.starts_with("a "))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "old writer's lines after the new writer's first: {late:?}"
+    );
+    assert!(first_b > 10, "the old writer's lines are kept: {all:?}");
+
+    // a wakes: it learns what its keeper did, counts it and shows it.
+    signal(&a, nix::sys::signal::Signal::SIGCONT);
+    util::eventually(Duration::from_secs(5), "a to report the fence", || {
+        a.api("GET", "/v1/info", "").1["fencing"]["fences"] == 1
+    });
+    let info = a.api("GET", "/v1/info", "").1;
+    let killed = info["fencing"]["last_fence"]["killed"].as_array().unwrap();
+    assert!(!killed.is_empty(), "{info}");
+    assert!(a.log_text().contains("lease ran out"), "{}", a.log_text());
+    let cli = util::cli_ok(&a.socket, &["info"]);
+    assert!(cli.contains("Fenced:") && cli.contains("ex"), "{cli}");
+}

@@ -31,7 +31,14 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The earliest a lost node's exclusive volume can be taken over, counted from the kill:
 /// silence is counted from the node's last beat that others saw, which can come up to one
 /// heartbeat interval before the kill.
-const EARLIEST_TAKEOVER: Duration = DEAD_AFTER.saturating_sub(HEARTBEAT);
+const EARLIEST_TAKEOVER: Duration = DEAD_AFTER
+    .saturating_add(FENCE_WAIT)
+    .saturating_sub(HEARTBEAT);
+/// The test bed's GlusterFS `network.ping-timeout` here (lowered from 42 s).
+const PING_TIMEOUT: &str = "10";
+/// The fence wait the daemons are given for it: how long a lost host's in-flight writes
+/// may still land (ping-timeout + 2 s). A takeover waits dead-after + this.
+const FENCE_WAIT: Duration = Duration::from_secs(12);
 
 /// A task's command: records the node that first wrote the volume, then waits, leaving at
 /// once on SIGTERM.
@@ -74,11 +81,20 @@ impl Swarm {
         ok(&["docker-up"]);
         let _ = script(&["testbed", "down"]);
         ok(&["testbed", "up", &n.to_string()]);
+        ok(&["testbed", "ping-timeout", PING_TIMEOUT]);
         let swarm = Swarm {
             hosts: (1..=n).collect(),
         };
+        let fence_wait = format!("{}s", FENCE_WAIT.as_secs());
         for k in 1..=n {
-            ok(&["testbed", "host", &k.to_string(), "up"]);
+            ok(&[
+                "testbed",
+                "host",
+                &k.to_string(),
+                "up",
+                "--fence-wait",
+                &fence_wait,
+            ]);
         }
         swarm
     }
@@ -315,15 +331,16 @@ fn a_lost_nodes_tasks_come_back_elsewhere_with_their_data() {
     );
     let added = db_at.saturating_sub(plain_at);
     eprintln!(
-        "swarm: kill of h2 -> task without a volume running on h3 {} ms; exclusive volume's task reading h2's data on h3 {} ms; caravan added {} ms (dead-after {} s, dispatcher heartbeat {DISPATCHER_HEARTBEAT})",
+        "swarm: kill of h2 -> task without a volume running on h3 {} ms; exclusive volume's task reading h2's data on h3 {} ms; caravan added {} ms (dead-after {} s, fence wait {} s, dispatcher heartbeat {DISPATCHER_HEARTBEAT})",
         ms(plain_at),
         ms(db_at),
         ms(added),
-        DEAD_AFTER.as_secs()
+        DEAD_AFTER.as_secs(),
+        FENCE_WAIT.as_secs()
     );
     assert!(
-        added <= DEAD_AFTER + Duration::from_secs(3),
-        "caravan added more than dead-after + 3 s to Swarm's own rescheduling: {added:?}"
+        added <= DEAD_AFTER + FENCE_WAIT + Duration::from_secs(3),
+        "caravan added more than the fence bound (dead-after + fence wait) + 3 s to Swarm's own rescheduling: {added:?}"
     );
     assert!(
         db_at >= EARLIEST_TAKEOVER,

@@ -73,6 +73,8 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
     }
     let bed = Bed::start();
     ok(&["testbed", "up", "3"]);
+    // GlusterFS clients give up on a lost server after 10 s: takeovers wait that + 2 s.
+    ok(&["testbed", "ping-timeout", "10"]);
     for k in ["1", "2", "3"] {
         ok(&[
             "testbed",
@@ -83,6 +85,8 @@ fn three_hosts_share_volumes_refuse_conflicts_and_fail_over() {
             "5s",
             "--heartbeat",
             "500ms",
+            "--fence-wait",
+            "12s",
         ]);
     }
 
@@ -195,7 +199,13 @@ fn the_failover_demo_serves_the_same_page_on_host_2() {
     }
     // Every test here uses the one test bed: one at a time.
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = script(&["demo-failover", "--dead-after", "5s"]);
+    let out = script(&[
+        "demo-failover",
+        "--dead-after",
+        "5s",
+        "--ping-timeout",
+        "10",
+    ]);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
@@ -205,9 +215,11 @@ fn the_failover_demo_serves_the_same_page_on_host_2() {
         .unwrap_or_else(|| panic!("{text}"));
     let ms: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     eprintln!("{line}");
+    // The fence bound: dead-after 5 s + the fence wait (ping-timeout 10 s + 2 s), less one
+    // heartbeat (silence counts from the last beat seen), + at most 3 s.
     assert!(
-        (4000..8000).contains(&ms),
-        "failover should take dead-after (5 s) + at most 3 s: {line}"
+        (16000..20000).contains(&ms),
+        "failover should take the fence bound (dead-after 5 s + fence wait 12 s) + at most 3 s: {line}"
     );
 }
 
@@ -562,7 +574,17 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
     if !util::require_root("a_partitioned_holder_drops_its_claim_when_the_link_comes_back") {
         return;
     }
-    let flags = ["--dead-after", "5s", "--heartbeat", "1s", "--timeout", "8s"];
+    // Takeovers wait for the GlusterFS ping-timeout set below, + 2 s.
+    let flags = [
+        "--dead-after",
+        "5s",
+        "--heartbeat",
+        "1s",
+        "--timeout",
+        "8s",
+        "--fence-wait",
+        "12s",
+    ];
     let bed = three_hosts("p", "part", &flags);
     ok(&["testbed", "ping-timeout", "10"]);
     let daemons = &bed.daemons;
@@ -665,7 +687,7 @@ fn a_partitioned_holder_drops_its_claim_when_the_link_comes_back() {
     let log = h3.log_text();
     assert!(
         log.lines()
-            .any(|l| l.contains("unmounting it here") && l.contains("pv")),
+            .any(|l| l.contains("unmounting it") && l.contains("pv")),
         "host 3 says why it unmounted pv:\n{}",
         log.lines()
             .filter(|l| l.contains("pv") || l.contains("WARN") || l.contains("ERROR"))

@@ -186,11 +186,13 @@ fn torture_three_nodes_with_kills() {
                             "Unmount"
                         };
                         match call(&sock, method, &format!(r#"{{"Name":"{v}","ID":"{id}"}}"#)) {
-                            // Refused while another node holds it, or while this one
+                            // Refused while another node holds it, while another
+                            // container (worker) has it mounted, or while this node
                             // re-validates after a freeze.
                             Ok(e)
                                 if e.is_empty()
                                     || e.contains("held by node")
+                                    || e.contains("one writer at a time")
                                     || e.contains("re-validating") => {}
                             Ok(e) => panic!("worker {w}: {method} {v}: {e}"),
                             Err(_) => {}
