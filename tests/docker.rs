@@ -5,7 +5,7 @@ mod util;
 
 use std::fs;
 
-use util::docker::{available, docker_err, docker_ok, run_rm, Env};
+use util::docker::{available, docker_err, docker_ok, run_rm, Env, IMAGE};
 use util::is_mountpoint;
 
 #[test]
@@ -130,6 +130,56 @@ fn two_containers_share_a_volume_and_stopping_one_keeps_the_other_mounted() {
     docker_ok(&["stop", "-t", "1", &c2]);
     assert_eq!(env.count(&vol), 0);
     assert!(!is_mountpoint(&env.mountpoint(&vol)));
+}
+
+/// One writer (issue 29): a second container of an exclusive volume is refused on the
+/// same host, naming the container that has it; once that one stops, the second runs.
+#[test]
+fn a_second_container_of_an_exclusive_volume_is_refused_naming_the_first() {
+    if !available("second_exclusive_container") {
+        return;
+    }
+    let env = Env::new("second_exclusive_container");
+    let vol = env.volume("one-writer");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        &env.driver,
+        "-o",
+        "access=exclusive",
+        &vol,
+    ]);
+    let c1 = env.run_sleeper("c1", &vol, &[]);
+    let c2 = env.container("c2");
+    let mount = format!("{vol}:/data");
+    let err = docker_err(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &c2,
+        "-v",
+        &mount,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    assert!(
+        err.contains("one writer at a time")
+            && err.contains(&format!("container {c1}"))
+            && err.contains("stop-first"),
+        "{err}"
+    );
+    // The first container goes on with the volume.
+    assert_eq!(env.count(&vol), 1);
+    docker_ok(&["exec", &c1, "sh", "-c", "echo still > /data/mine"]);
+    docker_ok(&["rm", "-f", &c2]);
+    docker_ok(&["stop", "-t", "1", &c1]);
+    let c3 = env.run_sleeper("c3", &vol, &[]);
+    assert_eq!(docker_ok(&["exec", &c3, "cat", "/data/mine"]), "still");
+    docker_ok(&["stop", "-t", "1", &c3]);
 }
 
 #[test]
