@@ -307,6 +307,7 @@ pub fn keep(state_dir: &Path) -> Result<()> {
     let lease_path = state_dir.join("lease.json");
     let report_path = state_dir.join("fenced.json");
     let mut fenced_serial = None;
+    let mut reported = std::collections::BTreeSet::new();
     let mut refused_format = None;
     tracing::info!(state_dir = %state_dir.display(), "fence keeper: watching the lease");
     loop {
@@ -348,7 +349,11 @@ pub fn keep(state_dir: &Path) -> Result<()> {
             // were being killed, or a container restarted, is stopped at the next.
             let killed = stop_users(&lease.volumes);
             found_users = !killed.is_empty();
-            if fenced_serial != Some(lease.serial) || found_users {
+            // A killed process can stay a while, waiting in the kernel for a write its
+            // export client holds: it is signalled again, and reported once.
+            let new = killed.iter().any(|k| !reported.contains(k));
+            reported.extend(killed.iter().cloned());
+            if fenced_serial != Some(lease.serial) || new {
                 let report = FenceReport {
                     serial: lease.serial,
                     late_ms: (now - lease.valid_until_ns) / 1_000_000,

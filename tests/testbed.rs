@@ -1205,3 +1205,166 @@ fn a_backup_made_on_h1_to_a_folder_and_to_s3_is_restored_on_h3() {
     let verified = util::cli_ok(&h3.socket, &["backup", "verify", &urls[1]]);
     assert!(verified.starts_with("checked "), "{verified}");
 }
+
+/// One writer whatever the link does (issue 29): host 3's "container" (a process in a
+/// mount namespace of its own, the volume bound inside) appends numbered lines to a log on
+/// an exclusive volume, with `sync`; host 3's link is cut; host 2 takes the volume over
+/// (dead-after 5 s + fence wait 12 s) and writes its own lines; the link comes back long
+/// after the takeover, once host 3's container is gone. Host 3's keeper SIGKILLs the
+/// container when its lease runs out, before host 2 may take over; no line of the old
+/// writer follows the new writer's first. Measured here: the killed container stays in the
+/// kernel, its write held by host 3's GlusterFS client, for about 51 s after the cut, far
+/// past the ping-timeout of 10 s: a link back just after the takeover is not covered by
+/// this test (see the closing note of issue 29).
+#[test]
+fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !util::require_root(
+        "a_cut_off_holders_container_never_writes_after_the_new_holders_first_line",
+    ) {
+        return;
+    }
+    let flags = [
+        "--dead-after",
+        "5s",
+        "--heartbeat",
+        "1s",
+        "--timeout",
+        "8s",
+        "--fence-wait",
+        "12s",
+    ];
+    let bed = three_hosts("w", "writers", &flags);
+    ok(&["testbed", "ping-timeout", "10"]);
+    struct LinkUp;
+    impl Drop for LinkUp {
+        fn drop(&mut self) {
+            let _ = script(&["testbed", "link", "3", "up"]);
+        }
+    }
+    struct Writer(std::process::Child);
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (h2, h3) = (&bed.daemons[1], &bed.daemons[2]);
+    h3.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"wv","Opts":{"access":"exclusive"}}"#,
+    );
+    let mp3 = h3.ok("VolumeDriver.Mount", r#"{"Name":"wv","ID":"c3"}"#)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inside = bed.roots[2]
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("writer-inside");
+    std::fs::create_dir_all(&inside).unwrap();
+    let script_text = format!(
+        "mount --make-rprivate / && mount --bind '{mp3}' '{at}' && i=0; while :; do echo \"h3 $i\" >> '{at}/log'; sync '{at}/log'; i=$((i+1)); sleep 0.05; done",
+        at = inside.display()
+    );
+    let mut writer = Writer(
+        std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", &script_text])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let log3 = std::path::Path::new(&mp3).join("log");
+    util::eventually(Duration::from_secs(10), "h3's container to write", || {
+        std::fs::read_to_string(&log3).is_ok_and(|t| t.lines().count() > 5)
+    });
+
+    ok(&["testbed", "link", "3", "down"]);
+    let link_up = LinkUp;
+    let cut = Instant::now();
+    loop {
+        let v = h2.plugin("VolumeDriver.Mount", r#"{"Name":"wv","ID":"c2"}"#);
+        if v["Err"].as_str().is_some_and(str::is_empty) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "host 2 did not take wv over within 60 s; last error: {}",
+            v["Err"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took_over = cut.elapsed();
+    eprintln!(
+        "one writer: host 2 took wv over {:.1} s after the cut (dead-after 5 s + fence wait 12 s)",
+        took_over.as_secs_f64()
+    );
+    assert!(
+        took_over >= Duration::from_secs(16),
+        "taken over before the fence bound (dead-after 5 s + fence wait 12 s less one heartbeat): {took_over:?}"
+    );
+    // Killed at the lease's end, the container may still wait in the kernel for a write
+    // its export client has in flight; when it is gone is measured, what lands is checked.
+    let gone_at = (0..1200).find_map(|_| {
+        if writer.0.try_wait().unwrap().is_some() {
+            return Some(cut.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    eprintln!("one writer: host 3's container gone {gone_at:?} after the cut");
+    eprintln!(
+        "one writer: host 3's keeper: {}",
+        h3.log_text()
+            .lines()
+            .filter(|l| l.contains("fence keeper: the lease ran out"))
+            .take(1)
+            .collect::<String>()
+    );
+    // The new writer, and the link back after its first line.
+    let mp2 = h2.mountpoint("wv");
+    let append = |i: usize| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(mp2.join("log"))
+            .unwrap();
+        writeln!(f, "h2 {i}").unwrap();
+        f.sync_all().unwrap();
+    };
+    append(0);
+    ok(&["testbed", "link", "3", "up"]);
+    drop(link_up);
+    for i in 1..100 {
+        append(i);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(mp2.join("log")).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    let first = all.iter().position(|l| l.starts_with("h2 ")).unwrap();
+    let late: Vec<&&str> = all[first..]
+        .iter()
+        .filter(|l| !l.starts_with("h2 "))
+        .collect();
+    eprintln!(
+        "one writer: {} lines of the old writer, {} after the new writer's first",
+        first,
+        late.len()
+    );
+    assert!(
+        late.is_empty(),
+        "the old writer's lines after the new writer's first: {late:?}"
+    );
+    assert!(first > 5, "the old writer's lines are kept: {all:?}");
+    // Host 3 says what its keeper did.
+    util::eventually(
+        Duration::from_secs(30),
+        "host 3 to report its fence",
+        || h3.api("GET", "/v1/info", "").1["fencing"]["fences"] == 1,
+    );
+}
