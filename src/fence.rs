@@ -484,9 +484,10 @@ pub struct WriteBound {
 
 /// GlusterFS's default `network.ping-timeout`.
 const GLUSTER_PING_TIMEOUT: Duration = Duration::from_secs(42);
-/// The client checks its ping timer once a second or so, and the timeout counts from a
-/// ping sent at most a moment before the link went: some slack past the timeout.
-const GLUSTER_SLACK: Duration = Duration::from_secs(2);
+/// Past the ping-timeout, as measured on the test bed: a client (mounted after the timeout
+/// was set) failed a write it held 9 s after its 10 s ping-timeout, counted from the cut
+/// (`tests/testbed.rs`, docs/benchmarks.md). A client keeps the timeout it mounted with.
+const GLUSTER_SLACK: Duration = Duration::from_secs(10);
 
 /// The write bound of an export mounted as `fs_type` with mount `options` (`shared`:
 /// a filesystem other hosts can mount).
@@ -502,7 +503,7 @@ pub fn write_bound(fs_type: &str, options: &str, shared: bool) -> WriteBound {
     match fs_type {
         "fuse.glusterfs" | "glusterfs" => WriteBound {
             wait: Some(GLUSTER_PING_TIMEOUT + GLUSTER_SLACK),
-            why: "GlusterFS: a client that loses its servers fails what it had in flight after network.ping-timeout (42s by default, plus 2s for its timer; a client cannot read the volume's setting: give --fence-wait as ping-timeout + 2s if the volume sets another)".into(),
+            why: "GlusterFS: a client that loses its servers fails what it had in flight after network.ping-timeout (42s by default, plus 10s measured past it; a client cannot read the volume's setting, and keeps the one it mounted with: give --fence-wait as ping-timeout + 10s if the volume sets another)".into(),
         },
         "nfs" | "nfs4" => nfs_write_bound(options),
         other => WriteBound {
@@ -586,7 +587,7 @@ mod tests {
         assert_eq!(write_bound("ext4", "rw", false).wait, Some(Duration::ZERO));
         assert_eq!(
             write_bound("fuse.glusterfs", "rw,user_id=0", true).wait,
-            Some(Duration::from_secs(44))
+            Some(Duration::from_secs(52))
         );
         // A hard NFS mount (the default) retries for ever: no bound, and the reason says
         // what to do.

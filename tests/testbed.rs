@@ -1209,13 +1209,12 @@ fn a_backup_made_on_h1_to_a_folder_and_to_s3_is_restored_on_h3() {
 /// One writer whatever the link does (issue 29): host 3's "container" (a process in a
 /// mount namespace of its own, the volume bound inside) appends numbered lines to a log on
 /// an exclusive volume, with `sync`; host 3's link is cut; host 2 takes the volume over
-/// (dead-after 5 s + fence wait 12 s) and writes its own lines; the link comes back long
-/// after the takeover, once host 3's container is gone. Host 3's keeper SIGKILLs the
-/// container when its lease runs out, before host 2 may take over; no line of the old
-/// writer follows the new writer's first. Measured here: the killed container stays in the
-/// kernel, its write held by host 3's GlusterFS client, for about 51 s after the cut, far
-/// past the ping-timeout of 10 s: a link back just after the takeover is not covered by
-/// this test (see the closing note of issue 29).
+/// (dead-after 5 s + fence wait 12 s for a ping-timeout of 10 s) and writes its own lines;
+/// the link comes back once host 3's killed container is gone (its export client has
+/// failed the write it held). Host 3's keeper SIGKILLs the container when its lease runs
+/// out, before host 2 may take over: no line of the old writer follows the new writer's
+/// first. A link back between the takeover and then is not covered: the client held the
+/// write past the fence wait (docs/benchmarks.md).
 #[test]
 fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -1234,8 +1233,15 @@ fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
         "--fence-wait",
         "12s",
     ];
-    let bed = three_hosts("w", "writers", &flags);
+    // A GlusterFS client takes a new ping-timeout only when it mounts: one mounted before
+    // keeps its old one (42 s), and held the killed container's write until 51 s after
+    // the cut. So: lowered first, then every client mounted again.
+    ok(&["testbed", "up", "3"]);
     ok(&["testbed", "ping-timeout", "10"]);
+    for k in ["1", "2", "3"] {
+        ok(&["testbed", "client", k, "remount"]);
+    }
+    let bed = three_hosts("w", "writers", &flags);
     struct LinkUp;
     impl Drop for LinkUp {
         fn drop(&mut self) {
@@ -1307,8 +1313,9 @@ fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
         took_over >= Duration::from_secs(16),
         "taken over before the fence bound (dead-after 5 s + fence wait 12 s less one heartbeat): {took_over:?}"
     );
-    // Killed at the lease's end, the container may still wait in the kernel for a write
-    // its export client has in flight; when it is gone is measured, what lands is checked.
+    // Killed at the lease's end (4 s), the container may still wait in the kernel for a
+    // write its export client holds; the link stays down until it is gone, and when that
+    // was is measured (see docs/benchmarks.md).
     let gone_at = (0..1200).find_map(|_| {
         if writer.0.try_wait().unwrap().is_some() {
             return Some(cut.elapsed());
@@ -1317,14 +1324,6 @@ fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
         None
     });
     eprintln!("one writer: host 3's container gone {gone_at:?} after the cut");
-    eprintln!(
-        "one writer: host 3's keeper: {}",
-        h3.log_text()
-            .lines()
-            .filter(|l| l.contains("fence keeper: the lease ran out"))
-            .take(1)
-            .collect::<String>()
-    );
     // The new writer, and the link back after its first line.
     let mp2 = h2.mountpoint("wv");
     let append = |i: usize| {
