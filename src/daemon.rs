@@ -143,7 +143,11 @@ pub async fn run(
         &local.state_dir,
         dead_after.saturating_sub(heartbeat),
     ));
-    crate::fence::ensure_keeper(&local.state_dir)?;
+    // Never fatal: without a keeper the daemon still refuses second containers and waits
+    // the fence wait; `caravan info` says NO FENCE KEEPER, and every tick tries again.
+    if let Err(e) = crate::fence::ensure_keeper(&local.state_dir) {
+        tracing::error!("the fence keeper could not be started (tried again every heartbeat): {e}");
+    }
     let state_dir = local.state_dir.clone();
     let what = format!("checking the shared root {}", cfg.root.display());
     let (nodes, store) = run_blocking(&what, cfg.timeout, move || {
