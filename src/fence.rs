@@ -20,7 +20,6 @@
 //! stopped. What it reports (`fenced.json`) the daemon logs, counts and shows.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -201,14 +200,12 @@ impl Lease {
     }
 }
 
+/// Written through a temporary name and a rename (readers see all or nothing), without
+/// an fsync: it is rewritten at every beat, and is worth nothing after a machine crash,
+/// which its containers do not survive either.
 fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
     let bytes = serde_json::to_vec(value).map_err(|e| Error::Store(format!("encoding: {e}")))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&bytes)
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).ctx(|| format!("renaming {}", tmp.display()))
+    crate::layout::replace_file(path, path, &bytes)
 }
 
 /// A small regular file of the state folder, `None` when it is not there.
