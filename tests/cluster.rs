@@ -560,36 +560,6 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     assert_eq!(st["takeovers"][2]["from"], "b", "{st}");
 }
 
-/// A "container": a process in a mount namespace of its own with `mountpoint` bound at
-/// another place, appending "`tag` N" lines to `log` there every 20 ms.
-fn line_writer(mountpoint: &std::path::Path, inside: &std::path::Path, tag: &str) -> Writer {
-    std::fs::create_dir_all(inside).unwrap();
-    let script = format!(
-        "mount --make-rprivate / && mount --bind '{mp}' '{at}' && i=0; while :; do echo \"{tag} $i\" >> '{at}/log'; i=$((i+1)); sleep 0.02; done",
-        mp = mountpoint.display(),
-        at = inside.display(),
-    );
-    Writer(
-        std::process::Command::new("unshare")
-            .args(["-m", "sh", "-c", &script])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// Killed when the test ends, however it ends.
-struct Writer(std::process::Child);
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -626,10 +596,12 @@ fn a_holder_that_cannot_renew_its_lease_stops_its_container_before_a_takeover() 
         .unwrap()
         .to_string();
     let log = std::path::Path::new(&mpa).join("log");
-    let mut writer = line_writer(
+    let mut writer = util::line_writer(
         std::path::Path::new(&mpa),
         &s.path().join("container-a"),
         "a",
+        20,
+        false,
     );
     util::eventually(Duration::from_secs(5), "the container to write", || {
         lines(&log).len() > 3

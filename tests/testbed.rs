@@ -1248,13 +1248,6 @@ fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
             let _ = script(&["testbed", "link", "3", "up"]);
         }
     }
-    struct Writer(std::process::Child);
-    impl Drop for Writer {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let (h2, h3) = (&bed.daemons[1], &bed.daemons[2]);
     h3.ok(
         "VolumeDriver.Create",
@@ -1270,20 +1263,7 @@ fn a_cut_off_holders_container_never_writes_after_the_new_holders_first_line() {
         .parent()
         .unwrap()
         .join("writer-inside");
-    std::fs::create_dir_all(&inside).unwrap();
-    let script_text = format!(
-        "mount --make-rprivate / && mount --bind '{mp3}' '{at}' && i=0; while :; do echo \"h3 $i\" >> '{at}/log'; sync '{at}/log'; i=$((i+1)); sleep 0.05; done",
-        at = inside.display()
-    );
-    let mut writer = Writer(
-        std::process::Command::new("unshare")
-            .args(["-m", "sh", "-c", &script_text])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut writer = util::line_writer(std::path::Path::new(&mp3), &inside, "h3", 50, true);
     let log3 = std::path::Path::new(&mp3).join("log");
     util::eventually(Duration::from_secs(10), "h3's container to write", || {
         std::fs::read_to_string(&log3).is_ok_and(|t| t.lines().count() > 5)

@@ -860,3 +860,46 @@ pub fn assert_rich_tree_details(copy: &Path) {
         Path::new("/etc/shadow")
     );
 }
+
+/// A "container": a process in a mount namespace of its own with `mountpoint` bound at
+/// `inside`, appending "`tag` N" lines to `inside/log` every `every_ms` (with `sync` of
+/// the file after each line when `sync`). Killed when dropped, however the test ends.
+pub fn line_writer(
+    mountpoint: &Path,
+    inside: &Path,
+    tag: &str,
+    every_ms: u32,
+    sync: bool,
+) -> LineWriter {
+    std::fs::create_dir_all(inside).unwrap();
+    let sync = if sync {
+        format!("sync '{}/log'; ", inside.display())
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "mount --make-rprivate / && mount --bind '{mp}' '{at}' && i=0; while :; do echo \"{tag} $i\" >> '{at}/log'; {sync}i=$((i+1)); sleep {secs}; done",
+        mp = mountpoint.display(),
+        at = inside.display(),
+        secs = f64::from(every_ms) / 1000.0,
+    );
+    LineWriter(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// See [`line_writer`].
+pub struct LineWriter(pub Child);
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
