@@ -29,11 +29,13 @@ pub enum Error {
     #[error("{0}")]
     Snapshot(String),
 
-    #[error("volume {name} is exclusive and held by node {holder}, which is alive; it can be taken over {when}, or now with `caravan takeover {name} --force`")]
+    #[error("volume {name} is exclusive and held by node {holder}, which is alive{}; it can be taken over {when}, or now with `caravan takeover {name} --force`", in_use.as_ref().map(|id| format!(", and a container there has it mounted (Docker mount ID {id}): stop that container first (one writer at a time: a Swarm service using it must be updated with --update-order stop-first). If {holder} is gone")).unwrap_or_default())]
     ExclusiveHeld {
         name: String,
         holder: String,
         when: String,
+        /// The Docker mount ID of a container that has the volume mounted on the holder.
+        in_use: Option<String>,
         /// How much more silence until the holder would be declared dead; `None` when this
         /// node judges nobody (it is cut off).
         dead_in: Option<Duration>,

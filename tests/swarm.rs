@@ -520,8 +520,10 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
     let errors = task_errors(m, "app_db");
     let holder = format!("held by node h{other}, which is alive");
     assert!(
-        errors.iter().any(|e| e.contains(&holder)),
-        "the refused task should name the holder: {errors:?}"
+        errors
+            .iter()
+            .any(|e| e.contains(&holder) && e.contains("--update-order stop-first")),
+        "the refused task should name the holder and stop-first: {errors:?}"
     );
     assert_eq!(container_on(other, "app_db"), Some(old.clone()));
     assert_eq!(
@@ -529,10 +531,58 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
         Some("kept")
     );
 
+    // Nor on the old task's own node: one writer is one container, not one node. The new
+    // task is refused naming the node and stop-first, and the old one keeps running.
+    let _ = dk(
+        m,
+        &[
+            "service",
+            "update",
+            "--force",
+            "--update-order",
+            "start-first",
+            "--replicas-max-per-node",
+            "0",
+            "--constraint-add",
+            &format!("node.hostname==h{other}"),
+            "app_db",
+        ],
+    );
+    let in_use = format!("another container has it mounted on node h{other}");
+    let (errors, _) = poll(
+        "the start-first task on the same node refused",
+        Duration::from_secs(60),
+        || {
+            let errors = task_errors(m, "app_db");
+            errors
+                .iter()
+                .any(|e| e.contains(&in_use))
+                .then_some(errors)
+        },
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&in_use) && e.contains("--update-order stop-first")),
+        "{errors:?}"
+    );
+    poll(
+        "the same-node start-first update paused",
+        Duration::from_secs(60),
+        || (update_state(m, "app_db") == "paused").then_some(()),
+    );
+    assert_eq!(container_on(other, "app_db"), Some(old.clone()));
+    let label = "label=com.docker.swarm.service.name=app_db";
+    let running: Vec<String> = dk_ok(other, &["ps", "-q", "--filter", label])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(running.len(), 1, "one container of app_db on h{other}: {running:?}");
+
     // The recommendation: stop-first (Swarm's default order). It completes, and the
     // restarted task has the data.
     let t = Instant::now();
-    dk_ok(
+    let out = dk(
         m,
         &[
             "service",
@@ -542,6 +592,12 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
             "stop-first",
             "app_db",
         ],
+    );
+    assert!(
+        out.status.success(),
+        "the stop-first update: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dk_ok(m, &["service", "ps", "app_db", "--no-trunc"])
     );
     poll(
         "the stop-first update completed",

@@ -501,16 +501,24 @@ impl Service {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            let Error::ExclusiveHeld {
-                ref holder,
-                dead_in: Some(dead_in),
-                ..
-            } = e
-            else {
-                return Err(e);
+            // Another container of this volume (on any node, the holder beating) may be
+            // on its way out, as the old task of a stop-first update is: it gets the same
+            // grace as a release.
+            let (holder, silent, dead_in) = match &e {
+                Error::ExclusiveHeld {
+                    holder,
+                    dead_in: Some(dead_in),
+                    ..
+                } => (
+                    holder.clone(),
+                    self.nodes.takeover_after().saturating_sub(*dead_in),
+                    *dead_in,
+                ),
+                Error::ExclusiveInUse { node, .. } => {
+                    (node.clone(), Duration::ZERO, self.nodes.takeover_after())
+                }
+                _ => return Err(e),
             };
-            let dead_after = self.nodes.takeover_after();
-            let silent = dead_after.saturating_sub(dead_in);
             let left = crate::deadline::remaining(self.nodes.dead_after() * 2);
             let waited = start.elapsed();
             let wait = match wait_for_holder(silent, dead_in, self.nodes.interval(), left, waited) {

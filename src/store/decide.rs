@@ -465,8 +465,14 @@ pub fn claim(
                         judged.dead_in.unwrap_or(oracle.takeover_after()).as_secs_f64()
                     )
                 };
+                let in_use = record.mounts.get(&h.node).and_then(|ids| {
+                    ids.iter()
+                        .find(|(_, count)| **count > 0)
+                        .map(|(id, _)| id.clone())
+                });
                 return Err(Error::ExclusiveHeld {
                     name: record.name.clone(),
+                    in_use,
                     holder: h.node,
                     when,
                     dead_in: judged.dead_in.filter(|_| !judged.observer_cut_off),
@@ -659,11 +665,20 @@ mod tests {
             text.contains("stop-first") && text.contains("caravan umount v --id a"),
             "{text}"
         );
-        // Elsewhere, while the holder is alive: the holder is named.
-        assert!(matches!(
-            mount(&mut r, "c", H2, &mut Script::default(), &mut ev),
-            Err(Error::ExclusiveHeld { .. })
-        ));
+        // Elsewhere, while the holder is alive: the holder and its container are named,
+        // with what a Swarm service needs.
+        let e = mount(&mut r, "c", H2, &mut Script::default(), &mut ev).unwrap_err();
+        assert!(
+            matches!(&e, Error::ExclusiveHeld { holder, in_use: Some(id), .. } if holder == "h3" && id == "a"),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("held by node h3, which is alive")
+                && text.contains("Docker mount ID a")
+                && text.contains("--update-order stop-first"),
+            "{text}"
+        );
         assert_eq!(r.node_mount_count("h3"), 1, "nothing counted");
         assert_eq!(r.generation, 1, "nothing granted");
         // Once the first container unmounts, the second is let in.
