@@ -405,6 +405,15 @@ volumes:
       size: 1G
 "#;
 
+/// `docker service update --force --update-order start-first ARGS SERVICE`, whose
+/// outcome the caller polls for (the CLI reports a paused update as a failure).
+fn start_first_update(m: u32, service: &str, args: &[&str]) {
+    let mut all = vec!["service", "update", "--force", "--update-order", "start-first"];
+    all.extend_from_slice(args);
+    all.push(service);
+    let _ = dk(m, &all);
+}
+
 fn update_state(m: u32, service: &str) -> String {
     dk_ok(
         m,
@@ -499,19 +508,7 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
     // (kept off the old one's node by one replica per node) is refused, naming the
     // holder, the update pauses, and the old task keeps running with its data.
     let old = container_on(other, "app_db").unwrap();
-    let _ = dk(
-        m,
-        &[
-            "service",
-            "update",
-            "--force",
-            "--update-order",
-            "start-first",
-            "--replicas-max-per-node",
-            "1",
-            "app_db",
-        ],
-    );
+    start_first_update(m, "app_db", &["--replicas-max-per-node", "1"]);
     poll(
         "the start-first update paused",
         Duration::from_secs(60),
@@ -533,19 +530,14 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
 
     // Nor on the old task's own node: one writer is one container, not one node. The new
     // task is refused naming the node and stop-first, and the old one keeps running.
-    let _ = dk(
+    start_first_update(
         m,
+        "app_db",
         &[
-            "service",
-            "update",
-            "--force",
-            "--update-order",
-            "start-first",
             "--replicas-max-per-node",
             "0",
             "--constraint-add",
             &format!("node.hostname==h{other}"),
-            "app_db",
         ],
     );
     let in_use = format!("another container has it mounted on node h{other}");
