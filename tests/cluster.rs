@@ -384,6 +384,58 @@ fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), sig).unwrap();
 }
 
+/// A stop-first update on one node: the new task's Mount can reach caravan a moment
+/// before the old task's Unmount. The Mount waits (the release grace) and must not keep
+/// the volume's lock while it does, or the Unmount it waits for queues behind it and the
+/// new task is refused (seen in CI: the update paused).
+#[test]
+fn a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount() {
+    if !require_root("a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let a = Daemon::start(s.path(), &root, "a");
+    a.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"db","Opts":{"access":"exclusive"}}"#,
+    );
+    a.ok("VolumeDriver.Mount", r#"{"Name":"db","ID":"old"}"#);
+    let socket = a.socket.clone();
+    let new_task = std::thread::spawn(move || {
+        let t = Instant::now();
+        let answer = util::http(
+            &socket,
+            "POST",
+            "/VolumeDriver.Mount",
+            r#"{"Name":"db","ID":"new"}"#,
+            false,
+        )
+        .1;
+        (answer, t.elapsed())
+    });
+    // The new Mount is waiting for the old container (it says so in the log) ...
+    util::eventually(Duration::from_secs(5), "the new Mount waiting", || {
+        a.log_text().contains("waiting for it to unmount")
+    });
+    // ... whose Unmount goes through at once, and the new Mount then succeeds.
+    let t = Instant::now();
+    a.ok("VolumeDriver.Unmount", r#"{"Name":"db","ID":"old"}"#);
+    let unmount_took = t.elapsed();
+    let (answer, mount_took) = new_task.join().unwrap();
+    assert_eq!(answer["Err"], "", "the new task's Mount: {answer}");
+    assert!(
+        unmount_took < caravan::service::RELEASE_GRACE / 2,
+        "the old container's Unmount waited {unmount_took:?} behind the new Mount"
+    );
+    assert!(
+        mount_took < caravan::service::RELEASE_GRACE,
+        "the new Mount took {mount_took:?}: it should follow the Unmount at once"
+    );
+    let st = util::status(&a, "db");
+    assert_eq!(st["mounts"]["a"]["count"], 1, "{st}");
+}
+
 /// An exclusive volume: one holder at a time; a frozen holder is taken over once it is
 /// dead, and when it wakes up it finds itself fenced and unmounts.
 #[test]

@@ -319,7 +319,8 @@ impl Service {
     pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
         validate_name(name)?;
         validate_mount_id(id)?;
-        let _guard = self.locks.lock(name).await;
+        // Held to the end of the call; let go only while the claim waits (see there).
+        let mut guard = Some(self.locks.lock(name).await);
         let late = || Error::Timeout {
             what: format!("mounting volume {name}"),
             after: self.fs_timeout * 2,
@@ -328,7 +329,7 @@ impl Service {
             // Queued behind other calls past the caller's patience: never start.
             return Err(late());
         }
-        if let Err(e) = self.claim_waiting_for_the_holder(name, id).await {
+        if let Err(e) = self.claim_waiting_for_the_holder(name, id, &mut guard).await {
             // Unless the store decided against it, the mount may have been committed all
             // the same (a timeout while it was being committed, a hold that failed after
             // writing). dockerd saw a failure and will never unmount this ID: queue the
@@ -494,8 +495,19 @@ impl Service {
     /// task Swarm moves), or for a holder that has stopped beating (its host died a moment
     /// ago, as when Swarm reschedules the task of a lost node) to be declared dead, when
     /// that can happen before the call must be answered. Then the volume is taken over.
-    async fn claim_waiting_for_the_holder(&self, name: &str, id: &str) -> Result<()> {
+    ///
+    /// The volume's lock (`guard`) is let go while waiting: the container this Mount waits
+    /// for may be on this node, and its Unmount needs the lock (a stop-first update on one
+    /// node sends the new task's Mount a moment before the old one's Unmount). Nothing has
+    /// been done here for this Mount until the claim succeeds, so nothing is exposed.
+    async fn claim_waiting_for_the_holder(
+        &self,
+        name: &str,
+        id: &str,
+        guard: &mut Option<OwnedMutexGuard<()>>,
+    ) -> Result<()> {
         let start = Instant::now();
+        let mut told = false;
         loop {
             let e = match self.store.mount(name, &self.node, id).await {
                 Ok(_) => return Ok(()),
@@ -514,7 +526,11 @@ impl Service {
                     self.nodes.takeover_after().saturating_sub(*dead_in),
                     *dead_in,
                 ),
-                Error::ExclusiveInUse { node, .. } => {
+                Error::ExclusiveInUse { node, id: other, .. } => {
+                    if !told {
+                        told = true;
+                        tracing::info!(volume = %name, node = %node, mount_id = %other, grace_secs = RELEASE_GRACE.as_secs_f64(), "another container has this exclusive volume mounted: waiting for it to unmount (as the old task of a stop-first update does) before refusing");
+                    }
                     (node.clone(), Duration::ZERO, self.nodes.takeover_after())
                 }
                 _ => return Err(e),
@@ -529,7 +545,10 @@ impl Service {
                     wait
                 }
             };
+            // Let go of the volume's lock while waiting (see above), and take it again.
+            drop(guard.take());
             tokio::time::sleep(wait).await;
+            *guard = Some(self.locks.lock(name).await);
         }
     }
 
