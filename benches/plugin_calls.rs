@@ -14,6 +14,9 @@
 //!   roots: `1,16`).
 //! - `CARAVAN_BENCH_LOG`: the daemons' `--log-level` (default `warn`; `debug` logs each hold
 //!   of the cluster lock and each commit with their times).
+//! - `CARAVAN_BENCH_OPTS`: the volumes' options, a JSON object given to every Create
+//!   (default `{}`; `{"access":"exclusive"}` measures exclusive volumes, with their claim
+//!   and the fencing lease).
 //!
 //! While the client rounds run, a watcher reads every daemon's heartbeat file through the
 //! last root (another host's mount of the export) every 100 ms and reports the longest gap
@@ -120,7 +123,7 @@ fn main() {
             &|c, i, conn: &mut Conn| {
                 conn.call(
                     "Create",
-                    &format!(r#"{{"Name":"fill-{filled}-{c}-{i}","Opts":{{}}}}"#),
+                    &format!(r#"{{"Name":"fill-{filled}-{c}-{i}","Opts":{}}}"#, opts()),
                 )
             },
         );
@@ -180,6 +183,18 @@ fn print_rows(rows: &[Row], floor: &Floor) {
     }
 }
 
+/// The volumes' options (`CARAVAN_BENCH_OPTS`), checked to be a JSON object.
+fn opts() -> &'static str {
+    static OPTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OPTS.get_or_init(|| {
+        let text = std::env::var("CARAVAN_BENCH_OPTS").unwrap_or_else(|_| "{}".into());
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("CARAVAN_BENCH_OPTS must be a JSON object: {e}"));
+        assert!(v.is_object(), "CARAVAN_BENCH_OPTS must be a JSON object, not {v}");
+        text
+    })
+}
+
 /// Group commit at work: each mutating call's throughput with N clients as a multiple of
 /// its throughput with one.
 fn print_scaling(rows: &[Row]) {
@@ -215,7 +230,7 @@ fn run_at_scale(socket: &Path, volumes: usize, ops: usize) -> Vec<Row> {
     timed("Create", &|_, i, conn| {
         conn.call(
             "Create",
-            &format!(r#"{{"Name":"{}","Opts":{{}}}}"#, name(i)),
+            &format!(r#"{{"Name":"{}","Opts":{}}}"#, name(i), opts()),
         )
     });
     timed("Mount", &|_, i, conn| {
@@ -262,7 +277,7 @@ fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<
     timed("Create", &|c, i, conn| {
         conn.call(
             "Create",
-            &format!(r#"{{"Name":"{tag}-{c}-{i}","Opts":{{}}}}"#),
+            &format!(r#"{{"Name":"{tag}-{c}-{i}","Opts":{}}}"#, opts()),
         )
     });
     timed("Get", &|c, i, conn| {
@@ -289,7 +304,7 @@ fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<
     let t = Instant::now();
     let samples = parallel(sockets, clients, ops, &|c, i, conn| {
         let name = format!("{tag}-life-{c}-{i}");
-        conn.call("Create", &format!(r#"{{"Name":"{name}","Opts":{{}}}}"#))
+        conn.call("Create", &format!(r#"{{"Name":"{name}","Opts":{}}}"#, opts()))
             + conn.call("Mount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
             + conn.call("Unmount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
             + conn.call("Remove", &format!(r#"{{"Name":"{name}"}}"#))
