@@ -34,10 +34,12 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const EARLIEST_TAKEOVER: Duration = DEAD_AFTER
     .saturating_add(FENCE_WAIT)
     .saturating_sub(HEARTBEAT);
-/// The test bed's GlusterFS `network.ping-timeout` here (lowered from 42 s).
-const PING_TIMEOUT: &str = "10";
+/// The test bed's GlusterFS timeouts here (`scripts/testbed timeouts`, lowered from 42 s):
+/// the brick drops a silent client 10.5 s after a cut.
+const GLUSTER_TIMEOUTS: &str = "10";
 /// The fence wait the daemons are given for it: how long a lost host's in-flight writes
-/// may still land (ping-timeout + 2 s). A takeover waits dead-after + this.
+/// may still land (the timeouts + 2 s, a timing test's value, not the safe one). A takeover
+/// waits dead-after + this.
 const FENCE_WAIT: Duration = Duration::from_secs(12);
 
 /// A task's command: records the node that first wrote the volume, then waits, leaving at
@@ -81,7 +83,7 @@ impl Swarm {
         ok(&["docker-up"]);
         let _ = script(&["testbed", "down"]);
         ok(&["testbed", "up", &n.to_string()]);
-        ok(&["testbed", "ping-timeout", PING_TIMEOUT]);
+        ok(&["testbed", "timeouts", GLUSTER_TIMEOUTS]);
         let swarm = Swarm {
             hosts: (1..=n).collect(),
         };
