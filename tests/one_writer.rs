@@ -13,8 +13,8 @@
 //! The settings: --dead-after 5 s, --heartbeat 1 s (a lease of 4 s), the GlusterFS volume's
 //! timeouts at 10 s (`scripts/testbed timeouts`: network.ping-timeout,
 //! server.tcp-user-timeout and server.keepalive-time; every client mounted again after they
-//! are set, as a client keeps the values it mounted with), and --fence-wait 20 s, those
-//! + 10 s, as docs/semantics.md says to give it. A takeover comes at the earliest 25 s after
+//! are set, as a client keeps the values it mounted with), and --fence-wait 20 s, 10 s
+//! more, as docs/semantics.md says to give it. A takeover comes at the earliest 25 s after
 //! the holder's last beat.
 
 mod util;
