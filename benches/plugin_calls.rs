@@ -190,7 +190,10 @@ fn opts() -> &'static str {
         let text = std::env::var("CARAVAN_BENCH_OPTS").unwrap_or_else(|_| "{}".into());
         let v: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("CARAVAN_BENCH_OPTS must be a JSON object: {e}"));
-        assert!(v.is_object(), "CARAVAN_BENCH_OPTS must be a JSON object, not {v}");
+        assert!(
+            v.is_object(),
+            "CARAVAN_BENCH_OPTS must be a JSON object, not {v}"
+        );
         text
     })
 }
@@ -304,8 +307,10 @@ fn run_round(sockets: &[PathBuf], clients: usize, ops: usize, tag: &str) -> Vec<
     let t = Instant::now();
     let samples = parallel(sockets, clients, ops, &|c, i, conn| {
         let name = format!("{tag}-life-{c}-{i}");
-        conn.call("Create", &format!(r#"{{"Name":"{name}","Opts":{}}}"#, opts()))
-            + conn.call("Mount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
+        conn.call(
+            "Create",
+            &format!(r#"{{"Name":"{name}","Opts":{}}}"#, opts()),
+        ) + conn.call("Mount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
             + conn.call("Unmount", &format!(r#"{{"Name":"{name}","ID":"b{c}"}}"#))
             + conn.call("Remove", &format!(r#"{{"Name":"{name}"}}"#))
     });

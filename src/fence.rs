@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,10 @@ pub struct Lease {
     /// How long a beat keeps the lease: `--dead-after` minus one interval.
     term: Duration,
     state: Mutex<LeaseFile>,
+    /// The serial of the state last written to the file. Held while writing, so the file
+    /// goes through the states in order, and one write carries every change made before
+    /// it (Mounts at once share a write: see [`Lease::publish`]).
+    file: Mutex<u64>,
     /// Fences the keeper reported, for `caravan info` and metrics.
     fences: Mutex<Fences>,
 }
@@ -112,12 +116,10 @@ impl Lease {
             report: state_dir.join("fenced.json"),
             term,
             state: Mutex::new(state),
+            file: Mutex::new(0),
             fences: Mutex::new(Fences::default()),
         };
-        {
-            let mut s = lease.state();
-            lease.write(&mut s);
-        }
+        lease.write_through(lease.changed());
         lease
     }
 
@@ -137,7 +139,8 @@ impl Lease {
         let until = began_ns.saturating_add(u64::try_from(self.term.as_nanos()).unwrap_or(0));
         // Never shortened by a beat that began earlier and landed later.
         s.valid_until_ns = s.valid_until_ns.max(until);
-        self.write(&mut s);
+        drop(s);
+        self.write_through(self.changed());
     }
 
     /// Whether the lease is valid now (this node may let a container write).
@@ -145,7 +148,8 @@ impl Lease {
         boottime_ns() < self.state().valid_until_ns
     }
 
-    /// Adds (or removes) an exclusive volume bound on this node, at `mountpoint`.
+    /// Adds (or removes) an exclusive volume bound on this node, at `mountpoint`, in memory:
+    /// [`Lease::publish`] tells the keeper.
     pub fn set_volume(&self, name: &str, mountpoint: Option<&Path>) {
         let mut s = self.state();
         let changed = match mountpoint {
@@ -158,8 +162,17 @@ impl Lease {
             None => s.volumes.remove(name).is_some(),
         };
         if changed {
-            self.write(&mut s);
+            s.serial = s.serial.saturating_add(1);
         }
+    }
+
+    /// Returns once the lease file has every change made so far (the keeper then knows the
+    /// volumes set). The write runs off the async threads; Mounts that publish at once
+    /// share one write.
+    pub async fn publish(self: &Arc<Self>) {
+        let serial = self.state().serial;
+        let lease = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || lease.write_through(serial)).await;
     }
 
     /// The exclusive volumes the lease names.
@@ -167,10 +180,25 @@ impl Lease {
         self.state().volumes.keys().cloned().collect()
     }
 
-    fn write(&self, s: &mut LeaseFile) {
+    /// Bumps the serial for a change made outside [`Lease::set_volume`]; returns it.
+    fn changed(&self) -> u64 {
+        let mut s = self.state();
         s.serial = s.serial.saturating_add(1);
-        if let Err(e) = write_atomically(&self.path, s) {
-            tracing::error!(lease = %self.path.display(), "writing the lease for the fence keeper: {e}");
+        s.serial
+    }
+
+    /// Writes the current state unless a state at least as new as `serial` was written.
+    fn write_through(&self, serial: u64) {
+        let mut written = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if *written >= serial {
+            return;
+        }
+        let now = self.state().clone();
+        match write_atomically(&self.path, &now) {
+            Ok(()) => *written = now.serial,
+            Err(e) => {
+                tracing::error!(lease = %self.path.display(), "writing the lease for the fence keeper: {e}")
+            }
         }
     }
 
@@ -642,6 +670,19 @@ mod tests {
         assert_eq!(next.state().valid_until_ns, end);
         next.set_volume("db", None);
         assert!(next.volumes().is_empty());
+        // In the file only once published.
+        let next = Arc::new(next);
+        let on_file = || -> LeaseFile {
+            serde_json::from_slice(&std::fs::read(dir.path().join("lease.json")).unwrap())
+                .unwrap()
+        };
+        assert!(on_file().volumes.contains_key("db"));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(next.publish());
+        assert!(on_file().volumes.is_empty());
+        drop(next);
         // A lease of an unknown format is not taken over.
         std::fs::write(dir.path().join("lease.json"), br#"{"format":9,"serial":1,"daemon_pid":1,"valid_until_ns":99999999999999999,"volumes":{"x":"/x"}}"#).unwrap();
         assert!(Lease::new(dir.path(), Duration::from_secs(10))

@@ -390,7 +390,9 @@ fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
 /// new task is refused (seen in CI: the update paused).
 #[test]
 fn a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount() {
-    if !require_root("a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount") {
+    if !require_root(
+        "a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount",
+    ) {
         return;
     }
     let s = Scratch::new();

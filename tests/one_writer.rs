@@ -185,9 +185,11 @@ fn round(
             .unwrap(),
     );
     let mut old = util::line_writer(&mp, &scratch.join(&v), "old", 50, true);
-    util::eventually(Duration::from_secs(10), "the old container to write", || {
-        std::fs::read_to_string(mp.join("log")).is_ok_and(|t| t.lines().count() > 20)
-    });
+    util::eventually(
+        Duration::from_secs(10),
+        "the old container to write",
+        || std::fs::read_to_string(mp.join("log")).is_ok_and(|t| t.lines().count() > 20),
+    );
     // A daemon started again counts the fences it learns of from zero.
     let fences_before = if fault == Fault::DaemonKilled {
         0
@@ -291,7 +293,9 @@ fn watch_exit(pid: u32, t0: Instant) -> std::thread::JoinHandle<Option<Duration>
         while t0.elapsed() < Duration::from_secs(300) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // The state follows the command's closing parenthesis.
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim().chars().next());
             if matches!(state, None | Some('Z') | Some('X')) {
                 return Some(t0.elapsed());
             }
@@ -326,7 +330,10 @@ fn check(r: &Round, when: &str) {
         r.fault,
         r.back
     );
-    assert!(old_lines > 20, "the old writer's lines are kept: {old_lines}");
+    assert!(
+        old_lines > 20,
+        "the old writer's lines are kept: {old_lines}"
+    );
     match r.back {
         // The holder came back before the fence bound: it keeps the volume, and its
         // container's end (the keeper killed it) releases it. No takeover.
@@ -386,7 +393,11 @@ fn no_line_of_an_old_writer_follows_the_new_writers_first_whatever_fails() {
         (Fault::Link, Fault::ClientFrozen, Back::BeforeTakeover),
         (Fault::Link, Fault::ClientFrozen, Back::JustAfter),
         (Fault::Link, Fault::ClientFrozen, Back::LongAfter),
-        (Fault::DaemonKilled, Fault::DaemonFrozen, Back::BeforeTakeover),
+        (
+            Fault::DaemonKilled,
+            Fault::DaemonFrozen,
+            Back::BeforeTakeover,
+        ),
         (Fault::DaemonKilled, Fault::DaemonFrozen, Back::JustAfter),
     ];
     // `CARAVAN_ONE_WRITER_ONLY=just` (or `long`) runs only the pair of a cut link and a
@@ -427,7 +438,10 @@ fn no_line_of_an_old_writer_follows_the_new_writers_first_whatever_fails() {
         &format!(r#"{{"Name":"{v}","Opts":{{"access":"exclusive"}}}}"#),
     );
     let mp = PathBuf::from(
-        h3.ok("VolumeDriver.Mount", &format!(r#"{{"Name":"{v}","ID":"old"}}"#))["Mountpoint"]
+        h3.ok(
+            "VolumeDriver.Mount",
+            &format!(r#"{{"Name":"{v}","ID":"old"}}"#),
+        )["Mountpoint"]
             .as_str()
             .unwrap(),
     );
@@ -437,7 +451,9 @@ fn no_line_of_an_old_writer_follows_the_new_writers_first_whatever_fails() {
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    util::eventually(Duration::from_secs(10), "the container to write", || lines() > 5);
+    util::eventually(Duration::from_secs(10), "the container to write", || {
+        lines() > 5
+    });
     let restart = Instant::now();
     h3.stop();
     h3.spawn();
@@ -457,7 +473,10 @@ fn no_line_of_an_old_writer_follows_the_new_writers_first_whatever_fails() {
     // Twice --dead-after past the restart: still writing, never fenced.
     let until = restart + Duration::from_secs(10);
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
-    assert!(old.0.try_wait().unwrap().is_none(), "the container was stopped");
+    assert!(
+        old.0.try_wait().unwrap().is_none(),
+        "the container was stopped"
+    );
     assert!(lines() > before + 20, "the container stopped writing");
     let st = util::status(h3, v);
     assert_eq!(st["holder"]["node"], "o3", "{st}");

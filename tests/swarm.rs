@@ -410,7 +410,13 @@ volumes:
 /// `docker service update --force --update-order start-first ARGS SERVICE`, whose
 /// outcome the caller polls for (the CLI reports a paused update as a failure).
 fn start_first_update(m: u32, service: &str, args: &[&str]) {
-    let mut all = vec!["service", "update", "--force", "--update-order", "start-first"];
+    let mut all = vec![
+        "service",
+        "update",
+        "--force",
+        "--update-order",
+        "start-first",
+    ];
     all.extend_from_slice(args);
     all.push(service);
     let _ = dk(m, &all);
@@ -548,10 +554,7 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
         Duration::from_secs(60),
         || {
             let errors = task_errors(m, "app_db");
-            errors
-                .iter()
-                .any(|e| e.contains(&in_use))
-                .then_some(errors)
+            errors.iter().any(|e| e.contains(&in_use)).then_some(errors)
         },
     );
     assert!(
@@ -571,7 +574,11 @@ fn planned_moves_updates_and_stacks_keep_the_data_without_a_takeover() {
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(running.len(), 1, "one container of app_db on h{other}: {running:?}");
+    assert_eq!(
+        running.len(),
+        1,
+        "one container of app_db on h{other}: {running:?}"
+    );
 
     // The recommendation: stop-first (Swarm's default order). It completes, and the
     // restarted task has the data.

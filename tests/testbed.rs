@@ -1014,7 +1014,6 @@ fn the_export_goes_away_and_comes_back() {
     still_held_and_in_use(&bed, "after the unmount");
 }
 
-
 #[test]
 fn a_snapshot_made_on_h1_is_restored_on_h2_and_deleted_on_h3() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,7 +32,7 @@ use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts::{self, Bind};
 use crate::node::{Liveness, NodeView, Nodes};
 use crate::pending::{PendingUnmount, PendingUnmounts};
-use crate::store::{Created, Reconciled, Removed, Store, Unmounted};
+use crate::store::{Created, Mounted, Reconciled, Removed, Store, Unmounted};
 use crate::volume::{
     format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
 };
@@ -329,17 +329,23 @@ impl Service {
             // Queued behind other calls past the caller's patience: never start.
             return Err(late());
         }
-        if let Err(e) = self.claim_waiting_for_the_holder(name, id, &mut guard).await {
-            // Unless the store decided against it, the mount may have been committed all
-            // the same (a timeout while it was being committed, a hold that failed after
-            // writing). dockerd saw a failure and will never unmount this ID: queue the
-            // unmount that takes it back (an unknown ID is a no-op).
-            // (A stalled export refuses before queueing: nothing was committed then.)
-            if uncertain(&e) && !matches!(e, Error::ExportStalled { .. }) {
-                self.take_back_later(name, id);
+        let claimed = match self
+            .claim_waiting_for_the_holder(name, id, &mut guard)
+            .await
+        {
+            Ok(mounted) => mounted,
+            Err(e) => {
+                // Unless the store decided against it, the mount may have been committed all
+                // the same (a timeout while it was being committed, a hold that failed after
+                // writing). dockerd saw a failure and will never unmount this ID: queue the
+                // unmount that takes it back (an unknown ID is a no-op).
+                // (A stalled export refuses before queueing: nothing was committed then.)
+                if uncertain(&e) && !matches!(e, Error::ExportStalled { .. }) {
+                    self.take_back_later(name, id);
+                }
+                return Err(self.name_the_container(e).await);
             }
-            return Err(self.name_the_container(e).await);
-        }
+        };
         // Under the volume's lock, before the retry task can take it: see
         // PendingUnmounts::cancel_take_backs.
         self.pending.cancel_take_backs(name, id);
@@ -349,15 +355,12 @@ impl Service {
             self.take_back(name, id).await;
             return Err(e);
         }
-        // Before the container can write: the fence keeper must know the volume.
+        // Before the container can write: the fence keeper must know the volume. (The
+        // record as the claim committed it: no second read of the store.)
         if let Some(lease) = self.nodes.lease() {
-            let exclusive = self.store.snapshot().await.ok().is_some_and(|snap| {
-                snap.volumes
-                    .get(name)
-                    .is_some_and(|r| r.options.access == crate::volume::Access::Exclusive)
-            });
-            if exclusive {
+            if claimed.record.options.access == crate::volume::Access::Exclusive {
                 lease.set_volume(name, Some(&self.local.mountpoint(name)));
+                lease.publish().await;
             }
         }
         if !crate::deadline::answerable(ANSWER_MARGIN) {
@@ -505,12 +508,12 @@ impl Service {
         name: &str,
         id: &str,
         guard: &mut Option<OwnedMutexGuard<()>>,
-    ) -> Result<()> {
+    ) -> Result<Mounted> {
         let start = Instant::now();
         let mut told = false;
         loop {
             let e = match self.store.mount(name, &self.node, id).await {
-                Ok(_) => return Ok(()),
+                Ok(mounted) => return Ok(mounted),
                 Err(e) => e,
             };
             // Another container of this volume (on any node, the holder beating) may be
@@ -526,7 +529,9 @@ impl Service {
                     self.nodes.takeover_after().saturating_sub(*dead_in),
                     *dead_in,
                 ),
-                Error::ExclusiveInUse { node, id: other, .. } => {
+                Error::ExclusiveInUse {
+                    node, id: other, ..
+                } => {
                     if !told {
                         told = true;
                         tracing::info!(volume = %name, node = %node, mount_id = %other, grace_secs = RELEASE_GRACE.as_secs_f64(), "another container has this exclusive volume mounted: waiting for it to unmount (as the old task of a stop-first update does) before refusing");
@@ -861,6 +866,7 @@ impl Service {
         for name in &exclusive {
             lease.set_volume(name, Some(&self.local.mountpoint(name)));
         }
+        lease.publish().await;
         exclusive
     }
 
