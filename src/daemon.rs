@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::DaemonConfig;
+use crate::core::liveness::HeartbeatState;
 use crate::deadline::blocking as run_blocking;
 use crate::error::{Error, IoContext, Result};
 use crate::health::Health;
 use crate::layout::{NodeLayout, SharedLayout};
-use crate::node::{HeartbeatState, Nodes};
+use crate::node::Nodes;
 use crate::service::Service;
 use crate::spec;
 use crate::store::Store;

@@ -673,8 +673,7 @@ mod tests {
         // In the file only once published.
         let next = Arc::new(next);
         let on_file = || -> LeaseFile {
-            serde_json::from_slice(&std::fs::read(dir.path().join("lease.json")).unwrap())
-                .unwrap()
+            serde_json::from_slice(&std::fs::read(dir.path().join("lease.json")).unwrap()).unwrap()
         };
         assert!(on_file().volumes.contains_key("db"));
         tokio::runtime::Builder::new_current_thread()

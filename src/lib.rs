@@ -5,6 +5,11 @@
 //! bind-mounts a volume's folder where Docker asks for it.
 //!
 //! Module map:
+//! - [`core`]: the pure core, the rules that decide with no I/O, clock or randomness of
+//!   their own (so `tests/sim.rs` runs them on virtual time; `tests/layers.rs` checks it):
+//!   time as moments, liveness of incarnations;
+//! - [`clock`]: the host's monotonic clock, as the core's moments;
+//! - [`error`]: the one error type, with what the user should do about each;
 //! - [`volume`]: names, options and the volume record (pure, validated);
 //! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
@@ -20,6 +25,7 @@
 //! - [`nfs`]: mounting an NFSv4 export itself (`--nfs`);
 //! - [`node`]: node identity, heartbeats and the liveness of incarnations (no clock
 //!   comparisons);
+//! - [`metrics`]: Prometheus counters and gauges of the daemon;
 //! - [`fence`]: the lease on exclusive volumes and the fence keeper that stops their
 //!   containers when this node cannot renew it;
 //! - [`mounts`]: bind mounts on this node and reading `/proc/self/mountinfo`;
@@ -29,6 +35,8 @@
 //! - [`api`]: the daemon's control API, used by the CLI;
 //! - [`spec`]: the `.spec` file that lets dockerd find the plugin;
 //! - [`dockerd`]: telling the local dockerd the driver exists (so Swarm schedules here);
+//! - [`tls`]: the plugin API over TCP with mutual TLS (`--listen tcp://…`);
+//! - [`systemd`]: socket activation and readiness notification;
 //! - [`config`]: daemon settings from flags, environment and the config file;
 //! - [`deadline`]: bounding work in time: a call's deadline, passed down to its work;
 //! - [`daemon`]: start-up, the heartbeat thread, graceful shutdown;
@@ -41,7 +49,9 @@ pub mod backup;
 pub mod beneath;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod deadline;
 pub mod dockerd;

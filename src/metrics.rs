@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::node::Liveness;
+use crate::core::liveness::Liveness;
 use crate::service::{Info, NodeInfo};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -28,7 +28,8 @@
 //!   id of *this* node's name is known to be gone.
 //!
 //! The judging itself, [`Watchers::judge`], is a pure function of what was observed and
-//! of the seeing clock, tested apart from any file.
+//! of the seeing clock, in the core ([`crate::core::liveness`]), tested apart from any
+//! file and run by the simulation (tests/sim.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -39,8 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use serde::{Deserialize, Serialize};
 
+use crate::clock::moment;
+use crate::core::liveness::{
+    Heartbeat, HeartbeatState, Judgment, Liveness, NodeView, SelfReport, Watchers,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::export::MountId;
 use crate::layout::{replace_file, SharedLayout};
@@ -48,363 +52,7 @@ use crate::volume::is_safe_token;
 
 /// A heartbeat file larger than this is not a heartbeat (they are about 200 bytes).
 const MAX_HEARTBEAT_BYTES: u64 = 16 << 10;
-/// Boot ids remembered per node; a node restarting in a loop must not grow memory.
-const MAX_BOOTS_PER_NODE: usize = 16;
-/// Nodes remembered at most (heartbeat files are written by other machines).
-const MAX_NODES: usize = 4096;
-/// One heartbeat round advances the seeing clock by at most this many intervals: a round
-/// that took longer means this observer could not see for the rest of it.
-pub const SEEING_GAP_CAP: u32 = 2;
 
-/// What a node writes into its heartbeat file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub node: String,
-    pub seq: u64,
-    pub boot_id: String,
-    pub version: String,
-    pub state: HeartbeatState,
-    /// How often the node writes (so that observers can tell a slow writer).
-    pub interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeartbeatState {
-    Running,
-    Left,
-}
-
-/// A node's state as this observer judges it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Liveness {
-    Alive,
-    Dead,
-    Left,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Alive => "alive",
-            Liveness::Dead => "dead",
-            Liveness::Left => "left",
-        }
-    }
-}
-
-/// The verdict on one incarnation, with what a message needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Judgment {
-    pub state: Liveness,
-    /// While alive: how much more silence (on the seeing clock) until it would be dead.
-    pub dead_in: Option<Duration>,
-    /// Alive only because this observer is cut off and judges nobody.
-    pub observer_cut_off: bool,
-}
-
-impl Judgment {
-    fn alive(dead_in: Option<Duration>) -> Judgment {
-        Judgment {
-            state: Liveness::Alive,
-            dead_in,
-            observer_cut_off: false,
-        }
-    }
-
-    fn gone(state: Liveness) -> Judgment {
-        Judgment {
-            state,
-            dead_in: None,
-            observer_cut_off: false,
-        }
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.state == Liveness::Alive
-    }
-}
-
-/// One node as `caravan nodes` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeView {
-    pub node: String,
-    pub state: Liveness,
-    /// Seconds of this observer's seeing clock since the node's current boot id last beat.
-    pub last_seen_secs: f64,
-    pub boot_id: String,
-    pub version: String,
-    /// Seconds until the node would be declared dead, while it is alive and silent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_in_secs: Option<f64>,
-}
-
-/// This node's own standing: can it trust that it still holds its exclusive volumes?
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct SelfReport {
-    /// Seconds since this node last wrote its heartbeat.
-    pub last_beat_secs: Option<f64>,
-    /// Set while this node is cut off (its beats or reads of the export fail or stall):
-    /// it then declares nobody dead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cut_off: Option<String>,
-    /// Set while this node re-validates its exclusive volumes after being unable to beat
-    /// for `dead_after` (another node may have taken them over meanwhile).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revalidating: Option<String>,
-    /// The last heartbeat error, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-/// Time that counts as "watching": advanced only by good heartbeat rounds, each by at most
-/// `cap`.
-#[derive(Debug, Clone, Copy)]
-pub struct SeeingClock {
-    seen: Duration,
-    last_good: Option<Instant>,
-    cap: Duration,
-}
-
-impl SeeingClock {
-    pub fn new(cap: Duration) -> SeeingClock {
-        SeeingClock {
-            seen: Duration::ZERO,
-            last_good: None,
-            cap,
-        }
-    }
-
-    /// The seeing time at `at`: the time since the last good round counts, up to `cap`.
-    pub fn now(&self, at: Instant) -> Duration {
-        match self.last_good {
-            None => self.seen,
-            Some(t) => self.seen + at.saturating_duration_since(t).min(self.cap),
-        }
-    }
-
-    /// A round in which this observer wrote its beat and read everyone's ended at `at`.
-    pub fn good_round(&mut self, at: Instant) {
-        self.seen = self.now(at);
-        self.last_good = Some(at);
-    }
-
-    pub fn last_good(&self) -> Option<Instant> {
-        self.last_good
-    }
-}
-
-/// What this observer saw of one boot id of a node.
-#[derive(Debug, Clone)]
-struct BootSeen {
-    boot_id: String,
-    seq: u64,
-    /// Seeing time of the last beat (a change of `seq`, or the first sight).
-    last_beat: Duration,
-    left: bool,
-}
-
-/// What this observer saw of one node name.
-#[derive(Debug, Clone)]
-struct Watch {
-    /// Seeing time when this observer first read the node's file.
-    first: Duration,
-    current: Heartbeat,
-    /// Most recently beating first.
-    boots: Vec<BootSeen>,
-}
-
-/// Every observation, and the pure judgment over them.
-#[derive(Debug)]
-pub struct Watchers {
-    me: String,
-    boot_id: String,
-    dead_after: Duration,
-    pub clock: SeeingClock,
-    watches: HashMap<String, Watch>,
-    /// Seeing time at which a commit in the store showed an incarnation alive.
-    commits: HashMap<(String, String), Duration>,
-}
-
-impl Watchers {
-    pub fn new(me: &str, boot_id: &str, interval: Duration, dead_after: Duration) -> Watchers {
-        Watchers {
-            me: me.to_string(),
-            boot_id: boot_id.to_string(),
-            dead_after,
-            clock: SeeingClock::new(interval * SEEING_GAP_CAP),
-            watches: HashMap::new(),
-            commits: HashMap::new(),
-        }
-    }
-
-    /// Takes in one heartbeat read at `at`. A new sequence number or a boot id not seen
-    /// before is a beat. Returns, for a new beat of an incarnation already seen, the gap
-    /// since its previous beat on the seeing clock (for metrics).
-    pub fn saw(&mut self, hb: Heartbeat, at: Instant) -> Option<Duration> {
-        let now = self.clock.now(at);
-        if !self.watches.contains_key(&hb.node) && self.watches.len() >= MAX_NODES {
-            return None;
-        }
-        let mut gap = None;
-        let w = self
-            .watches
-            .entry(hb.node.clone())
-            .or_insert_with(|| Watch {
-                first: now,
-                current: hb.clone(),
-                boots: Vec::new(),
-            });
-        let left = hb.state == HeartbeatState::Left;
-        match w.boots.iter().position(|b| b.boot_id == hb.boot_id) {
-            Some(i) => {
-                let mut b = w.boots.remove(i);
-                if b.seq != hb.seq {
-                    b.seq = hb.seq;
-                    gap = now.checked_sub(b.last_beat);
-                    b.last_beat = now;
-                }
-                b.left = left;
-                w.boots.insert(0, b);
-            }
-            None => {
-                w.boots.insert(
-                    0,
-                    BootSeen {
-                        boot_id: hb.boot_id.clone(),
-                        seq: hb.seq,
-                        last_beat: now,
-                        left,
-                    },
-                );
-                w.boots.truncate(MAX_BOOTS_PER_NODE);
-            }
-        }
-        w.current = hb;
-        gap
-    }
-
-    /// `node`'s heartbeat file is there but could not be read or decoded at `at` (a newer
-    /// version's format, a damaged file): this observer cannot see the node, and blindness
-    /// must not count as silence, so its current boot id counts as beating.
-    pub fn saw_unreadable(&mut self, node: &str, at: Instant) {
-        let now = self.clock.now(at);
-        if let Some(w) = self.watches.get_mut(node) {
-            let current = w.current.boot_id.clone();
-            if let Some(b) = w.boots.iter_mut().find(|b| b.boot_id == current) {
-                b.last_beat = now;
-            }
-        }
-    }
-
-    /// A commit in the store, seen at `at`, changed records of (`node`, `boot_id`): that
-    /// incarnation was alive after this observer's previous look at the store.
-    pub fn saw_commit(&mut self, node: &str, boot_id: &str, at: Instant) {
-        if self.commits.len() >= MAX_NODES * 4 {
-            self.commits.clear();
-        }
-        let now = self.clock.now(at);
-        self.commits
-            .insert((node.to_string(), boot_id.to_string()), now);
-    }
-
-    /// Whether this observer is cut off at `at`: no good round within `dead_after`.
-    pub fn cut_off(&self, at: Instant) -> bool {
-        self.clock
-            .last_good()
-            .is_none_or(|t| at.saturating_duration_since(t) > self.dead_after)
-    }
-
-    /// Judges the incarnation (`node`, `boot_id`) at `at`. `boot_id` is the one recorded
-    /// with the mount or hold at stake; `None` (a record from a version that did not
-    /// record it) judges the node's current boot id.
-    pub fn judge(&self, node: &str, boot_id: Option<&str>, at: Instant) -> Judgment {
-        self.judge_within(node, boot_id, at, self.dead_after)
-    }
-
-    /// Like [`Watchers::judge`], dead only after `limit` of silence.
-    pub fn judge_within(
-        &self,
-        node: &str,
-        boot_id: Option<&str>,
-        at: Instant,
-        limit: Duration,
-    ) -> Judgment {
-        if node == self.me {
-            // Only one daemon runs per name (the name lock), so an earlier boot id of this
-            // node's own name is gone.
-            return match boot_id {
-                Some(b) if b != self.boot_id => Judgment::gone(Liveness::Dead),
-                _ => Judgment::alive(None),
-            };
-        }
-        if self.cut_off(at) {
-            return Judgment {
-                state: Liveness::Alive,
-                dead_in: None,
-                observer_cut_off: true,
-            };
-        }
-        let Some(w) = self.watches.get(node) else {
-            // Never watched: it may be starting; only silence proves it gone.
-            return Judgment::alive(Some(limit));
-        };
-        let boot = boot_id.unwrap_or(&w.current.boot_id);
-        let seen = w.boots.iter().find(|b| b.boot_id == boot);
-        if seen.is_some_and(|b| b.left) {
-            return Judgment::gone(Liveness::Left);
-        }
-        // A boot id never seen in the file has been silent since this observer began
-        // watching the file (had it run, it would have written there).
-        let mut last = seen.map_or(w.first, |b| b.last_beat);
-        if let Some(c) = self.commits.get(&(node.to_string(), boot.to_string())) {
-            last = last.max(*c);
-        }
-        let silent = self.clock.now(at).saturating_sub(last);
-        if silent > limit {
-            Judgment::gone(Liveness::Dead)
-        } else {
-            Judgment::alive(Some(limit - silent))
-        }
-    }
-
-    fn views(&self, at: Instant, version: &str) -> Vec<NodeView> {
-        let mut out: Vec<NodeView> = self
-            .watches
-            .iter()
-            .filter(|(name, _)| **name != self.me)
-            .map(|(name, w)| {
-                let j = self.judge(name, None, at);
-                let last = w
-                    .boots
-                    .iter()
-                    .find(|b| b.boot_id == w.current.boot_id)
-                    .map_or(w.first, |b| b.last_beat);
-                NodeView {
-                    node: name.clone(),
-                    state: j.state,
-                    last_seen_secs: self.clock.now(at).saturating_sub(last).as_secs_f64(),
-                    boot_id: w.current.boot_id.clone(),
-                    version: w.current.version.clone(),
-                    dead_in_secs: j.dead_in.map(|d| d.as_secs_f64()),
-                }
-            })
-            .collect();
-        out.push(NodeView {
-            node: self.me.clone(),
-            state: Liveness::Alive,
-            last_seen_secs: 0.0,
-            boot_id: self.boot_id.clone(),
-            version: version.to_string(),
-            dead_in_secs: None,
-        });
-        out.sort_by(|a, b| a.node.cmp(&b.node));
-        out
-    }
-}
-
-/// This node's own heartbeat record: when it last beat, and whether it must re-validate.
 #[derive(Debug, Default)]
 struct Own {
     last_beat_ok: Option<Instant>,
@@ -793,7 +441,7 @@ impl Nodes {
         });
         match &result {
             Ok(()) => {
-                self.watchers().clock.good_round(Instant::now());
+                self.watchers().clock.good_round(moment(Instant::now()));
                 self.own().last_error = None;
                 self.log_cut_off();
                 self.log_changes();
@@ -847,7 +495,7 @@ impl Nodes {
                     tracing::info!(node = %v.node, boot_id = %v.boot_id, "node alive")
                 }
             }
-            if logged.len() < MAX_NODES || logged.contains_key(&v.node) {
+            if logged.len() < crate::core::liveness::MAX_NODES || logged.contains_key(&v.node) {
                 logged.insert(v.node, now);
             }
         }
@@ -866,12 +514,12 @@ impl Nodes {
         let mut w = self.watchers();
         for hb in read {
             let node = hb.node.clone();
-            if let Some(gap) = w.saw(hb, at) {
+            if let Some(gap) = w.saw(hb, moment(at)) {
                 crate::metrics::global().heartbeat_gap(&node, gap);
             }
         }
         for node in unreadable {
-            w.saw_unreadable(&node, at);
+            w.saw_unreadable(&node, moment(at));
         }
         Ok(())
     }
@@ -933,7 +581,7 @@ impl Nodes {
         let name = Self::file_name(node);
         match self.with_folder(|c| read_heartbeat(&c.via.join(&name), node)) {
             Ok(hb) => {
-                let _ = self.watchers().saw(hb, at);
+                let _ = self.watchers().saw(hb, moment(at));
             }
             Err(e) => tracing::debug!("fresh read of heartbeat {node}: {e}"),
         }
@@ -942,13 +590,14 @@ impl Nodes {
     /// A commit in the store showed (`node`, `boot_id`) alive.
     pub fn saw_commit(&self, node: &str, boot_id: &str) {
         if node != self.me {
-            self.watchers().saw_commit(node, boot_id, Instant::now());
+            self.watchers()
+                .saw_commit(node, boot_id, moment(Instant::now()));
         }
     }
 
     /// Judges the incarnation (`node`, `boot_id`) now.
     pub fn judge(&self, node: &str, boot_id: Option<&str>) -> Judgment {
-        self.watchers().judge(node, boot_id, Instant::now())
+        self.watchers().judge(node, boot_id, moment(Instant::now()))
     }
 
     /// Judges the incarnation (`node`, `boot_id`) as the holder of an exclusive volume:
@@ -956,7 +605,7 @@ impl Nodes {
     pub fn judge_holder(&self, node: &str, boot_id: Option<&str>) -> Judgment {
         let limit = self.takeover_after();
         self.watchers()
-            .judge_within(node, boot_id, Instant::now(), limit)
+            .judge_within(node, boot_id, moment(Instant::now()), limit)
     }
 
     /// The node's current state (its current boot id), for display.
@@ -1006,7 +655,7 @@ impl Nodes {
 
     /// Whether this observer is cut off now (it then judges nobody dead).
     pub fn cut_off(&self) -> bool {
-        self.watchers().cut_off(Instant::now())
+        self.watchers().cut_off(moment(Instant::now()))
     }
 
     pub fn self_report(&self) -> SelfReport {
@@ -1028,7 +677,7 @@ impl Nodes {
     /// Every node this observer knows, sorted by name.
     pub fn views(&self) -> Vec<NodeView> {
         self.watchers()
-            .views(Instant::now(), env!("CARGO_PKG_VERSION"))
+            .views(moment(Instant::now()), env!("CARGO_PKG_VERSION"))
     }
 
     /// The liveness of every known node's current boot id.
@@ -1149,139 +798,6 @@ mod tests {
     }
 
     /// An observer "me" (boot m1), interval 1 s, dead after 5 s, with one good round at t0.
-    fn watchers() -> (Watchers, Instant) {
-        let t0 = Instant::now();
-        let mut w = Watchers::new("me", "m1", SEC, 5 * SEC);
-        w.clock.good_round(t0);
-        (w, t0)
-    }
-
-    /// Good rounds every second from `from` to `to` seconds after t0, with `beats` seen
-    /// in each.
-    fn rounds(w: &mut Watchers, t0: Instant, from: u64, to: u64, beats: &[(&str, &str)]) {
-        for s in from..=to {
-            let at = t0 + SEC * s as u32;
-            for (i, (node, boot)) in beats.iter().enumerate() {
-                w.saw(
-                    hb(node, boot, s * 100 + i as u64, HeartbeatState::Running),
-                    at,
-                );
-            }
-            w.clock.good_round(at);
-        }
-    }
-
-    #[test]
-    fn a_beating_incarnation_is_alive_and_a_silent_one_dies_after_dead_after() {
-        let (mut w, t0) = watchers();
-        rounds(&mut w, t0, 1, 3, &[("b", "b1")]);
-        assert!(w.judge("b", Some("b1"), t0 + 3 * SEC).is_alive());
-        rounds(&mut w, t0, 4, 8, &[]);
-        let j = w.judge("b", Some("b1"), t0 + 8 * SEC);
-        assert!(j.is_alive(), "5 s of silence is not more than 5 s: {j:?}");
-        rounds(&mut w, t0, 9, 9, &[]);
-        assert_eq!(w.judge("b", Some("b1"), t0 + 9 * SEC).state, Liveness::Dead);
-        assert_eq!(w.judge("b", None, t0 + 9 * SEC).state, Liveness::Dead);
-    }
-
-    #[test]
-    fn a_restarted_node_is_judged_by_its_new_boot_id() {
-        let (mut w, t0) = watchers();
-        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
-        rounds(&mut w, t0, 3, 10, &[]);
-        assert_eq!(
-            w.judge("b", Some("b1"), t0 + 10 * SEC).state,
-            Liveness::Dead
-        );
-        // b restarts as b2: a mount it records with b2 is alive at once, b1's stay dead.
-        rounds(&mut w, t0, 11, 11, &[("b", "b2")]);
-        assert!(w.judge("b", Some("b2"), t0 + 11 * SEC).is_alive());
-        assert!(w.judge("b", None, t0 + 11 * SEC).is_alive());
-        assert_eq!(
-            w.judge("b", Some("b1"), t0 + 11 * SEC).state,
-            Liveness::Dead
-        );
-    }
-
-    #[test]
-    fn a_boot_id_known_only_from_a_commit_is_alive_until_dead_after() {
-        let (mut w, t0) = watchers();
-        rounds(&mut w, t0, 1, 10, &[("b", "b1")]);
-        // b2's first commit is seen before its first heartbeat: the old rule (name only)
-        // would not apply, and a boot id never seen in the file counts as silent since
-        // the watch began (t0+1) — without the commit it would be dead.
-        assert_eq!(
-            w.judge("b", Some("b2"), t0 + 10 * SEC).state,
-            Liveness::Dead
-        );
-        w.saw_commit("b", "b2", t0 + 10 * SEC);
-        assert!(w.judge("b", Some("b2"), t0 + 10 * SEC).is_alive());
-        rounds(&mut w, t0, 11, 16, &[("b", "b1")]);
-        assert_eq!(
-            w.judge("b", Some("b2"), t0 + 16 * SEC).state,
-            Liveness::Dead
-        );
-    }
-
-    #[test]
-    fn an_unknown_node_is_alive_and_a_left_boot_is_gone_at_once() {
-        let (mut w, t0) = watchers();
-        assert!(w.judge("never", Some("x"), t0).is_alive());
-        w.saw(hb("b", "b1", 1, HeartbeatState::Left), t0);
-        assert_eq!(w.judge("b", Some("b1"), t0).state, Liveness::Left);
-        // The same name started again: its new boot is alive, the old one stays left.
-        w.saw(hb("b", "b2", 1, HeartbeatState::Running), t0 + SEC);
-        assert!(w.judge("b", Some("b2"), t0 + SEC).is_alive());
-        assert_eq!(w.judge("b", Some("b1"), t0 + SEC).state, Liveness::Left);
-    }
-
-    #[test]
-    fn time_the_observer_could_not_see_counts_for_nobody() {
-        let (mut w, t0) = watchers();
-        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
-        // The export stalls for 60 s for everyone: no good round, then rounds resume.
-        let back = t0 + 62 * SEC;
-        assert!(w.cut_off(back), "no good round for 60 s: cut off");
-        let j = w.judge("b", Some("b1"), back);
-        assert!(j.is_alive() && j.observer_cut_off, "{j:?}");
-        // The first good round after the stall advances the clock by at most 2 s.
-        w.clock.good_round(back);
-        assert!(!w.cut_off(back));
-        assert!(w.judge("b", Some("b1"), back).is_alive());
-        // b stays silent: dead only once it stayed silent for dead_after of seeing time.
-        rounds(&mut w, back, 1, 2, &[]);
-        assert!(w.judge("b", Some("b1"), back + 2 * SEC).is_alive());
-        rounds(&mut w, back, 3, 4, &[]);
-        assert_eq!(
-            w.judge("b", Some("b1"), back + 4 * SEC).state,
-            Liveness::Dead
-        );
-    }
-
-    #[test]
-    fn a_node_whose_file_cannot_be_read_is_not_silent() {
-        let (mut w, t0) = watchers();
-        rounds(&mut w, t0, 1, 2, &[("b", "b1")]);
-        for s in 3..=20u32 {
-            w.saw_unreadable("b", t0 + SEC * s);
-            w.clock.good_round(t0 + SEC * s);
-        }
-        assert!(w.judge("b", Some("b1"), t0 + 20 * SEC).is_alive());
-        rounds(&mut w, t0, 21, 27, &[]);
-        assert_eq!(
-            w.judge("b", Some("b1"), t0 + 27 * SEC).state,
-            Liveness::Dead
-        );
-    }
-
-    #[test]
-    fn earlier_boots_of_my_own_name_are_gone_and_mine_is_alive() {
-        let (w, t0) = watchers();
-        assert!(w.judge("me", Some("m1"), t0).is_alive());
-        assert!(w.judge("me", None, t0).is_alive());
-        assert_eq!(w.judge("me", Some("m0"), t0).state, Liveness::Dead);
-    }
-
     #[test]
     fn heartbeat_files_are_read_only_when_regular_small_and_named_right() {
         let d = tempfile::tempdir().unwrap();

@@ -747,7 +747,7 @@ mod tests {
             NodeMounts {
                 count: 2,
                 ids: 1,
-                node_state: crate::node::Liveness::Alive,
+                node_state: crate::core::liveness::Liveness::Alive,
                 stale: false,
             },
         );

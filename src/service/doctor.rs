@@ -28,8 +28,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use crate::core::liveness::Liveness;
 use crate::error::{Error, Result};
-use crate::node::Liveness;
 use crate::volume::{VolumeOptions, VolumeRecord};
 
 /// What one check found.

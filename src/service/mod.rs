@@ -27,10 +27,11 @@ mod snapshots;
 pub use backups::{BackupJobView, BackupView};
 pub use copies::CopyView;
 mod views;
+use crate::core::liveness::{Liveness, NodeView};
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts::{self, Bind};
-use crate::node::{Liveness, NodeView, Nodes};
+use crate::node::Nodes;
 use crate::pending::{PendingUnmount, PendingUnmounts};
 use crate::store::{Created, Mounted, Reconciled, Removed, Store, Unmounted};
 use crate::volume::{

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::liveness::{Liveness, NodeView, SelfReport};
 use crate::health::HealthReport;
-use crate::node::{Liveness, NodeView, SelfReport};
 use crate::store::StoreStats;
 use crate::volume::{Holder, Takeover};
 

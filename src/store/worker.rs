@@ -20,11 +20,12 @@ use super::sled_files::{
     open_db, read_generation, sled_error, LogFile, GENERATION_KEY, STORE_ID_KEY,
 };
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
+use crate::core::liveness::{Judgment, Liveness};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
-use crate::node::{Judgment, Liveness, Nodes};
+use crate::node::Nodes;
 use crate::volume::{VolumeOptions, VolumeRecord};
 
 /// The store thread's state.

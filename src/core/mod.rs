@@ -1,0 +1,14 @@
+//! The pure core: the rules that decide, with no I/O, clock or randomness of their own.
+//!
+//! Everything here is a function of its arguments. Time comes in as [`time::Moment`]s
+//! read by the shell, files as the values read from them. That is what lets
+//! `tests/sim.rs` run these same rules for many nodes on virtual time, with faults, and
+//! check the cluster's invariants after every step; `tests/layers.rs` checks that nothing
+//! here reaches for the filesystem, the network, processes, threads, a clock or a crate
+//! of the shell, and that nothing here imports from outside `core`.
+//!
+//! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
+//! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations.
+
+pub mod liveness;
+pub mod time;
