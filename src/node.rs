@@ -45,6 +45,7 @@ use crate::clock::moment;
 use crate::core::liveness::{
     Heartbeat, HeartbeatState, Judgment, Liveness, NodeView, SelfReport, Watchers,
 };
+use crate::core::standing::{Lapse, NotHolder, Standing};
 use crate::error::{Error, IoContext, Result};
 use crate::export::MountId;
 use crate::layout::{replace_file, SharedLayout};
@@ -53,13 +54,10 @@ use crate::volume::is_safe_token;
 /// A heartbeat file larger than this is not a heartbeat (they are about 200 bytes).
 const MAX_HEARTBEAT_BYTES: u64 = 16 << 10;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Own {
-    last_beat_ok: Option<Instant>,
-    /// Bumped each time re-validation becomes necessary; cleared by
-    /// [`Nodes::revalidated`] with the epoch it started from.
-    revalidate_epoch: u64,
-    revalidating: Option<String>,
+    /// Whether this node may act as a holder (the rule is in the core).
+    standing: Standing,
     last_error: Option<String>,
     /// Whether the last cut-off state logged was "cut off".
     cut_off_logged: bool,
@@ -168,7 +166,11 @@ impl Nodes {
             interval,
             dead_after,
             seq: Mutex::new(0),
-            own: Mutex::new(Own::default()),
+            own: Mutex::new(Own {
+                standing: Standing::new(dead_after.saturating_sub(interval)),
+                last_error: None,
+                cut_off_logged: false,
+            }),
             logged: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(Default::default()),
             lease: std::sync::OnceLock::new(),
@@ -389,56 +391,29 @@ impl Nodes {
     /// everyone's, and advances the seeing clock if both worked.
     pub fn round(&self) -> Result<()> {
         let started = Instant::now();
-        {
-            let mut own = self.own();
-            let silent = own
-                .last_beat_ok
-                .map(|t| started.saturating_duration_since(t));
-            if let Some(silent) = silent.filter(|s| *s >= self.lease_term()) {
-                if own.revalidating.is_none() {
-                    let why = format!(
-                        "this node could not write its heartbeat for {:.0}s (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
-                        silent.as_secs_f64(),
-                        self.dead_after.as_secs()
-                    );
-                    tracing::warn!(
-                        "{why}; refusing mounts of exclusive volumes until they are re-validated"
-                    );
-                    own.revalidating = Some(why);
-                }
-                own.revalidate_epoch += 1;
-            }
+        if let Some(lapse) = self.own().standing.round_starts(moment(started)) {
+            self.log_lapse(lapse);
         }
         let writing = Instant::now();
         let result = self
             .follow_the_root()
             .and_then(|()| self.beat(HeartbeatState::Running))
             .and_then(|()| {
-            let landed = Instant::now();
-            let mut own = self.own();
-            // A write that itself took dead_after (a hard mount blocked on a server only
-            // this host lost) is a lapse too: others may have judged this node dead.
-            let previous = own.last_beat_ok.unwrap_or(writing);
-            if landed.saturating_duration_since(previous) >= self.lease_term() {
-                if own.revalidating.is_none() {
-                    let why = format!(
-                        "writing this node's heartbeat took until {:.0}s after the previous one (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
-                        landed.saturating_duration_since(previous).as_secs_f64(),
-                        self.dead_after.as_secs()
-                    );
-                    tracing::warn!("{why}; refusing mounts of exclusive volumes until they are re-validated");
-                    own.revalidating = Some(why);
+                // A write that itself took the lease's term (a hard mount blocked on a server
+                // only this host lost) is a lapse too: others may have judged this node dead.
+                // The lease counts from when the write began: the beat is no younger than that.
+                let lapse = self
+                    .own()
+                    .standing
+                    .beat_landed(moment(writing), moment(Instant::now()));
+                if let Some(lapse) = lapse {
+                    self.log_lapse(lapse);
                 }
-                own.revalidate_epoch += 1;
-            }
-            // When the write began, not when it returned: the beat is no younger than that.
-            own.last_beat_ok = Some(writing);
-            drop(own);
-            if let Some(lease) = self.lease.get() {
-                lease.renew(writing);
-            }
-            self.observe_at(started)
-        });
+                if let Some(lease) = self.lease.get() {
+                    lease.renew(writing);
+                }
+                self.observe_at(started)
+            });
         match &result {
             Ok(()) => {
                 self.watchers().clock.good_round(moment(Instant::now()));
@@ -616,35 +591,53 @@ impl Nodes {
     /// `Ok` while this node may act as the holder of its exclusive volumes: it has beaten
     /// within `dead_after` and is not re-validating; else why not.
     pub fn may_hold(&self) -> std::result::Result<(), String> {
-        let own = self.own();
-        if let Some(why) = &own.revalidating {
-            return Err(why.clone());
+        let standing = self.own().standing.clone();
+        standing
+            .may_hold(moment(Instant::now()))
+            .map_err(|why| match why {
+                NotHolder::Lapsed(lapse) => self.lapse_message(lapse),
+                NotHolder::LeaseOut { silent, term } => format!(
+                    "this node has not written its heartbeat for {:.1}s: its lease on exclusive volumes ({:.1}s, --dead-after less one heartbeat) ran out, and another node may take them over",
+                    silent.as_secs_f64(),
+                    term.as_secs_f64()
+                ),
+                NotHolder::NeverBeat => "this node has not written its heartbeat yet".into(),
+            })
+    }
+
+    /// What a lapse means, for the log and for refusals while it is pending.
+    fn lapse_message(&self, lapse: Lapse) -> String {
+        match lapse {
+            Lapse::Silent { silent } => format!(
+                "this node could not write its heartbeat for {:.0}s (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
+                silent.as_secs_f64(),
+                self.dead_after.as_secs()
+            ),
+            Lapse::SlowBeat { after } => format!(
+                "writing this node's heartbeat took until {:.0}s after the previous one (past its lease on exclusive volumes, --dead-after {}s less one heartbeat): another node may have taken its exclusive volumes over",
+                after.as_secs_f64(),
+                self.dead_after.as_secs()
+            ),
         }
-        let term = self.lease_term();
-        match own.last_beat_ok {
-            Some(t) if t.elapsed() < term => Ok(()),
-            Some(t) => Err(format!(
-                "this node has not written its heartbeat for {:.1}s: its lease on exclusive volumes ({:.1}s, --dead-after less one heartbeat) ran out, and another node may take them over",
-                t.elapsed().as_secs_f64(),
-                term.as_secs_f64()
-            )),
-            None => Err("this node has not written its heartbeat yet".into()),
-        }
+    }
+
+    fn log_lapse(&self, lapse: Lapse) {
+        tracing::warn!(
+            "{}; refusing mounts of exclusive volumes until they are re-validated",
+            self.lapse_message(lapse)
+        );
     }
 
     /// The re-validation epoch to pass to [`Nodes::revalidated`], if one is needed.
     pub fn revalidation_needed(&self) -> Option<u64> {
-        let own = self.own();
-        own.revalidating.as_ref().map(|_| own.revalidate_epoch)
+        self.own().standing.revalidation_needed()
     }
 
     /// The exclusive volumes were re-validated against a fresh read of the store begun
     /// at `epoch`: unless another lapse began since, this node may hold again.
     /// `held` names the exclusive volumes this node still holds and has mounted.
     pub fn revalidated(&self, epoch: u64, held: &[String]) {
-        let mut own = self.own();
-        if own.revalidate_epoch == epoch && own.revalidating.is_some() {
-            own.revalidating = None;
+        if self.own().standing.revalidated(epoch) {
             if held.is_empty() {
                 tracing::info!("exclusive volumes re-validated: this node holds none mounted here; it may be granted exclusive volumes again");
             } else {
@@ -667,9 +660,12 @@ impl Nodes {
             )
         });
         SelfReport {
-            last_beat_secs: own.last_beat_ok.map(|t| t.elapsed().as_secs_f64()),
+            last_beat_secs: own
+                .standing
+                .last_beat()
+                .map(|t| moment(Instant::now()).since(t).as_secs_f64()),
             cut_off,
-            revalidating: own.revalidating.clone(),
+            revalidating: own.standing.lapse().map(|l| self.lapse_message(l)),
             last_error: own.last_error.clone(),
         }
     }

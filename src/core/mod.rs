@@ -8,7 +8,9 @@
 //! of the shell, and that nothing here imports from outside `core`.
 //!
 //! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
-//! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations.
+//! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations;
+//! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule.
 
 pub mod liveness;
+pub mod standing;
 pub mod time;
