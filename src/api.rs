@@ -29,7 +29,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::service::Service;
 use crate::volume::OptionMap;
 
@@ -99,7 +99,7 @@ pub async fn handle(svc: Arc<Service>, method: &str, path: &ApiPath, body: &[u8]
     let node = svc.node();
     let name = route_name(method, path);
     let path = &path.raw;
-    let path = crate::error::cut(path);
+    let path = crate::core::error::cut(path);
     match result {
         Ok((status, v)) => {
             crate::metrics::global().call("control", name, "ok", took);
@@ -289,7 +289,7 @@ async fn route(
         ("DELETE", ["v1", "backup-jobs", id]) => ok(to_json(&svc.backup_job_stop(id)?)),
         _ => Err(Error::NoSuchEndpoint(format!(
             "{method} {}",
-            crate::error::cut(&path.raw)
+            crate::core::error::cut(&path.raw)
         ))),
     }
 }

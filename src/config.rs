@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::spec::validate_driver_name;
 
 pub const DEFAULT_CONFIG: &str = "/etc/caravan/caravan.toml";
@@ -299,7 +299,7 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr> {
         .ok_or_else(|| {
             Error::invalid(format!(
                 "invalid --listen {}: use tcp://IP:PORT with a port other than 0, e.g. tcp://0.0.0.0:9443 or tcp://[::]:9443",
-                crate::error::shown(s)
+                crate::core::error::shown(s)
             ))
         })
 }
@@ -463,7 +463,7 @@ fn resolve_group(name: &str) -> Result<u32> {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         Ok(None) => Err(Error::invalid(format!(
             "--socket-group {}: no such group; create it (groupadd) or name an existing one",
-            crate::error::shown(name)
+            crate::core::error::shown(name)
         ))),
         Err(e) => Err(Error::invalid(format!(
             "--socket-group: looking up the group: {e}"

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::DaemonConfig;
+use crate::core::error::{Error, IoContext, Result};
 use crate::core::liveness::HeartbeatState;
 use crate::deadline::blocking as run_blocking;
-use crate::error::{Error, IoContext, Result};
 use crate::health::Health;
 use crate::layout::{NodeLayout, SharedLayout};
 use crate::node::Nodes;

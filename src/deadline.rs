@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 tokio::task_local! {
     static CALL_DEADLINE: Instant;

@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// Where the metadata store's id is kept beside sled, readable without the cluster lock.
 pub const STORE_ID_FILE: &str = ".caravan/store-id";
@@ -49,6 +49,12 @@ const MAX_STORE_ID_BYTES: u64 = 128;
 /// configured path; the error itself says nothing about whether the export is back.
 pub fn is_gone(e: &std::io::Error) -> bool {
     errno_is_gone(e.raw_os_error())
+}
+
+/// Whether `e` is an I/O error meaning that a handle's connection to the export is gone
+/// (see [`is_gone`]): the handle is opened again from the path.
+pub fn gone(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if is_gone(source))
 }
 
 fn errno_is_gone(errno: Option<i32>) -> bool {
@@ -179,7 +185,7 @@ impl Export {
             Ok(id) => Some(format!(
                 "the export mounted at {} now holds another cluster's metadata (store id {}, where this daemon serves {expected}): mount this cluster's export there again, or restart caravan to serve the one mounted now",
                 self.root.display(),
-                crate::error::shown(&id)
+                crate::core::error::shown(&id)
             )),
             Err(e) => Some(format!(
                 "the filesystem now at {} cannot be shown to hold this daemon's cluster ({STORE_ID_FILE}: {e}): is the export mounted there? Mount it again; if it is the right one, restarting caravan serves it as it is",
@@ -249,7 +255,7 @@ impl Export {
                 return Err(Error::ExportReplaced(format!(
                     "the metadata store at {} has id {}, where this daemon serves {c}: another cluster's export is mounted there; mount this cluster's export again, or restart caravan to serve the one mounted now",
                     self.root.display(),
-                    crate::error::shown(store_id)
+                    crate::core::error::shown(store_id)
                 )))
             }
         }
@@ -309,7 +315,7 @@ pub fn read_store_id(root: &File) -> std::io::Result<String> {
     if !crate::volume::is_safe_token(id, 1, 64, false) {
         return Err(invalid(format!(
             "holds {}, not a store id",
-            crate::error::shown(id)
+            crate::core::error::shown(id)
         )));
     }
     Ok(id.to_string())
@@ -332,6 +338,8 @@ mod tests {
             libc::ENODEV,
         ] {
             assert!(is_gone(&std::io::Error::from_raw_os_error(gone)), "{gone}");
+            let error = Error::io("reading x", std::io::Error::from_raw_os_error(gone));
+            assert!(super::gone(&error), "{gone}");
         }
         for other in [
             libc::ENOENT,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 
 /// The lease file's format: a keeper refuses (and says so) a lease of a format it does not
 /// know, and fences nothing on it.

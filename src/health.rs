@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::root::RootInfo;
 
 /// Callers' blocking operations on the export allowed at once (store and heartbeat

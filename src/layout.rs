@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 use crate::export::{Export, MountId};
 use crate::pinned::PinnedDirs;
 use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};

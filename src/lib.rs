@@ -7,9 +7,8 @@
 //! Module map:
 //! - [`core`]: the pure core, the rules that decide with no I/O, clock or randomness of
 //!   their own (so `tests/sim.rs` runs them on virtual time; `tests/layers.rs` checks it):
-//!   time as moments, liveness of incarnations;
+//!   time as moments, liveness of incarnations, a holder's standing, the one error type;
 //! - [`clock`]: the host's monotonic clock, as the core's moments;
-//! - [`error`]: the one error type, with what the user should do about each;
 //! - [`volume`]: names, options and the volume record (pure, validated);
 //! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
@@ -55,7 +54,6 @@ pub mod core;
 pub mod daemon;
 pub mod deadline;
 pub mod dockerd;
-pub mod error;
 pub mod export;
 pub mod fence;
 pub mod health;
@@ -78,4 +76,4 @@ pub mod tls;
 pub mod treecopy;
 pub mod volume;
 
-pub use error::{Error, Result};
+pub use crate::core::error::{Error, Result};

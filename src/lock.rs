@@ -22,7 +22,7 @@ use nix::libc;
 use nix::sys::pthread::{pthread_kill, pthread_self};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// Signal used to interrupt a blocked lock wait. The handler does nothing; it exists so the
 /// signal interrupts `fcntl` with `EINTR` (no `SA_RESTART`) instead of killing the process.

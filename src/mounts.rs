@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sys_mount::{Mount, MountFlags, UnmountFlags};
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 
 /// Bind-mounts the open folder `folder` (whose path on the export is `source`, for
 /// messages) on `target`, creating `target` if needed.

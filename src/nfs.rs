@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The NFS port every NFSv4 server listens on.
 pub const NFS_PORT: u16 = 2049;

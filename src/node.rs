@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 use nix::libc;
 
 use crate::clock::moment;
+use crate::core::error::{Error, IoContext, Result};
 use crate::core::liveness::{
     Heartbeat, HeartbeatState, Judgment, Liveness, NodeView, SelfReport, Watchers,
 };
 use crate::core::standing::{Lapse, NotHolder, Standing};
-use crate::error::{Error, IoContext, Result};
 use crate::export::MountId;
 use crate::layout::{replace_file, SharedLayout};
 use crate::volume::is_safe_token;
@@ -239,7 +239,7 @@ impl Nodes {
     fn with_folder<T>(&self, op: impl Fn(&Conn) -> Result<T>) -> Result<T> {
         let conn = self.current()?;
         match op(&conn) {
-            Err(e) if e.export_gone() => {
+            Err(e) if crate::export::gone(&e) => {
                 let why = self.shown_error(&e);
                 {
                     let mut held = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -520,7 +520,7 @@ impl Nodes {
                 Ok(hb) => read.push(hb),
                 // Replaced meanwhile: the next round reads it again.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) if e.export_gone() => return Err(e),
+                Err(e) if crate::export::gone(&e) => return Err(e),
                 Err(e) => unreadable.push((node.to_string(), e)),
             }
         }
@@ -755,8 +755,8 @@ pub fn decode_heartbeat(bytes: &[u8], node: &str) -> Result<Heartbeat> {
     if hb.node != node || !is_safe_token(&hb.boot_id, 1, 128, false) {
         return Err(Error::invalid(format!(
             "names node {} with boot id {}; ignored",
-            crate::error::shown(&hb.node),
-            crate::error::shown(&hb.boot_id)
+            crate::core::error::shown(&hb.node),
+            crate::core::error::shown(&hb.boot_id)
         )));
     }
     Ok(hb)

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::service::Service;
 use crate::volume::OptionMap;
 
@@ -50,7 +50,7 @@ pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Bytes {
     let took = started.elapsed();
     let ms = took.as_secs_f64() * 1e3;
     let node = svc.node();
-    let volume = crate::error::cut(&volume).into_owned();
+    let volume = crate::core::error::cut(&volume).into_owned();
     let count =
         |outcome| crate::metrics::global().call("plugin", known_method(method), outcome, took);
     match result {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
 use crate::mounts::MountEntry;
@@ -185,7 +185,7 @@ fn explain_write_error(root: &Path, e: Error) -> Error {
             ))
         }
         Error::WriteRefused {
-            refusal: crate::error::WriteRefusal::ReadOnly,
+            refusal: crate::core::error::WriteRefusal::ReadOnly,
             ..
         } => Error::invalid(format!(
             "the shared root {} is read-only ({e}): caravan keeps its metadata there and needs it writable",

@@ -18,7 +18,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 use crate::layout::write_atomically;
 
 /// Checks a driver name: it becomes a file name and the `-d` value users type.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use nix::sys::socket::{getsockopt, sockopt};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The listening socket systemd passed, with the path it listens on; `None` when the
 /// daemon was not socket-activated. The variables are unset, so that nothing the daemon

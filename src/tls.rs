@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The server side: its certificate and key, and the CA its clients' certificates must
 /// come from.

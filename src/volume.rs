@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{shown, Error, Result};
+use crate::core::error::{shown, Error, Result};
 
 /// The longest volume name accepted. Docker sets none; this keeps every path built from a
 /// name (`<root>/volumes/<name>/data`, `<state-dir>/mounts/<name>`) far below `NAME_MAX`.
@@ -36,10 +36,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(format!("a volume name is required: {RULE}")));
     }
-    let shown = || crate::error::shown(name);
+    let shown = || crate::core::error::shown(name);
     if name.len() < 2 || name.len() > MAX_NAME_LEN {
         // A long name is shown cut, with its length already.
-        let length = match crate::error::cut(name) {
+        let length = match crate::core::error::cut(name) {
             std::borrow::Cow::Borrowed(_) => format!(" ({} bytes)", name.len()),
             std::borrow::Cow::Owned(_) => String::new(),
         };
@@ -622,7 +622,7 @@ pub fn parse_snapshot_ref(text: &str) -> Result<(String, String)> {
     let Some((vol, snap)) = text.split_once('@') else {
         return Err(Error::invalid(format!(
             "{} is not a snapshot: give VOLUME@SNAPSHOT",
-            crate::error::shown(text)
+            crate::core::error::shown(text)
         )));
     };
     validate_name(vol)?;

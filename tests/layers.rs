@@ -46,6 +46,10 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("extern crate", "the core's dependencies are std and serde"),
 ];
 
+/// Names inside a forbidden path that the core may still use: the types that describe an
+/// I/O failure (an error is a value the shell hands in; doing I/O is what is forbidden).
+const ALLOWED: &[&str] = &["std::io::Error", "std::io::ErrorKind", "std::io::Result"];
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -92,7 +96,19 @@ fn the_core_reaches_for_nothing_outside_itself() {
         let text = std::fs::read_to_string(file).unwrap();
         let shown = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
         for (n, line) in text.lines().enumerate() {
-            let line = code(line);
+            let mut line = code(line).to_string();
+            for allowed in ALLOWED {
+                // Only the whole name: `std::io::ErrorKind` is allowed, `std::io::Errors` not.
+                while let Some(i) = line.match_indices(allowed).map(|(i, _)| i).find(|&i| {
+                    !line[i + allowed.len()..]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                }) {
+                    line.replace_range(i..i + allowed.len(), "IoFailure");
+                }
+            }
+            let line = line.as_str();
             for (word, why) in FORBIDDEN {
                 if names(line, word) {
                     faults.push(format!(

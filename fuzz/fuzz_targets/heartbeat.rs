@@ -3,9 +3,11 @@
 //! to the liveness judgment, which answers without a panic.
 #![no_main]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use caravan::node::{decode_heartbeat, Watchers};
+use caravan::core::liveness::Watchers;
+use caravan::core::time::Moment;
+use caravan::node::decode_heartbeat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let boot = hb.boot_id.clone();
     let mut w = Watchers::new("a", "me", Duration::from_secs(1), Duration::from_secs(15));
-    let t = Instant::now();
+    let t = Moment::from_origin(Duration::from_secs(1));
     w.saw(hb.clone(), t);
     w.saw(hb, t + Duration::from_secs(1));
     let _ = w.judge("b", Some(&boot), t + Duration::from_secs(20));

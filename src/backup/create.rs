@@ -19,7 +19,7 @@ use super::format::node::{self, Node, NodeKind};
 use super::format::{self, Extent, Id, Index, Located, SendStats, Summary, Text, TreeStats};
 use super::lock::{LockKind, RepoLock};
 use super::Repo;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::treecopy::{CopyReport, Meta, Progress, STOPPED};
 
 /// What is being backed up, for the summary.

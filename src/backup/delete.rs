@@ -19,7 +19,7 @@ use super::format::{self, Id, Index, Located};
 use super::lock::{LockKind, RepoLock};
 use super::tree::{self, Step};
 use super::{PackReader, Repo};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::treecopy::Progress;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

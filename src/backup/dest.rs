@@ -27,7 +27,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// A destination, as parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Dest {
         let bad = |why: &str| {
             Error::invalid(format!(
                 "backup destination {}: {why}; {ACCEPTED}",
-                crate::error::shown(url)
+                crate::core::error::shown(url)
             ))
         };
         if url.len() > 1024 || url.contains(['\0', '\n', '?', '#']) {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 pub mod node;
 
@@ -350,7 +350,7 @@ pub fn validate_id(id: &str) -> Result<()> {
     } else {
         Err(Error::invalid(format!(
             "backup name {}: accepted are 1 to 80 letters, digits, '-', '_' and '.', not starting with '.'",
-            crate::error::shown(id)
+            crate::core::error::shown(id)
         )))
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::dest::Backend;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const STALE: Duration = Duration::from_secs(30 * 60);

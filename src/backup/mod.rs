@@ -39,7 +39,7 @@ pub use dest::{Access, Backend, Dest};
 pub use restore::restore;
 pub use verify::{verify, Damage, VerifyReport};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use format::{Config, Id, Index, Located, Summary};
 
 /// A backup's URL: its destination and its name, Convoy's way:
@@ -57,7 +57,7 @@ impl BackupUrl {
         let (dest, query) = url.split_once('?').ok_or_else(|| {
             Error::invalid(format!(
                 "{} is not a backup URL: expected DESTINATION?backup=NAME (as `caravan backup create` and `caravan backup list` print it)",
-                crate::error::shown(url)
+                crate::core::error::shown(url)
             ))
         })?;
         let dest = Dest::parse(dest)?;
@@ -72,8 +72,8 @@ impl BackupUrl {
                 _ => {
                     return Err(Error::invalid(format!(
                         "backup URL {}: unknown part {}; accepted: backup=NAME, volume=VOLUME",
-                        crate::error::shown(url),
-                        crate::error::shown(pair)
+                        crate::core::error::shown(url),
+                        crate::core::error::shown(pair)
                     )))
                 }
             }
@@ -81,7 +81,7 @@ impl BackupUrl {
         let id = id.ok_or_else(|| {
             Error::invalid(format!(
                 "backup URL {} names no backup (backup=NAME)",
-                crate::error::shown(url)
+                crate::core::error::shown(url)
             ))
         })?;
         format::validate_id(&id)?;

@@ -20,7 +20,7 @@ use super::format::node::{Node, NodeKind};
 use super::lock::{LockKind, RepoLock};
 use super::tree::{self, At, Step};
 use super::{ChunkError, PackReader, Repo};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::treecopy::{CopyReport, Meta, Privileges, Progress, STOPPED};
 
 /// Hard-linked files remembered at most (their other names after that fail the restore,

@@ -67,7 +67,7 @@ fn restore_into(
     r: &Repo,
     id: &str,
     dst: &Path,
-) -> crate::error::Result<crate::treecopy::CopyReport> {
+) -> crate::core::error::Result<crate::treecopy::CopyReport> {
     fs::create_dir_all(dst).unwrap();
     restore_with(r, id, dst, crate::treecopy::Privileges::Keep)
 }
@@ -77,7 +77,7 @@ fn restore_with(
     id: &str,
     dst: &Path,
     privileges: crate::treecopy::Privileges,
-) -> crate::error::Result<crate::treecopy::CopyReport> {
+) -> crate::core::error::Result<crate::treecopy::CopyReport> {
     fs::create_dir_all(dst).unwrap();
     restore(
         r,

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use super::format::node::{self, Node, NodeKind, Runs};
 use super::format::{Entry, Extent, Id, Kind, Summary, Text, Tree, MAX_TREE_BYTES};
 use super::Repo;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The JSON of pages a walk keeps at most, all folders together.
 pub const HELD_PAGES_BYTES: usize = 32 << 20;

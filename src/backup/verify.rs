@@ -11,7 +11,7 @@ use super::format::Id;
 use super::lock::{LockKind, RepoLock};
 use super::tree::{self, Step};
 use super::{ChunkError, PackReader, Repo};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::treecopy::{Progress, STOPPED};
 
 /// A file that cannot be restored as it was backed up, and why.

@@ -7,10 +7,12 @@
 //! here reaches for the filesystem, the network, processes, threads, a clock or a crate
 //! of the shell, and that nothing here imports from outside `core`.
 //!
+//! - [`error`]: the one error type, each saying what the user should do about it;
 //! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
 //! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations;
 //! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule.
 
+pub mod error;
 pub mod liveness;
 pub mod standing;
 pub mod time;

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use warp::http::{Request, StatusCode};
 
 use super::routes::reply;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The largest request body served: the biggest real request (a Create with every option)
 /// is a few hundred bytes.

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use tokio::net::UnixListener;
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 
 /// Binds the unix socket, refusing to steal it from a running daemon and replacing a stale
 /// file left by one that died. Mode 0600 (root only), or 0660 with `group` as its group:

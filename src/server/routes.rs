@@ -75,7 +75,7 @@ async fn dispatch(
             .map_or("an unknown user".to_string(), |u| format!("uid {u}"));
         let msg = format!(
             "permission denied: {method} {} changes volumes and needs root (the caller is {who}); other users may only read (caravan list, inspect, nodes, info)",
-            crate::error::cut(&path)
+            crate::core::error::cut(&path)
         );
         return reply(StatusCode::FORBIDDEN, json!({ "Err": msg, "error": msg }));
     }
@@ -154,10 +154,12 @@ pub fn metrics_routes(
                 let scraped = serve(timeout, "metrics scrape", async move {
                     let info = svc.info().await?;
                     let nodes = svc.nodes().await?;
-                    Ok::<_, crate::error::Error>(crate::metrics::render(&crate::metrics::Scrape {
-                        info: &info,
-                        nodes: &nodes,
-                    }))
+                    Ok::<_, crate::core::error::Error>(crate::metrics::render(
+                        &crate::metrics::Scrape {
+                            info: &info,
+                            nodes: &nodes,
+                        },
+                    ))
                 })
                 .await;
                 match scraped {

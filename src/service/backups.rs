@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{CopyProgress, Service};
 use crate::backup::{format::Summary, Access, Backend, BackupUrl, Dest, Repo};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::decide::SnapshotStep;
 use crate::treecopy::Progress;
 use crate::volume::{parse_snapshot_ref, validate_name, SnapshotState};
@@ -382,7 +382,7 @@ impl Service {
             .ok_or_else(|| {
                 Error::invalid(format!(
                     "no backup job {} on this host",
-                    crate::error::shown(id)
+                    crate::core::error::shown(id)
                 ))
             })
     }
@@ -393,7 +393,7 @@ impl Service {
         let job = jobs.get(id).ok_or_else(|| {
             Error::invalid(format!(
                 "no backup job {} on this host",
-                crate::error::shown(id)
+                crate::core::error::shown(id)
             ))
         })?;
         job.progress.stop.store(true, Ordering::Relaxed);

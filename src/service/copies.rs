@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, VolumeView, ANSWER_MARGIN};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::decide::SnapshotStep;
 use crate::treecopy::{CopyReport, Progress};
 use crate::volume::{validate_name, SnapshotState, Source, VolumeOptions};

@@ -28,8 +28,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use crate::core::error::{Error, Result};
 use crate::core::liveness::Liveness;
-use crate::error::{Error, Result};
 use crate::volume::{VolumeOptions, VolumeRecord};
 
 /// What one check found.
@@ -226,7 +226,7 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
     for (key, why) in &facts.skipped {
         out.push(finding(
             "skipped_record",
-            Some(&crate::error::cut(key)),
+            Some(&crate::core::error::cut(key)),
             format!("the stored record is left untouched: {why}"),
             None,
         ));
@@ -541,7 +541,7 @@ impl Service {
         let Some((_, node, boot)) = parse_staging_tag(tag) else {
             return Err(Error::invalid(format!(
                 "{} is not a staging folder's name",
-                crate::error::shown(tag)
+                crate::core::error::shown(tag)
             )));
         };
         if self.nodes.judge(node, Some(boot)).is_alive() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 mod backups;
 mod copies;
@@ -1011,7 +1011,7 @@ impl Service {
                 skipped_records: snap
                     .unreadable
                     .iter()
-                    .map(|(k, why)| (crate::error::shown(k), why.clone()))
+                    .map(|(k, why)| (crate::core::error::shown(k), why.clone()))
                     .collect(),
             }
         };

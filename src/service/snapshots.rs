@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::decide::SnapshotStep;
 use crate::treecopy::{CopyReport, Progress};
 use crate::volume::{

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
-use crate::error::{Error, Result};
 use crate::volume::{
     Access, Holder, SnapshotRecord, SnapshotState, Takeover, VolumeRecord, BASE_FORMAT,
     SNAPSHOT_FORMAT, TAKEOVER_HISTORY,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::worker::{AfterCommit, Decided, OpenStore, Reply, Worker};
 use super::Outcome;
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::volume::{OnDelete, VolumeRecord};
 
 impl Worker {

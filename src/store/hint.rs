@@ -18,7 +18,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::core::error::{Error, IoContext, Result};
 use crate::layout::SharedLayout;
 
 /// Digits in the file: wide enough for any u64, fixed so that an overwrite covers it all.

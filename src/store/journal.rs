@@ -29,7 +29,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::core::error::Result;
 use crate::layout::SharedLayout;
 use crate::volume::VolumeRecord;
 
@@ -134,7 +134,7 @@ pub fn decode(bytes: &[u8], generation: u64, store: &str) -> std::result::Result
         if !seen.insert(change.name.clone()) {
             return Err(format!(
                 "it changes {} twice",
-                crate::error::shown(&change.name)
+                crate::core::error::shown(&change.name)
             ));
         }
         let record = change

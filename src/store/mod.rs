@@ -41,7 +41,7 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::node::Nodes;
@@ -159,7 +159,7 @@ impl Snapshot {
                         next.volumes.insert(name, record);
                     }
                     Some(Err(why)) => {
-                        tracing::error!(volume = %crate::error::shown(&name), "skipping a stored record: {why}");
+                        tracing::error!(volume = %crate::core::error::shown(&name), "skipping a stored record: {why}");
                         next.volumes.remove(&name);
                         next.unreadable.insert(name.clone(), why);
                         if was_there {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::layout::SharedLayout;
 
 /// sled's segment size (see [`open_db`]).

@@ -20,8 +20,8 @@ use super::sled_files::{
     open_db, read_generation, sled_error, LogFile, GENERATION_KEY, STORE_ID_KEY,
 };
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
+use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
-use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
@@ -496,7 +496,7 @@ impl Worker {
                 // so that no call mistakes the name for a free one and overwrites it.
                 Err(why) => {
                     let name = String::from_utf8_lossy(&k).into_owned();
-                    tracing::error!(volume = %crate::error::shown(&name), "skipping a stored record: {why}");
+                    tracing::error!(volume = %crate::core::error::shown(&name), "skipping a stored record: {why}");
                     unreadable.insert(name, why);
                 }
             }

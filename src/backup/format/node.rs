@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{check_component, unhex, Extent, Id, Text, MAX_CHUNK};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The tree format these pages are of.
 pub const TREE_FORMAT: u32 = 2;
