@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::core::error::{Error, Result};
+use crate::core::volume::OptionMap;
 use crate::service::Service;
-use crate::volume::OptionMap;
 
 /// Body of `POST /v1/volumes`.
 #[derive(Debug, Serialize, Deserialize)]

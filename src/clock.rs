@@ -2,7 +2,7 @@
 //! process first read it.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::time::{Clock, Moment};
 
@@ -29,4 +29,13 @@ pub fn moment(at: Instant) -> Moment {
             .unwrap_or(now)
     });
     Moment::from_origin(at.saturating_duration_since(origin))
+}
+
+/// The host's wall clock in Unix seconds, for what is only shown to people (when a volume
+/// was created); 0 if the clock is before 1970. Never compared across hosts.
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

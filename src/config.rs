@@ -318,7 +318,7 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Node names: 1 to 64 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit
 /// (a host name qualifies). They appear in file names on the export.
 pub fn validate_node_name(node: &str) -> Result<()> {
-    if crate::volume::is_safe_token(node, 1, 64, true) {
+    if crate::core::volume::is_safe_token(node, 1, 64, true) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

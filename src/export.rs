@@ -312,7 +312,7 @@ pub fn read_store_id(root: &File) -> std::io::Result<String> {
         .read_to_string(&mut text)
         .map_err(|e| invalid(format!("not text: {e}")))?;
     let id = text.trim();
-    if !crate::volume::is_safe_token(id, 1, 64, false) {
+    if !crate::core::volume::is_safe_token(id, 1, 64, false) {
         return Err(invalid(format!(
             "holds {}, not a store id",
             crate::core::error::shown(id)

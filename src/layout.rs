@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Volume names are validated before any path is built from them
-//! ([`crate::volume::validate_name`]), so a name is always one safe path component.
+//! ([`crate::core::volume::validate_name`]), so a name is always one safe path component.
 
 use std::borrow::Cow;
 use std::fs::{self, File};
@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::error::{Error, IoContext, Result};
+use crate::core::volume::{OnDelete, VolumeOptions, VolumeRecord};
 use crate::export::{Export, MountId};
 use crate::pinned::PinnedDirs;
-use crate::volume::{OnDelete, VolumeOptions, VolumeRecord};
 
 /// Paths on the shared root, and the way every opening below it starts: from the root
 /// opened afresh on a mount verified to hold this daemon's cluster ([`Export::root`]).
@@ -843,7 +843,7 @@ mod tests {
         fs::write(outside.path().join("precious"), b"keep me").unwrap();
         let layout = SharedLayout::new(root.path());
         layout.init().unwrap();
-        let rec = VolumeRecord::new("web", "a", VolumeOptions::default());
+        let rec = VolumeRecord::new("web", "a", VolumeOptions::default(), 0);
         layout.create_volume(&rec).unwrap();
         let data = layout.data_dir("web");
         symlink(outside.path(), data.join("escape")).unwrap();
@@ -867,7 +867,7 @@ mod tests {
         let layout = SharedLayout::new(root.path());
         layout.init().unwrap();
         let opts = VolumeOptions::from_map([("mode", "0750")]).unwrap();
-        let rec = VolumeRecord::new("web", "a", opts);
+        let rec = VolumeRecord::new("web", "a", opts, 0);
         assert!(!layout.create_volume(&rec).unwrap());
         let m = fs::metadata(layout.data_dir("web")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o750);
@@ -887,7 +887,7 @@ mod tests {
         let layout = SharedLayout::new(root.path());
         layout.init().unwrap();
         layout
-            .create_volume(&VolumeRecord::new("web", "a", VolumeOptions::default()))
+            .create_volume(&VolumeRecord::new("web", "a", VolumeOptions::default(), 0))
             .unwrap();
         fs::remove_dir(layout.trash_dir()).unwrap();
         // A hold refuses to start without it (nothing then works under its name) ...

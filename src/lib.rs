@@ -7,9 +7,9 @@
 //! Module map:
 //! - [`core`]: the pure core, the rules that decide with no I/O, clock or randomness of
 //!   their own (so `tests/sim.rs` runs them on virtual time; `tests/layers.rs` checks it):
-//!   time as moments, liveness of incarnations, a holder's standing, the one error type;
+//!   time as moments, liveness of incarnations, a holder's standing, the one error type,
+//!   the volume model (names, options, the record), backup URLs, copy reports;
 //! - [`clock`]: the host's monotonic clock, as the core's moments;
-//! - [`volume`]: names, options and the volume record (pure, validated);
 //! - [`beneath`]: opening paths under the shared root without ever following a symlink;
 //! - [`layout`]: where things live on the export and on the node, and the file work there;
 //! - [`treecopy`]: copying a volume's tree (snapshots) without following a link;
@@ -74,6 +74,5 @@ pub mod store;
 pub mod systemd;
 pub mod tls;
 pub mod treecopy;
-pub mod volume;
 
 pub use crate::core::error::{Error, Result};

@@ -7,7 +7,8 @@
 //!   and duration, the wait for the cluster lock, and the gaps between heartbeats of each
 //!   node this one watches;
 //! - **state**, read at each scrape from what `caravan info` and `caravan nodes` show
-//!   ([`Scrape`]): volumes and mounts, the metadata generation, whether the export answers
+//!   (rendered by the server's scrape, which knows those views; this module is a leaf that
+//!   imports nothing of caravan's): volumes and mounts, the metadata generation, whether the export answers
 //!   and what is stuck on it, and each node's state and silence.
 //!
 //! `etc/grafana/caravan.json` is a dashboard built on these names.
@@ -18,12 +19,8 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::core::liveness::Liveness;
-use crate::service::{Info, NodeInfo};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -38,20 +35,10 @@ struct MethodLabels {
     method: &'static str,
 }
 
+/// A series per node (also used by the scrape's node gauges).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabels {
-    node: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeStateLabels {
-    node: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScopeLabels {
-    scope: &'static str,
+pub struct NodeLabels {
+    pub node: String,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -151,151 +138,55 @@ impl Metrics {
     }
 }
 
-/// The state shown at a scrape.
-pub struct Scrape<'a> {
-    pub info: &'a Info,
-    pub nodes: &'a [NodeInfo],
-}
+impl Metrics {
+    /// Adds the events to a scrape's registry (the state beside them is rendered by the
+    /// server, which knows what `caravan info` shows: `server::scrape`).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "calls",
+            "Calls answered, by API, method and outcome",
+            self.calls.clone(),
+        );
+        r.register(
+            "call_duration_seconds",
+            "Time to answer a call, by API and method",
+            self.call_seconds.clone(),
+        );
+        r.register(
+            "commit_batch_size",
+            "Mutations committed together in one commit",
+            self.commit_batch.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Time of one commit, fsync included",
+            self.commit_seconds.clone(),
+        );
+        r.register(
+            "lock_wait_seconds",
+            "Wait for the cluster lock at the start of a hold",
+            self.lock_wait_seconds.clone(),
+        );
+        r.register(
+            "heartbeat_gap_seconds",
+            "Time between two heartbeats of a watched node, as this node saw them",
+            self.heartbeat_gap_seconds.clone(),
+        );
 
-/// Renders the events and `state` in the Prometheus text format.
-pub fn render(state: &Scrape) -> String {
-    let m = global();
-    let mut r = Registry::with_prefix("caravan");
-    r.register(
-        "calls",
-        "Calls answered, by API, method and outcome",
-        m.calls.clone(),
-    );
-    r.register(
-        "call_duration_seconds",
-        "Time to answer a call, by API and method",
-        m.call_seconds.clone(),
-    );
-    r.register(
-        "commit_batch_size",
-        "Mutations committed together in one commit",
-        m.commit_batch.clone(),
-    );
-    r.register(
-        "commit_duration_seconds",
-        "Time of one commit, fsync included",
-        m.commit_seconds.clone(),
-    );
-    r.register(
-        "lock_wait_seconds",
-        "Wait for the cluster lock at the start of a hold",
-        m.lock_wait_seconds.clone(),
-    );
-    r.register(
-        "heartbeat_gap_seconds",
-        "Time between two heartbeats of a watched node, as this node saw them",
-        m.heartbeat_gap_seconds.clone(),
-    );
-
-    r.register(
-        "export_reconnects",
-        "Times this node reopened its handles after the export went away or was mounted again",
-        m.export_reconnects.clone(),
-    );
-    r.register(
-        "fences",
-        "Times this node's lease on its exclusive volumes ran out and the fence keeper stopped their containers",
-        m.fences.clone(),
-    );
-    r.register(
-        "fenced_processes",
-        "Processes the fence keeper stopped",
-        m.fenced_processes.clone(),
-    );
-
-    let info = state.info;
-    let gauge = |v: i64| {
-        let g: Gauge = Gauge::default();
-        g.set(v);
-        g
-    };
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    r.register(
-        "volumes",
-        "Volumes in the cluster",
-        gauge(count(info.volumes as u64)),
-    );
-    let mounts = Family::<ScopeLabels, Gauge>::default();
-    mounts
-        .get_or_create(&ScopeLabels { scope: "here" })
-        .set(i64::from(info.mounts_here));
-    mounts
-        .get_or_create(&ScopeLabels { scope: "cluster" })
-        .set(i64::from(info.mounts_total));
-    r.register(
-        "mounts",
-        "Mount counts, on this node and in the cluster",
-        mounts,
-    );
-    r.register(
-        "volumes_mounted_here",
-        "Volumes bind-mounted on this node",
-        gauge(count(info.mounted_here as u64)),
-    );
-    r.register(
-        "metadata_generation",
-        "The metadata generation this node last read",
-        gauge(count(info.generation)),
-    );
-    r.register(
-        "skipped_records",
-        "Stored records that failed their checks and are left untouched",
-        gauge(count(info.skipped_records.len() as u64)),
-    );
-    let h = &info.health;
-    r.register(
-        "export_responding",
-        "1 while no operation on the export has waited past the stall threshold",
-        gauge(i64::from(h.export_responding && info.stale.is_none())),
-    );
-    r.register(
-        "export_stuck_operations",
-        "Operations waiting on the export for more than a second",
-        gauge(count(h.stuck.len() as u64)),
-    );
-    r.register(
-        "export_blocking_operations",
-        "Blocking operations on the export in flight",
-        gauge(count(h.blocking_in_flight as u64)),
-    );
-    r.register(
-        "cut_off",
-        "1 while this node cannot write its heartbeat or read the export (it then judges nobody dead)",
-        gauge(i64::from(info.standing.cut_off.is_some())),
-    );
-    let states = Family::<NodeStateLabels, Gauge>::default();
-    let silent = Family::<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    for n in state.nodes {
-        for s in [Liveness::Alive, Liveness::Dead, Liveness::Left] {
-            states
-                .get_or_create(&NodeStateLabels {
-                    node: n.view.node.clone(),
-                    state: s.as_str(),
-                })
-                .set(i64::from(n.view.state == s));
-        }
-        silent
-            .get_or_create(&NodeLabels {
-                node: n.view.node.clone(),
-            })
-            .set(n.view.last_seen_secs);
+        r.register(
+            "export_reconnects",
+            "Times this node reopened its handles after the export went away or was mounted again",
+            self.export_reconnects.clone(),
+        );
+        r.register(
+            "fences",
+            "Times this node's lease on its exclusive volumes ran out and the fence keeper stopped their containers",
+            self.fences.clone(),
+        );
+        r.register(
+            "fenced_processes",
+            "Processes the fence keeper stopped",
+            self.fenced_processes.clone(),
+        );
     }
-    r.register(
-        "node_state",
-        "1 for each node's state as this node judges it",
-        states,
-    );
-    r.register(
-        "node_silent_seconds",
-        "Time since each node's current incarnation last beat, on this node's seeing clock",
-        silent,
-    );
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &r).expect("writing to a String");
-    text
 }

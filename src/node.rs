@@ -47,9 +47,9 @@ use crate::core::liveness::{
     Heartbeat, HeartbeatState, Judgment, Liveness, NodeView, SelfReport, Watchers,
 };
 use crate::core::standing::{Lapse, NotHolder, Standing};
+use crate::core::volume::is_safe_token;
 use crate::export::MountId;
 use crate::layout::{replace_file, SharedLayout};
-use crate::volume::is_safe_token;
 
 /// A heartbeat file larger than this is not a heartbeat (they are about 200 bytes).
 const MAX_HEARTBEAT_BYTES: u64 = 16 << 10;

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::core::error::{Error, IoContext, Result};
+use crate::core::volume::{validate_mount_id, validate_name};
 use crate::layout::write_atomically;
-use crate::volume::{validate_mount_id, validate_name};
 
 /// More than this many recorded unmounts means something else is wrong; the file is
 /// bounded like every file the daemon reads.

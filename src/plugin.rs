@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::core::error::{Error, Result};
+use crate::core::volume::OptionMap;
 use crate::service::Service;
-use crate::volume::OptionMap;
 
 /// The plugin request body: a JSON object. Fields Docker does not send for a method stay
 /// empty; unknown fields are ignored, as dockerd's own plugin helpers

@@ -23,7 +23,7 @@ use crate::layout::write_atomically;
 
 /// Checks a driver name: it becomes a file name and the `-d` value users type.
 pub fn validate_driver_name(name: &str) -> Result<()> {
-    if crate::volume::is_safe_token(name, 1, 64, true) {
+    if crate::core::volume::is_safe_token(name, 1, 64, true) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

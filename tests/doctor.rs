@@ -278,14 +278,14 @@ fn a_planted_volume_json_never_makes_the_repair_restore() {
     if !require_root("a_planted_volume_json_never_makes_the_repair_restore") {
         return;
     }
-    use caravan::volume::{VolumeOptions, VolumeRecord};
+    use caravan::core::volume::{VolumeOptions, VolumeRecord};
     let s = Scratch::new();
     let root = s.path().join("root");
     let d = Daemon::start(s.path(), &root, "a");
     let made_by_root = s.path().join("made-by-root/deep");
     let url = format!("vfs://{}?backup=backup-1&volume=xx", made_by_root.display());
     let options = VolumeOptions::from_map([("from_backup", url.as_str())]).unwrap();
-    let record = VolumeRecord::new("planted", "elsewhere", options);
+    let record = VolumeRecord::new("planted", "elsewhere", options, 0);
     fs::create_dir_all(root.join("volumes/planted/data")).unwrap();
     fs::write(root.join("volumes/planted/data/there"), "already").unwrap();
     fs::write(

@@ -494,7 +494,7 @@ fn forged_journal_entries_never_decide_nor_keep_a_dead_node_alive() {
     if !require_root("forged_journal_entries_never_decide_nor_keep_a_dead_node_alive") {
         return;
     }
-    use caravan::volume::{VolumeOptions, VolumeRecord};
+    use caravan::core::volume::{VolumeOptions, VolumeRecord};
     let s = Scratch::new();
     let root = s.path().join("root");
     let fast = ["--heartbeat", "200ms", "--dead-after", "2s"];
@@ -540,7 +540,7 @@ fn forged_journal_entries_never_decide_nor_keep_a_dead_node_alive() {
     let mut n = 0;
     while killed.elapsed() < Duration::from_secs(5) {
         n += 1;
-        let mut r = VolumeRecord::new("cv", "c", VolumeOptions::default());
+        let mut r = VolumeRecord::new("cv", "c", VolumeOptions::default(), 0);
         r.mounts.insert(
             "c".into(),
             [(format!("forged-{n}"), 1)].into_iter().collect(),
@@ -587,7 +587,7 @@ fn forged_journal_entries_never_decide_nor_keep_a_dead_node_alive() {
     forge(
         [(
             "ghost".to_string(),
-            Some(VolumeRecord::new("ghost", "x", VolumeOptions::default())),
+            Some(VolumeRecord::new("ghost", "x", VolumeOptions::default(), 0)),
         )]
         .into(),
     );

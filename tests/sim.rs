@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use caravan::core::liveness::{Heartbeat, HeartbeatState, Judgment, Liveness, Watchers};
 use caravan::core::standing::Standing;
 use caravan::core::time::Moment;
+use caravan::core::volume::{VolumeOptions, VolumeRecord};
 use caravan::store::decide::{self, Committer, Event, Oracle};
-use caravan::volume::{VolumeOptions, VolumeRecord};
 
 /// One step of virtual time.
 const TICK_MS: u64 = 50;
@@ -309,6 +309,7 @@ impl World {
                     &format!("db{v}"),
                     "h1",
                     VolumeOptions::from_map([("access", "exclusive")]).unwrap(),
+                    0,
                 )
             })
             .collect();

@@ -8,7 +8,7 @@
 
 use caravan::backup::format::node::{decode_extents, decode_listing};
 use caravan::backup::format::{Config, Id, Index, Summary, Tree, MAX_TREE_BYTES};
-use caravan::backup::BackupUrl;
+use caravan::core::backup_url::BackupUrl;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

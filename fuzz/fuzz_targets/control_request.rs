@@ -7,11 +7,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = parse_body::<CreateRequest>(data) {
-        let _ = caravan::volume::validate_name(&req.name);
+        let _ = caravan::core::volume::validate_name(&req.name);
         let _ = req.options.options();
     }
     if let Ok(req) = parse_body::<MountRequest>(data) {
-        let _ = caravan::volume::validate_mount_id(&req.id);
+        let _ = caravan::core::volume::validate_mount_id(&req.id);
     }
     let _ = parse_body::<TakeoverRequest>(data);
 });

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         if let Some(opts) = req.opts {
             let _ = opts.options();
         }
-        let _ = caravan::volume::validate_name(&req.name);
-        let _ = caravan::volume::validate_mount_id(&req.id);
+        let _ = caravan::core::volume::validate_name(&req.name);
+        let _ = caravan::core::volume::validate_mount_id(&req.id);
     }
 });

@@ -4,7 +4,7 @@
 //! wrap, and survives a rewrite unchanged.
 #![no_main]
 
-use caravan::volume::decode_stored;
+use caravan::core::volume::decode_stored;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

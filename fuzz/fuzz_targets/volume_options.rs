@@ -2,7 +2,7 @@
 //! parses shows back as options that parse to the same thing.
 #![no_main]
 
-use caravan::volume::VolumeOptions;
+use caravan::core::volume::VolumeOptions;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

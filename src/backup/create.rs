@@ -19,8 +19,9 @@ use super::format::node::{self, Node, NodeKind};
 use super::format::{self, Extent, Id, Index, Located, SendStats, Summary, Text, TreeStats};
 use super::lock::{LockKind, RepoLock};
 use super::Repo;
+use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
-use crate::treecopy::{CopyReport, Meta, Progress, STOPPED};
+use crate::treecopy::{Meta, Progress, STOPPED};
 
 /// What is being backed up, for the summary.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ pub fn create(
     parent: Option<&str>,
     progress: &Progress,
 ) -> Result<Summary> {
-    format::validate_id(id)?;
+    crate::core::backup_url::validate_id(id)?;
     let started = Instant::now();
     let started_at = now_rfc3339();
     let purpose = match &source.snapshot {

@@ -38,7 +38,7 @@ pub struct DeleteReport {
 
 pub fn delete(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<DeleteReport> {
     let started = std::time::Instant::now();
-    format::validate_id(id)?;
+    crate::core::backup_url::validate_id(id)?;
     let mut lock = RepoLock::acquire(
         &repo.b,
         LockKind::Exclusive,

@@ -27,85 +27,10 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::core::backup_url::Dest;
 use crate::core::error::{Error, Result};
 
-/// A destination, as parsed from its URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dest {
-    Vfs {
-        path: PathBuf,
-    },
-    S3 {
-        bucket: String,
-        region: Option<String>,
-        prefix: String,
-    },
-}
-
-const ACCEPTED: &str =
-    "accepted: vfs:///absolute/path or s3://bucket/prefix (s3://bucket@region/prefix)";
-
 impl Dest {
-    /// Parses `vfs:///path`, `s3://bucket/prefix` or `s3://bucket@region/prefix`.
-    pub fn parse(url: &str) -> Result<Dest> {
-        let bad = |why: &str| {
-            Error::invalid(format!(
-                "backup destination {}: {why}; {ACCEPTED}",
-                crate::core::error::shown(url)
-            ))
-        };
-        if url.len() > 1024 || url.contains(['\0', '\n', '?', '#']) {
-            return Err(bad("not a destination URL"));
-        }
-        if let Some(path) = url.strip_prefix("vfs://") {
-            let p = Path::new(path);
-            if !p.is_absolute() {
-                return Err(bad(
-                    "the path must be absolute (three slashes: vfs:///srv/backups)",
-                ));
-            }
-            if p.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(bad("the path must not hold `..`"));
-            }
-            return Ok(Dest::Vfs {
-                path: p.to_path_buf(),
-            });
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let (bucket, region) = match host.split_once('@') {
-                Some((b, r)) => (b, Some(r)),
-                None => (host, None),
-            };
-            let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
-            if !bucket_ok {
-                return Err(bad(
-                    "the bucket name must be 3 to 63 lowercase letters, digits, dots or dashes",
-                ));
-            }
-            if let Some(r) = region {
-                if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return Err(bad("the region must be letters, digits and dashes"));
-                }
-            }
-            let prefix = prefix.trim_matches('/');
-            if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
-                return Err(bad("the prefix must not hold `.`, `..` or empty parts"));
-            }
-            return Ok(Dest::S3 {
-                bucket: bucket.to_string(),
-                region: region.map(str::to_string),
-                prefix: prefix.to_string(),
-            });
-        }
-        Err(bad("unknown scheme"))
-    }
-
     /// Refuses a folder whose path is on the shared root `root`, by its path or through a
     /// link on the way (the part of the path that exists, resolved as the kernel would):
     /// checked before anything is made there. [`Backend::open`] checks the folder it opened
@@ -136,28 +61,6 @@ impl Dest {
             self.url(),
             root.display()
         ))
-    }
-
-    /// The destination's URL, as users write it.
-    pub fn url(&self) -> String {
-        match self {
-            Dest::Vfs { path } => format!("vfs://{}", path.display()),
-            Dest::S3 {
-                bucket,
-                region,
-                prefix,
-            } => {
-                let host = match region {
-                    Some(r) => format!("{bucket}@{r}"),
-                    None => bucket.clone(),
-                };
-                if prefix.is_empty() {
-                    format!("s3://{host}")
-                } else {
-                    format!("s3://{host}/{prefix}")
-                }
-            }
-        }
     }
 }
 
@@ -674,45 +577,6 @@ fn nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn destinations_parse_and_bad_ones_say_what_is_accepted() {
-        assert_eq!(
-            Dest::parse("vfs:///srv/backups").unwrap(),
-            Dest::Vfs {
-                path: "/srv/backups".into()
-            }
-        );
-        assert_eq!(
-            Dest::parse("s3://my-bucket@eu-west-1/caravan/prod").unwrap(),
-            Dest::S3 {
-                bucket: "my-bucket".into(),
-                region: Some("eu-west-1".into()),
-                prefix: "caravan/prod".into()
-            }
-        );
-        assert_eq!(
-            Dest::parse("s3://my-bucket").unwrap().url(),
-            "s3://my-bucket"
-        );
-        assert_eq!(
-            Dest::parse("s3://b-1/p/").unwrap().url(),
-            "s3://b-1/p",
-            "a trailing slash is the same prefix"
-        );
-        for bad in [
-            "vfs://relative",
-            "vfs:///a/../etc",
-            "s3://UPPER/p",
-            "s3://b/../x",
-            "s3://bucket@/p",
-            "ftp://x",
-            "vfs:///a?backup=x",
-        ] {
-            let e = Dest::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("accepted: vfs:///"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn the_aws_files_are_read_by_section() {

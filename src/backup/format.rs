@@ -249,9 +249,9 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
-impl From<&crate::treecopy::CopyReport> for TreeStats {
+impl From<&crate::core::copy_report::CopyReport> for TreeStats {
     /// The walk counts as a copy does; the stored form keeps what a backup needs.
-    fn from(r: &crate::treecopy::CopyReport) -> TreeStats {
+    fn from(r: &crate::core::copy_report::CopyReport) -> TreeStats {
         TreeStats {
             files: r.files,
             dirs: r.dirs,
@@ -313,15 +313,15 @@ impl Summary {
                 s.format
             )));
         }
-        if s.id != name || validate_id(&s.id).is_err() {
+        if s.id != name || crate::core::backup_url::validate_id(&s.id).is_err() {
             return Err(Error::Backup(format!(
                 "backup {name} is damaged: its summary names another backup"
             )));
         }
-        let names_ok = crate::volume::validate_name(&s.volume).is_ok()
+        let names_ok = crate::core::volume::validate_name(&s.volume).is_ok()
             && s.snapshot
                 .as_deref()
-                .is_none_or(|n| crate::volume::validate_snapshot_name(n).is_ok())
+                .is_none_or(|n| crate::core::volume::validate_snapshot_name(n).is_ok())
             && s.node.len() <= 256;
         if !names_ok {
             return Err(Error::Backup(format!(
@@ -335,23 +335,6 @@ impl Summary {
             )));
         }
         Ok(s)
-    }
-}
-
-/// Checks a backup's name: letters, digits, `-`, `_` and `.`, not first, 1 to 80.
-pub fn validate_id(id: &str) -> Result<()> {
-    let ok = (1..=80).contains(&id.len())
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "backup name {}: accepted are 1 to 80 letters, digits, '-', '_' and '.', not starting with '.'",
-            crate::core::error::shown(id)
-        )))
     }
 }
 
@@ -888,13 +871,5 @@ mod tests {
         assert!(Index::decode(&serde_json::to_vec(&i).unwrap(), &pack.hex()).is_err());
         i.chunks[0].offset = u64::MAX;
         assert!(Index::decode(&serde_json::to_vec(&i).unwrap(), &pack.hex()).is_err());
-    }
-
-    #[test]
-    fn backup_names_are_checked() {
-        assert!(validate_id("20261201T232317Z-3fa9c1").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(81)] {
-            assert!(validate_id(bad).is_err(), "{bad}");
-        }
     }
 }

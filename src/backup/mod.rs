@@ -35,69 +35,12 @@ use bytes::Bytes;
 
 pub use create::{create, Source};
 pub use delete::{delete, DeleteReport};
-pub use dest::{Access, Backend, Dest};
+pub use dest::{Access, Backend};
 pub use restore::restore;
 pub use verify::{verify, Damage, VerifyReport};
 
 use crate::core::error::{Error, Result};
 use format::{Config, Id, Index, Located, Summary};
-
-/// A backup's URL: its destination and its name, Convoy's way:
-/// `vfs:///srv/backups?backup=NAME&volume=VOL` (the volume is for people; the name
-/// alone identifies the backup).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupUrl {
-    pub dest: Dest,
-    pub id: String,
-    pub volume: Option<String>,
-}
-
-impl BackupUrl {
-    pub fn parse(url: &str) -> Result<BackupUrl> {
-        let (dest, query) = url.split_once('?').ok_or_else(|| {
-            Error::invalid(format!(
-                "{} is not a backup URL: expected DESTINATION?backup=NAME (as `caravan backup create` and `caravan backup list` print it)",
-                crate::core::error::shown(url)
-            ))
-        })?;
-        let dest = Dest::parse(dest)?;
-        let (mut id, mut volume) = (None, None);
-        for pair in query.split('&') {
-            match pair.split_once('=') {
-                Some(("backup", v)) => id = Some(v.to_string()),
-                Some(("volume", v)) => {
-                    crate::volume::validate_name(v)?;
-                    volume = Some(v.to_string())
-                }
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "backup URL {}: unknown part {}; accepted: backup=NAME, volume=VOLUME",
-                        crate::core::error::shown(url),
-                        crate::core::error::shown(pair)
-                    )))
-                }
-            }
-        }
-        let id = id.ok_or_else(|| {
-            Error::invalid(format!(
-                "backup URL {} names no backup (backup=NAME)",
-                crate::core::error::shown(url)
-            ))
-        })?;
-        format::validate_id(&id)?;
-        Ok(BackupUrl { dest, id, volume })
-    }
-}
-
-impl std::fmt::Display for BackupUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}?backup={}", self.dest.url(), self.id)?;
-        if let Some(v) = &self.volume {
-            write!(f, "&volume={v}")?;
-        }
-        Ok(())
-    }
-}
 
 /// An open destination holding caravan backups.
 pub struct Repo {
@@ -264,7 +207,7 @@ impl Repo {
     }
 
     pub fn summary(&self, id: &str) -> Result<Summary> {
-        format::validate_id(id)?;
+        crate::core::backup_url::validate_id(id)?;
         let bytes = self
             .b
             .get(&format!("backups/{id}.json"), format::MAX_SUMMARY)?

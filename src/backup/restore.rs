@@ -20,8 +20,9 @@ use super::format::node::{Node, NodeKind};
 use super::lock::{LockKind, RepoLock};
 use super::tree::{self, At, Step};
 use super::{ChunkError, PackReader, Repo};
+use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
-use crate::treecopy::{CopyReport, Meta, Privileges, Progress, STOPPED};
+use crate::treecopy::{Meta, Privileges, Progress, STOPPED};
 
 /// Hard-linked files remembered at most (their other names after that fail the restore,
 /// naming the bound, as a copy's do).
@@ -52,8 +53,8 @@ pub fn restore(
         if let Some(size) = size.filter(|s| summary.tree.bytes > *s) {
             return Err(Error::invalid(format!(
                 "backup {id} holds {} of data, more than the volume's size {}: create the volume with a larger size (or none)",
-                crate::volume::format_size(summary.tree.bytes),
-                crate::volume::format_size(size)
+                crate::core::volume::format_size(summary.tree.bytes),
+                crate::core::volume::format_size(size)
             )));
         }
         progress.expect(summary.tree.files, summary.tree.bytes);
@@ -100,7 +101,7 @@ impl Budget {
             .ok_or_else(|| {
                 format!(
                     "its files hold more data than the {} its summary records; the restore stopped there",
-                    crate::volume::format_size(self.recorded)
+                    crate::core::volume::format_size(self.recorded)
                 )
             })?;
         Ok(())

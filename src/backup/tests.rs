@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::format::node;
 use super::*;
+use crate::core::backup_url::Dest;
 use crate::treecopy::Progress;
 
 /// A page of either kind, encoded (for tests that write trees by hand).
@@ -67,7 +68,7 @@ fn restore_into(
     r: &Repo,
     id: &str,
     dst: &Path,
-) -> crate::core::error::Result<crate::treecopy::CopyReport> {
+) -> crate::core::error::Result<crate::core::copy_report::CopyReport> {
     fs::create_dir_all(dst).unwrap();
     restore_with(r, id, dst, crate::treecopy::Privileges::Keep)
 }
@@ -77,7 +78,7 @@ fn restore_with(
     id: &str,
     dst: &Path,
     privileges: crate::treecopy::Privileges,
-) -> crate::core::error::Result<crate::treecopy::CopyReport> {
+) -> crate::core::error::Result<crate::core::copy_report::CopyReport> {
     fs::create_dir_all(dst).unwrap();
     restore(
         r,

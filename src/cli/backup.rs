@@ -9,8 +9,8 @@ use super::snapshot::{poll_wait, Shown};
 use super::{decode, path_segment, print_json, table};
 use crate::backup::{format::Summary, DeleteReport, VerifyReport};
 use crate::client::{Client, ClientError};
+use crate::core::volume::human_bytes;
 use crate::service::{BackupJobView, BackupView};
-use crate::volume::human_bytes;
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {

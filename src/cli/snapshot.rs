@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{decode, path_segment, print_json, table};
 use crate::client::{Client, ClientError};
+use crate::core::volume::{human_bytes, parse_snapshot_ref};
 use crate::service::{CopyProgress, SnapshotView};
-use crate::volume::{human_bytes, parse_snapshot_ref};
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {

@@ -10,9 +10,15 @@
 //! - [`error`]: the one error type, each saying what the user should do about it;
 //! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
 //! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations;
-//! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule.
+//! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule;
+//! - [`volume`]: names, options and the volume record, validated;
+//! - [`copy_report`]: what a copy of a volume's tree did, kept in its record;
+//! - [`backup_url`]: backup destinations and backups' URLs, parsed and validated.
 
+pub mod backup_url;
+pub mod copy_report;
 pub mod error;
 pub mod liveness;
 pub mod standing;
 pub mod time;
+pub mod volume;

@@ -9,6 +9,7 @@
 
 mod listener;
 mod routes;
+mod scrape;
 
 pub use listener::{
     fd_budget, handshake_slots, serve, Accept, Accepted, Limits, Peer, PlainTcp, MAX_BODY,

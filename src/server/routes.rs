@@ -154,8 +154,9 @@ pub fn metrics_routes(
                 let scraped = serve(timeout, "metrics scrape", async move {
                     let info = svc.info().await?;
                     let nodes = svc.nodes().await?;
-                    Ok::<_, crate::core::error::Error>(crate::metrics::render(
-                        &crate::metrics::Scrape {
+                    Ok::<_, crate::core::error::Error>(super::scrape::render(
+                        crate::metrics::global(),
+                        &super::scrape::Scrape {
                             info: &info,
                             nodes: &nodes,
                         },

@@ -16,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CopyProgress, Service};
-use crate::backup::{format::Summary, Access, Backend, BackupUrl, Dest, Repo};
+use crate::backup::{format::Summary, Access, Backend, Repo};
+use crate::core::backup_url::{BackupUrl, Dest};
 use crate::core::error::{Error, Result};
+use crate::core::volume::{parse_snapshot_ref, validate_name, SnapshotState};
 use crate::store::decide::SnapshotStep;
 use crate::treecopy::Progress;
-use crate::volume::{parse_snapshot_ref, validate_name, SnapshotState};
 
 /// A backup job running or finished on this host.
 pub(super) struct BackupJob {

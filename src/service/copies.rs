@@ -20,10 +20,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, VolumeView, ANSWER_MARGIN};
+use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
+use crate::core::volume::{validate_name, SnapshotState, Source, VolumeOptions};
 use crate::store::decide::SnapshotStep;
-use crate::treecopy::{CopyReport, Progress};
-use crate::volume::{validate_name, SnapshotState, Source, VolumeOptions};
+use crate::treecopy::Progress;
 
 /// A copy into a new volume, running or finished on this host.
 pub(super) struct CopyJob {
@@ -198,7 +199,7 @@ impl Service {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
                 Source::Volume(v) => shared.open_data_dir(v)?,
                 Source::Backup(url) => {
-                    let url = crate::backup::BackupUrl::parse(url)?;
+                    let url = crate::core::backup_url::BackupUrl::parse(url)?;
                     let backend = crate::backup::Backend::open(
                         &url.dest,
                         rt,

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::Service;
 use crate::core::error::{Error, Result};
 use crate::core::liveness::Liveness;
-use crate::volume::{VolumeOptions, VolumeRecord};
+use crate::core::volume::{VolumeOptions, VolumeRecord};
 
 /// What one check found.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -184,7 +184,7 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
                 let gone = facts
                     .dead_incarnations
                     .contains(&(s.node.clone(), s.boot_id.clone()));
-                if s.state != crate::volume::SnapshotState::Complete && gone {
+                if s.state != crate::core::volume::SnapshotState::Complete && gone {
                     let mut f = finding(
                         "abandoned_snapshot",
                         v,
@@ -441,7 +441,7 @@ impl Service {
                     let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                         continue;
                     };
-                    if crate::volume::validate_name(&name).is_err() {
+                    if crate::core::volume::validate_name(&name).is_err() {
                         continue;
                     }
                     let folder = match pinned.open_volume_dir(&name) {
@@ -464,7 +464,7 @@ impl Service {
                 // is a mount point in the managed plugin (its PropagatedMount).
                 let mounted: BTreeSet<String> = crate::mounts::mounted_below(&mounts_dir)?
                     .into_iter()
-                    .filter(|n| crate::volume::validate_name(n).is_ok())
+                    .filter(|n| crate::core::volume::validate_name(n).is_ok())
                     .collect();
                 Ok((folders, trash_entries, mounted, planted))
             })
@@ -483,7 +483,7 @@ impl Service {
             .volumes
             .values()
             .flat_map(|r| r.snapshots.values())
-            .filter(|s| s.state != crate::volume::SnapshotState::Complete)
+            .filter(|s| s.state != crate::core::volume::SnapshotState::Complete)
             .map(|s| (s.node.clone(), s.boot_id.clone()))
             .collect();
         named.extend(
@@ -595,7 +595,7 @@ impl Service {
     /// the volume's lock, with the counts and the mount table read again there: a Mount in
     /// progress (it counts first, then binds, holding the lock) is never undone.
     async fn drop_counts_here(&self, name: &str) -> Result<()> {
-        crate::volume::validate_name(name)?;
+        crate::core::volume::validate_name(name)?;
         let _guard = self.locks.lock(name).await;
         let ids: Vec<(String, u32)> = {
             let snap = self.store.snapshot().await?;
@@ -632,7 +632,7 @@ impl Service {
 
     /// Removes a bind mount that no count of this node backs.
     async fn unbind_uncounted(&self, name: &str) -> Result<()> {
-        crate::volume::validate_name(name)?;
+        crate::core::volume::validate_name(name)?;
         let _guard = self.locks.lock(name).await;
         let counted = {
             let snap = self.store.snapshot().await?;
@@ -661,10 +661,10 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::{Holder, VolumeOptions};
+    use crate::core::volume::{Holder, VolumeOptions};
 
     fn record(name: &str) -> VolumeRecord {
-        VolumeRecord::new(name, "a", VolumeOptions::default())
+        VolumeRecord::new(name, "a", VolumeOptions::default(), 0)
     }
 
     fn kinds(facts: &Facts) -> Vec<(String, Option<String>)> {
@@ -762,7 +762,7 @@ mod tests {
 
     #[test]
     fn unfinished_snapshots_and_copies_of_gone_incarnations_are_found_and_live_ones_are_not() {
-        use crate::volume::{SnapshotRecord, SnapshotState};
+        use crate::core::volume::{SnapshotRecord, SnapshotState};
         let snap = |node: &str, boot: &str, state| SnapshotRecord {
             created_at: 1,
             node: node.into(),

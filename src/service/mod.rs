@@ -28,15 +28,15 @@ pub use backups::{BackupJobView, BackupView};
 pub use copies::CopyView;
 mod views;
 use crate::core::liveness::{Liveness, NodeView};
+use crate::core::volume::{
+    format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
+};
 use crate::health::{Health, HealthReport};
 use crate::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::mounts::{self, Bind};
 use crate::node::Nodes;
 use crate::pending::{PendingUnmount, PendingUnmounts};
 use crate::store::{Created, Mounted, Reconciled, Removed, Store, Unmounted};
-use crate::volume::{
-    format_size, human_bytes, validate_mount_id, validate_name, VolumeOptions, VolumeRecord,
-};
 pub use doctor::{DoctorReport, Finding};
 pub use snapshots::{CopyProgress, SnapshotView};
 pub use views::{Info, NodeInfo, NodeMounts, UsageView, VolumeView};
@@ -359,7 +359,7 @@ impl Service {
         // Before the container can write: the fence keeper must know the volume. (The
         // record as the claim committed it: no second read of the store.)
         if let Some(lease) = self.nodes.lease() {
-            if claimed.record.options.access == crate::volume::Access::Exclusive {
+            if claimed.record.options.access == crate::core::volume::Access::Exclusive {
                 lease.set_volume(name, Some(&self.local.mountpoint(name)));
                 lease.publish().await;
             }
@@ -856,7 +856,7 @@ impl Service {
             .filter(|n| {
                 snap.volumes
                     .get(n)
-                    .is_some_and(|r| r.options.access == crate::volume::Access::Exclusive)
+                    .is_some_and(|r| r.options.access == crate::core::volume::Access::Exclusive)
             })
             .collect();
         for old in lease.volumes() {
@@ -1255,7 +1255,7 @@ fn uncertain(e: &Error) -> bool {
 /// and the volume released since), or one that records no mount of this node.
 fn lost_here(record: Option<&VolumeRecord>, node: &str) -> Option<String> {
     let r = record?;
-    if r.options.access != crate::volume::Access::Exclusive {
+    if r.options.access != crate::core::volume::Access::Exclusive {
         return None;
     }
     match &r.holder {

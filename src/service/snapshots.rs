@@ -15,12 +15,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
-use crate::store::decide::SnapshotStep;
-use crate::treecopy::{CopyReport, Progress};
-use crate::volume::{
+use crate::core::volume::{
     rfc3339, validate_name, validate_snapshot_name, SnapshotRecord, SnapshotState,
 };
+use crate::store::decide::SnapshotStep;
+use crate::treecopy::Progress;
 
 /// A snapshot as the APIs show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

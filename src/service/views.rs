@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::core::liveness::{Liveness, NodeView, SelfReport};
+use crate::core::volume::{Holder, Takeover};
 use crate::health::HealthReport;
 use crate::store::StoreStats;
-use crate::volume::{Holder, Takeover};
 
 /// A volume as the APIs show it (Docker's `Status`, `caravan inspect`, `caravan list --json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
-use crate::volume::{
+use crate::core::volume::{
     Access, Holder, SnapshotRecord, SnapshotState, Takeover, VolumeRecord, BASE_FORMAT,
     SNAPSHOT_FORMAT, TAKEOVER_HISTORY,
 };
@@ -136,7 +136,7 @@ pub enum SnapshotStep {
     /// Record it as being made by the committer (never listed until finished).
     Begin,
     /// The committer's copy is complete.
-    Finish(crate::treecopy::CopyReport),
+    Finish(crate::core::copy_report::CopyReport),
     /// Its files are about to be deleted by the committer: a complete snapshot, one this
     /// incarnation was making (a failed or stopped copy), or one left half-made or
     /// half-deleted by an incarnation that is gone.
@@ -518,7 +518,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::volume::VolumeOptions;
+    use crate::core::volume::VolumeOptions;
 
     /// A scripted oracle: incarnations not listed are alive.
     #[derive(Default)]
@@ -581,6 +581,7 @@ mod tests {
             "v",
             "h1",
             VolumeOptions::from_map([("access", access)]).unwrap(),
+            0,
         )
     }
 
@@ -808,12 +809,12 @@ mod tests {
         step(&mut r, SnapshotStep::ReadBegin, H2, &mut alive).unwrap();
         step(&mut r, SnapshotStep::ReadEnd, H2, &mut alive).unwrap();
         step(&mut r, SnapshotStep::Delete, H3_OLD, &mut alive).unwrap();
-        assert_eq!(r.format, crate::volume::SNAPSHOT_FORMAT);
+        assert_eq!(r.format, crate::core::volume::SNAPSHOT_FORMAT);
         step(&mut r, SnapshotStep::Forget, H3_OLD, &mut alive).unwrap();
         assert!(r.snapshots.is_empty());
         assert_eq!(
             r.format,
-            crate::volume::BASE_FORMAT,
+            crate::core::volume::BASE_FORMAT,
             "no snapshots: format 1 again"
         );
     }
@@ -938,7 +939,7 @@ mod tests {
     #[test]
     fn records_of_a_newer_format_are_not_changed() {
         let mut r = volume("shared");
-        r.format = crate::volume::RECORD_FORMAT + 1;
+        r.format = crate::core::volume::RECORD_FORMAT + 1;
         let mut ev = Vec::new();
         assert!(mount(&mut r, "a", H2, &mut Script::default(), &mut ev).is_err());
         assert!(remove(&r, &mut Script::default()).is_err());

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::worker::{AfterCommit, Decided, OpenStore, Reply, Worker};
 use super::Outcome;
 use crate::core::error::Error;
-use crate::volume::{OnDelete, VolumeRecord};
+use crate::core::volume::{OnDelete, VolumeRecord};
 
 impl Worker {
     /// Runs the filesystem work that follows a commit (moving removed volumes' data, all at

@@ -15,7 +15,7 @@
 //!   metadata store deleted and started over by hand never pass for the new one's.
 //! - Everything read is hostile input: opened below the root without following links,
 //!   regular files only, bounded in size, checked against the hash in its first line,
-//!   and every record decoded and checked as sled's are ([`crate::volume::decode_stored`]).
+//!   and every record decoded and checked as sled's are ([`crate::core::volume::decode_stored`]).
 //!
 //! Entries need not be durable: one lost to a crash of the file server is missing or
 //! fails its hash, and the reader reloads. The newest [`KEEP`] entries are kept.
@@ -30,8 +30,8 @@ use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::core::error::Result;
+use crate::core::volume::VolumeRecord;
 use crate::layout::SharedLayout;
-use crate::volume::VolumeRecord;
 
 /// The folder, relative to the root.
 pub(super) const DIR: &str = ".caravan/journal";
@@ -137,9 +137,9 @@ pub fn decode(bytes: &[u8], generation: u64, store: &str) -> std::result::Result
                 crate::core::error::shown(&change.name)
             ));
         }
-        let record = change
-            .record
-            .map(|raw| crate::volume::decode_stored(change.name.as_bytes(), raw.get().as_bytes()));
+        let record = change.record.map(|raw| {
+            crate::core::volume::decode_stored(change.name.as_bytes(), raw.get().as_bytes())
+        });
         changes.push((change.name, record));
     }
     Ok(changes)
@@ -285,10 +285,10 @@ impl JournalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::VolumeOptions;
+    use crate::core::volume::VolumeOptions;
 
     fn record(name: &str) -> VolumeRecord {
-        VolumeRecord::new(name, "n1", VolumeOptions::default())
+        VolumeRecord::new(name, "n1", VolumeOptions::default(), 0)
     }
 
     #[test]

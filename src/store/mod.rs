@@ -42,10 +42,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::core::error::{Error, Result};
+use crate::core::volume::VolumeRecord;
 use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::node::Nodes;
-use crate::volume::VolumeRecord;
 
 mod batching;
 pub mod decide;
@@ -391,7 +391,7 @@ impl Store {
     pub async fn create(
         &self,
         name: &str,
-        options: crate::volume::VolumeOptions,
+        options: crate::core::volume::VolumeOptions,
         node: &str,
     ) -> Result<Created> {
         self.call(Mutation::Create {
@@ -409,7 +409,7 @@ impl Store {
     pub async fn create_staged(
         &self,
         name: &str,
-        options: crate::volume::VolumeOptions,
+        options: crate::core::volume::VolumeOptions,
         node: &str,
         tag: &str,
     ) -> Result<Created> {
@@ -780,7 +780,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::VolumeOptions;
+    use crate::core::volume::VolumeOptions;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1105,7 +1105,12 @@ mod tests {
     fn forged() -> BTreeMap<String, Option<VolumeRecord>> {
         BTreeMap::from([(
             "forged".to_string(),
-            Some(VolumeRecord::new("forged", "x", VolumeOptions::default())),
+            Some(VolumeRecord::new(
+                "forged",
+                "x",
+                VolumeOptions::default(),
+                0,
+            )),
         )])
     }
 

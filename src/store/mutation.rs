@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::volume::{VolumeOptions, VolumeRecord};
+use crate::core::volume::{VolumeOptions, VolumeRecord};
 
 /// A change to the cluster metadata, applied under the cluster lock.
 #[derive(Debug, Clone)]

@@ -22,11 +22,11 @@ use super::sled_files::{
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
 use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
+use crate::core::volume::{VolumeOptions, VolumeRecord};
 use crate::health::Health;
 use crate::layout::SharedLayout;
 use crate::lock::ClusterLock;
 use crate::node::Nodes;
-use crate::volume::{VolumeOptions, VolumeRecord};
 
 /// The store thread's state.
 pub(super) struct Worker {
@@ -487,7 +487,7 @@ impl Worker {
         let mut unreadable = BTreeMap::new();
         for item in open.tree.iter() {
             let (k, v) = item.map_err(|e| sled_error("reading volumes", e))?;
-            match crate::volume::decode_stored(&k, &v) {
+            match crate::core::volume::decode_stored(&k, &v) {
                 Ok(rec) => {
                     volumes.insert(rec.name.clone(), rec);
                 }
@@ -626,10 +626,7 @@ impl Worker {
         };
         let missing =
             |name: &str| unreadable(name).unwrap_or_else(|| Error::NoSuchVolume(name.to_string()));
-        let now_unix = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now_unix = crate::clock::unix_seconds();
         let boot_id = self.boot_id.clone();
         fn committer<'a>(node: &'a str, boot_id: &'a str, now_unix: u64) -> Committer<'a> {
             Committer {
@@ -676,13 +673,13 @@ impl Worker {
                     // folder that the next create adopts, never a record without data.
                     let (record, adopted) = match (staged, prepared.remove(name)) {
                         (Some(tag), _) => {
-                            let record = VolumeRecord::new(name, node, options.clone());
+                            let record = VolumeRecord::new(name, node, options.clone(), now_unix);
                             self.layout.adopt_staging(&record, tag)?;
                             (record, false)
                         }
                         (None, Some((record, adopted))) => (record, adopted?),
                         (None, None) => {
-                            let record = VolumeRecord::new(name, node, options.clone());
+                            let record = VolumeRecord::new(name, node, options.clone(), now_unix);
                             let adopted = self.layout.create_volume(&record)?;
                             (record, adopted)
                         }
@@ -913,6 +910,7 @@ impl Worker {
     /// create then arrives too late to share the hold of the lock, and with many callers
     /// the file server serializes the folder work anyway.)
     fn prepare_creates(&self, batch: &[Job], base: &Snapshot) -> Prepared {
+        let now_unix = crate::clock::unix_seconds();
         let mut records = BTreeMap::new();
         {
             for job in batch {
@@ -928,8 +926,10 @@ impl Worker {
                 } = job
                 {
                     if !base.volumes.contains_key(name) && !records.contains_key(name) {
-                        records
-                            .insert(name.clone(), VolumeRecord::new(name, node, options.clone()));
+                        records.insert(
+                            name.clone(),
+                            VolumeRecord::new(name, node, options.clone(), now_unix),
+                        );
                     }
                 }
             }

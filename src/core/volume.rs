@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -263,7 +263,7 @@ impl VolumeOptions {
                     if o.from_backup.is_some() {
                         return Err(Error::invalid("give from_backup (or backup) once"));
                     }
-                    crate::backup::BackupUrl::parse(value)
+                    crate::core::backup_url::BackupUrl::parse(value)
                         .map_err(|e| Error::invalid(format!("option {key}: {e}")))?;
                     o.from_backup = Some(value.to_string());
                 }
@@ -574,7 +574,7 @@ pub struct SnapshotRecord {
     pub mounted_on: Vec<String>,
     /// What the copy did, once complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy: Option<crate::treecopy::CopyReport>,
+    pub copy: Option<crate::core::copy_report::CopyReport>,
     /// Incarnations restoring from it now (node, boot id): it is not deleted while one of
     /// them is alive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -631,14 +631,13 @@ pub fn parse_snapshot_ref(text: &str) -> Result<(String, String)> {
 }
 
 impl VolumeRecord {
-    pub fn new(name: &str, node: &str, options: VolumeOptions) -> Self {
+    /// A new volume's record; `created_at` is the creating node's wall clock in Unix
+    /// seconds (display only), read by the shell.
+    pub fn new(name: &str, node: &str, options: VolumeOptions, created_at: u64) -> Self {
         VolumeRecord {
             name: name.to_string(),
             created_by: node.to_string(),
-            created_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_at,
             options,
             mounts: BTreeMap::new(),
             holder: None,
@@ -869,7 +868,7 @@ mod tests {
 
     #[test]
     fn mount_counts_per_node_and_id() {
-        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default());
+        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default(), 0);
         assert_eq!(v.add_mount("a", "a1", "id1"), 1);
         assert_eq!(v.add_mount("a", "a1", "id1"), 2);
         assert_eq!(v.add_mount("b", "b1", "id2"), 1);
@@ -887,7 +886,7 @@ mod tests {
 
     #[test]
     fn stored_counts_and_times_from_another_node_never_wrap_or_panic() {
-        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default());
+        let mut v = VolumeRecord::new("web", "a", VolumeOptions::default(), 0);
         v.mounts
             .entry("a".into())
             .or_default()
@@ -964,6 +963,7 @@ mod tests {
             "web",
             "a",
             VolumeOptions::from_map([("size", "1G")]).unwrap(),
+            0,
         );
         v.add_mount("a", "a1", "x");
         let back: VolumeRecord = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
