@@ -347,7 +347,7 @@ impl Floor {
         let locks = (0..n)
             .map(|_| {
                 let t = Instant::now();
-                let l = caravan::lock::ClusterLock::acquire(
+                let l = caravan::export::lock::ClusterLock::acquire(
                     &lock_path,
                     Instant::now() + Duration::from_secs(5),
                 )

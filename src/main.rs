@@ -17,7 +17,7 @@ fn main() {
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
                 .init();
-            match caravan::fence::keep(&state_dir) {
+            match caravan::host::fence::keep(&state_dir) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("caravan fence-keeper: {e}");
@@ -41,7 +41,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run_daemon(cfg: caravan::Result<caravan::config::DaemonConfig>) -> i32 {
+fn run_daemon(cfg: caravan::Result<caravan::daemon::config::DaemonConfig>) -> i32 {
     let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {

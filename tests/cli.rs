@@ -166,7 +166,7 @@ fn nfs_export_errors_say_what_is_wrong() {
     let err = daemon("127.0.0.3:/srv/caravan");
     assert!(err.contains("does not answer on port 2049"), "{err}");
     let listener = std::net::TcpListener::bind("127.0.0.4:2049").unwrap();
-    if caravan::nfs::kernel_has_nfs4() {
+    if caravan::export::nfs::kernel_has_nfs4() {
         eprintln!("this kernel has an NFSv4 client: the no-client error cannot be shown here");
     } else {
         let err = daemon("127.0.0.4:/srv/caravan");

@@ -427,11 +427,11 @@ fn a_mount_waiting_for_the_old_container_on_its_node_lets_that_container_unmount
     let (answer, mount_took) = new_task.join().unwrap();
     assert_eq!(answer["Err"], "", "the new task's Mount: {answer}");
     assert!(
-        unmount_took < caravan::service::RELEASE_GRACE / 2,
+        unmount_took < caravan::ops::service::RELEASE_GRACE / 2,
         "the old container's Unmount waited {unmount_took:?} behind the new Mount"
     );
     assert!(
-        mount_took < caravan::service::RELEASE_GRACE,
+        mount_took < caravan::ops::service::RELEASE_GRACE,
         "the new Mount took {mount_took:?}: it should follow the Unmount at once"
     );
     let st = util::status(&a, "db");
@@ -468,8 +468,8 @@ fn exclusive_volumes_fail_over_and_fence_the_old_holder() {
     let err = b.err("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b1"}"#);
     let refused = t.elapsed();
     assert!(
-        refused >= caravan::service::RELEASE_GRACE
-            && refused < caravan::service::RELEASE_GRACE + Duration::from_secs(1),
+        refused >= caravan::ops::service::RELEASE_GRACE
+            && refused < caravan::ops::service::RELEASE_GRACE + Duration::from_secs(1),
         "refused after {refused:?}: the holder is given the release grace, then refused"
     );
     assert!(

@@ -523,7 +523,7 @@ fn forged_journal_entries_never_decide_nor_keep_a_dead_node_alive() {
         let next = g + 1;
         fs::write(
             root.join(format!(".caravan/journal/{next:020}")),
-            caravan::store::journal::encode(&store_id, next, &changes),
+            caravan::cluster::store::journal::encode(&store_id, next, &changes),
         )
         .unwrap();
         fs::write(&hint, format!("{next:020}\n")).unwrap();

@@ -1,6 +1,7 @@
 //! The shape of the code, checked: the pure core (`src/core/`) does no I/O, reads no clock,
-//! draws no randomness and imports nothing from outside itself; `lib.rs`'s module map names
-//! every module.
+//! draws no randomness and imports nothing from outside itself; every other layer imports
+//! only from itself and the layers below it, no modules import each other in a cycle, and
+//! each module map (`lib.rs`, every layer's `mod.rs`) names every module it declares.
 //!
 //! A source scan, not a type check: it reads the code without its comments and looks for
 //! the paths through which a module reaches the world. The compiler cannot enforce purity
@@ -154,17 +155,238 @@ fn the_scan_finds_what_it_looks_for() {
     assert!(!names(code("let instants = 3;"), "Instant"));
 }
 
+/// The layers, from the bottom: the folders of `src/`, as `lib.rs`'s map lists them.
+const LAYERS: &[&str] = &[
+    "core", "runtime", "export", "host", "cluster", "ops", "api", "daemon", "cli",
+];
+
+/// Every `crate::LAYER::MODULE` a line names (a brace group gives each of its modules).
+fn crate_paths(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, _) in line.match_indices("crate::") {
+        let before = line[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '$') {
+            continue;
+        }
+        let rest = &line[i + "crate::".len()..];
+        let layer: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let after = &rest[layer.len()..];
+        let Some(after) = after.strip_prefix("::") else {
+            continue;
+        };
+        let modules: Vec<String> = if let Some(group) = after.strip_prefix('{') {
+            let group = group.split('}').next().unwrap_or("");
+            group
+                .split(',')
+                .map(|item| {
+                    item.trim()
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .filter(|m| !m.is_empty() && m != "self")
+                .collect()
+        } else {
+            vec![after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()]
+        };
+        for m in modules {
+            out.push((layer.clone(), m));
+        }
+    }
+    out
+}
+
+/// What is wrong with the imports of `files` (paths relative to `src/`, and their text):
+/// imports from a layer above, and a cycle of modules.
+fn layering_faults(files: &[(PathBuf, String)]) -> Vec<String> {
+    let rank = |layer: &str| LAYERS.iter().position(|l| *l == layer);
+    let mut faults = Vec::new();
+    // Module (layer, module) -> the modules it imports.
+    let mut graph: std::collections::BTreeMap<
+        (String, String),
+        std::collections::BTreeSet<(String, String)>,
+    > = Default::default();
+    for (rel, text) in files {
+        let parts: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
+            .collect();
+        if parts.len() == 1 {
+            if !["lib", "main"].contains(&parts[0].as_str()) {
+                faults.push(format!(
+                    "src/{} is outside every layer: put it in its layer's folder and map",
+                    rel.display()
+                ));
+            }
+            continue;
+        }
+        let layer = &parts[0];
+        let Some(own) = rank(layer) else {
+            faults.push(format!(
+                "src/{layer}/ is not a layer: add it to LAYERS here and to lib.rs's map"
+            ));
+            continue;
+        };
+        let me = (layer.clone(), parts[1].clone());
+        for (n, line) in text.lines().enumerate() {
+            for (to_layer, to_module) in crate_paths(code(line)) {
+                let Some(theirs) = rank(&to_layer) else {
+                    continue; // crate::Error and the like: the crate root's re-exports
+                };
+                if theirs > own {
+                    faults.push(format!(
+                        "src/{}:{}: {layer} imports from {to_layer}, a layer above it ({})",
+                        rel.display(),
+                        n + 1,
+                        line.trim()
+                    ));
+                }
+                let to = (to_layer, to_module);
+                if to != me && to.1 != "mod" {
+                    graph.entry(me.clone()).or_default().insert(to);
+                }
+            }
+        }
+    }
+    // A cycle: a module that reaches itself.
+    for start in graph.keys() {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut path: Vec<(String, String)> = Vec::new();
+        let mut stack = vec![(start.clone(), 0usize)];
+        while let Some((node, depth)) = stack.pop() {
+            path.truncate(depth);
+            path.push(node.clone());
+            for next in graph.get(&node).into_iter().flatten() {
+                if next == start {
+                    let shown: Vec<String> =
+                        path.iter().map(|(l, m)| format!("{l}::{m}")).collect();
+                    faults.push(format!(
+                        "import cycle: {} -> {}::{}",
+                        shown.join(" -> "),
+                        start.0,
+                        start.1
+                    ));
+                } else if seen.insert(next.clone()) {
+                    stack.push((next.clone(), depth + 1));
+                }
+            }
+        }
+        if faults.iter().any(|f| f.starts_with("import cycle")) {
+            break; // one cycle is enough to show
+        }
+    }
+    faults
+}
+
 #[test]
-fn lib_rs_maps_every_module() {
-    let lib =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
-    let missing: Vec<&str> = lib
-        .lines()
-        .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
-        .filter(|m| !lib.contains(&format!("[`{m}`]")))
+fn imports_go_down_the_layers_and_never_round_in_a_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            (f.strip_prefix(&src).unwrap().to_path_buf(), text)
+        })
         .collect();
+    assert!(files.len() > 50, "read the sources: {}", files.len());
+    let faults = layering_faults(&files);
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
+}
+
+#[test]
+fn the_layering_check_finds_an_upward_import_and_a_cycle() {
+    let file = |path: &str, text: &str| (PathBuf::from(path), text.to_string());
+    let up = layering_faults(&[file(
+        "export/layout.rs",
+        "use crate::ops::service::Service;",
+    )]);
+    assert!(
+        up.len() == 1 && up[0].contains("export imports from ops, a layer above it"),
+        "{up:?}"
+    );
+    let cycle = layering_faults(&[
+        file("cluster/store/mod.rs", "use crate::cluster::node::Nodes;"),
+        file("cluster/node.rs", "use crate::host::fence::Lease;"),
+        file(
+            "host/fence.rs",
+            "// crate::cluster::store in a comment is no import",
+        ),
+        file(
+            "cluster/store/worker.rs",
+            "let n = crate::cluster::node::x();",
+        ),
+        file("export/lock.rs", "use crate::core::error::Error;"),
+    ]);
+    assert!(cycle.is_empty(), "{cycle:?}");
+    let cycle = layering_faults(&[
+        file("cluster/store/mod.rs", "use crate::cluster::node::Nodes;"),
+        file("cluster/node.rs", "use crate::cluster::{store, node};"),
+    ]);
+    assert!(
+        cycle
+            .iter()
+            .any(|f| f.starts_with("import cycle: cluster::")),
+        "{cycle:?}"
+    );
+    let stray = layering_faults(&[file("volume.rs", "")]);
+    assert!(stray[0].contains("outside every layer"), "{stray:?}");
+}
+
+#[test]
+fn the_import_scan_reads_paths_and_groups() {
+    assert_eq!(
+        crate_paths("use crate::export::layout::SharedLayout;"),
+        [("export".to_string(), "layout".to_string())]
+    );
+    assert_eq!(
+        crate_paths("use crate::api::{control as api, plugin};"),
+        [
+            ("api".to_string(), "control".to_string()),
+            ("api".to_string(), "plugin".to_string())
+        ]
+    );
+    assert_eq!(
+        crate_paths("let e = crate::Error::invalid(x);"),
+        [("Error".to_string(), "invalid".to_string())],
+        "not a layer: the check skips it"
+    );
+    assert!(crate_paths("use caravan::export::layout;").is_empty());
+}
+
+#[test]
+fn every_module_map_names_its_modules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut missing = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| f.ends_with("lib.rs") || f.ends_with("mod.rs"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        for m in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
+        {
+            if !text.contains(&format!("[`{m}`]")) {
+                missing.push(format!(
+                    "{}: {m}",
+                    file.strip_prefix(&src).unwrap().display()
+                ));
+            }
+        }
+    }
     assert!(
         missing.is_empty(),
-        "modules missing from lib.rs's module map: {missing:?}"
+        "modules missing from their module map (the `//!` list of lib.rs or the layer's mod.rs): {missing:?}"
     );
 }

@@ -33,11 +33,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use caravan::cluster::store::decide::{self, Committer, Event, Oracle};
 use caravan::core::liveness::{Heartbeat, HeartbeatState, Judgment, Liveness, Watchers};
 use caravan::core::standing::Standing;
 use caravan::core::time::Moment;
 use caravan::core::volume::{VolumeOptions, VolumeRecord};
-use caravan::store::decide::{self, Committer, Event, Oracle};
 
 /// One step of virtual time.
 const TICK_MS: u64 = 50;
@@ -64,7 +64,7 @@ struct Params {
     dead_after: Duration,
     /// How long the export server keeps a silent client's writes able to land.
     server_drop: Duration,
-    /// The fence wait: the server's drop plus slack (as `crate::fence` derives it).
+    /// The fence wait: the server's drop plus slack (as `crate::host::fence` derives it).
     fence_wait: Duration,
     /// Virtual time per seed.
     length: Duration,

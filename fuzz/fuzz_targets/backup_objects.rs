@@ -6,8 +6,8 @@
 //! the run.
 #![no_main]
 
-use caravan::backup::format::node::{decode_extents, decode_listing};
-use caravan::backup::format::{Config, Id, Index, Summary, Tree, MAX_TREE_BYTES};
+use caravan::ops::backup::format::node::{decode_extents, decode_listing};
+use caravan::ops::backup::format::{Config, Id, Index, Summary, Tree, MAX_TREE_BYTES};
 use caravan::core::backup_url::BackupUrl;
 use libfuzzer_sys::fuzz_target;
 

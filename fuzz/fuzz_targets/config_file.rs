@@ -1,7 +1,7 @@
 //! The daemon's config file: any text resolves to settings or to an error.
 #![no_main]
 
-use caravan::config::DaemonArgs;
+use caravan::daemon::config::DaemonArgs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use caravan::core::liveness::Watchers;
 use caravan::core::time::Moment;
-use caravan::node::decode_heartbeat;
+use caravan::cluster::node::decode_heartbeat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! decoding (an entry whose hash does not match is refused before it is parsed).
 #![no_main]
 
-use caravan::store::journal;
+use caravan::cluster::store::journal;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

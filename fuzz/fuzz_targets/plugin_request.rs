@@ -13,11 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let method = METHODS[usize::from(pick) % METHODS.len()];
-    if let Ok(req) = caravan::plugin::parse(method, body) {
+    if let Ok(req) = caravan::api::plugin::parse(method, body) {
         if let Some(opts) = req.opts {
             let _ = opts.options();
         }
-        let _ = caravan::core::volume::validate_name(&req.name);
-        let _ = caravan::core::volume::validate_mount_id(&req.id);
+        let _ = caravan::core::names::validate_name(&req.name);
+        let _ = caravan::core::names::validate_mount_id(&req.id);
     }
 });

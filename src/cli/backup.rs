@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 
 use super::snapshot::{poll_wait, Shown};
 use super::{decode, path_segment, print_json, table};
-use crate::backup::{format::Summary, DeleteReport, VerifyReport};
-use crate::client::{Client, ClientError};
 use crate::core::volume::human_bytes;
-use crate::service::{BackupJobView, BackupView};
+use crate::host::client::{Client, ClientError};
+use crate::ops::backup::{format::Summary, DeleteReport, VerifyReport};
+use crate::ops::service::{BackupJobView, BackupView};
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {

@@ -11,10 +11,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError};
-use crate::config::{DaemonArgs, DEFAULT_SOCKET};
-use crate::health::HealthReport;
-use crate::service::{DoctorReport, Info, NodeInfo, VolumeView};
+use crate::daemon::config::{DaemonArgs, DEFAULT_SOCKET};
+use crate::export::health::HealthReport;
+use crate::host::client::{Client, ClientError};
+use crate::ops::service::{DoctorReport, Info, NodeInfo, VolumeView};
 
 mod backup;
 mod snapshot;
@@ -43,7 +43,7 @@ pub enum Command {
     /// Run the daemon as Docker's managed plugin (the plugin's entrypoint; see
     /// docs/managed-plugin.md)
     #[command(hide = true)]
-    Plugin(crate::config::PluginArgs),
+    Plugin(crate::daemon::config::PluginArgs),
     /// The fence keeper the daemon starts (see docs/semantics.md, "One writer")
     #[command(hide = true)]
     FenceKeeper {
@@ -611,7 +611,7 @@ fn info_text(i: &Info) -> String {
     if let Some(e) = &i.standing.last_error {
         text.push_str(&format!("Heartbeat:    failing: {e}\n"));
     }
-    text.push_str(&crate::fence::fencing_text(&i.fencing));
+    text.push_str(&crate::host::fence::fencing_text(&i.fencing));
     if let Some(why) = &i.connection.refused {
         text.push_str(&format!("Export:       REFUSED: {why}\n"));
     }
@@ -717,7 +717,7 @@ fn health_text(h: &HealthReport, unreadable: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::NodeMounts;
+    use crate::ops::service::NodeMounts;
 
     fn view(name: &str) -> VolumeView {
         VolumeView {

@@ -7,9 +7,10 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{decode, path_segment, print_json, table};
-use crate::client::{Client, ClientError};
-use crate::core::volume::{human_bytes, parse_snapshot_ref};
-use crate::service::{CopyProgress, SnapshotView};
+use crate::core::names::parse_snapshot_ref;
+use crate::core::volume::human_bytes;
+use crate::host::client::{Client, ClientError};
+use crate::ops::service::{CopyProgress, SnapshotView};
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
@@ -261,7 +262,7 @@ pub async fn follow_copy(
     json: bool,
 ) -> Result<(), ClientError> {
     let v = client.request("POST", "/v1/copies", Some(body)).await?;
-    let begun: crate::service::CopyView = decode(v)?;
+    let begun: crate::ops::service::CopyView = decode(v)?;
     if begun.state == "done" {
         say_dropped(&begun, json);
         return Ok(());
@@ -272,7 +273,8 @@ pub async fn follow_copy(
     tokio::pin!(ctrl_c);
     let mut looks = 0;
     loop {
-        let view: crate::service::CopyView = decode(client.request("GET", &path, None).await?)?;
+        let view: crate::ops::service::CopyView =
+            decode(client.request("GET", &path, None).await?)?;
         match view.state.as_str() {
             "done" => {
                 shown.end();
@@ -306,7 +308,7 @@ pub async fn follow_copy(
 
 /// Says on stderr what a copy did not carry over (set-id bits, privileged attributes),
 /// and how to keep them.
-fn say_dropped(view: &crate::service::CopyView, json: bool) {
+fn say_dropped(view: &crate::ops::service::CopyView, json: bool) {
     let Some(c) = view
         .copy
         .as_ref()

@@ -1,11 +1,11 @@
 //! Where backups go, as users write it: a destination URL (`vfs:///path`,
 //! `s3://bucket/prefix`) and a backup's URL (`DESTINATION?backup=NAME`), parsed and
-//! validated. Opening a destination is the shell's (`crate::backup::dest`).
+//! validated. Opening a destination is the shell's (`crate::ops::backup::dest`).
 
 use std::path::{Path, PathBuf};
 
 use crate::core::error::{shown, Error, Result};
-use crate::core::volume::validate_name;
+use crate::core::names::validate_name;
 
 /// A destination, as parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! What a copy of a volume's tree did (a clone, a snapshot, a restore): counted by the
-//! copier (`crate::treecopy`), kept in the volume's record and shown to the user.
+//! copier (`crate::export::treecopy`), kept in the volume's record and shown to the user.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ pub struct CopyReport {
     pub copied: u64,
     pub millis: u64,
     /// Set-user-ID and set-group-ID bits not carried over, and extended attributes of the
-    /// privileged namespaces not carried over (see `crate::treecopy::Privileges`), by entries.
+    /// privileged namespaces not carried over (see `crate::export::treecopy::Privileges`), by entries.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_setid: u64,
     #[serde(default, skip_serializing_if = "is_zero")]

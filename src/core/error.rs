@@ -65,7 +65,7 @@ pub enum Error {
     },
 
     /// The configured root no longer reaches this daemon's cluster: another export, or
-    /// none, is mounted there (see [`crate::export`]).
+    /// none, is mounted there (see [`crate::export::connection`]).
     #[error("{0}")]
     ExportReplaced(String),
 

@@ -1,9 +1,9 @@
 //! Liveness of *incarnations* (node name + boot id), judged without comparing clocks
 //! across hosts: what an observer saw of each heartbeat file, counted on its own seeing
-//! clock, and the verdict on one incarnation. Pure: the shell (`crate::node`) reads the
+//! clock, and the verdict on one incarnation. Pure: the shell (`crate::cluster::node`) reads the
 //! files and hands in what it read and when, as [`Moment`]s of its monotonic clock.
 //!
-//! The rules are written down in `crate::node` and docs/semantics.md, "Liveness".
+//! The rules are written down in `crate::cluster::node` and docs/semantics.md, "Liveness".
 
 use std::collections::HashMap;
 use std::time::Duration;

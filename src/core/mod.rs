@@ -11,7 +11,8 @@
 //! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
 //! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations;
 //! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule;
-//! - [`volume`]: names, options and the volume record, validated;
+//! - [`names`]: names that become paths and keys (volumes, snapshots, mount IDs), checked;
+//! - [`volume`]: a volume's options and its record, validated;
 //! - [`copy_report`]: what a copy of a volume's tree did, kept in its record;
 //! - [`backup_url`]: backup destinations and backups' URLs, parsed and validated.
 
@@ -19,6 +20,7 @@ pub mod backup_url;
 pub mod copy_report;
 pub mod error;
 pub mod liveness;
+pub mod names;
 pub mod standing;
 pub mod time;
 pub mod volume;

@@ -47,7 +47,7 @@ impl Sub<Duration> for Moment {
 }
 
 /// Where the shell's readings come from: the host's monotonic clock in the daemon
-/// (`crate::clock::Monotonic`), virtual time in the simulation.
+/// (`crate::runtime::clock::Monotonic`), virtual time in the simulation.
 pub trait Clock {
     fn now(&self) -> Moment;
 }

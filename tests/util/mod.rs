@@ -166,7 +166,7 @@ impl Daemon {
     }
 
     /// A daemon whose spec the machine's dockerd does not read leaves that dockerd alone
-    /// (it would otherwise ask it for its volumes at start, see `caravan::dockerd`).
+    /// (it would otherwise ask it for its volumes at start, see `caravan::host::dockerd`).
     fn docker_socket_flag(&self) -> &'static [&'static str] {
         let own_flag = self.extra.iter().any(|a| a == "--docker-socket");
         if own_flag || self.spec_dir == Path::new("/etc/docker/plugins") {
