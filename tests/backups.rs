@@ -386,6 +386,65 @@ fn a_backup_or_restore_interrupted_by_a_kill_or_ctrl_c_is_never_listed_or_left_h
         Value::Array(vec![])
     );
 
+    // Ctrl-C as soon as the CLI has connected to ask for the backup, before it first looks
+    // at the job: the backup stops all the same. (The CLI used to catch Ctrl-C only from its
+    // first look at the job; before that, Ctrl-C killed it, and a backup already begun ran
+    // on to the end and was listed: seen once in CI.) The connection is the third socket
+    // the CLI holds: its runtime's signal pipe is the first two.
+    let third = PathBuf::from(format!("{}-3", dest_dir.display()));
+    let mut cli = Command::new(util::caravan_bin())
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["backup", "create", "big", "--dest", &format!("{dest}-3")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Distinct sockets: the runtime keeps a second descriptor of one end of its pipe.
+    let sockets = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            })
+            .unwrap_or(0)
+    };
+    let pid = cli.id();
+    let asked = Instant::now();
+    while sockets(pid) < 3 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the CLI never connected to the daemon"
+        );
+        std::hint::spin_loop();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = cli.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the CLI caught Ctrl-C and said the backup stopped (not killed by it): {status}"
+    );
+    util::eventually(
+        Duration::from_secs(30),
+        "the stopped backup's lock released",
+        || {
+            std::fs::read_dir(third.join("locks"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        },
+    );
+    assert_eq!(
+        json(&a, &["backup", "list", &format!("{dest}-3"), "--json"]),
+        Value::Array(vec![])
+    );
+
     // The daemon killed during a restore: no volume, and its staging copy is deleted at
     // the next start; the restore then works.
     let mut cli = Command::new(util::caravan_bin())

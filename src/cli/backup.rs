@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::snapshot::{poll_wait, Shown};
+use super::snapshot::{poll_wait, Interrupt, Shown};
 use super::{decode, path_segment, print_json, table};
 use crate::core::volume::human_bytes;
 use crate::host::client::{Client, ClientError};
@@ -63,6 +63,7 @@ pub async fn execute(
 ) -> Result<(), ClientError> {
     match command {
         BackupCommand::Create { source, dest, json } => {
+            let mut interrupt = Interrupt::catch()?;
             let v = client
                 .request(
                     "POST",
@@ -70,7 +71,7 @@ pub async fn execute(
                     Some(&json!({ "source": source, "dest": dest })),
                 )
                 .await?;
-            let result = follow(client, decode(v)?, json).await?;
+            let result = follow(client, decode(v)?, &mut interrupt, json).await?;
             let view: BackupView = decode(result.clone())?;
             if json {
                 print_json(out, &result);
@@ -105,10 +106,11 @@ pub async fn execute(
             }
         }
         BackupCommand::Verify { url, json } => {
+            let mut interrupt = Interrupt::catch()?;
             let v = client
                 .request("POST", "/v1/backups/verify", Some(&json!({ "url": url })))
                 .await?;
-            let result = follow(client, decode(v)?, json).await?;
+            let result = follow(client, decode(v)?, &mut interrupt, json).await?;
             let report: VerifyReport = decode(result.clone())?;
             if json {
                 print_json(out, &result);
@@ -139,10 +141,11 @@ pub async fn execute(
             }
         }
         BackupCommand::Delete { url, json } => {
+            let mut interrupt = Interrupt::catch()?;
             let v = client
                 .request("POST", "/v1/backups/delete", Some(&json!({ "url": url })))
                 .await?;
-            let result = follow(client, decode(v)?, json).await?;
+            let result = follow(client, decode(v)?, &mut interrupt, json).await?;
             if json {
                 print_json(out, &result);
             } else {
@@ -163,11 +166,14 @@ pub async fn execute(
 
 /// Follows a job until it is done, showing progress; its result. Ctrl-C stops it (a
 /// backup stopped is not listed, and what it sent is reused by the next one).
-async fn follow(client: &Client, begun: BackupJobView, json: bool) -> Result<Value, ClientError> {
+async fn follow(
+    client: &Client,
+    begun: BackupJobView,
+    interrupt: &mut Interrupt,
+    json: bool,
+) -> Result<Value, ClientError> {
     let path = format!("/v1/backup-jobs/{}", path_segment(&begun.id));
     let mut shown = Shown::new(json);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut looks = 0;
     loop {
         let view: BackupJobView = decode(client.request("GET", &path, None).await?)?;
@@ -187,7 +193,7 @@ async fn follow(client: &Client, begun: BackupJobView, json: bool) -> Result<Val
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
-            _ = &mut ctrl_c => {
+            _ = interrupt.pressed() => {
                 let _ = client.request("DELETE", &path, None).await;
                 shown.end();
                 return Err(ClientError::Api(format!("stopped the {} ({})", view.kind, view.target)));

@@ -49,6 +49,25 @@ pub(super) fn poll_wait(n: u32) -> Duration {
     Duration::from_millis(10u64.saturating_mul(1 << n.min(5))).min(POLL)
 }
 
+/// Ctrl-C, caught from before a command starts its job until it ends. tokio's `ctrl_c()`
+/// installs its handler only when first polled, so a Ctrl-C that came before that (while
+/// the first progress line was shown) killed the CLI outright and left the job running to
+/// the end; caught here, it always stops the job.
+pub(super) struct Interrupt(tokio::signal::unix::Signal);
+
+impl Interrupt {
+    pub(super) fn catch() -> Result<Interrupt, ClientError> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map(Interrupt)
+            .map_err(|e| ClientError::Api(format!("cannot catch Ctrl-C: {e}")))
+    }
+
+    /// Returns once Ctrl-C was pressed (at once, if it was before this call).
+    pub(super) async fn pressed(&mut self) {
+        self.0.recv().await;
+    }
+}
+
 fn snapshot_path(volume: &str, name: &str) -> String {
     format!(
         "/v1/volumes/{}/snapshots/{}",
@@ -69,11 +88,12 @@ pub async fn execute(
     match command {
         SnapshotCommand::Create { volume, name, json } => {
             let path = format!("/v1/volumes/{}/snapshots", path_segment(&volume));
+            let mut interrupt = Interrupt::catch()?;
             let v = client
                 .request("POST", &path, Some(&json!({ "name": name })))
                 .await?;
             let begun: SnapshotView = decode(v)?;
-            let view = wait_complete(client, &begun, json).await?;
+            let view = wait_complete(client, &begun, &mut interrupt, json).await?;
             if json {
                 print_json(out, &serde_json::to_value(&view).unwrap_or_default());
             } else {
@@ -134,12 +154,11 @@ pub async fn execute(
 async fn wait_complete(
     client: &Client,
     begun: &SnapshotView,
+    interrupt: &mut Interrupt,
     json: bool,
 ) -> Result<SnapshotView, ClientError> {
     let path = snapshot_path(&begun.volume, &begun.name);
     let mut shown = Shown::new(json);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut looks = 0;
     loop {
         let (status, v) = client.call("GET", &path, None).await?;
@@ -162,7 +181,7 @@ async fn wait_complete(
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
-            _ = &mut ctrl_c => {
+            _ = interrupt.pressed() => {
                 let _ = client.request("DELETE", &path, None).await;
                 return Err(ClientError::Api(format!(
                     "stopped; snapshot {}@{} is being deleted",
@@ -261,6 +280,7 @@ pub async fn follow_copy(
     body: &serde_json::Value,
     json: bool,
 ) -> Result<(), ClientError> {
+    let mut interrupt = Interrupt::catch()?;
     let v = client.request("POST", "/v1/copies", Some(body)).await?;
     let begun: crate::ops::service::CopyView = decode(v)?;
     if begun.state == "done" {
@@ -269,8 +289,6 @@ pub async fn follow_copy(
     }
     let path = format!("/v1/copies/{}", path_segment(&begun.volume));
     let mut shown = Shown::new(json);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut looks = 0;
     loop {
         let view: crate::ops::service::CopyView =
@@ -294,7 +312,7 @@ pub async fn follow_copy(
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_wait(looks)) => looks += 1,
-            _ = &mut ctrl_c => {
+            _ = interrupt.pressed() => {
                 let _ = client.request("DELETE", &path, None).await;
                 shown.end();
                 return Err(ClientError::Api(format!(
