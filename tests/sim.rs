@@ -4,7 +4,7 @@
 //! What runs for real: the judging of incarnations (`core::liveness::Watchers`: what each
 //! observer saw, its seeing clock, `judge_within`), each node's standing as a holder
 //! (`core::standing::Standing`: the lease per beat, lapses, re-validation) and the store's
-//! decisions on exclusive volumes (`store::decide::{mount, unmount, reconcile}`, with the
+//! decisions on exclusive volumes (`core::decide::{mount, unmount, reconcile}`, with the
 //! holder rule and the takeover wait). What is modelled around them, as the shell does it:
 //! the heartbeat files on the export, the cluster lock (a decision runs atomically on the
 //! current records), each host's export client (writes held while its link is down, failed
@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use caravan::cluster::store::decide::{self, Committer, Event, Oracle};
+use caravan::core::decide::{self, Committer, Event, Oracle};
 use caravan::core::liveness::{Heartbeat, HeartbeatState, Judgment, Liveness, Watchers};
 use caravan::core::standing::Standing;
 use caravan::core::time::Moment;

@@ -29,6 +29,9 @@ pub enum Error {
     #[error("{0}")]
     Snapshot(String),
 
+    #[error("volume {volume} has no snapshot {snapshot}")]
+    NoSuchSnapshot { volume: String, snapshot: String },
+
     #[error("volume {name} is exclusive and held by node {holder}, which is alive{}; it can be taken over {when}, or now with `caravan takeover {name} --force`", in_use.as_ref().map(|id| format!(", and a container there has it mounted (Docker mount ID {id}): stop that container first (one writer at a time: a Swarm service using it must be updated with --update-order stop-first). If {holder} is gone")).unwrap_or_default())]
     ExclusiveHeld {
         name: String,
@@ -99,6 +102,10 @@ pub enum Error {
     #[error("{0}")]
     NoSuchBackup(String),
 
+    /// A job stopped at its caller's request (Ctrl-C, a DELETE of the job): what it was.
+    #[error("the {0} was stopped")]
+    Stopped(&'static str),
+
     #[error("metadata store: {0}")]
     Store(String),
 
@@ -134,7 +141,8 @@ impl Error {
             Error::NoSuchVolume(_)
             | Error::NotMounted(_)
             | Error::NoSuchEndpoint(_)
-            | Error::NoSuchBackup(_) => 404,
+            | Error::NoSuchBackup(_)
+            | Error::NoSuchSnapshot { .. } => 404,
             Error::Conflict { .. }
             | Error::InUse { .. }
             | Error::Snapshot(_)
@@ -146,7 +154,7 @@ impl Error {
             | Error::ExportReplaced(_)
             | Error::ExportStalled { .. } => 503,
             Error::WriteRefused { refusal, .. } => refusal.status(),
-            Error::Io { .. } | Error::Store(_) | Error::Backup(_) => 500,
+            Error::Io { .. } | Error::Store(_) | Error::Backup(_) | Error::Stopped(_) => 500,
         }
     }
 }

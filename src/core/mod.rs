@@ -14,13 +14,18 @@
 //! - [`names`]: names that become paths and keys (volumes, snapshots, mount IDs), checked;
 //! - [`volume`]: a volume's options and its record, validated;
 //! - [`copy_report`]: what a copy of a volume's tree did, kept in its record;
-//! - [`backup_url`]: backup destinations and backups' URLs, parsed and validated.
+//! - [`backup_url`]: backup destinations and backups' URLs, parsed and validated;
+//! - [`staging`]: the name of a staging folder (a copy in progress and its maker);
+//! - [`decide`]: the store's decisions on one record (create, mount, unmount, remove,
+//!   takeover, snapshot steps, reconcile), with a liveness oracle the shell provides.
 
 pub mod backup_url;
 pub mod copy_report;
+pub mod decide;
 pub mod error;
 pub mod liveness;
 pub mod names;
+pub mod staging;
 pub mod standing;
 pub mod time;
 pub mod volume;

@@ -192,7 +192,7 @@ impl Accept for crate::api::tls::TlsListener {
     async fn accept(&self) -> std::io::Result<Accepted<Self::Conn>> {
         let (s, from) = self.tcp.accept().await?;
         // A handshake is several small writes each way: with Nagle's delay and delayed
-        // ACKs it took about 44 ms (benches/transports.rs).
+        // ACKs it took about 44 ms (tests/benches/transports.rs).
         let _ = s.set_nodelay(true);
         let acceptor = self.acceptor.clone();
         let pending = Box::pin(async move {

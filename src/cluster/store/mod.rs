@@ -27,8 +27,8 @@
 //! once sled has it durably, before it moves the hint. When the export does not answer,
 //! readers get the last known state, marked stale (see [`crate::export::health`]).
 //!
-//! Parts: [`mutation`] (the changes and their outcomes), [`decide`] (the pure rules that
-//! decide them, liveness included), `worker` (the store thread: holds, commits, the file
+//! Parts: [`mutation`] (the changes and their outcomes), `core::decide` (the pure rules
+//! that decide them, liveness included), `worker` (the store thread: holds, commits, the file
 //! work around them), `batching` (what one commit takes, how long a hold lasts),
 //! `disposal` (moving removed volumes' data aside after the commit),
 //! `janitor` (deleting trashed data), [`journal`], `hint` and `sled_files`.
@@ -48,7 +48,6 @@ use crate::export::health::Health;
 use crate::export::layout::SharedLayout;
 
 mod batching;
-pub mod decide;
 mod disposal;
 mod hint;
 mod janitor;
@@ -466,7 +465,7 @@ impl Store {
         name: &str,
         snap: &str,
         node: &str,
-        step: decide::SnapshotStep,
+        step: crate::core::decide::SnapshotStep,
     ) -> Result<VolumeRecord> {
         self.call(Mutation::Snapshot {
             name: name.to_string(),

@@ -47,7 +47,7 @@ pub enum Mutation {
         name: String,
         snap: String,
         node: String,
-        step: super::decide::SnapshotStep,
+        step: crate::core::decide::SnapshotStep,
     },
 }
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use super::batching::{gather, gather_settled, hold_limit, linger};
-use super::decide::{self, Committer, Event, Oracle};
 use super::disposal::in_parallel;
 use super::hint::HintWriter;
 use super::janitor::start_janitor;
@@ -21,6 +20,7 @@ use super::sled_files::{
 };
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
 use crate::cluster::node::Nodes;
+use crate::core::decide::{self, Committer, Event, Oracle};
 use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
 use crate::core::volume::{VolumeOptions, VolumeRecord};
@@ -407,7 +407,7 @@ impl Worker {
             }
         };
         for event in events {
-            event.log(generation);
+            log_event(event, generation);
         }
         if !overlay.is_empty() {
             if let Some(open) = slot.as_mut() {
@@ -773,6 +773,9 @@ impl Worker {
                     }
                     let before = record.clone();
                     let has_mounts = record.mounts.contains_key(node);
+                    if has_mounts && decide::held_by_another(&record, node) {
+                        tracing::warn!(volume = %record.name, "another node took this exclusive volume over while this node was away; dropping this node's claim");
+                    }
                     match decide::reconcile(&mut record, bound.contains(&name), who(node)) {
                         Some(count) => dropped.push((name.clone(), count)),
                         None if has_mounts => kept.push(name.clone()),
@@ -1158,4 +1161,31 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Logs what a commit decided about an exclusive volume (see [`Event`]).
+fn log_event(event: Event, commit: u64) {
+    match event {
+        Event::Granted {
+            volume,
+            node,
+            generation,
+            from: Some(from),
+            forced,
+        } => {
+            tracing::warn!(%volume, %from, %node, generation, forced, commit, "exclusive volume taken over")
+        }
+        Event::Granted {
+            volume,
+            node,
+            generation,
+            from: None,
+            ..
+        } => tracing::info!(%volume, %node, generation, commit, "exclusive volume granted"),
+        Event::ExclusiveMount {
+            volume,
+            node,
+            generation,
+        } => tracing::info!(%volume, %node, generation, commit, "exclusive mount committed"),
+    }
 }

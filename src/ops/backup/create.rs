@@ -21,7 +21,7 @@ use super::lock::{LockKind, RepoLock};
 use super::Repo;
 use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
-use crate::export::treecopy::{Meta, Progress, STOPPED};
+use crate::export::treecopy::{Meta, Progress};
 
 /// What is being backed up, for the summary.
 #[derive(Debug, Clone)]
@@ -444,7 +444,7 @@ impl Walker<'_> {
         };
         loop {
             if self.progress.stop.load(Ordering::Relaxed) {
-                return Err(Error::Backup(STOPPED.replace("copy", "backup")));
+                return Err(Error::Stopped("backup"));
             }
             let top = stack.last_mut().expect("a frame");
             let Some(name) = top.names.get(top.next).cloned() else {
@@ -810,7 +810,7 @@ impl Walker<'_> {
         buf.clear();
         let result = (|| loop {
             if self.progress.stop.load(Ordering::Relaxed) {
-                return Err(Error::Backup(STOPPED.replace("copy", "backup")));
+                return Err(Error::Stopped("backup"));
             }
             while buf.len() < WINDOW && pos < end {
                 let want = (WINDOW - buf.len()).min(usize::try_from(end - pos).unwrap_or(WINDOW));

@@ -22,7 +22,7 @@ use super::tree::{self, At, Step};
 use super::{ChunkError, PackReader, Repo};
 use crate::core::copy_report::CopyReport;
 use crate::core::error::{Error, Result};
-use crate::export::treecopy::{Meta, Privileges, Progress, STOPPED};
+use crate::export::treecopy::{Meta, Privileges, Progress};
 
 /// Hard-linked files remembered at most (their other names after that fail the restore,
 /// naming the bound, as a copy's do).
@@ -146,7 +146,7 @@ fn xattrs_of(n: &Node) -> Vec<crate::export::treecopy::Xattr> {
 impl Restorer<'_> {
     fn step(&mut self, at: &At, step: Step) -> Result<()> {
         if self.progress.stop.load(Ordering::Relaxed) {
-            return Err(Error::Backup(STOPPED.replace("copy", "restore")));
+            return Err(Error::Stopped("restore"));
         }
         let fail =
             |n: &Node, e: std::io::Error| Error::io(format!("restoring {}", at.path_of(n)), e);

@@ -12,7 +12,7 @@ use super::lock::{LockKind, RepoLock};
 use super::tree::{self, Step};
 use super::{ChunkError, PackReader, Repo};
 use crate::core::error::{Error, Result};
-use crate::export::treecopy::{Progress, STOPPED};
+use crate::export::treecopy::Progress;
 
 /// A file that cannot be restored as it was backed up, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub fn verify(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
         let mut needs: HashMap<Id, u32> = HashMap::new();
         tree::walk(repo, &summary, |at, step| {
             if progress.stop.load(Ordering::Relaxed) {
-                return Err(Error::Backup(STOPPED.replace("copy", "verification")));
+                return Err(Error::Stopped("verification"));
             }
             if let Step::Leaf(n) = step {
                 at.runs(n, |x| {
@@ -80,7 +80,7 @@ pub fn verify(repo: &Repo, id: &str, node: &str, progress: &Progress) -> Result<
         let mut packs = BTreeSet::new();
         for (pack, _, c) in order {
             if progress.stop.load(Ordering::Relaxed) {
-                return Err(Error::Backup(STOPPED.replace("copy", "verification")));
+                return Err(Error::Stopped("verification"));
             }
             let size = needs[&c];
             match reader.chunk(&chunks, c, size) {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CopyProgress, Service};
-use crate::cluster::store::decide::SnapshotStep;
 use crate::core::backup_url::{BackupUrl, Dest};
+use crate::core::decide::SnapshotStep;
 use crate::core::error::{Error, Result};
 use crate::core::names::{parse_snapshot_ref, validate_name};
 use crate::core::volume::SnapshotState;

@@ -20,10 +20,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, VolumeView, ANSWER_MARGIN};
-use crate::cluster::store::decide::SnapshotStep;
 use crate::core::copy_report::CopyReport;
+use crate::core::decide::SnapshotStep;
 use crate::core::error::{Error, Result};
 use crate::core::names::validate_name;
+use crate::core::staging::StagingTag;
 use crate::core::volume::{SnapshotState, Source, VolumeOptions};
 use crate::export::treecopy::Progress;
 
@@ -55,9 +56,6 @@ enum Discard {
     Now,
     Later,
 }
-
-/// The separator of a staging tag's parts: no volume or node name holds it.
-const TAG_SEP: char = '@';
 
 impl Service {
     fn job(&self, name: &str) -> Option<Arc<CopyJob>> {
@@ -148,15 +146,17 @@ impl Service {
     }
 
     async fn run_copy(self: Arc<Self>, name: String, options: VolumeOptions, job: Arc<CopyJob>) {
-        let nanos = std::time::SystemTime::now()
+        let serial = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let boot = self.nodes.boot_id().to_string();
-        let tag = format!(
-            "{name}{TAG_SEP}{}{TAG_SEP}{boot}{TAG_SEP}{nanos}",
-            self.node
-        );
+        let tag = StagingTag {
+            volume: name.clone(),
+            node: self.node.clone(),
+            boot_id: self.nodes.boot_id().to_string(),
+            serial,
+        }
+        .to_string();
         let shared = self.shared().clone();
         let (source, progress, t) = (job.source.clone(), job.progress.clone(), tag.clone());
         // No health ticket (a long copy says nothing about the export); the permit bounds
@@ -407,10 +407,10 @@ impl Service {
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(entries) = shared.staging_entries() else { return };
             for tag in entries {
-                let Some((_, n, b)) = super::doctor::parse_staging_tag(&tag) else {
+                let Some(t) = StagingTag::parse(&tag) else {
                     continue;
                 };
-                if n == node && b != boot {
+                if t.node == node && t.boot_id != boot {
                     tracing::info!(staging = %tag, "deleting a copy an earlier start of this node left unfinished");
                     if let Err(e) = shared.remove_staging(&tag) {
                         tracing::warn!("{e}");

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::Service;
 use crate::core::error::{Error, Result};
 use crate::core::liveness::Liveness;
+use crate::core::staging::StagingTag;
 use crate::core::volume::{VolumeOptions, VolumeRecord};
 
 /// What one check found.
@@ -112,15 +113,6 @@ fn finding(kind: &str, volume: Option<&str>, detail: String, repair: Option<&str
         repair: repair.map(str::to_string),
         item: None,
         repaired: None,
-    }
-}
-
-/// A staging folder's tag: `<volume>@<node>@<boot id>@<n>` (see `copies.rs`).
-pub fn parse_staging_tag(tag: &str) -> Option<(&str, &str, &str)> {
-    let parts: Vec<&str> = tag.split('@').collect();
-    match parts.as_slice() {
-        [volume, node, boot, _] => Some((volume, node, boot)),
-        _ => None,
     }
 }
 
@@ -252,16 +244,19 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
         ));
     }
     for tag in &facts.staging {
-        let Some((volume, node, boot)) = parse_staging_tag(tag) else {
+        let Some(StagingTag {
+            volume,
+            node,
+            boot_id,
+            ..
+        }) = StagingTag::parse(tag)
+        else {
             continue;
         };
-        if facts
-            .dead_incarnations
-            .contains(&(node.to_string(), boot.to_string()))
-        {
+        if facts.dead_incarnations.contains(&(node.clone(), boot_id)) {
             let mut f = finding(
                 "abandoned_copy",
-                Some(volume),
+                Some(&volume),
                 format!(
                     "a copy into volume {volume} was left in .caravan/staging/{tag} by node {node}, whose incarnation is gone"
                 ),
@@ -489,8 +484,8 @@ impl Service {
         named.extend(
             staging
                 .iter()
-                .filter_map(|t| parse_staging_tag(t))
-                .map(|(_, n, b)| (n.to_string(), b.to_string())),
+                .filter_map(|t| StagingTag::parse(t))
+                .map(|t| (t.node, t.boot_id)),
         );
         let dead_incarnations = named
             .into_iter()
@@ -529,7 +524,7 @@ impl Service {
                 volume,
                 snap,
                 &self.node,
-                crate::cluster::store::decide::SnapshotStep::Delete,
+                crate::core::decide::SnapshotStep::Delete,
             )
             .await?;
         self.delete_snapshot_files(volume, snap).await;
@@ -538,13 +533,13 @@ impl Service {
 
     /// Deletes a staging folder whose maker is judged dead, judged again now.
     async fn delete_abandoned_copy(&self, tag: &str) -> Result<()> {
-        let Some((_, node, boot)) = parse_staging_tag(tag) else {
+        let Some(StagingTag { node, boot_id, .. }) = StagingTag::parse(tag) else {
             return Err(Error::invalid(format!(
                 "{} is not a staging folder's name",
                 crate::core::error::shown(tag)
             )));
         };
-        if self.nodes.judge(node, Some(boot)).is_alive() {
+        if self.nodes.judge(&node, Some(&boot_id)).is_alive() {
             return Err(Error::Busy(format!(
                 "node {node}'s incarnation is alive again; nothing changed"
             )));

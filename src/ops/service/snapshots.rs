@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
-use crate::cluster::store::decide::SnapshotStep;
 use crate::core::copy_report::CopyReport;
+use crate::core::decide::SnapshotStep;
 use crate::core::error::{Error, Result};
 use crate::core::names::{validate_name, validate_snapshot_name};
 use crate::core::volume::{rfc3339, SnapshotRecord, SnapshotState};
@@ -284,7 +284,7 @@ impl Service {
                 Ok(_) => break,
                 // Deleted meanwhile (by a delete that arrived during the copy): the files
                 // this node made are still its to delete.
-                Err(Error::Snapshot(m)) if m.contains("has no snapshot") => break,
+                Err(Error::NoSuchSnapshot { .. }) => break,
                 Err(e) if attempt == 8 => {
                     tracing::warn!(volume = %volume, snapshot = %name, "could not mark the snapshot deleted: {e}; its next start deletes it");
                     return;
@@ -358,13 +358,13 @@ impl Service {
             .ok_or_else(|| Error::NoSuchVolume(volume.to_string()))?;
         match record.snapshots.get(name) {
             Some(s) => Ok(self.snapshot_view(volume, name, s)),
-            None => {
-                let failed = self.failure(volume, name);
-                Err(Error::Snapshot(match failed {
-                    Some(why) => format!("snapshot {volume}@{name} failed: {why}"),
-                    None => format!("volume {volume} has no snapshot {name}"),
-                }))
-            }
+            None => Err(match self.failure(volume, name) {
+                Some(why) => Error::Snapshot(format!("snapshot {volume}@{name} failed: {why}")),
+                None => Error::NoSuchSnapshot {
+                    volume: volume.to_string(),
+                    snapshot: name.to_string(),
+                },
+            }),
         }
     }
 

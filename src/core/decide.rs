@@ -1,5 +1,5 @@
 //! The store's decisions, kept pure: a record, a change, who commits it, and a liveness
-//! oracle in; the new record (or a refusal) out. The worker (see `worker.rs`) calls these
+//! oracle in; the new record (or a refusal) out. The store's worker (`cluster::store::worker`) calls these
 //! under the cluster lock, on freshly loaded records, with an oracle that reads the judged
 //! node's heartbeat fresh; the tests here call them with a scripted oracle.
 //!
@@ -59,34 +59,6 @@ pub enum Event {
         node: String,
         generation: u64,
     },
-}
-
-impl Event {
-    pub fn log(self, commit: u64) {
-        match self {
-            Event::Granted {
-                volume,
-                node,
-                generation,
-                from: Some(from),
-                forced,
-            } => {
-                tracing::warn!(%volume, %from, %node, generation, forced, commit, "exclusive volume taken over")
-            }
-            Event::Granted {
-                volume,
-                node,
-                generation,
-                from: None,
-                ..
-            } => tracing::info!(%volume, %node, generation, commit, "exclusive volume granted"),
-            Event::ExclusiveMount {
-                volume,
-                node,
-                generation,
-            } => tracing::info!(%volume, %node, generation, commit, "exclusive mount committed"),
-        }
-    }
 }
 
 /// Whether `record` may be removed: `Ok` with the nodes whose mounts are stale (their
@@ -211,9 +183,10 @@ pub fn snapshot(
         },
         SnapshotStep::Delete => {
             let Some(s) = record.snapshots.get(snap) else {
-                return Err(Error::Snapshot(format!(
-                    "volume {name} has no snapshot {snap}"
-                )));
+                return Err(Error::NoSuchSnapshot {
+                    volume: name.to_string(),
+                    snapshot: snap.to_string(),
+                });
             };
             // Restores under way on live incarnations keep it.
             let reading: Vec<String> = s
@@ -247,9 +220,10 @@ pub fn snapshot(
         }
         SnapshotStep::ReadBegin => {
             let Some(s) = record.snapshots.get_mut(snap) else {
-                return Err(Error::Snapshot(format!(
-                    "volume {name} has no snapshot {snap}"
-                )));
+                return Err(Error::NoSuchSnapshot {
+                    volume: name.to_string(),
+                    snapshot: snap.to_string(),
+                });
             };
             if s.state != SnapshotState::Complete {
                 return Err(Error::Snapshot(format!(
@@ -378,8 +352,7 @@ pub fn takeover(
 /// there (`bound`) and no other node took the volume over; the kept ones (and its hold)
 /// now belong to this incarnation. Returns the count dropped, if any.
 pub fn reconcile(record: &mut VolumeRecord, bound: bool, who: Committer<'_>) -> Option<u32> {
-    let fenced = record.options.access == Access::Exclusive
-        && record.holder.as_ref().is_some_and(|h| h.node != who.node);
+    let fenced = held_by_another(record, who.node);
     // This node's hold passes to this incarnation (the name lock proves the earlier one
     // gone), so that others judge the hold by a boot id that beats.
     if let Some(h) = record.holder.as_mut().filter(|h| h.node == who.node) {
@@ -394,9 +367,6 @@ pub fn reconcile(record: &mut VolumeRecord, bound: bool, who: Committer<'_>) -> 
             .insert(who.node.to_string(), who.boot_id.to_string());
         return None;
     }
-    if fenced {
-        tracing::warn!(volume = %record.name, "another node took this exclusive volume over while this node was away; dropping this node's claim");
-    }
     let count = record.node_mount_count(who.node);
     record.mounts.remove(who.node);
     record.incarnations.remove(who.node);
@@ -405,6 +375,14 @@ pub fn reconcile(record: &mut VolumeRecord, bound: bool, who: Committer<'_>) -> 
         record.holder = None;
     }
     Some(count)
+}
+
+/// Whether another node than `node` holds `record`, an exclusive volume: a claim of
+/// `node`'s own on it is then dropped by [`reconcile`] (the shell logs that it was taken
+/// over while this node was away).
+pub fn held_by_another(record: &VolumeRecord, node: &str) -> bool {
+    record.options.access == Access::Exclusive
+        && record.holder.as_ref().is_some_and(|h| h.node != node)
 }
 
 /// Whether the holder of an exclusive volume is alive: its granted incarnation, or the

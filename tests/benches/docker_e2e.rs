@@ -25,7 +25,7 @@
 //! Each figure should take well over a second: `docker exec` itself varies by several
 //! milliseconds from call to call, and on a fast disk 256 MiB is written in 0.2 s.
 
-#[path = "../tests/util/mod.rs"]
+#[path = "../util/mod.rs"]
 mod util;
 
 use std::path::{Path, PathBuf};

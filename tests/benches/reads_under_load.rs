@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// The build a scenario runs: its label in the output, and its binary.
 type Build = (&'static str, PathBuf);
 
-#[path = "../tests/util/mod.rs"]
+#[path = "../util/mod.rs"]
 mod util;
 use util::env_num;
 mod support;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../tests/util/mod.rs"]
+#[path = "../util/mod.rs"]
 mod util;
 use util::{env_num, Daemon, Scratch};
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../tests/util/mod.rs"]
+#[path = "../util/mod.rs"]
 mod util;
 use util::env_num;
 mod support;
