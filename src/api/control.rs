@@ -102,7 +102,7 @@ pub async fn handle(svc: Arc<Service>, method: &str, path: &ApiPath, body: &[u8]
     let path = crate::core::error::cut(path);
     match result {
         Ok((status, v)) => {
-            crate::runtime::metrics::global().call("control", name, "ok", took);
+            svc.metrics().call("control", name, "ok", took);
             tracing::info!(target: "caravan::call", method, path = %path, node, ms = format_args!("{ms:.2}"), outcome = "ok");
             (status, v)
         }
@@ -112,7 +112,7 @@ pub async fn handle(svc: Arc<Service>, method: &str, path: &ApiPath, body: &[u8]
             } else {
                 "error"
             };
-            crate::runtime::metrics::global().call("control", name, outcome, took);
+            svc.metrics().call("control", name, outcome, took);
             tracing::warn!(target: "caravan::call", method, path = %path, node, ms = format_args!("{ms:.2}"), outcome = "error", error = %e);
             (e.status(), json!({ "error": e.to_string() }))
         }

@@ -52,7 +52,8 @@ pub async fn handle(svc: Arc<Service>, method: &str, body: &[u8]) -> Bytes {
     let node = svc.node();
     let volume = crate::core::error::cut(&volume).into_owned();
     let count = |outcome| {
-        crate::runtime::metrics::global().call("plugin", known_method(method), outcome, took)
+        svc.metrics()
+            .call("plugin", known_method(method), outcome, took)
     };
     match result {
         Ok(v) => {

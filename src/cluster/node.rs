@@ -15,7 +15,7 @@
 //!   same boot id is gone at once.
 //! - Silence is counted on a **seeing clock**: it advances only across heartbeat rounds
 //!   in which this node wrote its own beat *and* read everyone else's, and by at most
-//!   [`SEEING_GAP_CAP`] intervals per round. Time during which this observer was stalled,
+//!   [`SEEING_GAP_CAP`](crate::core::liveness::SEEING_GAP_CAP) intervals per round. Time during which this observer was stalled,
 //!   frozen or cut off counts for nobody, so an export that every host lost for a while
 //!   (a server restart) kills nobody: everyone then has `dead_after` to be seen again.
 //! - An observer whose last good round is older than `dead_after` is the one cut off: it
@@ -50,6 +50,7 @@ use crate::core::standing::{Lapse, NotHolder, Standing};
 use crate::export::connection::MountId;
 use crate::export::layout::{replace_file, SharedLayout};
 use crate::runtime::clock::moment;
+use crate::runtime::metrics::Metrics;
 
 /// A heartbeat file larger than this is not a heartbeat (they are about 200 bytes).
 const MAX_HEARTBEAT_BYTES: u64 = 16 << 10;
@@ -65,6 +66,8 @@ struct Own {
 
 /// This node's heartbeat writer and its view of every other node.
 pub struct Nodes {
+    /// Counts the gaps between other nodes' heartbeats.
+    metrics: Arc<Metrics>,
     me: String,
     /// The root, unpinned: every (re)connection opens it afresh (see [`crate::export::connection`]).
     layout: SharedLayout,
@@ -130,8 +133,9 @@ impl Nodes {
         me: &str,
         interval: Duration,
         dead_after: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Nodes> {
-        Nodes::build(layout, me, interval, dead_after, true)
+        Nodes::build(layout, me, interval, dead_after, metrics, true)
     }
 
     /// An observer without the name lock (tests, benchmarks).
@@ -140,8 +144,9 @@ impl Nodes {
         me: &str,
         interval: Duration,
         dead_after: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Nodes> {
-        Nodes::build(layout, me, interval, dead_after, false)
+        Nodes::build(layout, me, interval, dead_after, metrics, false)
     }
 
     fn build(
@@ -149,11 +154,13 @@ impl Nodes {
         me: &str,
         interval: Duration,
         dead_after: Duration,
+        metrics: Arc<Metrics>,
         takes_name_lock: bool,
     ) -> Result<Nodes> {
         let boot_id = random_id();
         let nodes = Nodes {
             me: me.to_string(),
+            metrics,
             watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
             layout: layout.clone(),
             // Created by `SharedLayout::init`, never here by path.
@@ -490,7 +497,7 @@ impl Nodes {
         for hb in read {
             let node = hb.node.clone();
             if let Some(gap) = w.saw(hb, moment(at)) {
-                crate::runtime::metrics::global().heartbeat_gap(&node, gap);
+                self.metrics.heartbeat_gap(&node, gap);
             }
         }
         for node in unreadable {
@@ -825,16 +832,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let layout = SharedLayout::new(d.path());
         layout.init().unwrap();
-        let first = Nodes::new(&layout, "h3", SEC, 5 * SEC).unwrap();
+        let first = Nodes::new(&layout, "h3", SEC, 5 * SEC, Default::default()).unwrap();
         first.beat(HeartbeatState::Running).unwrap();
-        let e = Nodes::new(&layout, "h3", SEC, 5 * SEC)
+        let e = Nodes::new(&layout, "h3", SEC, 5 * SEC, Default::default())
             .err()
             .expect("refused")
             .to_string();
         assert!(e.contains("\"h3\"") && e.contains("--node"), "{e}");
-        assert!(Nodes::new(&layout, "h4", SEC, 5 * SEC).is_ok());
+        assert!(Nodes::new(&layout, "h4", SEC, 5 * SEC, Default::default()).is_ok());
         drop(first);
-        assert!(Nodes::new(&layout, "h3", SEC, 5 * SEC).is_ok());
+        assert!(Nodes::new(&layout, "h3", SEC, 5 * SEC, Default::default()).is_ok());
     }
 
     #[test]
@@ -843,8 +850,8 @@ mod tests {
         let layout = SharedLayout::new(d.path());
         layout.init().unwrap();
         let ms = Duration::from_millis;
-        let a = Nodes::observer(&layout, "a", ms(50), ms(300)).unwrap();
-        let b = Nodes::observer(&layout, "b", ms(50), ms(300)).unwrap();
+        let a = Nodes::observer(&layout, "a", ms(50), ms(300), Default::default()).unwrap();
+        let b = Nodes::observer(&layout, "b", ms(50), ms(300), Default::default()).unwrap();
         b.round().unwrap();
         a.round().unwrap();
         assert!(a.judge("b", Some(b.boot_id())).is_alive());

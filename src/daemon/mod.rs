@@ -31,6 +31,7 @@ use crate::export::health::Health;
 use crate::export::layout::{NodeLayout, SharedLayout};
 use crate::ops::service::Service;
 use crate::runtime::deadline::blocking as run_blocking;
+use crate::runtime::metrics::Metrics;
 
 /// Runs the daemon until `shutdown` resolves (normally a signal; see [`shutdown_signal`]).
 pub async fn run(
@@ -157,13 +158,15 @@ pub async fn run(
         tracing::error!("the fence keeper could not be started (tried again every heartbeat): {e}");
     }
     let state_dir = local.state_dir.clone();
+    let metrics = Arc::new(Metrics::default());
+    let counts = metrics.clone();
     let what = format!("checking the shared root {}", cfg.root.display());
     let (nodes, store) = run_blocking(&what, cfg.timeout, move || {
         // Warns, among other things, that a local root (such as the default) is not shared.
         let root_info = crate::export::root::check(&shared, &node, timeout / 2)?;
         tracing::info!(root = %shared.root.display(), fs_type = %root_info.fs_type, source = %root_info.source, shared = root_info.shared, "shared root checked");
         // Takes the node-name lock first: a second daemon with a live node's name stops here.
-        let nodes = Arc::new(Nodes::new(&shared, &node, heartbeat, dead_after)?);
+        let nodes = Arc::new(Nodes::new(&shared, &node, heartbeat, dead_after, counts.clone())?);
         let bound = crate::host::fence::write_bound(&root_info.fs_type, &root_info.options, root_info.shared);
         let (wait, from) = match (fence_wait, bound.wait) {
             (Some(given), _) => (given, format!("--fence-wait; the export says: {}", bound.why)),
@@ -180,7 +183,7 @@ pub async fn run(
         h.set_root(root_info);
         // The store gets half the call budget, so that a call that waited for the lock
         // still has time left to bind-mount and answer.
-        let store = Store::start(shared, timeout / 2, Some(nodes.clone()), h)?;
+        let store = Store::start(shared, timeout / 2, Some(nodes.clone()), h, counts)?;
         Ok((nodes, store))
     })
     .await?;
@@ -193,6 +196,7 @@ pub async fn run(
         cfg.timeout / 2,
         nodes.clone(),
         health.clone(),
+        metrics,
     )
     .await?;
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone(), state_dir));

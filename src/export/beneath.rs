@@ -139,9 +139,9 @@ pub fn open_root(root: &Path) -> std::io::Result<File> {
         .open(root)
 }
 
-/// The path through `/proc/self/fd` that reaches an open file from this process.
-pub fn proc_path(file: &File) -> PathBuf {
-    use std::os::fd::AsRawFd;
+/// The path through `/proc/self/fd` that reaches an open file (or `O_PATH` handle) from
+/// this process, while it is open: the one place such a path is made.
+pub fn proc_path(file: &impl std::os::fd::AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 

@@ -296,7 +296,6 @@ impl Export {
 fn note_reconnect(st: &mut State, why: String) {
     st.reconnects += 1;
     st.last_reconnect = Some((Instant::now(), why));
-    crate::runtime::metrics::global().export_reconnect();
 }
 
 /// Reads the store id kept in `.caravan/store-id` below `root`: a regular file (never a

@@ -23,7 +23,6 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -68,7 +67,7 @@ impl PinnedDirs {
             match crate::export::beneath::open_dir(&root_dir, rel) {
                 Ok(file) => pinned.pins.push(Pin {
                     real: real.to_path_buf(),
-                    via: fd_path(&file),
+                    via: crate::export::beneath::proc_path(&file),
                     _dir: file,
                 }),
                 // Missing is refused too: calls under it would go through its parent's
@@ -78,7 +77,7 @@ impl PinnedDirs {
         }
         pinned.pins.push(Pin {
             real: root.to_path_buf(),
-            via: fd_path(&root_dir),
+            via: crate::export::beneath::proc_path(&root_dir),
             _dir: root_dir,
         });
         Ok(pinned)
@@ -120,11 +119,7 @@ impl PinnedDirs {
 /// The path that reaches an open file from any thread of this process, while it is open;
 /// `None` where `/proc` is not mounted.
 pub fn through_proc(file: &File) -> Option<PathBuf> {
-    proc_fd_works().then(|| fd_path(file))
-}
-
-fn fd_path(file: &File) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    proc_fd_works().then(|| crate::export::beneath::proc_path(file))
 }
 
 /// Whether paths through `/proc/self/fd` work here (procfs may be missing in a chroot).

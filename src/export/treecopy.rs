@@ -407,7 +407,7 @@ pub(crate) fn make_fifo(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> std::
     if SFlag::from_bits_truncate(made.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
         return Err(std::io::Error::other("replaced while being made"));
     }
-    let at = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
+    let at = crate::export::beneath::proc_path(&fifo);
     std::os::unix::fs::chown(&at, Some(meta.uid), Some(meta.gid))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -536,12 +536,8 @@ pub(crate) fn open_regular(
         report.vanished += 1;
         return Ok(None);
     }
-    let at = format!("/proc/self/fd/{}", path.as_raw_fd());
-    let fd = nix::fcntl::open(
-        at.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let at = crate::export::beneath::proc_path(&path);
+    let fd = nix::fcntl::open(&at, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
     Ok(Some((fd, st)))
 }
 

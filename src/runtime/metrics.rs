@@ -2,7 +2,7 @@
 //! `prometheus-client` crate.
 //!
 //! Two kinds:
-//! - **events**, counted where they happen, in one process-wide [`Metrics`] ([`global`]):
+//! - **events**, counted where they happen, in the [`Metrics`] the daemon makes and hands in:
 //!   calls by API, method and outcome with their latency, commits with their batch size
 //!   and duration, the wait for the cluster lock, and the gaps between heartbeats of each
 //!   node this one watches;
@@ -13,7 +13,6 @@
 //!
 //! `etc/grafana/caravan.json` is a dashboard built on these names.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -59,25 +58,25 @@ pub struct Metrics {
     commit_seconds: Histogram,
     lock_wait_seconds: Histogram,
     heartbeat_gap_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
-    export_reconnects: Counter,
     fences: Counter,
     fenced_processes: Counter,
 }
 
-/// The process's metrics.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(|| Metrics {
-        calls: Family::default(),
-        call_seconds: Family::new_with_constructor(seconds_buckets),
-        commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
-        commit_seconds: seconds_buckets(),
-        lock_wait_seconds: seconds_buckets(),
-        heartbeat_gap_seconds: Family::new_with_constructor(gap_buckets),
-        export_reconnects: Counter::default(),
-        fences: Counter::default(),
-        fenced_processes: Counter::default(),
-    })
+/// Made once by the daemon and handed to what counts (the nodes, the store, the service and
+/// the APIs through it): no process-wide state, so tests and simulations each count their own.
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(seconds_buckets),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            commit_seconds: seconds_buckets(),
+            lock_wait_seconds: seconds_buckets(),
+            heartbeat_gap_seconds: Family::new_with_constructor(gap_buckets),
+            fences: Counter::default(),
+            fenced_processes: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -125,11 +124,6 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// This node came back to the export after losing it (see [`crate::export::connection`]).
-    pub fn export_reconnect(&self) {
-        self.export_reconnects.inc();
-    }
-
     /// This node's lease ran out and the fence keeper stopped `processes` processes.
     pub fn fenced(&self, processes: usize) {
         self.fences.inc();
@@ -173,11 +167,6 @@ impl Metrics {
             self.heartbeat_gap_seconds.clone(),
         );
 
-        r.register(
-            "export_reconnects",
-            "Times this node reopened its handles after the export went away or was mounted again",
-            self.export_reconnects.clone(),
-        );
         r.register(
             "fences",
             "Times this node's lease on its exclusive volumes ran out and the fence keeper stopped their containers",

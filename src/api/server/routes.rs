@@ -155,7 +155,7 @@ pub fn metrics_routes(
                     let info = svc.info().await?;
                     let nodes = svc.nodes().await?;
                     Ok::<_, crate::core::error::Error>(super::scrape::render(
-                        crate::runtime::metrics::global(),
+                        svc.metrics(),
                         &super::scrape::Scrape {
                             info: &info,
                             nodes: &nodes,

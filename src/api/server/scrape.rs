@@ -2,6 +2,7 @@
 //! that `caravan info` and `caravan nodes` show, in the Prometheus text format.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -31,6 +32,13 @@ pub struct Scrape<'a> {
 pub fn render(events: &Metrics, state: &Scrape) -> String {
     let mut r = Registry::with_prefix("caravan");
     events.register(&mut r);
+    let reconnects: Counter = Counter::default();
+    reconnects.inc_by(state.info.connection.reconnects);
+    r.register(
+        "export_reconnects",
+        "Times this node reopened its handles after the export went away or was mounted again",
+        reconnects,
+    );
     let info = state.info;
     let gauge = |v: i64| {
         let g: Gauge = Gauge::default();

@@ -3,7 +3,7 @@
 //! sled is a single-process database (it `flock`s its files while open), so every node
 //! follows the same discipline for every commit (docs/semantics.md, "The metadata store"):
 //!
-//! 1. take the cluster lock ([`ClusterLock`], bounded wait);
+//! 1. take the cluster lock ([`ClusterLock`](crate::export::lock::ClusterLock), bounded wait);
 //! 2. open sled, bring the in-memory copy up to date if another node committed, apply
 //!    the queued mutations, bump the generation, `flush()`;
 //! 3. `fsync` sled's files (sled's flush uses `sync_file_range`, which NFS does not
@@ -305,12 +305,14 @@ impl Store {
         timeout: Duration,
         nodes: Option<Arc<Nodes>>,
         health: Arc<Health>,
+        metrics: Arc<crate::runtime::metrics::Metrics>,
     ) -> Result<Store> {
         let (queue, jobs) = std::sync::mpsc::channel();
         let cache = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stats = Arc::new(Mutex::new(StoreStats::default()));
         let faults = Arc::new(Faults::default());
         let mut worker = Worker {
+            metrics,
             layout: layout.clone(),
             cache: cache.clone(),
             stats: stats.clone(),
@@ -796,6 +798,7 @@ mod tests {
             Duration::from_secs(5),
             None,
             crate::export::health::Health::new(Duration::from_secs(60)),
+            Default::default(),
         )
         .unwrap();
         (dir, store)
@@ -998,11 +1001,33 @@ mod tests {
         // A reader blocked on the FIFO's other end returns as soon as anyone opens it for
         // writing: it must still be blocked after the commit.
         let (tx, opened) = std::sync::mpsc::channel();
+        let (tid_tx, tid) = std::sync::mpsc::channel();
         let fifo = hint.clone();
         std::thread::spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid());
             let _ = std::fs::File::open(&fifo);
             let _ = tx.send(());
         });
+        // The commit must come once the reader waits in open (under load the thread could
+        // start after the commit replaced the FIFO, and open the new regular file).
+        let tid = tid.recv().unwrap();
+        let waiting = std::time::Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // The state follows the command name in parentheses: `S` while it sleeps.
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('S'))
+            {
+                break;
+            }
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "the reader never waited in open: {stat}"
+            );
+            std::thread::yield_now();
+        }
         a.apply(create("one")).await.unwrap();
         assert!(
             opened.recv_timeout(Duration::from_millis(300)).is_err(),
@@ -1083,6 +1108,7 @@ mod tests {
             Duration::from_secs(5),
             None,
             crate::export::health::Health::new(Duration::from_secs(60)),
+            Default::default(),
         )
         .unwrap()
     }

@@ -30,6 +30,8 @@ use crate::export::lock::ClusterLock;
 
 /// The store thread's state.
 pub(super) struct Worker {
+    /// Counts lock waits and commits.
+    pub(super) metrics: Arc<crate::runtime::metrics::Metrics>,
     pub(super) layout: SharedLayout,
     /// What readers are served (this thread and readers catching up swap it).
     pub(super) cache: Arc<ArcSwap<Snapshot>>,
@@ -222,7 +224,7 @@ impl Worker {
             }
         };
         let locked = Instant::now();
-        crate::runtime::metrics::global().lock_wait(locked - started);
+        self.metrics.lock_wait(locked - started);
         let wait_ms = (locked - started).as_secs_f64() * 1e3;
         {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +257,7 @@ impl Worker {
             // quickly (the next Mount of a busy host) land in this same hold.
             send_all(replies);
             let commit_cost = commit_started.elapsed();
-            crate::runtime::metrics::global().commit(callers, commit_cost);
+            self.metrics.commit(callers, commit_cost);
             self.stats
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -36,6 +36,7 @@ use crate::export::health::{Health, HealthReport};
 use crate::export::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
 use crate::export::mounts::{self, Bind};
 use crate::host::pending::{PendingUnmount, PendingUnmounts};
+use crate::runtime::metrics::Metrics;
 pub use doctor::{DoctorReport, Finding};
 pub use snapshots::{CopyProgress, SnapshotView};
 pub use views::{Info, NodeInfo, NodeMounts, UsageView, VolumeView};
@@ -122,6 +123,8 @@ impl BoundHere {
 /// The node's volume service.
 pub struct Service {
     node: String,
+    /// The daemon's counters of events (`GET /metrics`).
+    metrics: Arc<Metrics>,
     store: Store,
     local: NodeLayout,
     /// Volumes bind-mounted on this node.
@@ -169,6 +172,7 @@ impl Service {
         fs_timeout: Duration,
         nodes: Arc<Nodes>,
         health: Arc<Health>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Service>> {
         let pending = PendingUnmounts::load(local.pending_unmounts_file());
         let svc = Arc::new_cyclic(|me| Service {
@@ -176,6 +180,7 @@ impl Service {
             docker_socket: std::sync::OnceLock::new(),
             pending,
             node,
+            metrics,
             store,
             local,
             bound: Mutex::new(BoundHere::default()),
@@ -207,6 +212,10 @@ impl Service {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -845,7 +854,7 @@ impl Service {
             return Vec::new();
         };
         if let Some(report) = lease.take_report() {
-            crate::runtime::metrics::global().fenced(report.killed.len());
+            self.metrics.fenced(report.killed.len());
         }
         let Ok(snap) = self.store.snapshot().await else {
             return lease.volumes();
