@@ -11,7 +11,8 @@
 //! once the server drops the client), the fence keeper (kills the host's containers of
 //! exclusive volumes once the lease read from the last beat has run out), Swarm (one task
 //! per volume, rescheduled when its node is lost) and operators (`docker run` of a second
-//! container on the volume, planned moves).
+//! container on the volume, planned moves, `docker volume rm` through `decide::remove`, the
+//! volume then created again).
 //!
 //! Faults: hosts killed and restarted (new boot id, containers gone), daemons killed and
 //! restarted (new boot id, containers keep running, within the lease or not), daemons
@@ -22,12 +23,14 @@
 //! - **one writer**: no write of a container lands on a volume after the first write of a
 //!   container granted the volume later (what `tests/one_writer.rs` checks on GlusterFS);
 //! - **no false death**: an incarnation judged dead (or, as a holder, past the takeover
-//!   wait) had really not landed a beat for that long, less the clock-rate error.
+//!   wait) had really not landed a beat for that long, less the clock-rate error;
+//! - **no remove in use**: no remove is acknowledged while a container runs on the volume
+//!   on a node whose daemon is the incarnation recorded with its mount and beats.
 //!
-//! `cargo test --test sim` runs a fixed budget of 600 seeds (CI, about 17 s unoptimised);
+//! `cargo test --test sim` runs a fixed budget of 600 seeds (CI, about 22 s unoptimised);
 //! `scripts/sim SEEDS [FIRST]` runs more; `CARAVAN_SIM_SEED=N cargo test --test sim replay
 //! -- --nocapture` replays one seed with its event log (`CARAVAN_SIM_BUG=cached-judgment`
-//! or `no-fence-wait` with a bug put back). A failing seed prints the command that
+//! `no-fence-wait` or `remove-sees-only-its-node` with a bug put back). A failing seed prints the command that
 //! replays it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +57,9 @@ enum Bug {
     /// Take a holder's volume over once it is dead, without waiting until its in-flight
     /// writes can no longer land (no fence wait).
     NoFenceWait,
+    /// A remove that looks only at the mounts of the node asked (as Docker's `local`
+    /// driver may), not at the cluster's.
+    RemoveSeesOnlyItsNode,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +123,9 @@ struct Container {
     held: Option<u64>,
     /// Stops by itself at this time (an operator's container).
     until: Option<u64>,
+    /// Its volume was removed under it (its node's incarnation judged dead): it writes into
+    /// the trash from then on, not into the volume made again under that name.
+    trashed: bool,
 }
 
 struct Node {
@@ -199,6 +208,8 @@ struct Stats {
     fences: u64,
     judged_dead: u64,
     faults: u64,
+    /// Removes acknowledged (the others were refused: the volume was in use).
+    removes: u64,
 }
 
 /// The oracle a node's store worker hands to the decisions: a fresh read of the judged
@@ -231,11 +242,7 @@ impl SimOracle<'_> {
             *self.judged_dead += 1;
             if let Some(last) = boot.and_then(|b| self.landed.get(&(node.to_string(), b))) {
                 let silent = self.t.saturating_sub(*last);
-                // The judge's clock may run fast by SKEW_PPM, and the truth is known to
-                // one tick.
-                let floor = ms(limit)
-                    .saturating_sub(ms(limit) * 2 * u64::try_from(SKEW_PPM).unwrap() / 1_000_000)
-                    .saturating_sub(TICK_MS);
+                let floor = death_floor(limit);
                 if silent < floor && self.violation.is_none() {
                     *self.violation = Some(format!(
                         "no false death: {node} judged dead (limit {} ms) after only {silent} ms without a beat landing",
@@ -246,6 +253,14 @@ impl SimOracle<'_> {
         }
         j
     }
+}
+
+/// The least real silence (ms) after which an incarnation may be judged dead with `limit`:
+/// the judge's clock may run fast by SKEW_PPM, and the truth is known to one tick.
+fn death_floor(limit: Duration) -> u64 {
+    ms(limit)
+        .saturating_sub(ms(limit) * 2 * u64::try_from(SKEW_PPM).unwrap() / 1_000_000)
+        .saturating_sub(TICK_MS)
 }
 
 impl Oracle for SimOracle<'_> {
@@ -669,6 +684,9 @@ impl World {
 
     /// A write of container `i` lands on its volume: the one-writer invariant.
     fn land(&mut self, i: usize) {
+        if self.containers[i].trashed {
+            return;
+        }
         self.stats.writes += 1;
         let (id, v) = (self.containers[i].id, self.containers[i].volume);
         match self.newest_writer[v] {
@@ -741,6 +759,7 @@ impl World {
                     alive: true,
                     held: None,
                     until,
+                    trashed: false,
                 });
                 self.note(format!("{name} mounted db{v} for container {id}"));
                 Some(id)
@@ -779,7 +798,7 @@ impl World {
             self.containers[i].volume,
             self.containers[i].mount_id.clone(),
         );
-        if self.nodes[n].host_up {
+        if self.nodes[n].host_up && !self.containers[i].trashed {
             self.unmount(n, v, &id);
         }
     }
@@ -824,6 +843,82 @@ impl World {
             let until = self.t + self.rng.u64(500..=20_000);
             self.mount(n, v, Some(until));
         }
+        if self.rng.f64() < 0.004 {
+            let n = self.rng.usize(0..self.nodes.len());
+            let v = self.rng.usize(0..self.p.volumes);
+            self.remove(n, v);
+        }
+    }
+
+    /// `docker volume rm` of volume `v` on node `n` (`decide::remove`, under the lock on
+    /// the current record). Acknowledged, it is checked against the truth, and the
+    /// operator creates the volume again: its old data is in the trash.
+    fn remove(&mut self, n: usize, v: usize) {
+        let t = self.t;
+        if !self.nodes[n].daemon_runs(t) || !self.nodes[n].link_up(t) || !self.reconciled[n] {
+            return;
+        }
+        let p = self.p;
+        let node = &mut self.nodes[n];
+        let name = node.name.clone();
+        let now = node.clock(t);
+        let allowed = if p.bug == Bug::RemoveSeesOnlyItsNode {
+            !self.records[v].mounts.contains_key(&name)
+        } else {
+            let mut oracle = SimOracle {
+                watchers: &mut node.watchers,
+                standing: &node.standing,
+                files: &self.files,
+                landed: &self.landed,
+                now,
+                t,
+                p,
+                violation: &mut self.violation,
+                judged_dead: &mut self.stats.judged_dead,
+            };
+            decide::remove(&self.records[v], &mut oracle).is_ok()
+        };
+        if !allowed {
+            self.stats.refusals += 1;
+            return;
+        }
+        // The invariant: no live incarnation had it mounted. Live: the incarnation the
+        // record names for a node with a container of the volume is that node's running
+        // daemon, and its last beat landed too recently for anyone to judge it dead.
+        for c in &self.containers {
+            if !c.alive || c.trashed || c.volume != v {
+                continue;
+            }
+            let host = &self.nodes[c.node];
+            let boot = host.boot_id();
+            let recorded = self.records[v].incarnations.get(&host.name) == Some(&boot);
+            let last = self.landed.get(&(host.name.clone(), boot)).copied();
+            let silent = last.map(|l| t.saturating_sub(l));
+            let live = host.host_up
+                && host.daemon_up
+                && recorded
+                && silent.is_some_and(|s| s < death_floor(p.dead_after));
+            if live && self.violation.is_none() {
+                self.violation = Some(format!(
+                    "remove: db{v} removed on {name} while container {} of {}'s live incarnation had it mounted ({} ms since its beat landed)",
+                    c.id,
+                    host.name,
+                    silent.unwrap_or(0)
+                ));
+            }
+        }
+        self.stats.removes += 1;
+        self.note(format!("{name} removed db{v}; it is created again"));
+        for c in self.containers.iter_mut().filter(|c| c.volume == v) {
+            c.trashed = true;
+        }
+        self.records[v] = VolumeRecord::new(
+            &format!("db{v}"),
+            &name,
+            VolumeOptions::from_map([("access", "exclusive")]).unwrap(),
+            t / 1000,
+        );
+        self.newest_writer[v] = None;
     }
 }
 
@@ -868,6 +963,7 @@ fn sweep(first: u64, count: u64, bug: Bug) -> (Option<Outcome>, Stats, f64) {
         total.fences += o.stats.fences;
         total.judged_dead += o.stats.judged_dead;
         total.faults += o.stats.faults;
+        total.removes += o.stats.removes;
         if o.violation.is_some() {
             return (Some(o), total, started.elapsed().as_secs_f64());
         }
@@ -896,7 +992,7 @@ fn the_cluster_keeps_its_invariants_under_faults() {
         panic!("{}", report(&o));
     }
     println!(
-        "{count} seeds from {first} in {secs:.1} s ({:.0} seeds/s, {:.0} virtual s per real s): {} faults, {} grants ({} takeovers), {} refusals, {} fences, {} judged dead, {} writes",
+        "{count} seeds from {first} in {secs:.1} s ({:.0} seeds/s, {:.0} virtual s per real s): {} faults, {} grants ({} takeovers), {} refusals, {} fences, {} judged dead, {} writes, {} removes",
         count as f64 / secs,
         (total.steps * TICK_MS) as f64 / 1000.0 / secs,
         total.faults,
@@ -905,11 +1001,16 @@ fn the_cluster_keeps_its_invariants_under_faults() {
         total.refusals,
         total.fences,
         total.judged_dead,
-        total.writes
+        total.writes,
+        total.removes
     );
     // Not vacuous: the faults reached the rules that keep one writer.
     assert!(
-        total.takeovers > 0 && total.fences > 0 && total.refusals > 0 && total.judged_dead > 0,
+        total.takeovers > 0
+            && total.fences > 0
+            && total.refusals > 0
+            && total.judged_dead > 0
+            && total.removes > 0,
         "{total:?}"
     );
 }
@@ -946,6 +1047,18 @@ fn it_finds_a_takeover_that_does_not_wait_for_in_flight_writes() {
     );
 }
 
+#[test]
+fn it_finds_a_remove_that_looks_only_at_its_own_node() {
+    let o = finds(Bug::RemoveSeesOnlyItsNode);
+    assert!(
+        o.violation
+            .as_deref()
+            .is_some_and(|v| v.starts_with("remove:")),
+        "{:?}",
+        o.violation
+    );
+}
+
 /// `CARAVAN_SIM_SEED=N`: one seed, with its whole event log.
 #[test]
 fn replay() {
@@ -956,7 +1069,10 @@ fn replay() {
         Err(_) => Bug::None,
         Ok("cached-judgment") => Bug::CachedJudgment,
         Ok("no-fence-wait") => Bug::NoFenceWait,
-        Ok(other) => panic!("CARAVAN_SIM_BUG={other:?}: give cached-judgment or no-fence-wait"),
+        Ok("remove-sees-only-its-node") => Bug::RemoveSeesOnlyItsNode,
+        Ok(other) => panic!(
+            "CARAVAN_SIM_BUG={other:?}: give cached-judgment, no-fence-wait or remove-sees-only-its-node"
+        ),
     };
     let o = simulate(seed, bug);
     println!("{}", o.log.join("\n"));
