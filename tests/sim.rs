@@ -4,15 +4,16 @@
 //! What runs for real: the judging of incarnations (`core::liveness::Watchers`: what each
 //! observer saw, its seeing clock, `judge_within`), each node's standing as a holder
 //! (`core::standing::Standing`: the lease per beat, lapses, re-validation) and the store's
-//! decisions on exclusive volumes (`core::decide::{mount, unmount, reconcile}`, with the
-//! holder rule and the takeover wait). What is modelled around them, as the shell does it:
-//! the heartbeat files on the export, the cluster lock (a decision runs atomically on the
-//! current records), each host's export client (writes held while its link is down, failed
+//! decisions, batch and all, as its worker makes them (`core::batch`: the heartbeats of
+//! `judged_nodes` read fresh, then `decide_batch` with mounts, unmounts, removes and
+//! reconciles, the holder rule and the takeover wait). What is modelled around them, as
+//! the shell does it: the heartbeat files on the export, the cluster lock (a decision runs
+//! atomically on the current records), each host's export client (writes held while its link is down, failed
 //! once the server drops the client), the fence keeper (kills the host's containers of
 //! exclusive volumes once the lease read from the last beat has run out), Swarm (one task
 //! per volume, rescheduled when its node is lost) and operators (`docker run` of a second
-//! container on the volume, planned moves, `docker volume rm` through `decide::remove`, the
-//! volume then created again).
+//! container on the volume, planned moves, `docker volume rm` on any node, the volume then
+//! created again).
 //!
 //! Faults: hosts killed and restarted (new boot id, containers gone), daemons killed and
 //! restarted (new boot id, containers keep running, within the lease or not), daemons
@@ -25,19 +26,23 @@
 //! - **no false death**: an incarnation judged dead (or, as a holder, past the takeover
 //!   wait) had really not landed a beat for that long, less the clock-rate error;
 //! - **no remove in use**: no remove is acknowledged while a container runs on the volume
-//!   on a node whose daemon is the incarnation recorded with its mount and beats.
+//!   on a node whose daemon is the incarnation recorded with its mount and beats;
+//! - **fresh reads**: a decision judges only nodes whose heartbeats `judged_nodes` had
+//!   read before it (else it would judge on an old view).
 //!
-//! `cargo test --test sim` runs a fixed budget of 600 seeds (CI, about 22 s unoptimised);
+//! `cargo test --test sim` runs a fixed budget of 600 seeds (CI, 22 to 40 s unoptimised);
 //! `scripts/sim SEEDS [FIRST]` runs more; `CARAVAN_SIM_SEED=N cargo test --test sim replay
 //! -- --nocapture` replays one seed with its event log (`CARAVAN_SIM_BUG=cached-judgment`
 //! `no-fence-wait` or `remove-sees-only-its-node` with a bug put back). A failing seed prints the command that
 //! replays it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use caravan::core::decide::{self, Committer, Event, Oracle};
+use caravan::core::batch::{self, Decisions, Stored};
+use caravan::core::decide::{Event, Oracle};
 use caravan::core::liveness::{Heartbeat, HeartbeatState, Judgment, Liveness, Watchers};
+use caravan::core::mutation::Mutation;
 use caravan::core::standing::Standing;
 use caravan::core::time::Moment;
 use caravan::core::volume::{VolumeOptions, VolumeRecord};
@@ -217,6 +222,9 @@ struct Stats {
 /// watchers; every death it reports is checked against the truth.
 struct SimOracle<'a> {
     watchers: &'a mut Watchers,
+    /// The nodes whose heartbeats were read before the batch (`batch::judged_nodes`): a
+    /// judgment of any other would rest on an old view.
+    read: &'a BTreeSet<String>,
     standing: &'a Standing,
     files: &'a BTreeMap<String, Heartbeat>,
     landed: &'a HashMap<(String, String), u64>,
@@ -229,10 +237,10 @@ struct SimOracle<'a> {
 
 impl SimOracle<'_> {
     fn judged(&mut self, node: &str, boot_id: Option<&str>, limit: Duration) -> Judgment {
-        if self.p.bug != Bug::CachedJudgment {
-            if let Some(hb) = self.files.get(node) {
-                self.watchers.saw(hb.clone(), self.now);
-            }
+        if !self.read.contains(node) && self.violation.is_none() {
+            *self.violation = Some(format!(
+                "fresh reads: {node} judged, but batch::judged_nodes did not name it, so its heartbeat was not read before the decision"
+            ));
         }
         let boot = boot_id
             .map(str::to_string)
@@ -282,6 +290,24 @@ impl Oracle for SimOracle<'_> {
     }
     fn takeover_after(&self) -> Duration {
         self.p.takeover_after()
+    }
+}
+
+/// The simulated volumes as the store's stored state: `db<v>` is the record at `v`.
+struct Records(Vec<VolumeRecord>);
+
+impl Records {
+    fn index(name: &str) -> Option<usize> {
+        name.strip_prefix("db")?.parse().ok()
+    }
+}
+
+impl batch::Volumes for Records {
+    fn get(&self, name: &str) -> Option<&VolumeRecord> {
+        self.0.get(Records::index(name)?)
+    }
+    fn records(&self) -> Box<dyn Iterator<Item = &VolumeRecord> + '_> {
+        Box::new(self.0.iter())
     }
 }
 
@@ -601,28 +627,75 @@ impl World {
     }
 
     /// After a start: keep this node's mounts only where its container still runs and no
-    /// other node took the volume over (`decide::reconcile`).
+    /// other node took the volume over (a `ReconcileNode` batch).
     fn reconcile(&mut self, n: usize) {
         let name = self.nodes[n].name.clone();
-        let boot = self.nodes[n].boot_id();
-        let who = Committer {
-            node: &name,
-            boot_id: &boot,
-            now_unix: self.t / 1000,
-        };
-        for v in 0..self.records.len() {
-            let bound = self.containers.iter().any(|c| {
-                c.node == n
-                    && c.volume == v
-                    && c.alive
-                    && self.records[v]
-                        .mounts
-                        .get(&name)
-                        .is_some_and(|ids| ids.contains_key(&c.mount_id))
-            });
-            decide::reconcile(&mut self.records[v], bound, who);
-        }
+        let bound = (0..self.records.len())
+            .filter(|&v| {
+                self.containers.iter().any(|c| {
+                    c.node == n
+                        && c.volume == v
+                        && c.alive
+                        && self.records[v]
+                            .mounts
+                            .get(&name)
+                            .is_some_and(|ids| ids.contains_key(&c.mount_id))
+                })
+            })
+            .map(|v| format!("db{v}"))
+            .collect();
+        self.decide(n, Mutation::ReconcileNode { node: name, bound });
         self.reconciled[n] = true;
+    }
+
+    /// Decides `mutation` of node `n` as its store's worker does, under the lock on the
+    /// current records: the heartbeats of `batch::judged_nodes` read first, then
+    /// `batch::decide_batch`, whose records are written back.
+    fn decide(&mut self, n: usize, mutation: Mutation) -> Decisions {
+        let t = self.t;
+        let p = self.p;
+        let records = Records(std::mem::take(&mut self.records));
+        let unreadable = BTreeMap::new();
+        let stored = Stored {
+            volumes: &records,
+            unreadable: &unreadable,
+        };
+        let node = &mut self.nodes[n];
+        let now = node.clock(t);
+        let boot = node.boot_id();
+        let read = batch::judged_nodes(stored, [&mutation]);
+        if p.bug != Bug::CachedJudgment {
+            for hb in read.iter().filter_map(|n| self.files.get(n)) {
+                node.watchers.saw(hb.clone(), now);
+            }
+        }
+        let mut oracle = SimOracle {
+            watchers: &mut node.watchers,
+            read: &read,
+            standing: &node.standing,
+            files: &self.files,
+            landed: &self.landed,
+            now,
+            t,
+            p,
+            violation: &mut self.violation,
+            judged_dead: &mut self.stats.judged_dead,
+        };
+        let decisions = batch::decide_batch(
+            stored,
+            [&mutation],
+            &boot,
+            t / 1000,
+            BTreeMap::new(),
+            &mut oracle,
+        );
+        self.records = records.0;
+        for (name, record) in &decisions.overlay {
+            if let (Some(v), Some(r)) = (Records::index(name), record) {
+                self.records[v] = r.clone();
+            }
+        }
+        decisions
     }
 
     fn retry_unmounts(&mut self, n: usize) {
@@ -710,35 +783,17 @@ impl World {
         let id = self.next_container;
         self.next_container += 1;
         let mount_id = format!("m{id}");
-        let p = self.p;
-        let node = &mut self.nodes[n];
-        let name = node.name.clone();
-        let boot = node.boot_id();
-        let now = node.clock(t);
-        let who = Committer {
-            node: &name,
-            boot_id: &boot,
-            now_unix: t / 1000,
-        };
-        let mut events = Vec::new();
-        let mut oracle = SimOracle {
-            watchers: &mut node.watchers,
-            standing: &node.standing,
-            files: &self.files,
-            landed: &self.landed,
-            now,
-            t,
-            p,
-            violation: &mut self.violation,
-            judged_dead: &mut self.stats.judged_dead,
-        };
-        let result = decide::mount(
-            &mut self.records[v],
-            &mount_id,
-            who,
-            &mut oracle,
-            &mut events,
+        let name = self.nodes[n].name.clone();
+        let decisions = self.decide(
+            n,
+            Mutation::Mount {
+                name: format!("db{v}"),
+                node: name.clone(),
+                id: mount_id.clone(),
+            },
         );
+        let events = decisions.events;
+        let result = decisions.results.into_iter().next().unwrap();
         match result {
             Ok(_) => {
                 for e in &events {
@@ -781,13 +836,14 @@ impl World {
             return;
         }
         let name = self.nodes[n].name.clone();
-        let boot = self.nodes[n].boot_id();
-        let who = Committer {
-            node: &name,
-            boot_id: &boot,
-            now_unix: t / 1000,
-        };
-        let _ = decide::unmount(&mut self.records[v], id, who);
+        self.decide(
+            n,
+            Mutation::Unmount {
+                name: format!("db{v}"),
+                node: name,
+                id: id.to_string(),
+            },
+        );
     }
 
     /// dockerd stops container `i` and asks its node to unmount.
@@ -850,7 +906,7 @@ impl World {
         }
     }
 
-    /// `docker volume rm` of volume `v` on node `n` (`decide::remove`, under the lock on
+    /// `docker volume rm` of volume `v` on node `n` (a `Remove` batch, under the lock on
     /// the current record). Acknowledged, it is checked against the truth, and the
     /// operator creates the volume again: its old data is in the trash.
     fn remove(&mut self, n: usize, v: usize) {
@@ -859,24 +915,17 @@ impl World {
             return;
         }
         let p = self.p;
-        let node = &mut self.nodes[n];
-        let name = node.name.clone();
-        let now = node.clock(t);
+        let name = self.nodes[n].name.clone();
         let allowed = if p.bug == Bug::RemoveSeesOnlyItsNode {
             !self.records[v].mounts.contains_key(&name)
         } else {
-            let mut oracle = SimOracle {
-                watchers: &mut node.watchers,
-                standing: &node.standing,
-                files: &self.files,
-                landed: &self.landed,
-                now,
-                t,
-                p,
-                violation: &mut self.violation,
-                judged_dead: &mut self.stats.judged_dead,
-            };
-            decide::remove(&self.records[v], &mut oracle).is_ok()
+            let decisions = self.decide(
+                n,
+                Mutation::Remove {
+                    name: format!("db{v}"),
+                },
+            );
+            decisions.results.into_iter().next().unwrap().is_ok()
         };
         if !allowed {
             self.stats.refusals += 1;

@@ -16,14 +16,19 @@
 //! - [`copy_report`]: what a copy of a volume's tree did, kept in its record;
 //! - [`backup_url`]: backup destinations and backups' URLs, parsed and validated;
 //! - [`staging`]: the name of a staging folder (a copy in progress and its maker);
+//! - [`mutation`]: the changes the store applies, and what each did;
 //! - [`decide`]: the store's decisions on one record (create, mount, unmount, remove,
-//!   takeover, snapshot steps, reconcile), with a liveness oracle the shell provides.
+//!   takeover, snapshot steps, reconcile), with a liveness oracle the shell provides;
+//! - [`batch`]: one commit's decisions: a batch of mutations decided together, the
+//!   folders it needs first, the heartbeats it may consult, the work after the commit.
 
 pub mod backup_url;
+pub mod batch;
 pub mod copy_report;
 pub mod decide;
 pub mod error;
 pub mod liveness;
+pub mod mutation;
 pub mod names;
 pub mod staging;
 pub mod standing;

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::worker::{AfterCommit, Decided, OpenStore, Reply, Worker};
+use super::worker::{Decided, OpenStore, Reply, Worker};
 use super::Outcome;
+use crate::core::batch::AfterCommit;
 use crate::core::error::Error;
 use crate::core::volume::{OnDelete, VolumeRecord};
 

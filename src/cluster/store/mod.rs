@@ -27,8 +27,8 @@
 //! once sled has it durably, before it moves the hint. When the export does not answer,
 //! readers get the last known state, marked stale (see [`crate::export::health`]).
 //!
-//! Parts: [`mutation`] (the changes and their outcomes), `core::decide` (the pure rules
-//! that decide them, liveness included), `worker` (the store thread: holds, commits, the file
+//! Parts: `core::mutation` (the changes and their outcomes), `core::batch` and
+//! `core::decide` (the pure rules that decide them, liveness included), `worker` (the store thread: holds, commits, the file
 //! work around them), `batching` (what one commit takes, how long a hold lasts),
 //! `disposal` (moving removed volumes' data aside after the commit),
 //! `janitor` (deleting trashed data), [`journal`], `hint` and `sled_files`.
@@ -52,12 +52,13 @@ mod disposal;
 mod hint;
 mod janitor;
 pub mod journal;
-pub mod mutation;
 mod sled_files;
 mod worker;
 
-use mutation::FromOutcome;
-pub use mutation::{Created, Mounted, Mutation, Outcome, Reconciled, Removed, Unmounted};
+use crate::core::mutation::FromOutcome;
+pub use crate::core::mutation::{
+    Created, Mounted, Mutation, Outcome, Reconciled, Removed, Unmounted,
+};
 use worker::Worker;
 
 /// How long a reader waits for the export before answering from the last known state.
@@ -321,7 +322,6 @@ impl Store {
             synced_folder: false,
             trashed: Vec::new(),
             janitor: None,
-            events: Vec::new(),
             boot_id: nodes
                 .as_ref()
                 .map_or_else(|| "local".to_string(), |n| n.boot_id().to_string()),

@@ -20,10 +20,11 @@ use super::sled_files::{
 };
 use super::{Job, Mutation, Outcome, Snapshot, StoreStats};
 use crate::cluster::node::Nodes;
-use crate::core::decide::{self, Committer, Event, Oracle};
+use crate::core::batch::{self, AfterCommit, Made, NewFolder, Note, Stored};
+use crate::core::decide::{Event, Oracle};
 use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
-use crate::core::volume::{VolumeOptions, VolumeRecord};
+use crate::core::volume::VolumeRecord;
 use crate::export::health::Health;
 use crate::export::layout::SharedLayout;
 use crate::export::lock::ClusterLock;
@@ -48,8 +49,6 @@ pub(super) struct Worker {
     pub(super) nodes: Option<Arc<Nodes>>,
     /// The boot id recorded with this node's mounts and holds.
     pub(super) boot_id: String,
-    /// What the batch being decided did to exclusive volumes, logged once it commits.
-    pub(super) events: Vec<Event>,
     pub(super) health: Arc<Health>,
     pub(super) faults: Arc<super::Faults>,
     /// A commit's hint write failed: its commit is durable but other nodes' readers do
@@ -68,18 +67,39 @@ pub(super) struct Worker {
     pub(super) committed: Vec<u64>,
 }
 
-/// Filesystem work that must follow a successful commit (still under the lock).
-#[allow(clippy::large_enum_variant)] // lives for one commit
-pub(super) enum AfterCommit {
-    Nothing,
-    Dispose(VolumeRecord),
-}
-
-/// The liveness oracle of one commit: each judged node's heartbeat is read fresh (once
-/// per commit, under the cluster lock) before it is judged.
+/// The liveness oracle of one commit: the heartbeats of the nodes its decisions may judge
+/// ([`batch::judged_nodes`]) are read fresh, under the cluster lock, before the batch is
+/// decided; the decisions then judge from what was read.
 struct FreshOracle {
     nodes: Option<Arc<Nodes>>,
     refreshed: BTreeSet<String>,
+}
+
+impl FreshOracle {
+    fn read(nodes: Option<Arc<Nodes>>, judged: BTreeSet<String>) -> FreshOracle {
+        if let Some(nodes) = &nodes {
+            for node in &judged {
+                nodes.refresh(node);
+            }
+        }
+        FreshOracle {
+            nodes,
+            refreshed: judged,
+        }
+    }
+
+    /// A node not read before the batch (judged_nodes missed it: a bug, which tests/sim.rs
+    /// looks for) is read now rather than judged on an old view.
+    fn ensure_read(&mut self, nodes: &Nodes, node: &str) {
+        if !self.refreshed.contains(node) {
+            tracing::warn!(
+                node,
+                "judging a node whose heartbeat was not read before the batch; reading it now"
+            );
+            nodes.refresh(node);
+            self.refreshed.insert(node.to_string());
+        }
+    }
 }
 
 impl Oracle for FreshOracle {
@@ -91,10 +111,8 @@ impl Oracle for FreshOracle {
                 observer_cut_off: false,
             };
         };
-        if !self.refreshed.contains(node) {
-            nodes.refresh(node);
-            self.refreshed.insert(node.to_string());
-        }
+        let nodes = nodes.clone();
+        self.ensure_read(&nodes, node);
         nodes.judge(node, boot_id)
     }
 
@@ -112,10 +130,8 @@ impl Oracle for FreshOracle {
         let Some(nodes) = &self.nodes else {
             return self.judge(node, boot_id);
         };
-        if !self.refreshed.contains(node) {
-            nodes.refresh(node);
-            self.refreshed.insert(node.to_string());
-        }
+        let nodes = nodes.clone();
+        self.ensure_read(&nodes, node);
         nodes.judge_holder(node, boot_id)
     }
 
@@ -190,7 +206,6 @@ impl Worker {
         let e = Error::Store(format!("the metadata store failed inside sled: {msg}"));
         tracing::error!("{e}; its handles were dropped, the next call reopens the store");
         self.health.failed(&e);
-        self.events.clear();
         self.trashed.clear();
         self.committed.clear();
         self.distrust();
@@ -332,38 +347,74 @@ impl Worker {
         }
         let base = self.state.clone();
 
-        // Folders of new volumes first, all at once; then decide every mutation in
-        // memory, on an overlay of the state.
-        let mut prepared = self.prepare_creates(&batch, &base);
-        // The folders this batch made (not found there already, not staged copies).
-        let made: Vec<String> = prepared
+        // Folders of new volumes first, all at once; then the heartbeats the decisions
+        // may consult, read fresh; then every mutation decided in memory (core::batch).
+        let stored = Stored {
+            volumes: &base.volumes,
+            unreadable: &base.unreadable,
+        };
+        let mutations = || {
+            batch.iter().filter_map(|job| match job {
+                Job::Apply { mutation, .. } => Some(mutation),
+                _ => None,
+            })
+        };
+        let now_unix = crate::runtime::clock::unix_seconds();
+        let folders = batch::new_folders(stored, mutations(), now_unix);
+        // Staged copies moved into place are not folders this batch made: a failed
+        // commit leaves them (as it did the copy before).
+        let staged: BTreeSet<String> = folders
             .iter()
-            .filter(|(_, (_, adopted))| matches!(adopted, Ok(false)))
+            .filter(|f| f.staged.is_some())
+            .map(|f| f.record.name.clone())
+            .collect();
+        let made = self.make_folders(folders);
+        // The folders this batch made (not found there already, not staged copies).
+        let fresh: Vec<String> = made
+            .iter()
+            .filter(|(name, (_, made))| matches!(made, Ok(false)) && !staged.contains(*name))
             .map(|(name, _)| name.clone())
             .collect();
-        let mut overlay: BTreeMap<String, Option<VolumeRecord>> = BTreeMap::new();
-        let mut oracle = FreshOracle {
-            nodes: self.nodes.clone(),
-            refreshed: BTreeSet::new(),
-        };
+        let mut oracle =
+            FreshOracle::read(self.nodes.clone(), batch::judged_nodes(stored, mutations()));
+        let decisions = batch::decide_batch(
+            stored,
+            mutations(),
+            &self.boot_id,
+            now_unix,
+            made,
+            &mut oracle,
+        );
+        for note in &decisions.notes {
+            log_note(note);
+        }
+        // Folders made for creates that were refused: nothing will ever record them.
+        self.discard_folders(
+            decisions
+                .unused
+                .iter()
+                .filter(|name| fresh.contains(name))
+                .map(String::as_str),
+        );
+        let made = fresh;
+        let overlay = decisions.overlay;
+        let events = decisions.events;
+        let mut results = decisions.results.into_iter();
         let decided: Vec<_> = batch
             .into_iter()
             .filter_map(|job| match job {
-                Job::Apply {
-                    mutation, reply, ..
-                } => Some(Decided::Apply(
+                Job::Apply { reply, .. } => Some(Decided::Apply(
                     reply,
-                    self.decide(&mutation, &base, &mut overlay, &mut prepared, &mut oracle),
+                    results.next().unwrap_or_else(|| {
+                        Err(Error::Store(
+                            "a mutation of the batch was not decided".into(),
+                        ))
+                    }),
                 )),
                 Job::Refresh { reply } => Some(Decided::Refresh(reply)),
                 Job::Stop => None,
             })
             .collect();
-
-        // Folders made for creates that were refused: nothing will ever record them.
-        self.discard_folders(prepared.iter().filter_map(|(name, (_, adopted))| {
-            matches!(adopted, Ok(false)).then_some(name.as_str())
-        }));
 
         let t_decide = t0.elapsed();
         let committed = if overlay.is_empty() {
@@ -389,7 +440,6 @@ impl Worker {
         };
         let t_write = t0.elapsed();
 
-        let events = std::mem::take(&mut self.events);
         let generation = match committed {
             Ok(g) => {
                 self.health.succeeded();
@@ -598,200 +648,6 @@ impl Worker {
         self.committed.push(generation);
     }
 
-    /// Decides one mutation against the cache plus the batch's overlay, with the pure
-    /// rules of [`decide`]. On success the overlay holds the new record; on error it is
-    /// untouched.
-    fn decide(
-        &mut self,
-        m: &Mutation,
-        base: &Snapshot,
-        overlay: &mut BTreeMap<String, Option<VolumeRecord>>,
-        prepared: &mut Prepared,
-        oracle: &mut dyn Oracle,
-    ) -> Result<(Outcome, AfterCommit)> {
-        let current = |name: &str, overlay: &BTreeMap<String, Option<VolumeRecord>>| match overlay
-            .get(name)
-        {
-            Some(r) => r.clone(),
-            None => base.volumes.get(name).cloned(),
-        };
-        // A name whose stored record this version cannot read is not absent: changing it
-        // would overwrite what a newer node wrote.
-        let unreadable = |name: &str| {
-            base.unreadable
-                .get(name)
-                .map(|why| {
-                    Error::invalid(format!(
-                        "the stored record of volume {name} cannot be read by this caravan ({why}); it was probably written by a newer version: upgrade this node before changing it"
-                    ))
-                })
-        };
-        let missing =
-            |name: &str| unreadable(name).unwrap_or_else(|| Error::NoSuchVolume(name.to_string()));
-        let now_unix = crate::runtime::clock::unix_seconds();
-        let boot_id = self.boot_id.clone();
-        fn committer<'a>(node: &'a str, boot_id: &'a str, now_unix: u64) -> Committer<'a> {
-            Committer {
-                node,
-                boot_id,
-                now_unix,
-            }
-        }
-        let who = |node| committer(node, &boot_id, now_unix);
-        let put = |overlay: &mut BTreeMap<_, _>, r: &VolumeRecord| {
-            overlay.insert(r.name.clone(), Some(r.clone()));
-        };
-        match m {
-            Mutation::Create {
-                name,
-                options,
-                node,
-                staged,
-            } => match current(name, overlay) {
-                Some(existing)
-                    if existing.options == *options || *options == VolumeOptions::default() =>
-                {
-                    let created = Outcome::Created {
-                        record: existing,
-                        existed: true,
-                        adopted: false,
-                    };
-                    Ok((created, AfterCommit::Nothing))
-                }
-                Some(existing) => Err(Error::Conflict {
-                    name: name.clone(),
-                    existing: existing.options.to_string(),
-                }),
-                // Removed earlier in this batch: its folder goes to the trash after the
-                // commit, so a create now would be left without data.
-                None if overlay.contains_key(name) => Err(Error::Busy(format!(
-                    "volume {name} was removed by a call committed together with this one; create it again"
-                ))),
-                None => {
-                    if let Some(e) = unreadable(name) {
-                        return Err(e);
-                    }
-                    // Folders first: a crash after this and before the commit leaves a
-                    // folder that the next create adopts, never a record without data.
-                    let (record, adopted) = match (staged, prepared.remove(name)) {
-                        (Some(tag), _) => {
-                            let record = VolumeRecord::new(name, node, options.clone(), now_unix);
-                            self.layout.adopt_staging(&record, tag)?;
-                            (record, false)
-                        }
-                        (None, Some((record, adopted))) => (record, adopted?),
-                        (None, None) => {
-                            let record = VolumeRecord::new(name, node, options.clone(), now_unix);
-                            let adopted = self.layout.create_volume(&record)?;
-                            (record, adopted)
-                        }
-                    };
-                    put(overlay, &record);
-                    let created = Outcome::Created {
-                        record,
-                        existed: false,
-                        adopted,
-                    };
-                    Ok((created, AfterCommit::Nothing))
-                }
-            },
-            Mutation::Remove { name } => {
-                let record = current(name, overlay).ok_or_else(|| missing(name))?;
-                let stale = decide::remove(&record, oracle)?;
-                if !stale.is_empty() {
-                    tracing::warn!(volume = %name, stale = ?stale, "removing a volume with mounts of incarnations that are gone");
-                }
-                overlay.insert(name.clone(), None);
-                let removed = Outcome::Removed {
-                    record: record.clone(),
-                    moved_to: None,
-                };
-                Ok((removed, AfterCommit::Dispose(record)))
-            }
-            Mutation::Mount { name, node, id } => {
-                let mut record = current(name, overlay).ok_or_else(|| missing(name))?;
-                let node_count =
-                    decide::mount(&mut record, id, who(node), oracle, &mut self.events)?;
-                put(overlay, &record);
-                Ok((
-                    Outcome::Mounted { record, node_count },
-                    AfterCommit::Nothing,
-                ))
-            }
-            Mutation::Unmount { name, node, id } => {
-                let mut record = current(name, overlay);
-                // Not "no such volume": a record this version cannot read still counts
-                // its mounts, and the caller must not unbind on the strength of it.
-                if record.is_none() {
-                    if let Some(e) = unreadable(name) {
-                        return Err(e);
-                    }
-                }
-                let node_count = match record.as_mut() {
-                    Some(r) => decide::unmount(r, id, who(node))?,
-                    None => None,
-                };
-                if let (Some(r), Some(_)) = (&record, node_count) {
-                    put(overlay, r);
-                }
-                Ok((
-                    Outcome::Unmounted { record, node_count },
-                    AfterCommit::Nothing,
-                ))
-            }
-            Mutation::Takeover { name, node, force } => {
-                let mut record = current(name, overlay).ok_or_else(|| missing(name))?;
-                decide::takeover(&mut record, who(node), *force, oracle, &mut self.events)?;
-                put(overlay, &record);
-                Ok((Outcome::TookOver { record }, AfterCommit::Nothing))
-            }
-            Mutation::Snapshot {
-                name,
-                snap,
-                node,
-                step,
-            } => {
-                let mut record = current(name, overlay).ok_or_else(|| missing(name))?;
-                decide::snapshot(&mut record, snap, step, who(node), oracle)?;
-                put(overlay, &record);
-                Ok((Outcome::SnapshotChanged { record }, AfterCommit::Nothing))
-            }
-            Mutation::ReconcileNode { node, bound } => {
-                let names: Vec<String> = {
-                    let in_cache = base.volumes.values().filter(|r| {
-                        r.mounts.contains_key(node)
-                            || r.holder.as_ref().is_some_and(|h| &h.node == node)
-                    });
-                    in_cache.map(|r| r.name.clone()).collect()
-                };
-                let (mut dropped, mut kept) = (Vec::new(), Vec::new());
-                for name in names {
-                    let Some(mut record) = current(&name, overlay) else {
-                        continue;
-                    };
-                    if record.check_writable().is_err() {
-                        tracing::warn!(volume = %name, format = record.format, "not reconciling a record of a newer format");
-                        continue;
-                    }
-                    let before = record.clone();
-                    let has_mounts = record.mounts.contains_key(node);
-                    if has_mounts && decide::held_by_another(&record, node) {
-                        tracing::warn!(volume = %record.name, "another node took this exclusive volume over while this node was away; dropping this node's claim");
-                    }
-                    match decide::reconcile(&mut record, bound.contains(&name), who(node)) {
-                        Some(count) => dropped.push((name.clone(), count)),
-                        None if has_mounts => kept.push(name.clone()),
-                        None => {}
-                    }
-                    if record != before {
-                        put(overlay, &record);
-                    }
-                }
-                Ok((Outcome::Reconciled { dropped, kept }, AfterCommit::Nothing))
-            }
-        }
-    }
-
     /// Writes the overlay and the next generation, durably. Returns the new generation.
     pub(super) fn write(
         &mut self,
@@ -908,42 +764,21 @@ impl Worker {
         }
     }
 
-    /// Makes the folders of the batch's new volumes (one per name not in the cache), all
-    /// at once: on a network filesystem each step is a round trip, and they are
-    /// independent. Under the lock, so no remove can move a folder in between. (Making
-    /// them before taking the lock was tried and measured slower: a single caller's next
-    /// create then arrives too late to share the hold of the lock, and with many callers
-    /// the file server serializes the folder work anyway.)
-    fn prepare_creates(&self, batch: &[Job], base: &Snapshot) -> Prepared {
-        let now_unix = crate::runtime::clock::unix_seconds();
-        let mut records = BTreeMap::new();
-        {
-            for job in batch {
-                if let Job::Apply {
-                    mutation:
-                        Mutation::Create {
-                            name,
-                            options,
-                            node,
-                            staged: None,
-                        },
-                    ..
-                } = job
-                {
-                    if !base.volumes.contains_key(name) && !records.contains_key(name) {
-                        records.insert(
-                            name.clone(),
-                            VolumeRecord::new(name, node, options.clone(), now_unix),
-                        );
-                    }
-                }
-            }
-        }
-        let list: Vec<VolumeRecord> = records.into_values().collect();
-        let results = in_parallel(&list, |r| self.layout.create_volume(r));
-        list.into_iter()
+    /// Makes the folders of the batch's new volumes ([`batch::new_folders`]), all at
+    /// once: on a network filesystem each step is a round trip, and they are independent.
+    /// Under the lock, so no remove can move a folder in between. (Making them before
+    /// taking the lock was tried and measured slower: a single caller's next create then
+    /// arrives too late to share the hold of the lock, and with many callers the file
+    /// server serializes the folder work anyway.)
+    fn make_folders(&self, folders: Vec<NewFolder>) -> BTreeMap<String, (VolumeRecord, Made)> {
+        let results = in_parallel(&folders, |f| match &f.staged {
+            Some(tag) => self.layout.adopt_staging(&f.record, tag).map(|()| false),
+            None => self.layout.create_volume(&f.record),
+        });
+        folders
+            .into_iter()
             .zip(results)
-            .map(|(r, adopted)| (r.name.clone(), (r, adopted)))
+            .map(|(f, made)| (f.record.name.clone(), (f.record, made)))
             .collect()
     }
 }
@@ -1043,10 +878,6 @@ fn keep_store_id_file(layout: &SharedLayout, store_id: &str) -> Result<()> {
         format!("{store_id}\n").as_bytes(),
     )
 }
-
-/// Folders made for a batch's new volumes: name → (record, whether an existing folder was
-/// adopted).
-type Prepared = BTreeMap<String, (VolumeRecord, Result<bool>)>;
 
 fn send_all(replies: Vec<Reply>) {
     for reply in replies {
@@ -1166,6 +997,30 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Logs what a commit decided about an exclusive volume (see [`Event`]).
+impl batch::Volumes for imbl::OrdMap<String, VolumeRecord> {
+    fn get(&self, name: &str) -> Option<&VolumeRecord> {
+        imbl::OrdMap::get(self, name)
+    }
+    fn records(&self) -> Box<dyn Iterator<Item = &VolumeRecord> + '_> {
+        Box::new(self.values())
+    }
+}
+
+/// Logs what the batch noted while it was decided.
+fn log_note(note: &Note) {
+    match note {
+        Note::RemovedWithStaleMounts { volume, stale } => {
+            tracing::warn!(volume = %volume, stale = ?stale, "removing a volume with mounts of incarnations that are gone")
+        }
+        Note::NewerFormatNotReconciled { volume, format } => {
+            tracing::warn!(volume = %volume, format, "not reconciling a record of a newer format")
+        }
+        Note::TakenOverWhileAway { volume } => {
+            tracing::warn!(volume = %volume, "another node took this exclusive volume over while this node was away; dropping this node's claim")
+        }
+    }
+}
+
 fn log_event(event: Event, commit: u64) {
     match event {
         Event::Granted {
