@@ -32,9 +32,8 @@
 //! file and run by the simulation (tests/sim.rs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,9 +106,9 @@ pub struct Nodes {
 /// replaced by a link to a host folder is refused (and one replaced later is not
 /// followed). Held from one (re)connection to the next.
 struct Conn {
-    /// Keeps `via` valid: the number in it is this descriptor's.
-    _dir: File,
-    /// Where system calls reach the folder: through `_dir`.
+    /// The folder's handle; keeps `via` valid (the number in it is this descriptor's).
+    dir: File,
+    /// Where system calls reach the folder: through `dir`.
     via: PathBuf,
     /// The mount the root was on when the folder was opened: when the root resolves to
     /// another one, the folder is opened again there.
@@ -200,7 +199,7 @@ impl Nodes {
         if self.takes_name_lock {
             let mut lock = self.name_lock.lock().unwrap_or_else(|p| p.into_inner());
             drop(lock.take());
-            let taken = lock_name(&via, &self.shown, &self.me).map_err(|e| match why {
+            let taken = lock_name(&dir, &via, &self.shown, &self.me).map_err(|e| match why {
                 Reconnect::Start => e,
                 _ => Error::invalid(format!(
                     "{e} (after a reconnect to the export, the old connection's lock can stay held until the file server lets it go; retried every heartbeat)"
@@ -214,11 +213,7 @@ impl Nodes {
                 .reopened(&format!("the heartbeat folder {}", self.shown.display()), e);
         }
         *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let fresh = Arc::new(Conn {
-            _dir: dir,
-            via,
-            mount,
-        });
+        let fresh = Arc::new(Conn { dir, via, mount });
         *conn = Some(fresh.clone());
         Ok(fresh)
     }
@@ -523,7 +518,7 @@ impl Nodes {
             if node == self.me || !is_safe_token(node, 1, 255, false) {
                 continue;
             }
-            match read_heartbeat(&c.via.join(&name), node) {
+            match read_heartbeat(&c.dir, &self.shown, node) {
                 Ok(hb) => read.push(hb),
                 // Replaced meanwhile: the next round reads it again.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -560,8 +555,7 @@ impl Nodes {
             return;
         }
         let at = Instant::now();
-        let name = Self::file_name(node);
-        match self.with_folder(|c| read_heartbeat(&c.via.join(&name), node)) {
+        match self.with_folder(|c| read_heartbeat(&c.dir, &self.shown, node)) {
             Ok(hb) => {
                 let _ = self.watchers().saw(hb, moment(at));
             }
@@ -695,14 +689,14 @@ impl Nodes {
 /// Takes the node-name lock: an exclusive OFD lock on `<nodes>/<node>.lock`, held by the
 /// returned file for the daemon's lifetime. The kernel (and the file server) release it
 /// when the daemon dies.
-fn lock_name(dir: &Path, shown: &Path, node: &str) -> Result<File> {
-    let at = dir.join(format!("{node}.lock"));
+fn lock_name(dir: &File, via: &Path, shown: &Path, node: &str) -> Result<File> {
+    let at = via.join(format!("{node}.lock"));
     let path = shown.join(format!("{node}.lock"));
     let file = crate::export::lock::open_lock_file(&path, &at, "the node-name lock")?;
     match crate::export::lock::try_lock_exclusive(&file) {
         Ok(true) => Ok(file),
         Ok(false) => {
-            let running = read_heartbeat(&dir.join(format!("{node}.json")), node)
+            let running = read_heartbeat(dir, shown, node)
                 .map(|hb| format!(" (boot id {}, version {})", hb.boot_id, hb.version))
                 .unwrap_or_default();
             Err(Error::invalid(format!(
@@ -723,23 +717,25 @@ fn lock_name(dir: &Path, shown: &Path, node: &str) -> Result<File> {
 /// Reads a heartbeat file that another machine wrote: a regular file (no link, no FIFO
 /// that would block the read), at most [`MAX_HEARTBEAT_BYTES`], naming the node its file
 /// is named after.
-fn read_heartbeat(path: &Path, node: &str) -> Result<Heartbeat> {
-    let shown = || path.display().to_string();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ctx(|| format!("reading {}", shown()))?;
-    let meta = file.metadata().ctx(|| format!("reading {}", shown()))?;
-    let ft = meta.file_type();
-    if !ft.is_file() || ft.is_fifo() {
-        return Err(Error::invalid(format!("{} is not a regular file", shown())));
-    }
-    if meta.len() > MAX_HEARTBEAT_BYTES {
+fn read_heartbeat(dir: &File, shown_dir: &Path, node: &str) -> Result<Heartbeat> {
+    let name = Nodes::file_name(node);
+    let shown = || shown_dir.join(&name).display().to_string();
+    // Looked at before it is opened: a device node planted there is never opened.
+    let (file, st) =
+        crate::export::beneath::open_regular(dir, Path::new(&name), 0).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::invalid(format!(
+                    "{} is not a regular file (a link, a FIFO or a device)",
+                    shown()
+                )),
+                _ => Error::io(format!("reading {}", shown()), e),
+            }
+        })?;
+    let len = crate::export::beneath::size_of(&st);
+    if len > MAX_HEARTBEAT_BYTES {
         return Err(Error::invalid(format!(
-            "{} has {} bytes, more than a heartbeat's {MAX_HEARTBEAT_BYTES}",
+            "{} has {len} bytes, more than a heartbeat's {MAX_HEARTBEAT_BYTES}",
             shown(),
-            meta.len()
         )));
     }
     let mut bytes = Vec::new();
@@ -804,27 +800,27 @@ mod tests {
     #[test]
     fn heartbeat_files_are_read_only_when_regular_small_and_named_right() {
         let d = tempfile::tempdir().unwrap();
+        let dir = File::open(d.path()).unwrap();
+        let read = |node: &str| read_heartbeat(&dir, d.path(), node);
         let p = d.path().join("b.json");
         let good = serde_json::to_vec(&hb("b", "b1", 3, HeartbeatState::Running)).unwrap();
         std::fs::write(&p, &good).unwrap();
-        assert_eq!(read_heartbeat(&p, "b").unwrap().seq, 3);
-        assert!(read_heartbeat(&p, "c").is_err(), "names another node");
+        assert_eq!(read("b").unwrap().seq, 3);
+        std::fs::copy(&p, d.path().join("c.json")).unwrap();
+        assert!(read("c").is_err(), "names another node");
         std::fs::write(&p, vec![b' '; MAX_HEARTBEAT_BYTES as usize + 1]).unwrap();
-        assert!(read_heartbeat(&p, "b")
-            .unwrap_err()
-            .to_string()
-            .contains("bytes"));
+        assert!(read("b").unwrap_err().to_string().contains("bytes"));
         std::fs::remove_file(&p).unwrap();
+        // A FIFO (or a device) planted there is refused without being opened.
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let e = read_heartbeat(&p, "b").unwrap_err().to_string();
+        let (opened, got) = crate::export::beneath::probe::opens(&p, || read("b"));
+        let e = got.unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        assert!(!opened, "the FIFO was opened");
         std::fs::remove_file(&p).unwrap();
         std::fs::write(d.path().join("real"), &good).unwrap();
         std::os::unix::fs::symlink(d.path().join("real"), &p).unwrap();
-        assert!(
-            read_heartbeat(&p, "b").is_err(),
-            "a symlink is not followed"
-        );
+        assert!(read("b").is_err(), "a symlink is not followed");
     }
 
     #[test]

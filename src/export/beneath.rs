@@ -43,22 +43,35 @@ pub fn open_dir(dir: impl AsFd, rel: &Path) -> std::io::Result<File> {
 }
 
 /// Opens the regular file `rel` below `dir` for reading, with `flags` added (`O_DIRECT`,
-/// for one), refusing links as [`open`] does. It is looked at through `O_PATH` first and
-/// opened for reading only when it is a regular file: opening a device node another
-/// machine put there could act on the device, and a FIFO could block (`ELOOP` then, as
-/// for a link in the way). Returns the file with its size when it was looked at.
-pub fn open_regular(dir: impl AsFd, rel: &Path, flags: i32) -> std::io::Result<(File, u64)> {
+/// for one), refusing links as [`open`] does: the one way caravan reads a file below a
+/// root another machine writes (the export, a backup folder). It is looked at through
+/// `O_PATH` first and opened for reading only when it is a regular file: opening a device
+/// node another machine put there could act on the device, and a FIFO could block
+/// (`ELOOP` then, as for a link in the way). The reading handle is the inode looked at,
+/// reopened through its handle, never the name again. Returns the file with what `fstat`
+/// said of it when it was looked at.
+pub fn open_regular(
+    dir: impl AsFd,
+    rel: &Path,
+    flags: i32,
+) -> std::io::Result<(File, nix::sys::stat::FileStat)> {
     use std::os::unix::fs::OpenOptionsExt;
     let at = open(dir, rel, OFlag::O_PATH, Mode::empty())?;
-    let meta = at.metadata()?;
-    if !meta.is_file() {
+    let st = nix::sys::stat::fstat(at.as_fd())?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
         return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
         .open(proc_path(&at))?;
-    Ok((file, meta.len()))
+    Ok((file, st))
+}
+
+/// The size `fstat` gave, as a length; a negative one (nothing a file system returns, but
+/// read from another machine's server) as the largest, so that every limit refuses it.
+pub fn size_of(st: &nix::sys::stat::FileStat) -> u64 {
+    u64::try_from(st.st_size).unwrap_or(u64::MAX)
 }
 
 /// Opens the regular file at `at` for reading and writing (with `flags` added), creating it
@@ -221,10 +234,58 @@ pub fn is_refused_link(e: &std::io::Error) -> bool {
     )
 }
 
+/// For tests: whether some code opens a given file for reading or writing.
+#[cfg(test)]
+pub(crate) mod probe {
+    use std::path::Path;
+
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// Whether `f` opens the file at `path` for reading or writing, seen through inotify's
+    /// open events. A look through `O_PATH` is not an open (Linux 5.19 and later make no
+    /// event for it), which is what tells a look-first open from a plain one.
+    pub(crate) fn opens<T>(path: &Path, f: impl FnOnce() -> T) -> (bool, T) {
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        watch.add_watch(path, AddWatchFlags::IN_OPEN).unwrap();
+        let out = f();
+        let opened = match watch.read_events() {
+            Ok(events) => !events.is_empty(),
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(e) => panic!("reading inotify events: {e}"),
+        };
+        (opened, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn a_fifo_is_looked_at_and_never_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let dir = File::open(d.path()).unwrap();
+        let (opened, got) = probe::opens(&fifo, || open_regular(&dir, Path::new("fifo"), 0));
+        assert_eq!(got.unwrap_err().raw_os_error(), Some(nix::libc::ELOOP));
+        assert!(!opened, "the FIFO was opened");
+        // The probe sees a plain open (non-blocking, so that it returns).
+        let (opened, _) = probe::opens(&fifo, || {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&fifo)
+        });
+        assert!(opened, "the probe did not see an open");
+        // A regular file is opened, with its size.
+        fs::write(d.path().join("f"), b"four").unwrap();
+        let (file, st) = open_regular(&dir, Path::new("f"), 0).unwrap();
+        assert_eq!(size_of(&st), 4);
+        assert_eq!(std::io::read_to_string(file).unwrap(), "four");
+    }
 
     fn tree() -> (tempfile::TempDir, File, PathBuf) {
         let d = tempfile::tempdir().unwrap();

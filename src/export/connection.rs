@@ -302,7 +302,8 @@ fn note_reconnect(st: &mut State, why: String) {
 /// device or FIFO another machine put there, never through a link) of at most 128 bytes,
 /// holding one token.
 pub fn read_store_id(root: &File) -> std::io::Result<String> {
-    let (file, len) = crate::export::beneath::open_regular(root, Path::new(STORE_ID_FILE), 0)?;
+    let (file, st) = crate::export::beneath::open_regular(root, Path::new(STORE_ID_FILE), 0)?;
+    let len = crate::export::beneath::size_of(&st);
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
     if len > MAX_STORE_ID_BYTES {
         return Err(invalid(format!("{len} bytes, more than a store id's")));

@@ -273,7 +273,7 @@ fn copy_entry(
             // Opened as a path first: the entry may have been swapped for a device since
             // it was listed, and opening a device as root can act on the host.
             let Some((file, st)) =
-                open_regular(top.src.as_fd(), name, report).map_err(|e| err(&rel, e))?
+                open_listed_file(top.src.as_fd(), name, report).map_err(|e| err(&rel, e))?
             else {
                 return Ok(None);
             };
@@ -289,7 +289,7 @@ fn copy_entry(
                 }
             }
             let out = create_new(top.dst.as_fd(), name).map_err(|e| err(&rel, e))?;
-            let len = u64::try_from(st.st_size).unwrap_or(0);
+            let len = crate::export::beneath::size_of(&st);
             let (bytes, reflinked) =
                 copy_data(file.as_fd(), out.as_fd(), len, progress).map_err(|e| err(&rel, e))?;
             if reflinked {
@@ -510,35 +510,28 @@ pub(crate) fn open_nofollow(
     }
 }
 
-/// Opens `name` in `dir` for reading only if it is a regular file: first as a path
-/// (`O_PATH`, which opens nothing), then, once `fstat` says regular, for reading through
-/// that handle. `None` (counted as vanished) when it is gone or is something else now.
-pub(crate) fn open_regular(
+/// Opens a listed entry `name` of `dir` for reading with [`beneath::open_regular`]'s
+/// policy (looked at first, opened only when regular). `None` (counted as vanished) when
+/// it is gone or is something else now (swapped for a link, a device or a FIFO since it
+/// was listed).
+///
+/// [`beneath::open_regular`]: crate::export::beneath::open_regular
+pub(crate) fn open_listed_file(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     report: &mut CopyReport,
 ) -> nix::Result<Option<(OwnedFd, FileStat)>> {
-    let path = match nix::fcntl::openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => {
-            report.vanished += 1;
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let st = nix::sys::stat::fstat(path.as_fd())?;
-    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        report.vanished += 1;
-        return Ok(None);
+    match crate::export::beneath::open_regular(dir, Path::new(name), 0) {
+        Ok((file, st)) => Ok(Some((OwnedFd::from(file), st))),
+        Err(e) => match e.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::ENOENT | Errno::ELOOP) => {
+                report.vanished += 1;
+                Ok(None)
+            }
+            Some(errno) => Err(errno),
+            None => Err(Errno::EIO),
+        },
     }
-    let at = crate::export::beneath::proc_path(&path);
-    let fd = nix::fcntl::open(&at, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-    Ok(Some((fd, st)))
 }
 
 /// The names in a folder, sorted (so copies are made in the same order every time).

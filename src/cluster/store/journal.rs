@@ -172,11 +172,12 @@ pub(super) fn read_entries(
             let name = entry_name(generation);
             let shown = || format!("{DIR}/{name}");
             // Never a device or a FIFO planted here (see beneath::open_regular).
-            let (file, len) = crate::export::beneath::open_regular(&dir, Path::new(&name), 0)
+            let (file, st) = crate::export::beneath::open_regular(&dir, Path::new(&name), 0)
                 .map_err(|e| match e.raw_os_error() {
                     Some(nix::libc::ELOOP) => format!("{} is not a regular file", shown()),
                     _ => format!("{}: {e}", shown()),
                 })?;
+            let len = crate::export::beneath::size_of(&st);
             if len > budget {
                 return Err(format!(
                     "{} would take the catch-up past {MAX_ENTRY} bytes",

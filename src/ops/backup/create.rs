@@ -545,9 +545,12 @@ impl Walker<'_> {
                     continue;
                 }
                 SFlag::S_IFREG => {
-                    let Some((file, st)) =
-                        crate::export::treecopy::open_regular(dir.as_fd(), &name, &mut self.report)
-                            .map_err(|e| io(&here, e))?
+                    let Some((file, st)) = crate::export::treecopy::open_listed_file(
+                        dir.as_fd(),
+                        &name,
+                        &mut self.report,
+                    )
+                    .map_err(|e| io(&here, e))?
                     else {
                         continue;
                     };

@@ -215,25 +215,25 @@ impl Backend {
         };
         match &self.inner {
             Inner::Vfs(root) => {
-                // Non-blocking: a FIFO planted there must not hold this thread forever.
-                let f = match crate::export::beneath::open(
-                    root,
-                    Path::new(key),
-                    OFlag::O_RDONLY | OFlag::O_NONBLOCK,
-                    Mode::empty(),
-                ) {
-                    Ok(f) => f,
+                // Looked at before it is opened: a device or FIFO planted there is never
+                // opened (opening a device can act on it; a FIFO could block).
+                let (f, st) = match crate::export::beneath::open_regular(root, Path::new(key), 0) {
+                    Ok(opened) => opened,
                     Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                        return Err(self.fail(
+                            "reading",
+                            key,
+                            "not a regular file (a link, a FIFO or a device)",
+                        ))
+                    }
                     Err(e) => return Err(self.fail("opening", key, e)),
                 };
-                let meta = f.metadata().map_err(|e| self.fail("reading", key, e))?;
-                if !meta.is_file() {
-                    return Err(self.fail("reading", key, "not a regular file"));
+                let len = crate::export::beneath::size_of(&st);
+                if len > max {
+                    return Err(too_big(len));
                 }
-                if meta.len() > max {
-                    return Err(too_big(meta.len()));
-                }
-                let mut buf = Vec::with_capacity(meta.len() as usize);
+                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
                 use std::io::Read;
                 f.take(max + 1)
                     .read_to_end(&mut buf)
@@ -636,5 +636,13 @@ mod tests {
         b.delete("packs/abc").unwrap();
         b.delete("packs/abc").unwrap();
         assert!(b.list("packs").unwrap().is_empty());
+        // A FIFO (or a device) planted as an object is refused without being opened.
+        let fifo = d.path().join("b/packs/fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (opened, got) =
+            crate::export::beneath::probe::opens(&fifo, || b.get("packs/fifo", 100));
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(!opened, "the FIFO was opened");
     }
 }

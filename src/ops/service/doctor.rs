@@ -342,35 +342,31 @@ fn has_record_file(volume_dir: &std::fs::File) -> bool {
 /// small regular file (its type checked on an `O_PATH` handle before it is opened for
 /// reading, so that a planted device is never opened).
 fn recorded_options(volume_dir: std::fs::File, name: &str) -> Result<VolumeOptions> {
-    use nix::fcntl::OFlag;
     use std::io::Read;
     const MAX: u64 = 64 << 10;
-    let handle = match crate::export::beneath::open(
-        &volume_dir,
-        Path::new("volume.json"),
-        OFlag::O_PATH,
-        nix::sys::stat::Mode::empty(),
-    ) {
-        Ok(f) => f,
-        // Gone since the scan: removed with on_delete=retain (which deletes it), so its
-        // data is kept by design and not a volume to bring back with guessed options.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Busy(format!(
+    let not_regular = || {
+        Error::invalid(format!(
+            "volume.json of {name} is not a regular file of at most {MAX} bytes"
+        ))
+    };
+    let (file, st) =
+        match crate::export::beneath::open_regular(&volume_dir, Path::new("volume.json"), 0) {
+            Ok(opened) => opened,
+            // Gone since the scan: removed with on_delete=retain (which deletes it), so its
+            // data is kept by design and not a volume to bring back with guessed options.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Busy(format!(
                 "{name} has no volume.json now (removed with on_delete=retain?); nothing changed"
             )))
-        }
-        Err(e) => return Err(Error::io(format!("reading volume.json of {name}"), e)),
-    };
-    let meta = handle
-        .metadata()
-        .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
-    if !meta.is_file() || meta.len() > MAX {
-        return Err(Error::invalid(format!(
-            "volume.json of {name} is not a regular file of at most {MAX} bytes"
-        )));
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(not_regular());
+            }
+            Err(e) => return Err(Error::io(format!("reading volume.json of {name}"), e)),
+        };
+    if crate::export::beneath::size_of(&st) > MAX {
+        return Err(not_regular());
     }
-    let file = std::fs::File::open(crate::export::beneath::proc_path(&handle))
-        .map_err(|e| Error::io(format!("reading volume.json of {name}"), e))?;
     let mut bytes = Vec::new();
     file.take(MAX)
         .read_to_end(&mut bytes)
