@@ -628,7 +628,7 @@ fn info_text(i: &Info) -> String {
     }
     if i.store.session_failures > 0 {
         text.push_str(&format!(
-            "Store:        {} hold(s) of the lock failed inside sled, last: {}\n",
+            "Store:        {} hold(s) of the lock ended in a panic, last: {}\n",
             i.store.session_failures,
             i.store.last_failure.as_deref().unwrap_or("?")
         ));

@@ -109,6 +109,12 @@ pub enum Error {
     #[error("metadata store: {0}")]
     Store(String),
 
+    /// A panic was caught (in caravan, or in a library it uses, such as sled unwrapping an
+    /// I/O error of a broken export): what was under way when it happened, and the panic's
+    /// message and place. The outcome of the work is unknown.
+    #[error("caravan failed inside while {0}; if this repeats, report it with the daemon's log (journalctl -u caravan)")]
+    Internal(String),
+
     /// A control API route this daemon does not serve.
     #[error("no such endpoint: {0}; is the CLI newer than the daemon? (`caravan --version` and `caravan info` show both versions)")]
     NoSuchEndpoint(String),
@@ -154,7 +160,11 @@ impl Error {
             | Error::ExportReplaced(_)
             | Error::ExportStalled { .. } => 503,
             Error::WriteRefused { refusal, .. } => refusal.status(),
-            Error::Io { .. } | Error::Store(_) | Error::Backup(_) | Error::Stopped(_) => 500,
+            Error::Io { .. }
+            | Error::Store(_)
+            | Error::Internal(_)
+            | Error::Backup(_)
+            | Error::Stopped(_) => 500,
         }
     }
 }

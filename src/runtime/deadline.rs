@@ -57,7 +57,7 @@ pub async fn blocking<T: Send + 'static>(
     let limit = remaining(limit);
     match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("{what}: {e}"))),
         Err(_) => Err(Error::Timeout {
             what: what.to_string(),
             after: limit,
@@ -78,7 +78,7 @@ pub async fn serve<T: Send + 'static>(
     let task = tokio::spawn(within(deadline, fut));
     match tokio::time::timeout_at(deadline.into(), task).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::Store(format!("{what} failed: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("{what}: {e}"))),
         Err(_) => Err(Error::Timeout {
             what: what.to_string(),
             after: timeout,

@@ -203,7 +203,7 @@ impl Worker {
     /// failure was counted by the panic hook, before the unwind dropped the callers' reply
     /// senders: see [`note_panics_in`].)
     fn session_panicked(&mut self, msg: String) {
-        let e = Error::Store(format!("the metadata store failed inside sled: {msg}"));
+        let e = Error::Internal(format!("committing to the metadata store: {msg}"));
         tracing::error!("{e}; its handles were dropped, the next call reopens the store");
         self.health.failed(&e);
         self.trashed.clear();
@@ -942,6 +942,7 @@ fn clone_err(e: &Error) -> Error {
             context: context.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
+        Error::Internal(why) => Error::Internal(why.clone()),
         other => Error::Store(other.to_string()),
     }
 }
@@ -965,10 +966,11 @@ fn note_panics_in(stats: Arc<Mutex<StoreStats>>) {
                 if let Some(stats) = s.borrow().as_ref() {
                     let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
                     stats.session_failures += 1;
-                    stats.last_failure = Some(format!(
-                        "the metadata store failed inside sled: {}",
-                        panic_message(info.payload())
-                    ));
+                    let place = info
+                        .location()
+                        .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+                        .unwrap_or_default();
+                    stats.last_failure = Some(format!("{}{place}", panic_message(info.payload())));
                 }
             });
             previous(info)

@@ -229,7 +229,7 @@ impl Service {
             Ok(report)
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
+        .unwrap_or_else(|e| Err(Error::Internal(format!("copying the volume: {e}"))));
         if let Some((v, sn)) = &reading {
             // A reader left behind (this step failing) lapses with this incarnation.
             if let Err(e) = self

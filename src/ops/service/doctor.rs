@@ -236,7 +236,7 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
             "store_failures",
             None,
             format!(
-                "{} hold(s) of the lock failed inside sled since the start, the last: {}",
+                "{} hold(s) of the lock ended in a panic since the start (caught; each next hold reopened the store), the last: {}",
                 facts.store.session_failures,
                 facts.store.last_failure.as_deref().unwrap_or("?")
             ),

@@ -1255,6 +1255,7 @@ fn uncertain(e: &Error) -> bool {
             | Error::WriteRefused { .. }
             | Error::ExportReplaced(_)
             | Error::Store(_)
+            | Error::Internal(_)
             | Error::ShuttingDown
     )
 }

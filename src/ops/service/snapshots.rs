@@ -230,7 +230,7 @@ impl Service {
             })
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Store(format!("the copy failed: {e}"))));
+        .unwrap_or_else(|e| Err(Error::Internal(format!("copying the snapshot: {e}"))));
         let outcome = match copied {
             Ok(report) => {
                 let finish = SnapshotStep::Finish(report.clone());
@@ -303,7 +303,7 @@ impl Service {
         let (v, n) = (volume.to_string(), name.to_string());
         let removed = tokio::task::spawn_blocking(move || shared.remove_snapshot_dir(&v, &n))
             .await
-            .unwrap_or_else(|e| Err(Error::Store(format!("deleting failed: {e}"))));
+            .unwrap_or_else(|e| Err(Error::Internal(format!("deleting the snapshot: {e}"))));
         if let Err(e) = removed {
             tracing::warn!(volume = %volume, snapshot = %name, "deleting the snapshot's files: {e}");
             return;
