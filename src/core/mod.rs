@@ -19,6 +19,8 @@
 //! - [`mutation`]: the changes the store applies, and what each did;
 //! - [`decide`]: the store's decisions on one record (create, mount, unmount, remove,
 //!   takeover, snapshot steps, reconcile), with a liveness oracle the shell provides;
+//! - [`doctor`]: `caravan doctor`'s judgment: facts about the store, the export and
+//!   this host in, findings out;
 //! - [`batch`]: one commit's decisions: a batch of mutations decided together, the
 //!   folders it needs first, the heartbeats it may consult, the work after the commit.
 
@@ -26,6 +28,7 @@ pub mod backup_url;
 pub mod batch;
 pub mod copy_report;
 pub mod decide;
+pub mod doctor;
 pub mod error;
 pub mod liveness;
 pub mod mutation;
