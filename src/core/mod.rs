@@ -9,6 +9,7 @@
 //!
 //! - [`error`]: the one error type, each saying what the user should do about it;
 //! - [`time`]: readings of a monotonic clock, and the one trait the shell reads them with;
+//! - [`timing`]: how long things wait (a refused Mount for a holder, a hold of the lock);
 //! - [`liveness`]: heartbeats as observed, the seeing clock, and judgments of incarnations;
 //! - [`standing`]: this node's own lease: may it act as a holder, and the lapse rule;
 //! - [`names`]: names that become paths and keys (volumes, snapshots, mount IDs), checked;
@@ -36,4 +37,5 @@ pub mod names;
 pub mod staging;
 pub mod standing;
 pub mod time;
+pub mod timing;
 pub mod volume;

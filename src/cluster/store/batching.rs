@@ -1,20 +1,10 @@
-//! Batching: which queued jobs one commit takes, and how long one hold of the cluster lock
-//! lasts and lingers for more (group commit; the figures behind each bound are in the
-//! comments).
+//! Batching: which queued jobs one commit takes (group commit). How long one hold of the
+//! cluster lock lasts and lingers for more is decided in `core::timing`.
 
 use std::time::{Duration, Instant};
 
 use super::Job;
-
-/// Most mutations folded into one commit.
-const MAX_BATCH: usize = 512;
-/// Bounds of how long a hold of the cluster lock waits for more work after a commit (see
-/// [`linger`]).
-const LINGER: (Duration, Duration) = (Duration::from_millis(3), Duration::from_millis(25));
-/// Shortest hold limit (see [`hold_limit`]).
-const MIN_HOLD: Duration = Duration::from_millis(50);
-/// A hold may last this many times what opening sled cost in it.
-const HOLD_PER_OPEN: u32 = 4;
+use crate::core::timing::MAX_BATCH;
 
 /// The first job plus whatever else is queued, up to [`MAX_BATCH`]. A `Stop` is taken out
 /// and noted in `stopping`.
@@ -62,21 +52,4 @@ pub(super) fn gather_settled(
         }
     }
     batch
-}
-
-/// How long one hold of the cluster lock may last: long enough that opening sled is at
-/// most a fifth of it, and never less than [`MIN_HOLD`]. On three GlusterFS hosts with 16
-/// callers each, going from 2 to 4 opens' worth raised Mount from 151 to 207 ops/s and
-/// Create from 95 to 108, and cut their p50 from 386/502 ms to 53/137 ms; p99 rose to
-/// about a second (the other nodes wait longer for their turn).
-pub(super) fn hold_limit(open_cost: Duration) -> Duration {
-    (open_cost * HOLD_PER_OPEN).max(MIN_HOLD)
-}
-
-/// How long a hold waits for more work after a commit: a quarter of what opening sled
-/// cost, within [`LINGER`]. Long enough for a caller to get its answer, finish its own
-/// work (a bind mount over a network filesystem takes a few round trips) and send the
-/// next call; short enough that waiting costs other nodes less than the open it saves.
-pub(super) fn linger(open_cost: Duration) -> Duration {
-    (open_cost / 4).clamp(LINGER.0, LINGER.1)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
-use super::batching::{gather, gather_settled, hold_limit, linger};
+use super::batching::{gather, gather_settled};
 use super::disposal::in_parallel;
 use super::hint::HintWriter;
 use super::janitor::start_janitor;
@@ -24,6 +24,7 @@ use crate::core::batch::{self, AfterCommit, Made, NewFolder, Note, Stored};
 use crate::core::decide::{Event, Oracle};
 use crate::core::error::{Error, Result};
 use crate::core::liveness::{Judgment, Liveness};
+use crate::core::timing::{hold_limit, linger};
 use crate::core::volume::VolumeRecord;
 use crate::export::health::Health;
 use crate::export::layout::SharedLayout;
@@ -217,7 +218,7 @@ impl Worker {
     }
 
     /// One hold of the cluster lock: take it, open sled once, commit `batch`, and keep
-    /// committing whatever arrives within [`LINGER`] of the last commit, for at most
+    /// committing whatever arrives within [`linger`] of the last commit, for at most
     /// [`hold_limit`] in total. Opening sled costs several times a commit (it reads its
     /// log and writes a snapshot), so back-to-back batches share one open instead of
     /// paying it each time; the limit bounds how long other nodes wait for their turn.

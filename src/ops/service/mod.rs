@@ -31,6 +31,7 @@ use crate::cluster::node::Nodes;
 use crate::cluster::store::{Created, Mounted, Reconciled, Removed, Store, Unmounted};
 use crate::core::liveness::{Liveness, NodeView};
 use crate::core::names::{validate_mount_id, validate_name};
+pub use crate::core::timing::{wait_for_holder, HolderWait, RELEASE_GRACE};
 use crate::core::volume::{format_size, human_bytes, VolumeOptions, VolumeRecord};
 use crate::export::health::{Health, HealthReport};
 use crate::export::layout::{disk_usage, NodeLayout, SharedLayout, Usage};
@@ -47,54 +48,6 @@ const USAGE_TTL: Duration = Duration::from_secs(5);
 const USAGE_BUDGET: Duration = Duration::from_millis(200);
 /// An answer must be ready this long before the call's deadline to count as delivered.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
-
-/// What a Mount that waited for a dying holder still needs once the holder is dead: the
-/// takeover's commit and the bind mount.
-const MOUNT_WORK: Duration = Duration::from_secs(1);
-
-/// How long a Mount refused by a live, beating holder keeps trying: the Mount of a task
-/// Swarm moves (a drain, a stop-first update) can reach the store a moment before the old
-/// task's Unmount, which releases the volume.
-pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
-/// The first look again; each later one waits as long as all before it (250 ms, 250 ms,
-/// 500 ms, 1 s): a refusal costs few holds of the cluster lock, which every node needs.
-const RELEASE_POLL: Duration = Duration::from_millis(250);
-
-/// Why a refused exclusive Mount waits before trying again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HolderWait {
-    /// The holder beats: it may be releasing the volume right now.
-    ForRelease(Duration),
-    /// The holder stopped beating and will be declared dead in time.
-    ForDeath(Duration),
-}
-
-/// Whether a Mount refused by a live holder should wait and try again, and how long.
-/// A holder that has missed beats (silent for three heartbeat intervals or more: a slow
-/// round is not a dying host) is waited for when it would be declared dead, with two
-/// rounds and the mount's own work to spare, within `left`, the time the call has; the
-/// wait reaches half a round past the expected death, so that this node's next round has
-/// seen it. A beating holder is given [`RELEASE_GRACE`] in all (`waited` so far) to
-/// release; then the refusal is answered.
-pub fn wait_for_holder(
-    silent: Duration,
-    dead_in: Duration,
-    interval: Duration,
-    left: Duration,
-    waited: Duration,
-) -> Option<HolderWait> {
-    if silent >= interval.saturating_mul(3) {
-        let wait = dead_in.saturating_add(interval / 2);
-        let needed = wait
-            .saturating_add(interval.saturating_mul(2))
-            .saturating_add(MOUNT_WORK);
-        return (needed <= left).then_some(HolderWait::ForDeath(wait));
-    }
-    let wait = RELEASE_POLL
-        .max(waited)
-        .min(RELEASE_GRACE.saturating_sub(waited));
-    (!wait.is_zero() && wait + MOUNT_WORK <= left).then_some(HolderWait::ForRelease(wait))
-}
 
 /// The volumes bind-mounted on this node, and a version that changes with them.
 #[derive(Debug, Default)]
@@ -1300,87 +1253,5 @@ impl VolumeLocks {
             map.entry(name.to_string()).or_default().clone()
         };
         m.lock_owned().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn a_beating_holder_is_given_a_moment_to_release_then_refused() {
-        // Silent for two intervals: one slow round, not a dying host.
-        let release = |ms| Some(HolderWait::ForRelease(Duration::from_millis(ms)));
-        assert_eq!(
-            wait_for_holder(S * 2, S * 13, S, S * 20, Duration::ZERO),
-            release(250)
-        );
-        // Each look waits as long as all before it, and the last ends at the grace.
-        let looks: Vec<_> = [0, 250, 500, 1000, 1900]
-            .iter()
-            .map(|ms| {
-                wait_for_holder(
-                    Duration::ZERO,
-                    S * 15,
-                    S,
-                    S * 20,
-                    Duration::from_millis(*ms),
-                )
-            })
-            .collect();
-        assert_eq!(
-            looks,
-            [
-                release(250),
-                release(250),
-                release(500),
-                release(1000),
-                release(100)
-            ]
-        );
-        assert_eq!(
-            wait_for_holder(Duration::ZERO, S * 15, S, S * 20, RELEASE_GRACE),
-            None
-        );
-        // No time left for even that.
-        assert_eq!(
-            wait_for_holder(Duration::ZERO, S * 15, S, S, Duration::ZERO),
-            None
-        );
-    }
-
-    #[test]
-    fn a_silent_holder_is_waited_for_when_its_death_is_due_in_time() {
-        // Silent 11 s of 15: dead in 4 s; the call has 20 s.
-        assert_eq!(
-            wait_for_holder(S * 11, S * 4, S, S * 20, Duration::ZERO),
-            Some(HolderWait::ForDeath(S * 4 + S / 2))
-        );
-        // Due any moment: half a round, so the next round has seen it; and again after
-        // the release grace is spent.
-        assert_eq!(
-            wait_for_holder(S * 15, Duration::ZERO, S, S * 4, S * 10),
-            Some(HolderWait::ForDeath(S / 2))
-        );
-    }
-
-    #[test]
-    fn a_death_due_after_the_call_must_be_answered_is_not_waited_for() {
-        // Dead in 12 s, 4.5 s left: the caller would be answered late.
-        assert_eq!(
-            wait_for_holder(S * 3, S * 12, S, S * 4 + S / 2, Duration::ZERO),
-            None
-        );
-        // Just enough: 12.5 s wait, two rounds, one second of work.
-        assert_eq!(
-            wait_for_holder(S * 3, S * 12, S, S * 16 - S / 2, Duration::ZERO),
-            Some(HolderWait::ForDeath(S * 12 + S / 2))
-        );
-        assert_eq!(
-            wait_for_holder(S * 3, Duration::MAX, S, S * 20, Duration::ZERO),
-            None
-        );
     }
 }
