@@ -390,3 +390,31 @@ fn every_module_map_names_its_modules() {
         "modules missing from their module map (the `//!` list of lib.rs or the layer's mod.rs): {missing:?}"
     );
 }
+
+/// Where each idiom lives, and what it replaces: a use of the raw call outside its one
+/// home is a second way of doing the same thing.
+const ONE_WAY: &[(&str, &str, &str)] = &[(
+    "spawn_blocking",
+    "runtime/deadline.rs",
+    "blocking work leaves the async threads through runtime::deadline::blocking (bounded) or ::unbounded (a job's own length)",
+)];
+
+#[test]
+fn each_idiom_has_one_home() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut faults = Vec::new();
+    for file in &files {
+        let shown = file.strip_prefix(&src).unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for (word, home, why) in ONE_WAY {
+                if shown != Path::new(home) && names(code(line), word) {
+                    faults.push(format!("src/{}:{}: {why}", shown.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
+}

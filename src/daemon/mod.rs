@@ -394,7 +394,7 @@ pub async fn run(
         tracing::warn!(volumes = %held.join(", "), lease_secs = nodes.lease_term().as_secs_f64(), "not marking this node as left: containers here use exclusive volumes it holds; a daemon started again within the lease keeps them, else the fence keeper stops those containers when it runs out");
     }
     let stopper = store.clone();
-    let _ = tokio::task::spawn_blocking(move || stopper.stop()).await;
+    let _ = crate::runtime::deadline::unbounded("stopping the store", move || stopper.stop()).await;
     if nfs_mounted {
         let target = cfg.root.clone();
         // Lazily when busy: a container still using a volume from it keeps working.

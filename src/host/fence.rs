@@ -172,7 +172,10 @@ impl Lease {
     pub async fn publish(self: &Arc<Self>) {
         let serial = self.state().serial;
         let lease = Arc::clone(self);
-        let _ = tokio::task::spawn_blocking(move || lease.write_through(serial)).await;
+        let _ = crate::runtime::deadline::unbounded("writing the lease", move || {
+            lease.write_through(serial)
+        })
+        .await;
     }
 
     /// The exclusive volumes the lease names.

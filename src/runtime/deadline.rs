@@ -4,6 +4,10 @@
 //!   error at the deadline (the server's calls, see [`crate::api::server`]);
 //! - [`blocking`] runs blocking work on the export off the async threads, waiting at most
 //!   its limit *and* what is left of the call being served;
+//! - [`unbounded`] runs blocking work whose length is its nature (a copy, a backup, a
+//!   job's cleanup, the store's stop at shutdown) off the async threads and waits for its
+//!   end: such work stops through its own flag, not a deadline. These two are the only
+//!   ways blocking work leaves the async threads (`tests/layers.rs` checks it).
 //! - [`current`], [`remaining`] and [`answerable`] let an operation that must not outlive
 //!   its caller ([`crate::ops::service::Service::mount`]) see the deadline, which is passed
 //!   down as a task-local instead of through every signature.
@@ -63,6 +67,18 @@ pub async fn blocking<T: Send + 'static>(
             after: limit,
         }),
     }
+}
+
+/// Runs blocking work off the async threads and waits for it to end, however long that
+/// takes (see the module's list: work stopped by its own flag, not by a deadline). A
+/// panic in it comes back as [`Error::Internal`].
+pub async fn unbounded<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("{what}: {e}")))
 }
 
 /// Runs a call in its own task, so that it completes (and leaves consistent state) even if

@@ -8,8 +8,6 @@
 //! destination's small objects and answer at once. The destination's credentials are the
 //! daemon's (its `AWS_*` environment and files), so every host that restores needs them.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -24,13 +22,15 @@ use crate::core::volume::SnapshotState;
 use crate::export::treecopy::Progress;
 use crate::ops::backup::{format::Summary, Access, Backend, Repo};
 
-/// A backup job running or finished on this host.
-pub(super) struct BackupJob {
+/// What a backup job works on.
+pub(super) struct BackupWork {
     kind: &'static str,
     target: String,
-    progress: Arc<Progress>,
-    outcome: tokio::sync::watch::Sender<Option<std::result::Result<Value, String>>>,
 }
+
+/// A backup job running or finished on this host, by its id.
+pub(super) type BackupJob = crate::ops::jobs::Job<BackupWork, Value>;
+pub(super) type BackupJobs = crate::ops::jobs::Jobs<String, BackupWork, Value>;
 
 /// A job as the control API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,8 +57,6 @@ pub struct BackupView {
     pub summary: Summary,
 }
 
-pub(super) type BackupJobs = std::sync::Mutex<HashMap<String, Arc<BackupJob>>>;
-
 /// A name for a new backup or job: the kind, the time (UTC) and a suffix that keeps two
 /// begun in the same second apart, on this host or another (a hash of the host, the
 /// process and the nanoseconds: two backups to one destination must never share a name).
@@ -77,15 +75,15 @@ fn job_name(kind: &str, node: &str) -> String {
 }
 
 fn view_of(id: &str, job: &BackupJob) -> BackupJobView {
-    let (state, result, error) = match job.outcome.borrow().clone() {
+    let (state, result, error) = match job.outcome() {
         None => ("running", None, None),
         Some(Ok(v)) => ("done", Some(v), None),
         Some(Err(e)) => ("failed", None, Some(e)),
     };
     BackupJobView {
         id: id.to_string(),
-        kind: job.kind.to_string(),
-        target: job.target.clone(),
+        kind: job.what.kind.to_string(),
+        target: job.what.target.clone(),
         state: state.to_string(),
         progress: CopyProgress::of(&job.progress),
         result,
@@ -107,19 +105,10 @@ impl Service {
     where
         F: FnOnce(Arc<Service>, Repo, &Progress) -> Result<Value> + Send + 'static,
     {
-        let job = Arc::new(BackupJob {
-            kind,
-            target,
-            progress: Arc::new(Progress::default()),
-            outcome: tokio::sync::watch::channel(None).0,
-        });
-        {
-            let mut jobs = self.backup_jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if jobs.len() >= 256 {
-                jobs.retain(|_, j| j.outcome.borrow().is_none());
-            }
-            jobs.insert(id.clone(), job.clone());
-        }
+        let job = self
+            .backup_jobs
+            .start(id.clone(), BackupWork { kind, target })
+            .map_err(|_| Error::Busy(format!("backup job {id} is running already")))?;
         let svc = self.me.upgrade().ok_or(Error::ShuttingDown)?;
         let rt = tokio::runtime::Handle::current();
         let j = job.clone();
@@ -128,7 +117,7 @@ impl Service {
             let permit = svc.copy_slots.clone().acquire_owned().await;
             let s = svc.clone();
             let progress = j.progress.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = crate::runtime::deadline::unbounded(kind, move || {
                 let _permit = permit;
                 let access = if kind == "backup" {
                     Access::Write
@@ -140,13 +129,12 @@ impl Service {
                 work(s, repo, &progress)
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Backup(format!("the {kind} failed: {e}"))));
+            .and_then(|outcome| outcome);
             match &outcome {
                 Ok(_) => tracing::info!(job = %job_id, kind, "backup job done"),
                 Err(e) => tracing::warn!(job = %job_id, kind, "backup job failed: {e}"),
             }
-            j.outcome
-                .send_replace(Some(outcome.map_err(|e| e.to_string())));
+            j.finish(outcome.map_err(|e| e.to_string()));
         });
         Ok(view_of(&id, &job))
     }
@@ -324,21 +312,26 @@ impl Service {
         let rt = tokio::runtime::Handle::current();
         let d = dest.clone();
         let root = self.shared().root.clone();
-        let summaries = tokio::task::spawn_blocking(move || {
-            let backend = match Backend::open(&d, rt, &root, Access::Read) {
-                Ok(b) => b,
-                // A folder that does not exist holds no backups.
-                Err(Error::NoSuchBackup(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
-            match Repo::open_existing(backend)? {
-                Ok(repo) => repo.summaries(),
-                // A destination never backed up to holds no backups.
-                Err(_) => Ok(Vec::new()),
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::Backup(format!("listing backups failed: {e}"))))?;
+        // As long as the call has (a destination that does not answer is given up on
+        // with it).
+        let summaries = crate::runtime::deadline::blocking(
+            "listing backups",
+            std::time::Duration::MAX,
+            move || {
+                let backend = match Backend::open(&d, rt, &root, Access::Read) {
+                    Ok(b) => b,
+                    // A folder that does not exist holds no backups.
+                    Err(Error::NoSuchBackup(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                match Repo::open_existing(backend)? {
+                    Ok(repo) => repo.summaries(),
+                    // A destination never backed up to holds no backups.
+                    Err(_) => Ok(Vec::new()),
+                }
+            },
+        )
+        .await?;
         Ok(summaries
             .into_iter()
             .filter(|s| volume.is_none_or(|v| s.volume == v))
@@ -360,11 +353,14 @@ impl Service {
         let rt = tokio::runtime::Handle::current();
         let u = url.clone();
         let root = self.shared().root.clone();
-        let summary = tokio::task::spawn_blocking(move || {
-            Repo::open(Backend::open(&u.dest, rt, &root, Access::Read)?, false)?.summary(&u.id)
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::Backup(format!("reading the backup failed: {e}"))))?;
+        let summary = crate::runtime::deadline::blocking(
+            "reading the backup",
+            std::time::Duration::MAX,
+            move || {
+                Repo::open(Backend::open(&u.dest, rt, &root, Access::Read)?, false)?.summary(&u.id)
+            },
+        )
+        .await?;
         Ok(BackupView {
             url: BackupUrl {
                 volume: Some(summary.volume.clone()),
@@ -376,50 +372,24 @@ impl Service {
     }
 
     pub fn backup_job(&self, id: &str) -> Result<BackupJobView> {
-        self.backup_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|j| view_of(id, j))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "no backup job {} on this host",
-                    crate::core::error::shown(id)
-                ))
-            })
+        let job = self.backup_job_named(id)?;
+        Ok(view_of(id, &job))
     }
 
     /// Stops a running job (a backup stopped is not listed; what it sent is reused).
     pub fn backup_job_stop(&self, id: &str) -> Result<BackupJobView> {
-        let jobs = self.backup_jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let job = jobs.get(id).ok_or_else(|| {
+        let job = self.backup_job_named(id)?;
+        job.stop();
+        Ok(view_of(id, &job))
+    }
+
+    fn backup_job_named(&self, id: &str) -> Result<Arc<BackupJob>> {
+        self.backup_jobs.get(&id.to_string()).ok_or_else(|| {
             Error::invalid(format!(
                 "no backup job {} on this host",
                 crate::core::error::shown(id)
             ))
-        })?;
-        job.progress.stop.store(true, Ordering::Relaxed);
-        Ok(view_of(id, job))
-    }
-
-    pub(super) fn stop_backup_jobs(&self) {
-        for j in self
-            .backup_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            j.progress.stop.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn backup_jobs_running(&self) -> usize {
-        self.backup_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|j| j.outcome.borrow().is_none())
-            .count()
+        })
     }
 }
 

@@ -13,7 +13,6 @@
 //! when that runs out; `caravan create --from-…` starts it as a job (`/v1/copies`) and
 //! follows it for as long as it takes.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +27,15 @@ use crate::core::staging::StagingTag;
 use crate::core::volume::{SnapshotState, Source, VolumeOptions};
 use crate::export::treecopy::Progress;
 
-/// A copy into a new volume, running or finished on this host.
-pub(super) struct CopyJob {
+/// What a copy into a new volume works on.
+pub(super) struct CopyWork {
     source: Source,
     options: VolumeOptions,
-    progress: Arc<Progress>,
-    outcome: tokio::sync::watch::Sender<Option<std::result::Result<CopyReport, String>>>,
 }
+
+/// A copy into a new volume, running or finished on this host, by the volume's name.
+pub(super) type CopyJob = crate::ops::jobs::Job<CopyWork, CopyReport>;
+pub(super) type CopyJobs = crate::ops::jobs::Jobs<String, CopyWork, CopyReport>;
 
 /// A copy job as the control API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,11 +60,7 @@ enum Discard {
 
 impl Service {
     fn job(&self, name: &str) -> Option<Arc<CopyJob>> {
-        self.copy_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.copy_jobs.get(&name.to_string())
     }
 
     /// Starts copying `source` into the new volume `name` (made with `options`) in the
@@ -116,28 +113,19 @@ impl Service {
                 Source::Volume(_) | Source::Backup(_) => {}
             }
         }
-        let job = {
-            let mut jobs = self.copy_jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(j) = jobs.get(name).filter(|j| j.outcome.borrow().is_none()) {
-                if j.options != options {
-                    return Err(Error::Conflict {
-                        name: name.to_string(),
-                        existing: format!("being copied on this host with {}", j.options),
-                    });
-                }
-                return Ok(view_of(name, j));
+        let work = CopyWork {
+            source: source.clone(),
+            options: options.clone(),
+        };
+        let job = match self.copy_jobs.start(name.to_string(), work) {
+            Ok(job) => job,
+            Err(running) if running.what.options != options => {
+                return Err(Error::Conflict {
+                    name: name.to_string(),
+                    existing: format!("being copied on this host with {}", running.what.options),
+                })
             }
-            if jobs.len() >= 256 {
-                jobs.retain(|_, j| j.outcome.borrow().is_none());
-            }
-            let job = Arc::new(CopyJob {
-                source: source.clone(),
-                options: options.clone(),
-                progress: Arc::new(Progress::default()),
-                outcome: tokio::sync::watch::channel(None).0,
-            });
-            jobs.insert(name.to_string(), job.clone());
-            job
+            Err(running) => return Ok(view_of(name, &running)),
         };
         let svc = self.me.upgrade().ok_or(Error::ShuttingDown)?;
         let (n, j) = (name.to_string(), job.clone());
@@ -158,13 +146,13 @@ impl Service {
         }
         .to_string();
         let shared = self.shared().clone();
-        let (source, progress, t) = (job.source.clone(), job.progress.clone(), tag.clone());
+        let (source, progress, t) = (job.what.source.clone(), job.progress.clone(), tag.clone());
         // No health ticket (a long copy says nothing about the export); the permit bounds
         // how many copies run at once.
         let _permit = self.copy_slots.clone().acquire_owned().await;
         // A snapshot being restored from is recorded as read by this incarnation, under
         // the lock: no host deletes it meanwhile.
-        let reading = match &job.source {
+        let reading = match &job.what.source {
             Source::Snapshot { volume, snapshot } => Some((volume.clone(), snapshot.clone())),
             Source::Volume(_) | Source::Backup(_) => None,
         };
@@ -182,20 +170,21 @@ impl Service {
                 }
                 Err(e) => {
                     tracing::warn!(volume = %name, "the restore cannot begin: {e}");
-                    job.outcome.send_replace(Some(Err(e.to_string())));
+                    job.finish(Err(e.to_string()));
                     return;
                 }
             }
-        } else if let Source::Volume(v) = &job.source {
+        } else if let Source::Volume(v) = &job.what.source {
             if let Some(u) = self.usage_of(v).await.filter(|u| u.complete) {
                 job.progress.expect(u.files, u.bytes);
             }
         }
         let rt = tokio::runtime::Handle::current();
         let node = self.node.clone();
-        let privileges = crate::export::treecopy::Privileges::keep(job.options.keep_privileges);
-        let size = job.options.size;
-        let copied = tokio::task::spawn_blocking(move || {
+        let privileges =
+            crate::export::treecopy::Privileges::keep(job.what.options.keep_privileges);
+        let size = job.what.options.size;
+        let copied = crate::runtime::deadline::unbounded("copying the volume", move || {
             let src = match &source {
                 Source::Snapshot { volume, snapshot } => shared.open_snapshot_dir(volume, snapshot)?,
                 Source::Volume(v) => shared.open_data_dir(v)?,
@@ -229,7 +218,7 @@ impl Service {
             Ok(report)
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("copying the volume: {e}"))));
+        .and_then(|copied| copied);
         if let Some((v, sn)) = &reading {
             // A reader left behind (this step failing) lapses with this incarnation.
             if let Err(e) = self
@@ -250,9 +239,9 @@ impl Service {
                 .await
             {
                 Ok(created) if !created.existed => {
-                    tracing::info!(volume = %name, source = %job.source, method = report.method(), files = report.files, bytes = report.bytes, ms = report.millis, "volume made as a copy");
+                    tracing::info!(volume = %name, source = %job.what.source, method = report.method(), files = report.files, bytes = report.bytes, ms = report.millis, "volume made as a copy");
                     if report.dropped_setid + report.dropped_xattrs > 0 {
-                        tracing::warn!(volume = %name, source = %job.source, dropped_setid = report.dropped_setid, dropped_xattrs = report.dropped_xattrs, "the copy did not carry over set-id bits or security./trusted. attributes (create it with keep_privileges=true to keep them, if you trust the source)");
+                        tracing::warn!(volume = %name, source = %job.what.source, dropped_setid = report.dropped_setid, dropped_xattrs = report.dropped_xattrs, "the copy did not carry over set-id bits or security./trusted. attributes (create it with keep_privileges=true to keep them, if you trust the source)");
                     }
                     (Ok(report), Discard::No)
                 }
@@ -285,38 +274,21 @@ impl Service {
             }
         }
         if let Err(e) = &outcome {
-            tracing::warn!(volume = %name, source = %job.source, "the copy into a new volume failed: {e}");
+            tracing::warn!(volume = %name, source = %job.what.source, "the copy into a new volume failed: {e}");
         }
-        job.outcome
-            .send_replace(Some(outcome.map_err(|e| e.to_string())));
+        job.finish(outcome.map_err(|e| e.to_string()));
     }
 
     async fn discard_staging(&self, name: &str, tag: &str) {
         let shared = self.shared().clone();
         let t = tag.to_string();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shared.remove_staging(&t)).await {
+        let removed = crate::runtime::deadline::unbounded("deleting an unused copy", move || {
+            shared.remove_staging(&t)
+        })
+        .await;
+        if let Err(e) = removed.and_then(|removed| removed) {
             tracing::warn!(volume = %name, "deleting the unused copy: {e}");
         }
-    }
-
-    pub(super) fn stop_copy_jobs(&self) {
-        for j in self
-            .copy_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            j.progress.stop.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn copy_jobs_running(&self) -> usize {
-        self.copy_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|j| j.outcome.borrow().is_none())
-            .count()
     }
 
     /// A copy job of this host, by the new volume's name.
@@ -333,7 +305,7 @@ impl Service {
         let job = self
             .job(name)
             .ok_or_else(|| Error::invalid(format!("no copy into volume {name} on this host")))?;
-        job.progress.stop.store(true, Ordering::Relaxed);
+        job.stop();
         Ok(view_of(name, &job))
     }
 
@@ -354,13 +326,10 @@ impl Service {
                 })
             };
         }
-        let running_before = self
-            .job(name)
-            .filter(|j| j.outcome.borrow().is_none())
-            .is_some();
+        let running_before = self.job(name).is_some_and(|j| j.running());
         self.copy_start(name, options).await?;
         let job = self.job(name).ok_or(Error::ShuttingDown)?;
-        let mut rx = job.outcome.subscribe();
+        let mut rx = job.watch();
         let left = crate::runtime::deadline::remaining(Duration::from_secs(24 * 3600))
             .saturating_sub(ANSWER_MARGIN * 4);
         let finished = tokio::time::timeout(left, async {
@@ -386,12 +355,12 @@ impl Service {
                 // Stopped only if this call started it: a job it joined (a CLI restore)
                 // is someone else's.
                 if !running_before {
-                    job.progress.stop.store(true, Ordering::Relaxed);
+                    job.stop();
                 }
                 Err(Error::Timeout {
                     what: format!(
                         "copying {} into volume {name} (stopped and discarded; make it with `caravan create {name} --from-…`, which waits as long as the copy takes, then use it)",
-                        job.source
+                        job.what.source
                     ),
                     after: left,
                 })
@@ -404,7 +373,7 @@ impl Service {
     pub(super) async fn clean_interrupted_copies(&self) {
         let shared = self.shared().clone();
         let (node, boot) = (self.node.clone(), self.nodes.boot_id().to_string());
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::runtime::deadline::unbounded("deleting interrupted copies", move || {
             let Ok(entries) = shared.staging_entries() else { return };
             for tag in entries {
                 let Some(t) = StagingTag::parse(&tag) else {
@@ -423,15 +392,14 @@ impl Service {
 }
 
 fn view_of(name: &str, job: &CopyJob) -> CopyView {
-    let outcome = job.outcome.borrow().clone();
-    let (state, copy, error) = match outcome {
+    let (state, copy, error) = match job.outcome() {
         None => ("copying", None, None),
         Some(Ok(r)) => ("done", Some(r), None),
         Some(Err(e)) => ("failed", None, Some(e)),
     };
     CopyView {
         volume: name.to_string(),
-        source: job.source.to_string(),
+        source: job.what.source.to_string(),
         state: state.to_string(),
         progress: super::CopyProgress::of(&job.progress),
         copy,

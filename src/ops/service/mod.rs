@@ -96,12 +96,12 @@ pub struct Service {
     /// Unmounts not yet committed (see [`crate::host::pending`]).
     pending: PendingUnmounts,
     /// Snapshots this node is copying now, by (volume, snapshot).
-    copies: Mutex<HashMap<(String, String), Arc<crate::export::treecopy::Progress>>>,
+    snapshot_copies: snapshots::SnapshotCopies,
     /// Copies (snapshots, restores, clones) run at once, at most: each holds up to two
     /// descriptors per folder level, beside the ones the store and the heartbeat need.
     copy_slots: Arc<tokio::sync::Semaphore>,
     /// Copies into new volumes (restores, clones) begun on this node, by volume name.
-    copy_jobs: Mutex<HashMap<String, Arc<copies::CopyJob>>>,
+    copy_jobs: copies::CopyJobs,
     /// Backups, verifications and deletions begun on this node, by job name.
     backup_jobs: backups::BackupJobs,
     /// Why snapshots begun here failed, for whoever polls them.
@@ -145,9 +145,9 @@ impl Service {
             nodes,
             health,
             list_answer: Mutex::new(None),
-            copies: Mutex::new(HashMap::new()),
-            copy_jobs: Mutex::new(HashMap::new()),
-            backup_jobs: Mutex::new(HashMap::new()),
+            snapshot_copies: Default::default(),
+            copy_jobs: Default::default(),
+            backup_jobs: Default::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             snapshot_failures: Mutex::new(HashMap::new()),
             seen_reconnects: std::sync::atomic::AtomicU64::new(0),
@@ -792,7 +792,10 @@ impl Service {
     async fn stop_local_users(&self, name: &str) {
         let volumes =
             std::collections::BTreeMap::from([(name.to_string(), self.local.mountpoint(name))]);
-        let killed = tokio::task::spawn_blocking(move || crate::host::fence::stop_users(&volumes))
+        let killed =
+            crate::runtime::deadline::unbounded("stopping the users of a lost volume", move || {
+                crate::host::fence::stop_users(&volumes)
+            })
             .await
             .unwrap_or_default();
         if !killed.is_empty() {

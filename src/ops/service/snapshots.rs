@@ -22,6 +22,10 @@ use crate::core::names::{validate_name, validate_snapshot_name};
 use crate::core::volume::{rfc3339, SnapshotRecord, SnapshotState};
 use crate::export::treecopy::Progress;
 
+/// A snapshot being made on this host, by (volume, snapshot): forgotten once done.
+pub(super) type SnapshotCopy = crate::ops::jobs::Job<(), ()>;
+pub(super) type SnapshotCopies = crate::ops::jobs::Jobs<(String, String), (), ()>;
+
 /// A snapshot as the APIs show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotView {
@@ -113,12 +117,10 @@ impl Service {
         s: &SnapshotRecord,
     ) -> SnapshotView {
         let progress = self
-            .copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .snapshot_copies
             .get(&(volume.to_string(), name.to_string()))
             .filter(|_| s.state == SnapshotState::Making)
-            .map(|p| CopyProgress::of(p));
+            .map(|j| CopyProgress::of(&j.progress));
         let failed = self.failure(volume, name);
         let consistency = if s.mounted_on.is_empty() {
             "consistent: the volume was mounted nowhere when the copy began".to_string()
@@ -161,12 +163,12 @@ impl Service {
         };
         // Registered before the record exists, so that a delete arriving right after
         // the Begin finds the copy to stop.
-        let progress = Arc::new(Progress::default());
         let key = (volume.to_string(), name.clone());
-        self.copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), progress.clone());
+        let job = self.snapshot_copies.start(key.clone(), ()).map_err(|_| {
+            Error::Snapshot(format!(
+                "snapshot {volume}@{name} is being made on this host already; choose another name"
+            ))
+        })?;
         let record = match self
             .store
             .snapshot_step(volume, &name, &self.node, SnapshotStep::Begin)
@@ -174,10 +176,7 @@ impl Service {
         {
             Ok(r) => r,
             Err(e) => {
-                self.copies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                self.snapshot_copies.remove(&key);
                 return Err(e);
             }
         };
@@ -186,13 +185,14 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
         let svc = self.me.upgrade().ok_or(Error::ShuttingDown)?;
-        tokio::spawn(async move { svc.make_snapshot(key, progress).await });
+        tokio::spawn(async move { svc.make_snapshot(key, job).await });
         let s = &record.snapshots[&name];
         Ok(self.snapshot_view(volume, &name, s))
     }
 
     /// The background half of [`Service::snapshot_create`].
-    async fn make_snapshot(self: Arc<Self>, key: (String, String), progress: Arc<Progress>) {
+    async fn make_snapshot(self: Arc<Self>, key: (String, String), job: Arc<SnapshotCopy>) {
+        let progress = job.progress.clone();
         let (volume, name) = (key.0.clone(), key.1.clone());
         let shared = self.shared().clone();
         let p = progress.clone();
@@ -205,7 +205,7 @@ impl Service {
         if let Some(u) = self.usage_of(&volume).await.filter(|u| u.complete) {
             progress.expect(u.files, u.bytes);
         }
-        let copied = tokio::task::spawn_blocking(move || {
+        let copied = crate::runtime::deadline::unbounded("copying the snapshot", move || {
             let src = shared.open_data_dir(&v)?;
             let dst = shared.make_snapshot_dir(&v, &n)?;
             // A snapshot is the volume's data as it was, kept inert on the export (never
@@ -230,7 +230,7 @@ impl Service {
             })
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("copying the snapshot: {e}"))));
+        .and_then(|copied| copied);
         let outcome = match copied {
             Ok(report) => {
                 let finish = SnapshotStep::Finish(report.clone());
@@ -248,10 +248,8 @@ impl Service {
             }
             Err(e) => Err(e),
         };
-        self.copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        job.finish(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        self.snapshot_copies.remove(&key);
         if let Err(e) = outcome {
             tracing::warn!(volume = %volume, snapshot = %name, "snapshot failed: {e}; deleting what was copied");
             {
@@ -301,9 +299,11 @@ impl Service {
     pub(super) async fn delete_snapshot_files(&self, volume: &str, name: &str) {
         let shared = self.shared().clone();
         let (v, n) = (volume.to_string(), name.to_string());
-        let removed = tokio::task::spawn_blocking(move || shared.remove_snapshot_dir(&v, &n))
-            .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("deleting the snapshot: {e}"))));
+        let removed = crate::runtime::deadline::unbounded("deleting the snapshot", move || {
+            shared.remove_snapshot_dir(&v, &n)
+        })
+        .await
+        .and_then(|removed| removed);
         if let Err(e) = removed {
             tracing::warn!(volume = %volume, snapshot = %name, "deleting the snapshot's files: {e}");
             return;
@@ -326,15 +326,10 @@ impl Service {
         validate_name(volume)?;
         validate_snapshot_name(name)?;
         let key = (volume.to_string(), name.to_string());
-        let making_here = self
-            .copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(p) = &making_here {
+        let making_here = self.snapshot_copies.get(&key);
+        if let Some(job) = &making_here {
             // Its own copy deletes it once stopped.
-            p.stop.store(true, Ordering::Relaxed);
+            job.stop();
         }
         let record = self
             .store
@@ -398,16 +393,9 @@ impl Service {
     /// cleanup deletes what they made) and waits a little for them, so that no other node
     /// judges a copy abandoned while it is still being written.
     pub async fn stop_copies(&self) {
-        for p in self
-            .copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            p.stop.store(true, Ordering::Relaxed);
-        }
-        self.stop_copy_jobs();
-        self.stop_backup_jobs();
+        self.snapshot_copies.stop_all();
+        self.copy_jobs.stop_all();
+        self.backup_jobs.stop_all();
         let t = std::time::Instant::now();
         while t.elapsed() < Duration::from_secs(3) && (self.copies_running() > 0) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -415,9 +403,7 @@ impl Service {
     }
 
     fn copies_running(&self) -> usize {
-        self.copies.lock().unwrap_or_else(|p| p.into_inner()).len()
-            + self.copy_jobs_running()
-            + self.backup_jobs_running()
+        self.snapshot_copies.running() + self.copy_jobs.running() + self.backup_jobs.running()
     }
 
     /// At start: finishes the snapshots an earlier start of this node left half-made or
