@@ -17,8 +17,10 @@
 //!
 //! Faults: hosts killed and restarted (new boot id, containers gone), daemons killed and
 //! restarted (new boot id, containers keep running, within the lease or not), daemons
-//! frozen (SIGSTOP) and continued, links cut for up to four takeover waits, and every
-//! host's monotonic clock running at its own rate (±200 ppm) from its own origin.
+//! frozen (SIGSTOP) and continued, links cut for up to four takeover waits, every host's
+//! monotonic clock running at its own rate (±200 ppm) from its own origin, and every
+//! host's wall clock off by up to a day (it fills only display fields: a seed makes the
+//! same decisions with the wall clocks skewed or not).
 //!
 //! Invariants, after every step:
 //! - **one writer**: no write of a container lands on a volume after the first write of a
@@ -146,6 +148,9 @@ struct Node {
     back_at: Option<u64>,
     rate_ppm: i64,
     origin_us: u64,
+    /// How far this host's wall clock is off (s): it only fills display fields of the
+    /// records (created, taken over at), and no decision may depend on it.
+    wall_offset_s: i64,
     watchers: Watchers,
     standing: Standing,
     next_round: u64,
@@ -160,6 +165,11 @@ struct Node {
 impl Node {
     fn boot_id(&self) -> String {
         format!("{}-b{}", self.name, self.boot)
+    }
+
+    /// This host's wall clock (Unix seconds) at true time `t` (ms).
+    fn wall(&self, t: u64) -> u64 {
+        (i64::try_from(t / 1000).unwrap() + self.wall_offset_s).max(0) as u64 + 1_800_000_000
     }
 
     /// This host's monotonic clock at true time `t` (ms).
@@ -337,6 +347,10 @@ impl World {
                     back_at: None,
                     rate_ppm: rng.i64(-SKEW_PPM..=SKEW_PPM),
                     origin_us: rng.u64(0..1_000_000_000_000),
+                    // Up to a day either way, spread over the nodes (not drawn from the
+                    // seed's generator: the same seed makes the same decisions with or
+                    // without skewed wall clocks, which is what it shows).
+                    wall_offset_s: i64::try_from(i).unwrap() * 7_919 % 172_801 - 86_400,
                     next_round: rng.u64(0..ms(p.interval)),
                     held_beat: None,
                     lease_until: None,
@@ -663,6 +677,7 @@ impl World {
         let node = &mut self.nodes[n];
         let now = node.clock(t);
         let boot = node.boot_id();
+        let wall = node.wall(t);
         let read = batch::judged_nodes(stored, [&mutation]);
         if p.bug != Bug::CachedJudgment {
             for hb in read.iter().filter_map(|n| self.files.get(n)) {
@@ -685,7 +700,7 @@ impl World {
             stored,
             [&mutation],
             &boot,
-            t / 1000,
+            wall,
             BTreeMap::new(),
             &mut oracle,
         );

@@ -999,7 +999,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Logs what a commit decided about an exclusive volume (see [`Event`]).
+/// The store's state as the core's batch decisions read it.
 impl batch::Volumes for imbl::OrdMap<String, VolumeRecord> {
     fn get(&self, name: &str) -> Option<&VolumeRecord> {
         imbl::OrdMap::get(self, name)
@@ -1024,6 +1024,7 @@ fn log_note(note: &Note) {
     }
 }
 
+/// Logs what a commit decided about an exclusive volume (see [`Event`]).
 fn log_event(event: Event, commit: u64) {
     match event {
         Event::Granted {
