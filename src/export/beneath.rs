@@ -50,23 +50,48 @@ pub fn open_dir(dir: impl AsFd, rel: &Path) -> std::io::Result<File> {
 /// (`ELOOP` then, as for a link in the way). The reading handle is the inode looked at,
 /// reopened through its handle, never the name again. Returns the file with what `fstat`
 /// said of it when it was looked at.
+///
+/// Files other machines replace by renaming a new one over them (heartbeats, every
+/// interval) can be replaced between the look and the open: the open of the old inode
+/// then fails with `ESTALE` (NFS: the name now leads to another file) or `ENOENT`
+/// (GlusterFS: the old file is gone). That is not the export going away, so the name is
+/// looked at again, a few times, before the error is returned.
 pub fn open_regular(
     dir: impl AsFd,
     rel: &Path,
     flags: i32,
 ) -> std::io::Result<(File, nix::sys::stat::FileStat)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let at = open(dir, rel, OFlag::O_PATH, Mode::empty())?;
-    let st = nix::sys::stat::fstat(at.as_fd())?;
-    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-        return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
+    let mut tries = 0;
+    loop {
+        let at = open(&dir, rel, OFlag::O_PATH, Mode::empty())?;
+        let st = nix::sys::stat::fstat(at.as_fd())?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(proc_path(&at));
+        match opened {
+            Ok(file) => return Ok((file, st)),
+            Err(e)
+                if tries < REPLACED_TRIES
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ESTALE | nix::libc::ENOENT)
+                    ) =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(proc_path(&at))?;
-    Ok((file, st))
 }
+
+/// How many times [`open_regular`] looks again at a name whose file was replaced between
+/// its look and its open.
+const REPLACED_TRIES: u32 = 8;
 
 /// The size `fstat` gave, as a length; a negative one (nothing a file system returns, but
 /// read from another machine's server) as the largest, so that every limit refuses it.

@@ -96,9 +96,12 @@ impl<K: Eq + Hash, W, T: Clone> Jobs<K, W, T> {
         Ok(job)
     }
 
-    /// Forgets the job under `key`.
-    pub fn remove(&self, key: &K) {
-        self.table().remove(key);
+    /// Forgets `job`, if it is still the one under `key`.
+    pub fn remove(&self, key: &K, job: &Arc<Job<W, T>>) {
+        let mut table = self.table();
+        if table.get(key).is_some_and(|j| Arc::ptr_eq(j, job)) {
+            table.remove(key);
+        }
     }
 
     /// Asks every job to stop.
@@ -138,6 +141,11 @@ mod tests {
         assert_eq!(jobs.get(&"v").unwrap().what, 2);
         jobs.stop_all();
         assert!(second.progress.stop.load(Ordering::Relaxed));
+        // Forgetting a job that was replaced leaves its successor.
+        jobs.remove(&"v", &first);
+        assert!(jobs.get(&"v").is_some());
+        jobs.remove(&"v", &second);
+        assert!(jobs.get(&"v").is_none());
     }
 
     #[test]

@@ -331,7 +331,8 @@ impl Service {
                 }
             },
         )
-        .await?;
+        .await
+        .map_err(destination_silent)?;
         Ok(summaries
             .into_iter()
             .filter(|s| volume.is_none_or(|v| s.volume == v))
@@ -360,7 +361,8 @@ impl Service {
                 Repo::open(Backend::open(&u.dest, rt, &root, Access::Read)?, false)?.summary(&u.id)
             },
         )
-        .await?;
+        .await
+        .map_err(destination_silent)?;
         Ok(BackupView {
             url: BackupUrl {
                 volume: Some(summary.volume.clone()),
@@ -390,6 +392,18 @@ impl Service {
                 crate::core::error::shown(id)
             ))
         })
+    }
+}
+
+/// A control call's deadline passed while the backup destination had not answered: said
+/// as that (a timeout's own message speaks of the shared export).
+fn destination_silent(e: Error) -> Error {
+    match e {
+        Error::Timeout { what, after } => Error::Backup(format!(
+            "{what}: the backup destination did not answer within {}s; check that it is reachable",
+            after.as_secs()
+        )),
+        e => e,
     }
 }
 

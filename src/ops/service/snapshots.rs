@@ -176,7 +176,7 @@ impl Service {
         {
             Ok(r) => r,
             Err(e) => {
-                self.snapshot_copies.remove(&key);
+                self.snapshot_copies.remove(&key, &job);
                 return Err(e);
             }
         };
@@ -249,7 +249,7 @@ impl Service {
             Err(e) => Err(e),
         };
         job.finish(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        self.snapshot_copies.remove(&key);
+        self.snapshot_copies.remove(&key, &job);
         if let Err(e) = outcome {
             tracing::warn!(volume = %volume, snapshot = %name, "snapshot failed: {e}; deleting what was copied");
             {
