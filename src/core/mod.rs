@@ -22,6 +22,8 @@
 //!   takeover, snapshot steps, reconcile), with a liveness oracle the shell provides;
 //! - [`doctor`]: `caravan doctor`'s judgment: facts about the store, the export and
 //!   this host in, findings out;
+//! - [`freshness`]: the numbers by which a node knows its copy of the metadata is current
+//!   without the lock (generations, the hint, catching up through the journal);
 //! - [`batch`]: one commit's decisions: a batch of mutations decided together, the
 //!   folders it needs first, the heartbeats it may consult, the work after the commit.
 
@@ -31,6 +33,7 @@ pub mod copy_report;
 pub mod decide;
 pub mod doctor;
 pub mod error;
+pub mod freshness;
 pub mod liveness;
 pub mod mutation;
 pub mod names;

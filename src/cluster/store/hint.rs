@@ -24,12 +24,6 @@ use crate::export::layout::SharedLayout;
 /// Digits in the file: wide enough for any u64, fixed so that an overwrite covers it all.
 const WIDTH: usize = 20;
 
-/// How far ahead of sled's generation the hint may be and still be taken as caravan's
-/// own (see `OpenStore::open`): a crash of an older version between its hint write and
-/// its commit leaves it one ahead, each. The numbers a commit skips are cleared from the
-/// journal, one by one.
-pub(super) const TRUSTED_AHEAD: u64 = 64;
-
 /// The hint file, open for writing during one hold of the cluster lock.
 pub(super) struct HintWriter {
     file: File,

@@ -40,9 +40,8 @@ pub(super) const DIR: &str = ".caravan/journal";
 pub(super) const MAX_ENTRY: u64 = 32 << 20;
 /// Entries kept behind the newest; a reader further behind reloads.
 pub(super) const KEEP: u64 = 1024;
-/// A reader this many generations behind, or more, reloads instead: past that, reading
-/// the entries one by one costs more than one open of sled.
-pub(super) const MAX_CATCH_UP: u64 = 64;
+// A reader MAX_CATCH_UP generations behind or more reloads instead (core::freshness):
+// past that, reading the entries one by one costs more than one open of sled.
 const MAGIC: &str = "caravan-journal 1";
 
 /// What one entry changes, in commit order: a name and its new record (or why the record

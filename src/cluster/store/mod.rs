@@ -125,17 +125,12 @@ fn next_serial() -> u64 {
 pub const CONFIRM_JOURNAL_AFTER: Duration = Duration::from_secs(10);
 
 impl Snapshot {
-    /// Whether this state is current for a hint that reads `hint`.
-    fn current_at(&self, hint: u64) -> bool {
-        self.loaded && self.hints.0 <= hint && hint <= self.hints.1
-    }
-
     /// Whether this state answers a reader whose hint read began at `started` and found
     /// `hint`: it is current for that value, or it was known to be the newest at or
     /// after `started` (a commit of this node, or another reader's catch-up, published
     /// while the read was under way), so it has every commit acknowledged before.
     fn answers(&self, started: Instant, hint: u64) -> bool {
-        self.current_at(hint) || (self.loaded && self.validated.is_some_and(|v| v >= started))
+        crate::core::freshness::answers(self.loaded, self.hints, self.validated, started, hint)
     }
 
     /// This state with the journal's `entries` of the generations after it applied, in
@@ -591,11 +586,7 @@ impl Store {
         }
         // Only a state loaded from sled knows its store's id.
         let store = base.store_id.clone()?;
-        let behind = hint.checked_sub(base.generation)?;
-        if behind == 0 || behind >= journal::MAX_CATCH_UP {
-            return None;
-        }
-        let from = base.generation + 1;
+        let from = *crate::core::freshness::catch_up(base.generation, hint)?.start();
         let (layout, health) = (self.layout.clone(), self.health.clone());
         let read = crate::runtime::deadline::blocking(
             "reading the change journal",

@@ -511,23 +511,18 @@ impl Worker {
         } else {
             self.hint_behind = false;
         }
-        let last = open.hint.last();
-        let hints = (last.min(stored), last.max(stored));
         // A hint ahead of sled (an older version's commit that died between the two, or
         // another machine's writing, within the trusted distance): the numbers between
         // will never be commits. The state is that of the hint's number, and whatever is
         // under those numbers in the journal goes: a reader catching up from here starts
         // past them, and never applies what another machine planted there.
-        let stored = if last > stored {
-            if let Some(j) = open.journal.as_ref() {
-                for skipped in stored + 1..=last {
-                    j.forget(skipped);
-                }
+        let synced = crate::core::freshness::synced(stored, open.hint.last());
+        if let Some(j) = open.journal.as_ref() {
+            for skipped in synced.voided.clone() {
+                j.forget(skipped);
             }
-            last
-        } else {
-            stored
-        };
+        }
+        let (stored, hints) = (synced.generation, synced.hints);
         let same_store = self.state.store_id.as_deref() == Some(open.store_id.as_str());
         if self.state.loaded && self.state.generation == stored && same_store {
             let mut state = (*self.state).clone();
@@ -631,7 +626,8 @@ impl Worker {
         }
         state.generation = generation;
         // The hint holds a value of this hold until the write below lands.
-        state.hints = (self.state.hints.0.min(open.hint.last()), generation);
+        state.hints =
+            crate::core::freshness::after_commit(self.state.hints.0, open.hint.last(), generation);
         state.validated = Some(Instant::now());
         state.last_sync = Some(SystemTime::now());
         self.publish(state);
@@ -660,9 +656,7 @@ impl Worker {
         // Past both the stored generation and the hint: a commit that died after writing
         // the hint left it ahead of sled, and reusing its number would leave readers that
         // saw it believing they are up to date.
-        let next = read_generation(db)?
-            .max(open.hint.last())
-            .checked_add(1)
+        let next = crate::core::freshness::next_generation(read_generation(db)?, open.hint.last())
             .ok_or_else(|| Error::Store("the generation counter is exhausted".into()))?;
         let t0 = Instant::now();
         if super::Faults::take(&self.faults.write) {
@@ -807,7 +801,7 @@ impl OpenStore {
         // to it (u64::MAX: "the generation counter is exhausted", on every node, for good).
         // It is put back to sled's, under the lock.
         let stored = read_generation(&db)?;
-        if hint.last() > stored.saturating_add(super::hint::TRUSTED_AHEAD) {
+        if !crate::core::freshness::hint_trusted(stored, hint.last()) {
             tracing::warn!(
                 hint = hint.last(),
                 generation = stored,
