@@ -586,14 +586,19 @@ impl Store {
         }
         // Only a state loaded from sled knows its store's id.
         let store = base.store_id.clone()?;
-        let from = *crate::core::freshness::catch_up(base.generation, hint)?.start();
+        let wanted = crate::core::freshness::catch_up(base.generation, hint)?;
         let (layout, health) = (self.layout.clone(), self.health.clone());
         let read = crate::runtime::deadline::blocking(
             "reading the change journal",
             self.timeout,
             move || {
                 health.watch("reading the change journal", || {
-                    Ok(journal::read_entries(&layout, from, hint, &store))
+                    Ok(journal::read_entries(
+                        &layout,
+                        *wanted.start(),
+                        *wanted.end(),
+                        &store,
+                    ))
                 })
             },
         )

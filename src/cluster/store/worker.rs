@@ -88,18 +88,17 @@ impl FreshOracle {
             refreshed: judged,
         }
     }
+}
 
-    /// A node not read before the batch (judged_nodes missed it: a bug, which tests/sim.rs
-    /// looks for) is read now rather than judged on an old view.
-    fn ensure_read(&mut self, nodes: &Nodes, node: &str) {
-        if !self.refreshed.contains(node) {
-            tracing::warn!(
-                node,
-                "judging a node whose heartbeat was not read before the batch; reading it now"
-            );
-            nodes.refresh(node);
-            self.refreshed.insert(node.to_string());
-        }
+/// A node not read before the batch (judged_nodes missed it: a bug, which tests/sim.rs
+/// looks for) is read now rather than judged on an old view.
+fn read_if_missed(refreshed: &mut BTreeSet<String>, nodes: &Nodes, node: &str) {
+    if refreshed.insert(node.to_string()) {
+        tracing::warn!(
+            node,
+            "judging a node whose heartbeat was not read before the batch; reading it now"
+        );
+        nodes.refresh(node);
     }
 }
 
@@ -112,8 +111,7 @@ impl Oracle for FreshOracle {
                 observer_cut_off: false,
             };
         };
-        let nodes = nodes.clone();
-        self.ensure_read(&nodes, node);
+        read_if_missed(&mut self.refreshed, nodes, node);
         nodes.judge(node, boot_id)
     }
 
@@ -131,8 +129,7 @@ impl Oracle for FreshOracle {
         let Some(nodes) = &self.nodes else {
             return self.judge(node, boot_id);
         };
-        let nodes = nodes.clone();
-        self.ensure_read(&nodes, node);
+        read_if_missed(&mut self.refreshed, nodes, node);
         nodes.judge_holder(node, boot_id)
     }
 
@@ -361,21 +358,7 @@ impl Worker {
             })
         };
         let now_unix = crate::runtime::clock::unix_seconds();
-        let folders = batch::new_folders(stored, mutations(), now_unix);
-        // Staged copies moved into place are not folders this batch made: a failed
-        // commit leaves them (as it did the copy before).
-        let staged: BTreeSet<String> = folders
-            .iter()
-            .filter(|f| f.staged.is_some())
-            .map(|f| f.record.name.clone())
-            .collect();
-        let made = self.make_folders(folders);
-        // The folders this batch made (not found there already, not staged copies).
-        let fresh: Vec<String> = made
-            .iter()
-            .filter(|(name, (_, made))| matches!(made, Ok(false)) && !staged.contains(*name))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let (made, fresh) = self.make_folders(batch::new_folders(stored, mutations(), now_unix));
         let mut oracle =
             FreshOracle::read(self.nodes.clone(), batch::judged_nodes(stored, mutations()));
         let decisions = batch::decide_batch(
@@ -397,7 +380,6 @@ impl Worker {
                 .filter(|name| fresh.contains(name))
                 .map(String::as_str),
         );
-        let made = fresh;
         let overlay = decisions.overlay;
         let events = decisions.events;
         let mut results = decisions.results.into_iter();
@@ -453,7 +435,7 @@ impl Worker {
                 // leave nothing that a later create or `doctor --repair` would adopt.
                 // (Unless the commit may have landed: then they may be volumes.)
                 if !unknown {
-                    self.discard_folders(made.iter().map(String::as_str));
+                    self.discard_folders(fresh.iter().map(String::as_str));
                 }
                 self.distrust();
                 return (fail_decided(decided, &e), false);
@@ -765,16 +747,31 @@ impl Worker {
     /// taking the lock was tried and measured slower: a single caller's next create then
     /// arrives too late to share the hold of the lock, and with many callers the file
     /// server serializes the folder work anyway.)
-    fn make_folders(&self, folders: Vec<NewFolder>) -> BTreeMap<String, (VolumeRecord, Made)> {
+    ///
+    /// Returns what became of each, by name, and the names of the folders this batch made
+    /// itself (not found there already, not staged copies moved into place): those go if
+    /// nothing records them. A failed commit leaves a staged copy in place, as it left
+    /// the copy before.
+    fn make_folders(
+        &self,
+        folders: Vec<NewFolder>,
+    ) -> (BTreeMap<String, (VolumeRecord, Made)>, Vec<String>) {
         let results = in_parallel(&folders, |f| match &f.staged {
             Some(tag) => self.layout.adopt_staging(&f.record, tag).map(|()| false),
             None => self.layout.create_volume(&f.record),
         });
-        folders
+        let mut fresh = Vec::new();
+        let made = folders
             .into_iter()
             .zip(results)
-            .map(|(f, made)| (f.record.name.clone(), (f.record, made)))
-            .collect()
+            .map(|(f, made)| {
+                if f.staged.is_none() && matches!(made, Ok(false)) {
+                    fresh.push(f.record.name.clone());
+                }
+                (f.record.name.clone(), (f.record, made))
+            })
+            .collect();
+        (made, fresh)
     }
 }
 
