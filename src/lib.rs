@@ -8,7 +8,7 @@
 //! layers below it (`tests/layers.rs` checks this, and that no modules import each other
 //! in a cycle). Each layer's own `mod.rs` maps its modules.
 //! - [`core`]: the pure core, the rules that decide with no I/O, clock or randomness of
-//!   their own (so `tests/sim.rs` runs them on virtual time): time as moments, liveness of
+//!   their own (so `tests/sim/` runs them on virtual time): time as moments, liveness of
 //!   incarnations, a holder's standing, the one error type, the volume model, backup URLs;
 //! - [`runtime`]: the clocks, bounding a call in time, the metrics counters;
 //! - [`export`]: the shared export as this host reaches it: opening below the root, the

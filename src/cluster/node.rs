@@ -29,7 +29,7 @@
 //!
 //! The judging itself, [`Watchers::judge`], is a pure function of what was observed and
 //! of the seeing clock, in the core ([`crate::core::liveness`]), tested apart from any
-//! file and run by the simulation (tests/sim.rs).
+//! file and run by the simulation (tests/sim/).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -108,7 +108,7 @@ pub fn new_folders<'m>(
 /// node a decision on a stored record can judge (the holder of an exclusive volume, the
 /// nodes that mount a volume, a snapshot's maker and readers) and the committing nodes.
 /// The overlay adds no others: what a batch writes names only its committing node.
-/// (`tests/sim.rs` checks after every decision that the oracle was asked about no other.)
+/// (`tests/sim/` checks after every decision that the oracle was asked about no other.)
 pub fn judged_nodes<'m>(
     stored: Stored<'_>,
     mutations: impl IntoIterator<Item = &'m Mutation>,

@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 /// How far ahead of sled's generation the hint may be and still be taken as caravan's
 /// own: a crash of an older version between its hint write and its commit leaves it one
 /// ahead, each. Further ahead it was written by something else, is not trusted, and is
-/// set back to sled's (taking it would push every later commit's number up to it: at
+/// set back ([`set_back`]; taking it would push every later commit's number up to it: at
 /// `u64::MAX`, "the generation counter is exhausted" on every node for good).
 pub const TRUSTED_AHEAD: u64 = 64;
 
@@ -21,9 +21,25 @@ pub const TRUSTED_AHEAD: u64 = 64;
 /// reloads under the lock.
 pub const MAX_CATCH_UP: u64 = 64;
 
-/// Whether a hint read as `hint` is trusted beside sled's generation `stored`.
-pub fn hint_trusted(stored: u64, hint: u64) -> bool {
-    hint <= stored.saturating_add(TRUSTED_AHEAD)
+/// Whether the lock holder takes the hint it found (`None`: not a number: garbage, an
+/// empty file, a file it had to create) beside sled's generation `stored`. Not a number
+/// is trusted only while nothing was ever committed.
+pub fn hint_trusted(stored: u64, hint: Option<u64>) -> bool {
+    match hint {
+        Some(hint) => hint <= stored.saturating_add(TRUSTED_AHEAD),
+        None => stored == 0,
+    }
+}
+
+/// What the lock holder writes over a hint it does not trust: a number past every one a
+/// reader may have taken from a trusted hint (at most [`TRUSTED_AHEAD`] past sled's), so
+/// that no later commit repeats a number some node's state is already labelled with.
+/// (Set back to sled's own, a hint first left ahead by a crash, then overwritten by
+/// another machine, made the next commit repeat the number the crash had left, and the
+/// nodes that had seen it served the state from before that commit: found by the
+/// simulation, tests/sim/metadata.rs.)
+pub fn set_back(stored: u64) -> u64 {
+    stored.saturating_add(TRUSTED_AHEAD)
 }
 
 /// The number of the next commit: past sled's generation and the hint (a commit that
@@ -102,11 +118,17 @@ mod tests {
             "a hint left ahead by a crash"
         );
         assert_eq!(next_generation(u64::MAX, 0), None);
-        assert!(hint_trusted(10, 10 + TRUSTED_AHEAD));
-        assert!(!hint_trusted(10, 11 + TRUSTED_AHEAD));
+        assert!(hint_trusted(10, Some(10 + TRUSTED_AHEAD)));
+        assert!(!hint_trusted(10, Some(11 + TRUSTED_AHEAD)));
         assert!(
-            !hint_trusted(10, u64::MAX),
+            !hint_trusted(10, Some(u64::MAX)),
             "a planted maximum is not believed"
+        );
+        assert!(!hint_trusted(10, None), "garbage, once something committed");
+        assert!(hint_trusted(0, None), "a root that never committed");
+        assert!(
+            set_back(10) >= 10 + TRUSTED_AHEAD,
+            "past every number a trusted hint could have given"
         );
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Everything here is a function of its arguments. Time comes in as [`time::Moment`]s
 //! read by the shell, files as the values read from them. That is what lets
-//! `tests/sim.rs` run these same rules for many nodes on virtual time, with faults, and
+//! `tests/sim/` run these same rules for many nodes on virtual time, with faults, and
 //! check the cluster's invariants after every step; `tests/layers.rs` checks that nothing
 //! here reaches for the filesystem, the network, processes, threads, a clock or a crate
 //! of the shell, and that nothing here imports from outside `core`.

@@ -1,7 +1,7 @@
 //! Time as the core sees it: readings of a monotonic clock, handed in by the shell.
 //!
 //! The core never reads a clock: every rule takes the [`Moment`] it is judged at, so the
-//! simulation (tests/sim.rs) runs the same rules on virtual time, and a test replays them
+//! simulation (tests/sim/) runs the same rules on virtual time, and a test replays them
 //! exactly.
 
 use std::ops::{Add, Sub};

@@ -33,6 +33,8 @@ pub(super) struct HintWriter {
     /// The value in the file: read at open (only the lock holder writes it), then the
     /// last one written.
     last: u64,
+    /// What the file held at open: `None` when it was not a number.
+    found: Option<u64>,
 }
 
 impl HintWriter {
@@ -67,18 +69,23 @@ impl HintWriter {
         let n = file
             .read_at(&mut text, 0)
             .ctx(|| format!("reading {}", path.display()))?;
-        // Garbage (a hand edit, a torn write by a crash) reads as 0: sled's generation
-        // then decides alone.
-        let last = std::str::from_utf8(&text[..n])
+        // Not a number (garbage, empty): the holder does not trust it (see
+        // core::freshness::hint_trusted) and sets it back.
+        let found = std::str::from_utf8(&text[..n])
             .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
+            .and_then(|t| t.trim().parse().ok());
         Ok(HintWriter {
             file,
             path,
             sized: false,
-            last,
+            last: found.unwrap_or(0),
+            found,
         })
+    }
+
+    /// The number the file held when opened (`None`: not a number).
+    pub(super) fn found(&self) -> Option<u64> {
+        self.found
     }
 
     /// The generation the file holds.

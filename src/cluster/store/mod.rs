@@ -925,17 +925,24 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_hint_left_ahead_of_sled_by_a_crash_is_never_reused() {
+    /// Two nodes knowing one volume, at generation `g`, with the hint left one ahead by
+    /// a commit that died between its hint write and sled (the last release's order) and
+    /// node b's state labelled with that number (it read the hint and reloaded).
+    async fn a_hint_left_ahead_and_taken() -> (tempfile::TempDir, Store, Store, u64) {
         let (dir, a) = store();
         let b = second(&dir);
         a.apply(create("one")).await.unwrap();
         let g = a.snapshot().await.unwrap().generation;
-        // What a commit that died after writing the hint and before sled leaves.
         let hint = dir.path().join(".caravan/generation");
         std::fs::write(&hint, format!("{:020}\n", g + 1)).unwrap();
-        // b reads the hint, reloads (sled still at g), and remembers the hint as seen.
-        assert_eq!(b.snapshot().await.unwrap().volumes.len(), 1);
+        let taken = b.snapshot().await.unwrap();
+        assert_eq!((taken.volumes.len(), taken.generation), (1, g + 1));
+        (dir, a, b, g)
+    }
+
+    #[tokio::test]
+    async fn a_hint_left_ahead_of_sled_by_a_crash_is_never_reused() {
+        let (_dir, a, b, g) = a_hint_left_ahead_and_taken().await;
         a.apply(create("two")).await.unwrap();
         let snap = b.snapshot().await.unwrap();
         assert!(
@@ -955,21 +962,44 @@ mod tests {
         // Another machine writes the largest number there is.
         let hint = dir.path().join(".caravan/generation");
         std::fs::write(&hint, format!("{}\n", u64::MAX)).unwrap();
-        // Commits go on, on both nodes, with numbers next to sled's own.
-        a.apply(create("two")).await.unwrap();
+        // Commits go on, on both nodes, with numbers next to sled's own. (b first: its
+        // hold is a new one, which opens the hint; a's last may still be lingering.)
         b.apply(create("three")).await.unwrap();
+        a.apply(create("two")).await.unwrap();
         let snap = a.snapshot().await.unwrap();
         assert_eq!(names(&snap), ["one", "three", "two"]);
-        assert_eq!(snap.generation, g + 2);
+        // Set back past every number a reader may have taken from a trusted hint.
+        let past = g + crate::core::freshness::TRUSTED_AHEAD;
+        assert_eq!(snap.generation, past + 2);
         assert_eq!(
             std::fs::read_to_string(&hint)
                 .unwrap()
                 .trim()
                 .parse::<u64>()
                 .unwrap(),
-            g + 2
+            past + 2
         );
         assert_eq!(names(&b.snapshot().await.unwrap()), ["one", "three", "two"]);
+    }
+
+    /// Found by the simulation (tests/sim/metadata.rs): a hint left ahead by a crash, taken
+    /// by a reader, then overwritten by another machine, was set back to sled's own
+    /// generation; the next commit repeated the number the reader's state was labelled
+    /// with, and the reader went on serving the state from before that commit.
+    #[tokio::test]
+    async fn a_hint_set_back_never_lets_a_commit_repeat_a_number_a_reader_took() {
+        for planted in [format!("{}\n", u64::MAX), "not a number\n".to_string()] {
+            let (dir, a, b, _) = a_hint_left_ahead_and_taken().await;
+            // Then another machine writes the hint.
+            std::fs::write(dir.path().join(".caravan/generation"), &planted).unwrap();
+            a.apply(create("two")).await.unwrap();
+            let snap = b.snapshot().await.unwrap();
+            assert!(
+                snap.volumes.contains_key("two"),
+                "with {planted:?} planted, b served generation {} without the create acknowledged before",
+                snap.generation
+            );
+        }
     }
 
     #[tokio::test]

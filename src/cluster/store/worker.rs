@@ -90,7 +90,7 @@ impl FreshOracle {
     }
 }
 
-/// A node not read before the batch (judged_nodes missed it: a bug, which tests/sim.rs
+/// A node not read before the batch (judged_nodes missed it: a bug, which tests/sim/
 /// looks for) is read now rather than judged on an old view.
 fn read_if_missed(refreshed: &mut BTreeSet<String>, nodes: &Nodes, node: &str) {
     if refreshed.insert(node.to_string()) {
@@ -792,19 +792,22 @@ impl OpenStore {
     fn open(layout: &SharedLayout, deadline: Instant) -> Result<OpenStore> {
         let (db, tree) = open_db(layout, deadline)?;
         let mut hint = HintWriter::open(layout)?;
-        // The hint is a hint: far ahead of sled's own generation it is not one of
-        // caravan's (a crash between an older version's hint write and its commit leaves
-        // it one ahead per crash), and taking it would push every later commit's number up
-        // to it (u64::MAX: "the generation counter is exhausted", on every node, for good).
-        // It is put back to sled's, under the lock.
+        // The hint is a hint: far ahead of sled's own generation (or not a number) it is
+        // not one of caravan's (a crash between an older version's hint write and its
+        // commit leaves it one ahead per crash), and taking it would push every later
+        // commit's number up to it (u64::MAX: "the generation counter is exhausted", on
+        // every node, for good). It is set back, under the lock, past every number a
+        // reader may have taken from a trusted hint (core::freshness::set_back).
         let stored = read_generation(&db)?;
-        if !crate::core::freshness::hint_trusted(stored, hint.last()) {
+        if !crate::core::freshness::hint_trusted(stored, hint.found()) {
+            let back = crate::core::freshness::set_back(stored);
             tracing::warn!(
-                hint = hint.last(),
+                hint = ?hint.found(),
                 generation = stored,
-                "the generation hint is far ahead of the metadata's own generation (written by another machine?): not trusted; setting it back"
+                set_to = back,
+                "the generation hint is far ahead of the metadata's own generation, or not a number (written by another machine?): not trusted; setting it back"
             );
-            hint.write(stored)?;
+            hint.write(back)?;
         }
         let log = LogFile::open(layout)?;
         let journal = JournalWriter::open(layout)

@@ -1,5 +1,7 @@
 //! A deterministic simulation of a caravan cluster: many nodes running the core's real rules
 //! on virtual time, with faults, and the cluster's invariants checked after every step.
+//! This file is the cluster's world (liveness, holds, takeovers, removes); the metadata
+//! store's commit and read paths have a world of their own, in `metadata.rs`.
 //!
 //! What runs for real: the judging of incarnations (`core::liveness::Watchers`: what each
 //! observer saw, its seeing clock, `judge_within`), each node's standing as a holder
@@ -390,8 +392,7 @@ impl World {
     }
 
     fn note(&mut self, what: String) {
-        self.log
-            .push(format!("{:>8.2}s {what}", self.t as f64 / 1000.0));
+        self.log.push(event_line(self.t, &what));
     }
 
     fn run(&mut self) {
@@ -1035,14 +1036,35 @@ fn sweep(first: u64, count: u64, bug: Bug) -> (Option<Outcome>, Stats, f64) {
     (None, total, started.elapsed().as_secs_f64())
 }
 
-fn report(o: &Outcome) -> String {
-    let tail: Vec<&String> = o.log.iter().rev().take(40).collect();
+/// One line of a seed's event log: the virtual time `t` (ms) and what happened.
+fn event_line(t: u64, what: &str) -> String {
+    format!("{:>8.2}s {what}", t as f64 / 1000.0)
+}
+
+/// What a failing seed prints: the invariant, the command that replays it (the test
+/// `replay_test`), and the end of its event log.
+fn failure_report(
+    what: &str,
+    seed: u64,
+    violation: Option<&str>,
+    log: &[String],
+    replay_test: &str,
+) -> String {
+    let tail = &log[log.len().saturating_sub(40)..];
     format!(
-        "seed {} broke an invariant: {}\nreplay: CARAVAN_SIM_SEED={} cargo test --test sim replay -- --nocapture\nlast events:\n{}",
+        "seed {seed} broke an invariant of {what}: {}\nreplay: CARAVAN_SIM_SEED={seed} cargo test --test sim {replay_test} -- --nocapture\nlast events:\n{}",
+        violation.unwrap_or("?"),
+        tail.join("\n")
+    )
+}
+
+fn report(o: &Outcome) -> String {
+    failure_report(
+        "the cluster",
         o.seed,
-        o.violation.as_deref().unwrap_or("?"),
-        o.seed,
-        tail.into_iter().rev().cloned().collect::<Vec<_>>().join("\n")
+        o.violation.as_deref(),
+        &o.log,
+        "replay",
     )
 }
 
@@ -1143,5 +1165,103 @@ fn replay() {
     println!("{:?}", o.stats);
     if o.violation.is_some() {
         panic!("{}", report(&o));
+    }
+}
+
+mod metadata;
+
+/// The metadata store's budget: these seeds, every invariant after every step.
+#[test]
+fn the_metadata_store_keeps_its_invariants_under_faults() {
+    let first = env_u64("CARAVAN_SIM_FIRST").unwrap_or(1);
+    let count = env_u64("CARAVAN_SIM_SEEDS").unwrap_or(300);
+    let started = Instant::now();
+    let mut total = metadata::Stats::default();
+    for seed in first..first + count {
+        let o = metadata::simulate(seed, metadata::Bug::None);
+        total = total.plus(&o.stats);
+        if o.violation.is_some() {
+            panic!("{}", metadata_report(&o));
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{count} seeds from {first} in {secs:.1} s: {total:?}");
+    // Not vacuous: the faults reached the paths that keep reads fresh.
+    assert!(
+        total.catch_ups > 0
+            && total.reloads > 0
+            && total.torn_hints > 0
+            && total.hints_ahead > 0
+            && total.hint_failures > 0
+            && total.unknown > 0,
+        "{total:?}"
+    );
+}
+
+fn metadata_report(o: &metadata::Outcome) -> String {
+    failure_report(
+        "the metadata store",
+        o.seed,
+        o.violation.as_deref(),
+        &o.log,
+        "replay_metadata",
+    )
+}
+
+fn finds_in_metadata(bug: metadata::Bug) -> metadata::Outcome {
+    let started = Instant::now();
+    for seed in 1..=300 {
+        let o = metadata::simulate(seed, bug);
+        if o.violation.is_some() {
+            println!(
+                "{bug:?} found at seed {} in {:.1} s: {}",
+                o.seed,
+                started.elapsed().as_secs_f64(),
+                o.violation.as_deref().unwrap_or("")
+            );
+            return o;
+        }
+    }
+    panic!("the simulation did not find {bug:?} in 300 seeds");
+}
+
+#[test]
+fn it_finds_a_generation_that_repeats_a_number_the_hint_gave() {
+    let o = finds_in_metadata(metadata::Bug::HintRepeat);
+    assert!(o.violation.is_some());
+}
+
+#[test]
+fn it_finds_a_hint_trusted_however_far_ahead() {
+    let o = finds_in_metadata(metadata::Bug::TrustAnyHint);
+    assert!(o.violation.is_some());
+}
+
+#[test]
+fn it_finds_an_untrusted_hint_set_back_to_a_number_readers_took() {
+    let o = finds_in_metadata(metadata::Bug::SetBackToSled);
+    assert!(o.violation.is_some());
+}
+
+/// `CARAVAN_SIM_SEED=N`: one seed of the metadata store, with its whole event log.
+#[test]
+fn replay_metadata() {
+    let Some(seed) = env_u64("CARAVAN_SIM_SEED") else {
+        return;
+    };
+    let bug = match std::env::var("CARAVAN_SIM_BUG").as_deref() {
+        Err(_) => metadata::Bug::None,
+        Ok("hint-repeat") => metadata::Bug::HintRepeat,
+        Ok("trust-any-hint") => metadata::Bug::TrustAnyHint,
+        Ok("set-back-to-sled") => metadata::Bug::SetBackToSled,
+        Ok(other) => panic!(
+            "CARAVAN_SIM_BUG={other:?}: give hint-repeat, trust-any-hint or set-back-to-sled"
+        ),
+    };
+    let o = metadata::simulate(seed, bug);
+    println!("{}", o.log.join("\n"));
+    println!("{:?}", o.stats);
+    if o.violation.is_some() {
+        panic!("{}", metadata_report(&o));
     }
 }
