@@ -177,6 +177,92 @@ fn a_second_daemon_with_a_live_nodes_name_refuses_to_start() {
     first.ok("VolumeDriver.Get", r#"{"Name":"ok"}"#);
 }
 
+/// A daemon started under a dead daemon's name on another machine (a cloned host, a
+/// standby started by hand): the first machine's containers may still write until its
+/// keeper fences them, so the new daemon takes nothing of the name's over before the
+/// takeover wait. Taken at once (its start's reconcile dropped the hold it did not find
+/// bound on its own machine), the volume was granted elsewhere while they still wrote:
+/// found by the simulation (tests/sim/, `NameTakenWithoutWaiting`).
+#[test]
+fn a_name_taken_over_on_another_machine_waits_before_taking_its_volumes() {
+    if !require_root("a_name_taken_over_on_another_machine_waits_before_taking_its_volumes") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    let slow = ["--dead-after", "4s", "--heartbeat", "200ms"];
+    let node = |scratch: &std::path::Path, name: &str| {
+        let spec = scratch.join(format!("spec-{name}"));
+        Daemon::new(scratch, &root, name, spec, "caravan", &slow)
+    };
+    let mut a = node(s.path(), "a");
+    a.spawn();
+    let mut b = node(s.path(), "b");
+    b.spawn();
+    a.ok(
+        "VolumeDriver.Create",
+        r#"{"Name":"ex","Opts":{"access":"exclusive"}}"#,
+    );
+    b.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"b1"}"#);
+    b.kill9();
+    let killed = Instant::now();
+    // The same name on another machine: its own folders, another machine id.
+    let other = s.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let mut clone = node(&other, "b");
+    clone.machine_id = Some(other.join("machine-id"));
+    let (log, socket) = (clone.log.clone(), clone.socket.clone());
+    let log_shown = log.clone();
+    let starting = std::thread::spawn(move || {
+        clone.spawn();
+        clone
+    });
+    util::eventually(
+        Duration::from_secs(10),
+        "the daemon named b on the other machine to start",
+        || {
+            std::fs::read_to_string(&log_shown)
+                .unwrap_or_default()
+                .contains("another machine")
+                || std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        },
+    );
+    let asked = killed.elapsed();
+    assert!(
+        asked < Duration::from_secs(3),
+        "too slow to tell: {asked:?} after the kill, b's old incarnation may rightly be dead"
+    );
+    // a's Mount waits for the holder (core::timing::wait_for_holder): it is granted once
+    // b's old incarnation has been silent for --dead-after (a takeover), or once the new b
+    // has waited as long and let go of what it did not find bound (a grant): never at
+    // once.
+    a.ok("VolumeDriver.Mount", r#"{"Name":"ex","ID":"a1"}"#);
+    let granted = killed.elapsed();
+    let st = util::status(&a, "ex");
+    assert!(
+        granted >= Duration::from_millis(3_800),
+        "granted {granted:?} after the first b died, before --dead-after (4 s) less one heartbeat: {st}; the new b's log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(st["holder"]["node"], "a", "{st}");
+    let clone = starting.join().unwrap();
+    assert!(
+        clone.log_text().contains("another machine"),
+        "{}",
+        clone.log_text()
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_secs(4),
+        "the new b served {:?} after the first died, before the takeover wait",
+        killed.elapsed()
+    );
+}
+
 /// A bind mount unmounted behind the daemon's back: the next Mount binds again instead of
 /// answering a path with nothing mounted there (the container would write to local disk).
 #[test]

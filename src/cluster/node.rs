@@ -85,6 +85,11 @@ pub struct Nodes {
     /// reconnection (the old connection's lock went with it).
     name_lock: Mutex<Option<File>>,
     boot_id: String,
+    /// This machine's id (`crate::host::machine`), written into every beat.
+    machine: Option<String>,
+    /// This name's heartbeat as a daemon found it when it took the name lock, before its
+    /// own first beat: which daemon, on which machine, had the name last.
+    previous: Option<Heartbeat>,
     interval: Duration,
     dead_after: Duration,
     seq: Mutex<u64>,
@@ -157,7 +162,7 @@ impl Nodes {
         takes_name_lock: bool,
     ) -> Result<Nodes> {
         let boot_id = random_id();
-        let nodes = Nodes {
+        let mut nodes = Nodes {
             me: me.to_string(),
             metrics,
             watchers: Mutex::new(Watchers::new(me, &boot_id, interval, dead_after)),
@@ -169,6 +174,8 @@ impl Nodes {
             takes_name_lock,
             name_lock: Mutex::new(None),
             boot_id,
+            machine: crate::host::machine::id(),
+            previous: None,
             interval,
             dead_after,
             seq: Mutex::new(0),
@@ -182,8 +189,19 @@ impl Nodes {
             lease: std::sync::OnceLock::new(),
             fence_wait: Mutex::new((Duration::ZERO, "not set".into())),
         };
-        nodes.connect(layout.root_dir()?, Reconnect::Start)?;
+        let conn = nodes.connect(layout.root_dir()?, Reconnect::Start)?;
+        if takes_name_lock {
+            // A name never used, or a file that does not read, tells nothing.
+            nodes.previous = read_heartbeat(&conn.dir, &nodes.shown, me).ok();
+        }
         Ok(nodes)
+    }
+
+    /// The machine this daemon takes its name over from, if the name's last daemon ran
+    /// on another one and did not stop cleanly (see
+    /// [`crate::core::liveness::name_taken_from`]).
+    pub fn name_taken_from(&self) -> Option<&str> {
+        crate::core::liveness::name_taken_from(self.previous.as_ref(), self.machine.as_deref())
     }
 
     /// Opens the heartbeat folder below `root` and, for a daemon, takes the node-name lock
@@ -375,6 +393,7 @@ impl Nodes {
             version: env!("CARGO_PKG_VERSION").to_string(),
             state,
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
+            machine: self.machine.clone(),
         };
         let bytes = serde_json::to_vec(&hb)
             .map_err(|e| Error::Store(format!("encoding the heartbeat: {e}")))?;
@@ -793,6 +812,7 @@ mod tests {
             version: "test".into(),
             state,
             interval_ms: 1000,
+            machine: None,
         }
     }
 

@@ -30,6 +30,29 @@ pub struct Heartbeat {
     pub state: HeartbeatState,
     /// How often the node writes (so that observers can tell a slow writer).
     pub interval_ms: u64,
+    /// The machine the daemon runs on (`/etc/machine-id`), when it knows it: a daemon
+    /// starting under this name elsewhere then knows that this one's containers may still
+    /// run here ([`name_taken_from`]). Absent from an older release's beats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// The machine a daemon starting under a name takes the name over from: `previous`, the
+/// name's heartbeat as this daemon found it before its own first beat, is of a running
+/// daemon on another machine than `machine` (a cloned host, a standby started by hand
+/// after the first daemon died). That daemon is gone (this one holds the name lock), but
+/// its containers may still write there until its fence keeper stops them, and its
+/// in-flight writes may land until the fence wait has passed: so this daemon takes none
+/// of the name's volumes over (its start's reconcile, which drops what it does not find
+/// bound here) before the takeover wait. Unknown machines (an older release's beat, no
+/// machine id) decide nothing: the same as before machines were written.
+pub fn name_taken_from<'a>(
+    previous: Option<&'a Heartbeat>,
+    machine: Option<&str>,
+) -> Option<&'a str> {
+    let previous = previous.filter(|p| p.state == HeartbeatState::Running)?;
+    let theirs = previous.machine.as_deref()?;
+    (Some(theirs) != machine && machine.is_some()).then_some(theirs)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +152,9 @@ pub struct SeeingClock {
     seen: Duration,
     last_good: Option<Moment>,
     cap: Duration,
+    /// Seeing time when the observer last began to see again after a round longer than
+    /// `cap` (it was blind for the rest of that round).
+    resumed: Duration,
 }
 
 impl SeeingClock {
@@ -137,6 +163,7 @@ impl SeeingClock {
             seen: Duration::ZERO,
             last_good: None,
             cap,
+            resumed: Duration::ZERO,
         }
     }
 
@@ -150,8 +177,18 @@ impl SeeingClock {
 
     /// A round in which this observer wrote its beat and read everyone's ended at `at`.
     pub fn good_round(&mut self, at: Moment) {
+        let blind = self.last_good.is_some_and(|t| at.since(t) > self.cap);
         self.seen = self.now(at);
+        if blind {
+            self.resumed = self.seen;
+        }
         self.last_good = Some(at);
+    }
+
+    /// The seeing time since which this observer has seen without a blind stretch: a
+    /// boot id that ran before it may have beaten, unseen, until then.
+    pub fn resumed(&self) -> Duration {
+        self.resumed
     }
 
     pub fn last_good(&self) -> Option<Moment> {
@@ -320,8 +357,11 @@ impl Watchers {
             return Judgment::gone(Liveness::Left);
         }
         // A boot id never seen in the file has been silent since this observer began
-        // watching the file (had it run, it would have written there).
-        let mut last = seen.map_or(w.first, |b| b.last_beat);
+        // watching the file (had it run, it would have written there), or since it last
+        // began to see again: an incarnation that lived and died while this observer was
+        // blind beat, unseen, until then (judged from the first watch, it was found dead
+        // a third early by the simulation, shortening a takeover's fence wait).
+        let mut last = seen.map_or(w.first.max(self.clock.resumed()), |b| b.last_beat);
         if let Some(c) = self.commits.get(&(node.to_string(), boot.to_string())) {
             last = last.max(*c);
         }
@@ -374,6 +414,39 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    #[test]
+    fn a_name_last_beating_on_another_machine_is_taken_over_only_after_the_wait() {
+        let on = |machine: Option<&str>, state| Heartbeat {
+            machine: machine.map(str::to_string),
+            ..hb("a", "a1", 1, state)
+        };
+        let running = on(Some("m1"), HeartbeatState::Running);
+        assert_eq!(name_taken_from(Some(&running), Some("m2")), Some("m1"));
+        assert_eq!(
+            name_taken_from(Some(&running), Some("m1")),
+            None,
+            "a restart here"
+        );
+        assert_eq!(
+            name_taken_from(Some(&running), None),
+            None,
+            "no machine id here"
+        );
+        let old = on(None, HeartbeatState::Running);
+        assert_eq!(
+            name_taken_from(Some(&old), Some("m2")),
+            None,
+            "an older release"
+        );
+        let left = on(Some("m1"), HeartbeatState::Left);
+        assert_eq!(
+            name_taken_from(Some(&left), Some("m2")),
+            None,
+            "it stopped cleanly"
+        );
+        assert_eq!(name_taken_from(None, Some("m2")), None, "a new name");
+    }
+
     fn hb(node: &str, boot: &str, seq: u64, state: HeartbeatState) -> Heartbeat {
         Heartbeat {
             node: node.into(),
@@ -382,6 +455,7 @@ mod tests {
             version: "test".into(),
             state,
             interval_ms: 1000,
+            machine: None,
         }
     }
 
@@ -437,6 +511,28 @@ mod tests {
         assert_eq!(
             w.judge("b", Some("b1"), t0 + 11 * SEC).state,
             Liveness::Dead
+        );
+    }
+
+    /// Found by the simulation (tests/sim/, seed 400 then): b2 started and died while this
+    /// observer was blind; judged from the watch's beginning it was dead at once, a third
+    /// early, which shortened a takeover's wait for its writes.
+    #[test]
+    fn a_boot_id_that_ran_while_the_observer_was_blind_is_silent_only_since_it_saw_again() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 20, &[("b", "b1")]);
+        // Blind from 20 s to 40 s (no good round); b2 ran meanwhile, unseen, and b3 now
+        // beats in the file.
+        rounds(&mut w, t0, 40, 40, &[("b", "b3")]);
+        assert!(
+            w.judge("b", Some("b2"), t0 + 41 * SEC).is_alive(),
+            "b2 may have beaten until the observer saw again"
+        );
+        rounds(&mut w, t0, 41, 46, &[("b", "b3")]);
+        assert_eq!(
+            w.judge("b", Some("b2"), t0 + 46 * SEC).state,
+            Liveness::Dead,
+            "dead after dead_after of seeing since"
         );
     }
 

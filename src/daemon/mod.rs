@@ -189,6 +189,7 @@ pub async fn run(
     .await?;
     let beating = Arc::new(std::sync::atomic::AtomicBool::new(true));
     start_heartbeat(nodes.clone(), health.clone(), beating.clone())?;
+    wait_if_the_name_ran_elsewhere(&nodes).await;
     let svc = Service::start(
         cfg.node.clone(),
         store.clone(),
@@ -419,6 +420,36 @@ const METRICS_CONNECTIONS: usize = 16;
 /// that nothing (fencing, store reads, usage walks, a busy async runtime or blocking pool)
 /// can make a live node look silent. A round blocked on a stalled export blocks only this
 /// thread; [`Health`] reports it.
+/// A name whose last daemon ran on another machine and did not stop cleanly: that
+/// machine's containers may still write until its fence keeper stops them, and their
+/// in-flight writes may land until the fence wait has passed. Nothing of the name's is
+/// taken over (the start's reconcile drops the mounts and holds it does not find bound
+/// here) before the takeover wait has passed, beating meanwhile (found by the simulation:
+/// taken at once, a volume was granted elsewhere while the first machine's container still
+/// wrote to it).
+async fn wait_if_the_name_ran_elsewhere(nodes: &Nodes) {
+    let Some(other) = nodes.name_taken_from() else {
+        return;
+    };
+    let wait = nodes.takeover_after();
+    let other = crate::core::error::shown(other).to_string();
+    tracing::warn!(
+        node = %nodes.me(),
+        other_machine = %other,
+        wait_secs = wait.as_secs_f64(),
+        "this node's name was last used by a daemon on another machine that did not stop cleanly; its containers may still be writing there until its fence keeper stops them, so this daemon takes none of the name's volumes over before the takeover wait (--dead-after plus the fence wait) has passed; it serves once that is over"
+    );
+    crate::daemon::systemd::notify_waiting(
+        &format!(
+            "waiting {}s: node name {} was last used on machine {other}",
+            wait.as_secs(),
+            nodes.me()
+        ),
+        wait,
+    );
+    tokio::time::sleep(wait).await;
+}
+
 fn start_heartbeat(
     nodes: Arc<Nodes>,
     health: Arc<Health>,

@@ -70,6 +70,19 @@ pub fn notify_ready(status: &str) {
     ]);
 }
 
+/// The start goes on for `wait` more, and why (STATUS=, EXTEND_TIMEOUT_USEC=): a start that
+/// must wait is not taken for a hung one and killed at TimeoutStartSec.
+pub fn notify_waiting(status: &str, wait: std::time::Duration) {
+    // A little more than the wait: the start's own work follows it.
+    let usec = wait
+        .saturating_add(std::time::Duration::from_secs(30))
+        .as_micros();
+    notify(&[
+        sd_notify::NotifyState::Status(status),
+        sd_notify::NotifyState::ExtendTimeoutUsec(u32::try_from(usec).unwrap_or(u32::MAX)),
+    ]);
+}
+
 /// STOPPING=1: shutdown has begun.
 pub fn notify_stopping() {
     notify(&[sd_notify::NotifyState::Stopping]);

@@ -6,9 +6,11 @@
 //!   containers when this node cannot renew it;
 //! - [`dockerd`]: telling the local dockerd the driver exists (so Swarm schedules here),
 //!   and asking it which container uses a volume;
-//! - [`client`]: an HTTP client for a unix socket (dockerd's, the daemon's).
+//! - [`client`]: an HTTP client for a unix socket (dockerd's, the daemon's);
+//! - [`machine`]: which machine this is (written into the heartbeat).
 
 pub mod client;
 pub mod dockerd;
 pub mod fence;
+pub mod machine;
 pub mod pending;

@@ -18,7 +18,9 @@
 //! created again).
 //!
 //! Faults: hosts killed and restarted (new boot id, containers gone), daemons killed and
-//! restarted (new boot id, containers keep running, within the lease or not), daemons
+//! restarted (new boot id, containers keep running, within the lease or not; one start in
+//! four under the same name on another machine, which waits the takeover wait before its
+//! reconcile, as `daemon` does when the name's last beat names another machine), daemons
 //! frozen (SIGSTOP) and continued, links cut for up to four takeover waits, every host's
 //! monotonic clock running at its own rate (±200 ppm) from its own origin, and every
 //! host's wall clock off by up to a day (it fills only display fields: a seed makes the
@@ -36,8 +38,9 @@
 //!
 //! `cargo test --test sim` runs a fixed budget of 600 seeds (CI, 22 to 40 s unoptimised);
 //! `scripts/sim SEEDS [FIRST]` runs more; `CARAVAN_SIM_SEED=N cargo test --test sim replay
-//! -- --nocapture` replays one seed with its event log (`CARAVAN_SIM_BUG=cached-judgment`
-//! `no-fence-wait` or `remove-sees-only-its-node` with a bug put back). A failing seed prints the command that
+//! -- --nocapture` replays one seed with its event log (`CARAVAN_SIM_BUG=cached-judgment`,
+//! `no-fence-wait`, `remove-sees-only-its-node` or `name-taken-without-waiting` with a bug
+//! put back). A failing seed prints the command that
 //! replays it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -69,6 +72,10 @@ enum Bug {
     /// A remove that looks only at the mounts of the node asked (as Docker's `local`
     /// driver may), not at the cluster's.
     RemoveSeesOnlyItsNode,
+    /// A daemon started under a dead daemon's name on another machine takes that name's
+    /// volumes over at once (its reconcile drops what it does not find bound here),
+    /// while the other machine's containers may still write until its keeper fences them.
+    NameTakenWithoutWaiting,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +142,10 @@ struct Container {
     /// Its volume was removed under it (its node's incarnation judged dead): it writes into
     /// the trash from then on, not into the volume made again under that name.
     trashed: bool,
+    /// Its node's name was taken by a daemon on another machine: it runs on, unseen by
+    /// that daemon, until its own machine's keeper fences it at this reading of the
+    /// machine's clock (the lease its last daemon left).
+    orphaned_until: Option<Moment>,
 }
 
 struct Node {
@@ -162,6 +173,9 @@ struct Node {
     lease_until: Option<Moment>,
     /// Unmounts dockerd asked for while the export did not answer (volume, mount ID).
     pending_unmounts: Vec<(usize, String)>,
+    /// A daemon started under this name on another machine reconciles and serves only
+    /// from this true time on (the wait for the other machine's containers).
+    ready_at: u64,
 }
 
 impl Node {
@@ -260,12 +274,14 @@ impl SimOracle<'_> {
         let j = self.watchers.judge_within(node, boot_id, self.now, limit);
         if j.state == Liveness::Dead {
             *self.judged_dead += 1;
+            let boot_shown = boot.clone().unwrap_or_default();
             if let Some(last) = boot.and_then(|b| self.landed.get(&(node.to_string(), b))) {
                 let silent = self.t.saturating_sub(*last);
                 let floor = death_floor(limit);
                 if silent < floor && self.violation.is_none() {
                     *self.violation = Some(format!(
-                        "no false death: {node} judged dead (limit {} ms) after only {silent} ms without a beat landing",
+                        "no false death: {node} ({}) judged dead (limit {} ms) after only {silent} ms without a beat landing",
+                        boot_shown,
                         ms(limit)
                     ));
                 }
@@ -357,6 +373,7 @@ impl World {
                     held_beat: None,
                     lease_until: None,
                     pending_unmounts: Vec::new(),
+                    ready_at: 0,
                 }
             })
             .collect();
@@ -490,6 +507,26 @@ impl World {
                 c.held = None;
             }
         }
+        // One daemon start in four is of a daemon with this name on another machine (a
+        // cloned host, a standby started by hand): this machine's containers run on,
+        // unseen by it, until this machine's keeper fences them.
+        let elsewhere = !host_restart && self.rng.u8(..4) == 0;
+        if elsewhere {
+            let until = node.lease_until.take().unwrap_or(node.clock(t));
+            node.pending_unmounts.clear();
+            node.ready_at = match p.bug {
+                Bug::NameTakenWithoutWaiting => t,
+                _ => t + ms(p.takeover_after()),
+            };
+            for c in self
+                .containers
+                .iter_mut()
+                .filter(|c| c.node == n && c.alive)
+            {
+                c.orphaned_until = Some(until);
+                c.until = None;
+            }
+        }
         node.daemon_up = true;
         node.back_at = None;
         node.boot += 1;
@@ -505,6 +542,8 @@ impl World {
             "{name} {} again as a new incarnation",
             if host_restart {
                 "host up"
+            } else if elsewhere {
+                "daemon started on another machine"
             } else {
                 "daemon started"
             }
@@ -549,32 +588,38 @@ impl World {
     /// The fence keeper: once the lease read from the last beat ran out, it kills the
     /// host's containers of exclusive volumes (it never waits on the export).
     fn keeper(&mut self, n: usize) {
-        let t = self.t;
         let node = &self.nodes[n];
         if !node.host_up {
             return;
         }
-        let Some(until) = node.lease_until else {
-            return;
-        };
-        if node.clock(t) < until {
-            return;
+        let now = node.clock(self.t);
+        let lease_out = node.lease_until.is_some_and(|u| now >= u);
+        let name = node.name.clone();
+        // The containers of a daemon that ran here before the name was taken elsewhere.
+        self.fence_where(
+            n,
+            |c| c.orphaned_until.is_some_and(|u| now >= u),
+            &format!("the keeper of {name}'s earlier machine"),
+        );
+        if lease_out {
+            self.fence_where(n, |c| c.orphaned_until.is_none(), &format!("{name} keeper"));
         }
+    }
+
+    /// Kills node `n`'s live containers that `which` picks, as its keeper (`who`) does.
+    fn fence_where(&mut self, n: usize, which: impl Fn(&Container) -> bool, who: &str) {
         let mut killed = Vec::new();
         for c in self
             .containers
             .iter_mut()
-            .filter(|c| c.node == n && c.alive)
+            .filter(|c| c.node == n && c.alive && which(c))
         {
             c.alive = false;
             killed.push(c.id);
         }
         if !killed.is_empty() {
             self.stats.fences += 1;
-            let name = self.nodes[n].name.clone();
-            self.note(format!(
-                "{name} keeper: lease out, killed containers {killed:?}"
-            ));
+            self.note(format!("{who}: lease out, killed containers {killed:?}"));
         }
     }
 
@@ -616,6 +661,7 @@ impl World {
             version: "sim".into(),
             state: HeartbeatState::Running,
             interval_ms: ms(p.interval),
+            machine: None,
         };
         if let Some(lapse) = node.standing.beat_landed(began, now) {
             let name = node.name.clone();
@@ -634,7 +680,7 @@ impl World {
         }
         node.watchers.clock.good_round(now);
         node.next_round = t + ms(p.interval);
-        if !self.reconciled[n] {
+        if !self.reconciled[n] && t >= self.nodes[n].ready_at {
             self.reconcile(n);
         }
         self.retry_unmounts(n);
@@ -651,6 +697,7 @@ impl World {
                     c.node == n
                         && c.volume == v
                         && c.alive
+                        && c.orphaned_until.is_none()
                         && self.records[v]
                             .mounts
                             .get(&name)
@@ -729,7 +776,7 @@ impl World {
         for c in self
             .containers
             .iter_mut()
-            .filter(|c| c.node == n && c.alive)
+            .filter(|c| c.node == n && c.alive && c.orphaned_until.is_none())
         {
             let listed = self.records[c.volume]
                 .mounts
@@ -831,6 +878,7 @@ impl World {
                     held: None,
                     until,
                     trashed: false,
+                    orphaned_until: None,
                 });
                 self.note(format!("{name} mounted db{v} for container {id}"));
                 Some(id)
@@ -951,7 +999,8 @@ impl World {
         // record names for a node with a container of the volume is that node's running
         // daemon, and its last beat landed too recently for anyone to judge it dead.
         for c in &self.containers {
-            if !c.alive || c.trashed || c.volume != v {
+            // (An orphaned container is no incarnation's mount: one writer judges it.)
+            if !c.alive || c.trashed || c.volume != v || c.orphaned_until.is_some() {
                 continue;
             }
             let host = &self.nodes[c.node];
@@ -1115,6 +1164,18 @@ fn finds(bug: Bug) -> Outcome {
     o
 }
 
+/// A bug put back is found within the CI budget, breaking the invariant `invariant`.
+fn finds_breaking(bug: Bug, invariant: &str) {
+    let o = finds(bug);
+    assert!(
+        o.violation
+            .as_deref()
+            .is_some_and(|v| v.starts_with(invariant)),
+        "{:?}",
+        o.violation
+    );
+}
+
 #[test]
 fn it_finds_a_takeover_judged_on_a_cached_heartbeat() {
     let o = finds(Bug::CachedJudgment);
@@ -1123,26 +1184,17 @@ fn it_finds_a_takeover_judged_on_a_cached_heartbeat() {
 
 #[test]
 fn it_finds_a_takeover_that_does_not_wait_for_in_flight_writes() {
-    let o = finds(Bug::NoFenceWait);
-    assert!(
-        o.violation
-            .as_deref()
-            .is_some_and(|v| v.starts_with("one writer")),
-        "{:?}",
-        o.violation
-    );
+    finds_breaking(Bug::NoFenceWait, "one writer");
+}
+
+#[test]
+fn it_finds_a_name_taken_from_another_machine_without_waiting() {
+    finds_breaking(Bug::NameTakenWithoutWaiting, "one writer");
 }
 
 #[test]
 fn it_finds_a_remove_that_looks_only_at_its_own_node() {
-    let o = finds(Bug::RemoveSeesOnlyItsNode);
-    assert!(
-        o.violation
-            .as_deref()
-            .is_some_and(|v| v.starts_with("remove:")),
-        "{:?}",
-        o.violation
-    );
+    finds_breaking(Bug::RemoveSeesOnlyItsNode, "remove:");
 }
 
 /// `CARAVAN_SIM_SEED=N`: one seed, with its whole event log.
@@ -1156,8 +1208,9 @@ fn replay() {
         Ok("cached-judgment") => Bug::CachedJudgment,
         Ok("no-fence-wait") => Bug::NoFenceWait,
         Ok("remove-sees-only-its-node") => Bug::RemoveSeesOnlyItsNode,
+        Ok("name-taken-without-waiting") => Bug::NameTakenWithoutWaiting,
         Ok(other) => panic!(
-            "CARAVAN_SIM_BUG={other:?}: give cached-judgment, no-fence-wait or remove-sees-only-its-node"
+            "CARAVAN_SIM_BUG={other:?}: give cached-judgment, no-fence-wait, remove-sees-only-its-node or name-taken-without-waiting"
         ),
     };
     let o = simulate(seed, bug);

@@ -111,6 +111,9 @@ pub struct Daemon {
     /// Settings passed as `CARAVAN_*` environment variables (which an older build, run by
     /// `CARAVAN_TEST_BIN`, ignores where it does not know them, unlike flags).
     pub env: Vec<(String, String)>,
+    /// Runs the daemon as on another machine: in a mount namespace of its own where this
+    /// file is `/etc/machine-id`.
+    pub machine_id: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -162,6 +165,7 @@ impl Daemon {
             tied_to_process: false,
             open_files: None,
             env: Vec::new(),
+            machine_id: None,
         }
     }
 
@@ -215,7 +219,19 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(caravan_bin());
+        let mut cmd = match &self.machine_id {
+            None => Command::new(caravan_bin()),
+            Some(id) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind '{}' /etc/machine-id && exec \"$0\" \"$@\"",
+                        id.display()
+                    ))
+                    .arg(caravan_bin());
+                c
+            }
+        };
         cmd.arg("daemon")
             .arg("--root")
             .arg(&self.root)
