@@ -1246,7 +1246,8 @@ fn the_metadata_store_keeps_its_invariants_under_faults() {
             && total.torn_hints > 0
             && total.hints_ahead > 0
             && total.hint_failures > 0
-            && total.unknown > 0,
+            && total.unknown > 0
+            && total.remounts > 0,
         "{total:?}"
     );
 }

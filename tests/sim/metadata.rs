@@ -17,7 +17,9 @@
 //! write failing, or cut short by the writer's death (the file then holds the new number's
 //! first digits and the old one's last: a partial write); journal entries lost or torn;
 //! links cut (a cut-off lock holder blocks every other node until the server drops it,
-//! and nothing it wrote lands after that); a node of the last release killed between its
+//! and nothing it wrote lands after that); the export mounted again under a node (every
+//! handle of a hold in progress fails, its lock goes with the old connection, and the
+//! readers' kept handle fails once); a node of the last release killed between its
 //! hint write and its sled commit (the hint left one ahead of sled, the case the trusted
 //! distance is for); another machine writing the hint (the largest number, any number,
 //! garbage).
@@ -187,6 +189,9 @@ struct Hold {
     hint_moved: bool,
     /// Since when the hold waits for the lock (true ms).
     waiting_since: Option<u64>,
+    /// The export was mounted again during the hold: every handle it opened (sled, the
+    /// hint, the journal folder, the lock) is of a connection that is gone.
+    stale: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +229,9 @@ struct Node {
     /// The server dropped this client: every call on the export fails at once until the
     /// link is back (then the client connects again, and is not told it lost its lock).
     dropped: bool,
+    /// The export was mounted again: the readers' kept handle fails once (ESTALE), and is
+    /// opened again from the configured path.
+    remounted: bool,
     /// The store thread's state: only ever one it loaded from sled or committed itself.
     worker: State,
     /// The state readers are served (the worker's, or a catch-up's).
@@ -263,6 +271,7 @@ pub struct Stats {
     pub hint_failures: u64,
     pub unknown: u64,
     pub planted: u64,
+    pub remounts: u64,
 }
 
 impl Stats {
@@ -279,6 +288,7 @@ impl Stats {
             hint_failures: self.hint_failures + o.hint_failures,
             unknown: self.unknown + o.unknown,
             planted: self.planted + o.planted,
+            remounts: self.remounts + o.remounts,
         }
     }
 }
@@ -330,6 +340,7 @@ impl World {
                 link_down_until: 0,
                 link_down_since: None,
                 dropped: false,
+                remounted: false,
                 worker: State::default(),
                 cache: State::default(),
                 hint_behind: false,
@@ -457,6 +468,21 @@ impl World {
             self.stats.faults += 1;
             self.stats.planted += 1;
             self.note(format!("another machine wrote {shown:?} into the hint"));
+        } else if roll < per_tick(0.19) && self.nodes[n].link_up(t) {
+            // The export is mounted again on this host (its FUSE client restarted, an
+            // operator remounted it): the old connection's lock goes with it.
+            if self.export.lock == Some(n) {
+                self.export.lock = None;
+            }
+            let node = &mut self.nodes[n];
+            node.remounted = true;
+            if let Some(h) = node.hold.as_mut() {
+                h.stale = true;
+            }
+            let name = node.name.clone();
+            self.stats.faults += 1;
+            self.stats.remounts += 1;
+            self.note(format!("{name}'s export mounted again"));
         }
     }
 
@@ -491,6 +517,7 @@ impl World {
         node.link_down_until = 0;
         node.link_down_since = None;
         node.dropped = false;
+        node.remounted = false;
         node.worker = State::default();
         node.cache = State::default();
         node.hint_behind = false;
@@ -573,6 +600,7 @@ impl World {
                     landed: false,
                     hint_moved: false,
                     waiting_since: None,
+                    stale: false,
                 });
             }
         }
@@ -636,6 +664,10 @@ impl World {
             h.step,
             Step::Lock | Step::Open | Step::Sync | Step::Write | Step::Journal | Step::Hint
         );
+        if touches_export && h.stale {
+            // ESTALE on a handle of the old connection.
+            return self.export_failed(n, h);
+        }
         if touches_export && !self.nodes[n].link_up(t) {
             // Held in the export client until the link is back; failed once the server
             // dropped the client (or the lock wait's deadline passed).
@@ -948,6 +980,15 @@ impl World {
     /// Returns the read when it goes on.
     fn read_step(&mut self, n: usize, mut r: Read) -> Option<Read> {
         let t = self.t;
+        if matches!(r.step, ReadStep::Hint | ReadStep::Journal) && self.nodes[n].remounted {
+            // ESTALE on the kept handle: this read answers from the cached state, marked
+            // stale; the handle is opened again for the next.
+            self.nodes[n].remounted = false;
+            if r.step == ReadStep::Journal {
+                self.nodes[n].catching_up = false;
+            }
+            return None;
+        }
         if matches!(r.step, ReadStep::Hint | ReadStep::Journal) && !self.nodes[n].link_up(t) {
             // Waits for the export, up to the budget; then the cached state is answered,
             // marked stale (not a fresh read: no invariant of fresh reads applies).
