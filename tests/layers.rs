@@ -391,11 +391,18 @@ fn every_module_map_names_its_modules() {
 
 /// Where each idiom lives, and what it replaces: a use of the raw call outside its one
 /// home is a second way of doing the same thing.
-const ONE_WAY: &[(&str, &str, &str)] = &[(
-    "spawn_blocking",
-    "runtime/deadline.rs",
-    "blocking work leaves the async threads through runtime::deadline::blocking (bounded) or ::unbounded (a job's own length)",
-)];
+const ONE_WAY: &[(&str, &str, &str)] = &[
+    (
+        "spawn_blocking",
+        "runtime/deadline.rs",
+        "blocking work leaves the async threads through runtime::deadline::blocking (bounded) or ::unbounded (a job's own length)",
+    ),
+    (
+        "random/uuid",
+        "runtime/random.rs",
+        "random ids come from runtime::random::id, the shell's one source of chance",
+    ),
+];
 
 #[test]
 fn each_idiom_has_one_home() {

@@ -161,7 +161,7 @@ impl Nodes {
         metrics: Arc<Metrics>,
         takes_name_lock: bool,
     ) -> Result<Nodes> {
-        let boot_id = random_id();
+        let boot_id = crate::runtime::random::id();
         let mut nodes = Nodes {
             me: me.to_string(),
             metrics,
@@ -782,20 +782,6 @@ pub fn decode_heartbeat(bytes: &[u8], node: &str) -> Result<Heartbeat> {
         )));
     }
     Ok(hb)
-}
-
-/// A random id for this start of the daemon (the kernel's UUID generator).
-/// A random token (a uuid from the kernel): boot ids, the metadata store's id.
-pub(crate) fn random_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("{}-{nanos}", std::process::id())
-        })
 }
 
 #[cfg(test)]

@@ -834,7 +834,7 @@ impl OpenStore {
             // one, written with the next commit. Entries that named another are never
             // applied.
             _ => {
-                let id = crate::cluster::node::random_id();
+                let id = crate::runtime::random::id();
                 db.insert(STORE_ID_KEY, id.as_bytes())
                     .map_err(|e| sled_error("writing the store id", e))?;
                 id
