@@ -90,6 +90,9 @@ pub struct Nodes {
     /// This name's heartbeat as a daemon found it when it took the name lock, before its
     /// own first beat: which daemon, on which machine, had the name last.
     previous: Option<Heartbeat>,
+    /// The machine this daemon takes its name over from, written into its beats until
+    /// its start has waited (see [`Nodes::name_taken_over`]).
+    taking_from: Mutex<Option<String>>,
     interval: Duration,
     dead_after: Duration,
     seq: Mutex<u64>,
@@ -176,6 +179,7 @@ impl Nodes {
             boot_id,
             machine: crate::host::machine::id(),
             previous: None,
+            taking_from: Mutex::new(None),
             interval,
             dead_after,
             seq: Mutex::new(0),
@@ -193,15 +197,23 @@ impl Nodes {
         if takes_name_lock {
             // A name never used, or a file that does not read, tells nothing.
             nodes.previous = read_heartbeat(&conn.dir, &nodes.shown, me).ok();
+            let from = nodes.name_taken_from().map(str::to_string);
+            *nodes.taking_from.lock().unwrap_or_else(|p| p.into_inner()) = from;
         }
         Ok(nodes)
     }
 
     /// The machine this daemon takes its name over from, if the name's last daemon ran
-    /// on another one and did not stop cleanly (see
+    /// on another one and did not stop cleanly, or stopped while it waited for that (see
     /// [`crate::core::liveness::name_taken_from`]).
     pub fn name_taken_from(&self) -> Option<&str> {
         crate::core::liveness::name_taken_from(self.previous.as_ref(), self.machine.as_deref())
+    }
+
+    /// The start has waited and reconciled: the beats stop saying the name is being taken
+    /// over.
+    pub fn name_taken_over(&self) {
+        *self.taking_from.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Opens the heartbeat folder below `root` and, for a daemon, takes the node-name lock
@@ -394,6 +406,11 @@ impl Nodes {
             state,
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
             machine: self.machine.clone(),
+            taken_from: self
+                .taking_from
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         let bytes = serde_json::to_vec(&hb)
             .map_err(|e| Error::Store(format!("encoding the heartbeat: {e}")))?;
@@ -799,6 +816,7 @@ mod tests {
             state,
             interval_ms: 1000,
             machine: None,
+            taken_from: None,
         }
     }
 

@@ -35,6 +35,11 @@ pub struct Heartbeat {
     /// run here ([`name_taken_from`]). Absent from an older release's beats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// The machine this daemon is taking its name over from, until its start has waited
+    /// and reconciled: a daemon restarted meanwhile (on this machine) waits again instead
+    /// of taking the other machine's volumes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_from: Option<String>,
 }
 
 /// The machine a daemon starting under a name takes the name over from: `previous`, the
@@ -52,7 +57,11 @@ pub fn name_taken_from<'a>(
 ) -> Option<&'a str> {
     let previous = previous.filter(|p| p.state == HeartbeatState::Running)?;
     let theirs = previous.machine.as_deref()?;
-    (Some(theirs) != machine && machine.is_some()).then_some(theirs)
+    if Some(theirs) == machine {
+        // A restart here; but one that stopped while waiting still owes the wait.
+        return previous.taken_from.as_deref();
+    }
+    machine.is_some().then_some(theirs)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +161,6 @@ pub struct SeeingClock {
     seen: Duration,
     last_good: Option<Moment>,
     cap: Duration,
-    /// Seeing time when the observer last began to see again after a round longer than
-    /// `cap` (it was blind for the rest of that round).
-    resumed: Duration,
 }
 
 impl SeeingClock {
@@ -163,7 +169,6 @@ impl SeeingClock {
             seen: Duration::ZERO,
             last_good: None,
             cap,
-            resumed: Duration::ZERO,
         }
     }
 
@@ -177,18 +182,8 @@ impl SeeingClock {
 
     /// A round in which this observer wrote its beat and read everyone's ended at `at`.
     pub fn good_round(&mut self, at: Moment) {
-        let blind = self.last_good.is_some_and(|t| at.since(t) > self.cap);
         self.seen = self.now(at);
-        if blind {
-            self.resumed = self.seen;
-        }
         self.last_good = Some(at);
-    }
-
-    /// The seeing time since which this observer has seen without a blind stretch: a
-    /// boot id that ran before it may have beaten, unseen, until then.
-    pub fn resumed(&self) -> Duration {
-        self.resumed
     }
 
     pub fn last_good(&self) -> Option<Moment> {
@@ -203,6 +198,8 @@ struct BootSeen {
     seq: u64,
     /// Seeing time of the last beat (a change of `seq`, or the first sight).
     last_beat: Duration,
+    /// Seeing time of the first sight.
+    first_seen: Duration,
     left: bool,
 }
 
@@ -276,6 +273,7 @@ impl Watchers {
                         boot_id: hb.boot_id.clone(),
                         seq: hb.seq,
                         last_beat: now,
+                        first_seen: now,
                         left,
                     },
                 );
@@ -357,11 +355,19 @@ impl Watchers {
             return Judgment::gone(Liveness::Left);
         }
         // A boot id never seen in the file has been silent since this observer began
-        // watching the file (had it run, it would have written there), or since it last
-        // began to see again: an incarnation that lived and died while this observer was
-        // blind beat, unseen, until then (judged from the first watch, it was found dead
-        // a third early by the simulation, shortening a takeover's fence wait).
-        let mut last = seen.map_or(w.first.max(self.clock.resumed()), |b| b.last_beat);
+        // watching the file (had it run, it would have written there), and at least
+        // since it first saw the boot id the file names now: one daemon runs per name
+        // (the name lock), so an earlier one was gone before that one began, but it may
+        // have lived and died unseen while this observer was blind (counted from the
+        // first watch, it was judged dead a third early in the simulation, shortening a
+        // takeover's fence wait). A boot id known only from a commit counts from the
+        // commit, below.
+        let current = w
+            .boots
+            .iter()
+            .find(|b| b.boot_id == w.current.boot_id)
+            .map_or(w.first, |b| b.first_seen);
+        let mut last = seen.map_or(w.first.max(current), |b| b.last_beat);
         if let Some(c) = self.commits.get(&(node.to_string(), boot.to_string())) {
             last = last.max(*c);
         }
@@ -444,6 +450,15 @@ mod tests {
             None,
             "it stopped cleanly"
         );
+        let waiting = Heartbeat {
+            taken_from: Some("m1".into()),
+            ..on(Some("m2"), HeartbeatState::Running)
+        };
+        assert_eq!(
+            name_taken_from(Some(&waiting), Some("m2")),
+            Some("m1"),
+            "restarted here while it waited: it waits again"
+        );
         assert_eq!(name_taken_from(None, Some("m2")), None, "a new name");
     }
 
@@ -456,6 +471,7 @@ mod tests {
             state,
             interval_ms: 1000,
             machine: None,
+            taken_from: None,
         }
     }
 
@@ -516,9 +532,11 @@ mod tests {
 
     /// Found by the simulation (tests/sim/, seed 400 then): b2 started and died while this
     /// observer was blind; judged from the watch's beginning it was dead at once, a third
-    /// early, which shortened a takeover's wait for its writes.
+    /// early, which shortened a takeover's wait for its writes. Counted from the first
+    /// sight of b3 (not from the end of the observer's blindness, which a slow round would
+    /// reset again and again), b2 still dies.
     #[test]
-    fn a_boot_id_that_ran_while_the_observer_was_blind_is_silent_only_since_it_saw_again() {
+    fn a_boot_id_that_ran_while_the_observer_was_blind_is_silent_since_its_successor_was_seen() {
         let (mut w, t0) = watchers();
         rounds(&mut w, t0, 1, 20, &[("b", "b1")]);
         // Blind from 20 s to 40 s (no good round); b2 ran meanwhile, unseen, and b3 now
@@ -528,9 +546,13 @@ mod tests {
             w.judge("b", Some("b2"), t0 + 41 * SEC).is_alive(),
             "b2 may have beaten until the observer saw again"
         );
-        rounds(&mut w, t0, 41, 46, &[("b", "b3")]);
+        // Rounds slower than the cap from here on (the observer is slow, not blind): b2
+        // still dies once dead_after of seeing has passed since b3 was first seen.
+        for at in [43, 46, 49, 52] {
+            rounds(&mut w, t0, at, at, &[("b", "b3")]);
+        }
         assert_eq!(
-            w.judge("b", Some("b2"), t0 + 46 * SEC).state,
+            w.judge("b", Some("b2"), t0 + 52 * SEC).state,
             Liveness::Dead,
             "dead after dead_after of seeing since"
         );

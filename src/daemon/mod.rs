@@ -38,6 +38,8 @@ pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Polled during the start too (see wait_if_the_name_ran_elsewhere), then by the servers.
+    let mut shutdown = Box::pin(shutdown);
     // Before anything is started, mounted or deleted. A socket passed by systemd is
     // served as it is; otherwise --socket is checked (and bound later).
     let activated = crate::daemon::systemd::activated_socket()?;
@@ -189,7 +191,9 @@ pub async fn run(
     .await?;
     let beating = Arc::new(std::sync::atomic::AtomicBool::new(true));
     start_heartbeat(nodes.clone(), health.clone(), beating.clone())?;
-    wait_if_the_name_ran_elsewhere(&nodes).await;
+    if !wait_if_the_name_ran_elsewhere(&nodes, &mut shutdown).await {
+        return Ok(());
+    }
     let svc = Service::start(
         cfg.node.clone(),
         store.clone(),
@@ -200,6 +204,8 @@ pub async fn run(
         metrics,
     )
     .await?;
+    // Its reconcile has run: whatever the name's last daemon held is judged as this one's.
+    nodes.name_taken_over();
     let fencing = tokio::spawn(fence_loop(nodes.clone(), svc.clone(), state_dir));
     // Other nodes' commits are applied once per heartbeat interval even while no call
     // asks, so that the next read rarely has journal entries to read first.
@@ -415,21 +421,21 @@ pub async fn run(
 /// Connections the metrics endpoint serves at once (Prometheus scrapes one at a time).
 const METRICS_CONNECTIONS: usize = 16;
 
-/// Starts the heartbeat thread: every interval it writes this node's heartbeat and reads
-/// everyone else's ([`Nodes::round`]). It is an OS thread of its own, doing nothing else, so
-/// that nothing (fencing, store reads, usage walks, a busy async runtime or blocking pool)
-/// can make a live node look silent. A round blocked on a stalled export blocks only this
-/// thread; [`Health`] reports it.
 /// A name whose last daemon ran on another machine and did not stop cleanly: that
 /// machine's containers may still write until its fence keeper stops them, and their
 /// in-flight writes may land until the fence wait has passed. Nothing of the name's is
 /// taken over (the start's reconcile drops the mounts and holds it does not find bound
 /// here) before the takeover wait has passed, beating meanwhile (found by the simulation:
 /// taken at once, a volume was granted elsewhere while the first machine's container still
-/// wrote to it).
-async fn wait_if_the_name_ran_elsewhere(nodes: &Nodes) {
+/// wrote to it). Until the start has reconciled, the beats say so (`taken_from`), so that a
+/// daemon restarted meanwhile waits again. Returns `false` when `shutdown` came first: the
+/// daemon then stops without writing `left` (it still owes the wait).
+async fn wait_if_the_name_ran_elsewhere(
+    nodes: &Nodes,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> bool {
     let Some(other) = nodes.name_taken_from() else {
-        return;
+        return true;
     };
     let wait = nodes.takeover_after();
     let other = crate::core::error::shown(other).to_string();
@@ -447,9 +453,20 @@ async fn wait_if_the_name_ran_elsewhere(nodes: &Nodes) {
         ),
         wait,
     );
-    tokio::time::sleep(wait).await;
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = shutdown => {
+            tracing::info!("stopping while waiting to take the node's name over: the next start waits again");
+            false
+        }
+    }
 }
 
+/// Starts the heartbeat thread: every interval it writes this node's heartbeat and reads
+/// everyone else's ([`Nodes::round`]). It is an OS thread of its own, doing nothing else, so
+/// that nothing (fencing, store reads, usage walks, a busy async runtime or blocking pool)
+/// can make a live node look silent. A round blocked on a stalled export blocks only this
+/// thread; [`Health`] reports it.
 fn start_heartbeat(
     nodes: Arc<Nodes>,
     health: Arc<Health>,

@@ -662,6 +662,7 @@ impl World {
             state: HeartbeatState::Running,
             interval_ms: ms(p.interval),
             machine: None,
+            taken_from: None,
         };
         if let Some(lapse) = node.standing.beat_landed(began, now) {
             let name = node.name.clone();
@@ -1292,6 +1293,12 @@ fn it_finds_a_hint_trusted_however_far_ahead() {
 }
 
 #[test]
+fn it_finds_states_labelled_above_sled() {
+    let o = finds_in_metadata(metadata::Bug::NoFloor);
+    assert!(o.violation.is_some());
+}
+
+#[test]
 fn it_finds_an_untrusted_hint_set_back_to_a_number_readers_took() {
     let o = finds_in_metadata(metadata::Bug::SetBackToSled);
     assert!(o.violation.is_some());
@@ -1308,8 +1315,9 @@ fn replay_metadata() {
         Ok("hint-repeat") => metadata::Bug::HintRepeat,
         Ok("trust-any-hint") => metadata::Bug::TrustAnyHint,
         Ok("set-back-to-sled") => metadata::Bug::SetBackToSled,
+        Ok("no-floor") => metadata::Bug::NoFloor,
         Ok(other) => panic!(
-            "CARAVAN_SIM_BUG={other:?}: give hint-repeat, trust-any-hint or set-back-to-sled"
+            "CARAVAN_SIM_BUG={other:?}: give hint-repeat, trust-any-hint, set-back-to-sled or no-floor"
         ),
     };
     let o = metadata::simulate(seed, bug);

@@ -31,7 +31,10 @@
 //! - **acknowledged is seen**: a read that began after a commit was acknowledged and its
 //!   number reached the hint serves it, on any node (a commit whose hint write failed is
 //!   acknowledged before that: it is seen once a hold has brought the hint up, within a
-//!   second; docs/semantics.md, "The metadata store");
+//!   second; docs/semantics.md, "The metadata store"), unless another machine wrote the
+//!   hint in between: the hint is not authenticated, and a reader then keeps the state it
+//!   has until the next commit writes the hint (it still never goes back, never sees an
+//!   uncommitted state, and decides nothing on it);
 //! - **commits go on**: no value found in the hint (written by another machine: the
 //!   export is hostile input) exhausts the generation counter;
 //! - **acknowledged creates survive**: no commit writes a create over a name sled holds
@@ -63,10 +66,14 @@ pub enum Bug {
     HintRepeat,
     /// Take any number read from the hint, however far ahead of sled.
     TrustAnyHint,
-    /// Set a hint not trusted back to sled's own generation (the fix of issue 24, found
-    /// wanting by this simulation): a number readers took from a hint left ahead by a
-    /// crash is then repeated by the next commit.
+    /// Set a hint not trusted back to sled's own generation, without the floor (the fix of
+    /// issue 24, found wanting by this simulation): a number readers took from a hint
+    /// left ahead by a crash is then repeated by the next commit.
     SetBackToSled,
+    /// Label states with a hint adopted above sled's generation without writing it into
+    /// sled first (the floor): a hint written lower later (another machine, an older
+    /// node setting it back to sled's) lets a commit repeat a number readers hold.
+    NoFloor,
 }
 
 type Records = BTreeMap<String, u64>;
@@ -310,6 +317,9 @@ struct World {
     export: Export,
     nodes: Vec<Node>,
     names: usize,
+    /// The chance per node and step of a call that commits: busy clusters and idle ones
+    /// (where a hint stays as it is for long).
+    busy: f64,
     next_value: u64,
     next_serial: u64,
     /// (instant, generation): from that instant on, every read must serve at least that
@@ -318,6 +328,10 @@ struct World {
     /// Acknowledged commits whose hint write failed: they join `floors` once the hint
     /// reaches them.
     unpublished: Vec<u64>,
+    /// Instants at which another machine wrote the hint: a reader then holds the state it
+    /// has until the next commit writes the hint (the hint is not authenticated), so the
+    /// acknowledgements before such an instant are not required of reads after it.
+    tampered: Vec<u64>,
     log: Vec<String>,
     violation: Option<String>,
     stats: Stats,
@@ -360,6 +374,7 @@ impl World {
             clock: 0,
             length_ms: 60_000,
             names: rng.usize(2..=5),
+            busy: [0.02, 0.002, 0.0002][rng.usize(..3)],
             export: Export {
                 store: rng.u32(..),
                 sled_gen: 0,
@@ -375,6 +390,7 @@ impl World {
             next_serial: 1,
             floors: Vec::new(),
             unpublished: Vec::new(),
+            tampered: Vec::new(),
             log: Vec::new(),
             violation: None,
             stats: Stats::default(),
@@ -456,19 +472,35 @@ impl World {
                 "a node of the last release died between its hint write ({ahead}) and its commit (sled at {})",
                 self.export.sled_gen
             ));
-        } else if roll < per_tick(0.17) {
+        } else if roll < per_tick(0.21) {
             // Another machine writes the hint (rule 2: the export is hostile input).
-            let text = match self.rng.u8(..3) {
+            let sled = self.export.sled_gen;
+            let text = match self.rng.u8(..4) {
                 0 => hint_text(u64::MAX),
-                1 => hint_text(self.rng.u64(..)),
+                // Near sled's: below what readers hold, or a little ahead.
+                1 => hint_text(self.rng.u64(..=sled.saturating_add(128))),
+                2 => hint_text(self.rng.u64(..)),
                 _ => b"not a number\n".to_vec(),
             };
             let shown = String::from_utf8_lossy(&text).trim().to_string();
             self.export.hint = HintFile::Text(text);
+            self.tampered.push(self.clock);
             self.stats.faults += 1;
             self.stats.planted += 1;
             self.note(format!("another machine wrote {shown:?} into the hint"));
-        } else if roll < per_tick(0.19) && self.nodes[n].link_up(t) {
+        } else if roll < per_tick(0.24) && self.export.lock.is_none() {
+            // A node of the last release takes the lock and sets a hint it does not trust
+            // (or cannot read) back to sled's own generation, without committing.
+            let found = self.export.hint.opened();
+            let stored = self.export.sled_gen;
+            if found.is_none_or(|f| f > stored + freshness::TRUSTED_AHEAD) {
+                self.export.hint = HintFile::Text(hint_text(stored));
+                self.stats.faults += 1;
+                self.note(format!(
+                    "a node of the last release set the hint {found:?} back to sled's {stored}"
+                ));
+            }
+        } else if roll < per_tick(0.26) && self.nodes[n].link_up(t) {
             // The export is mounted again on this host (its FUSE client restarted, an
             // operator remounted it): the old connection's lock goes with it.
             if self.export.lock == Some(n) {
@@ -558,7 +590,7 @@ impl World {
         if !self.nodes[n].up {
             return;
         }
-        if self.rng.f64() < 0.02 {
+        if self.rng.f64() < self.busy {
             let name = format!("v{}", self.rng.usize(0..self.names));
             let m = if self.rng.bool() {
                 self.next_value += 1;
@@ -733,6 +765,19 @@ impl World {
                     self.nodes[n].hint_behind = false;
                 }
                 let synced = freshness::synced(stored, h.hint_last);
+                // sled is the floor of every label: a hint adopted above it is written
+                // into sled first.
+                // (The bugs found before the floor are put back into the code as it was.)
+                let floor = !matches!(
+                    self.bug,
+                    Bug::NoFloor | Bug::SetBackToSled | Bug::HintRepeat
+                );
+                if synced.generation > stored && floor {
+                    self.export.sled_gen = synced.generation;
+                    self.export
+                        .history
+                        .insert(synced.generation, self.export.sled.clone());
+                }
                 let voided: Vec<u64> = if synced.voided.is_empty() {
                     Vec::new()
                 } else {
@@ -1122,10 +1167,18 @@ impl World {
                 self.export.committed(state.generation)
             ));
         }
+        let tampered = self
+            .tampered
+            .iter()
+            .take_while(|at| **at < r.started)
+            .last()
+            .copied()
+            .unwrap_or(0);
         let floor = self
             .floors
             .iter()
             .take_while(|(at, _)| *at < r.started)
+            .filter(|(at, _)| *at > tampered)
             .map(|(_, g)| *g)
             .max()
             .unwrap_or(0);

@@ -213,7 +213,8 @@ impl Daemon {
         (status, log.get(before..).unwrap_or_default().to_string())
     }
 
-    fn launch(&mut self) {
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -48,32 +48,36 @@ impl HintWriter {
         let at = layout.at(&path);
         let opened =
             || crate::export::beneath::open_or_create_regular(&at, nix::libc::O_DSYNC, 0o644);
-        let file = match opened() {
-            Ok((file, _)) if owned_by_this_user(&file) => file,
+        // The number a replaced file of another user held: a regular file, safe to read
+        // (on an export that squashes users every node's file is "another user's", and
+        // losing its number would set the hint back at every hold).
+        let (file, carried) = match opened() {
+            Ok((file, _)) if owned_by_this_user(&file) => (file, None),
             found => {
-                let what = match found {
-                    Ok(_) => "a file of another user".to_string(),
+                let (what, number) = match found {
+                    Ok((other, _)) => (
+                        "a file of another user".to_string(),
+                        number_in(&other, &path)?,
+                    ),
                     Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-                        crate::export::beneath::entry_kind(&at)
+                        (crate::export::beneath::entry_kind(&at), None)
                     }
                     Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
                 };
                 tracing::warn!(file = %path.display(), "the generation hint is {what}, not a regular file of this daemon's (put there by another machine?): replacing it");
                 layout.remove_tree(&path)?;
-                opened()
+                let file = opened()
                     .map(|(file, _)| file)
-                    .ctx(|| format!("creating {}", path.display()))?
+                    .ctx(|| format!("creating {}", path.display()))?;
+                (file, Some(number))
             }
         };
-        let mut text = [0u8; WIDTH + 2];
-        let n = file
-            .read_at(&mut text, 0)
-            .ctx(|| format!("reading {}", path.display()))?;
         // Not a number (garbage, empty): the holder does not trust it (see
-        // core::freshness::hint_trusted) and sets it back.
-        let found = std::str::from_utf8(&text[..n])
-            .ok()
-            .and_then(|t| t.trim().parse().ok());
+        // core::freshness::hint_trusted) and writes it again.
+        let found = match carried {
+            Some(number) => number,
+            None => number_in(&file, &path)?,
+        };
         Ok(HintWriter {
             file,
             path,
@@ -108,6 +112,17 @@ impl HintWriter {
         self.last = generation;
         Ok(())
     }
+}
+
+/// The number in the hint file `file` (`None`: not a number).
+fn number_in(file: &File, path: &Path) -> Result<Option<u64>> {
+    let mut text = [0u8; WIDTH + 2];
+    let n = file
+        .read_at(&mut text, 0)
+        .ctx(|| format!("reading {}", path.display()))?;
+    Ok(std::str::from_utf8(&text[..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok()))
 }
 
 fn owned_by_this_user(file: &File) -> bool {

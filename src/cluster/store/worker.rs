@@ -504,6 +504,14 @@ impl Worker {
                 j.forget(skipped);
             }
         }
+        // sled is the floor of every number a state is labelled with: a hint adopted
+        // above sled's generation is written into sled (durably) before any state takes
+        // it. A later hint below it (another machine's writing, an older node setting a
+        // hint back to sled's) then never lets a commit repeat a number some node holds,
+        // and the voided numbers are voided once, not at every hold.
+        if synced.generation > stored {
+            self.raise_generation(open, synced.generation)?;
+        }
         let (stored, hints) = (synced.generation, synced.hints);
         let same_store = self.state.store_id.as_deref() == Some(open.store_id.as_str());
         if self.state.loaded && self.state.generation == stored && same_store {
@@ -625,6 +633,21 @@ impl Worker {
             self.hint_behind = true;
         }
         self.committed.push(generation);
+    }
+
+    /// Writes `generation` as sled's own, durably (no records change): see `sync_state`.
+    fn raise_generation(&mut self, open: &mut OpenStore, generation: u64) -> Result<()> {
+        open.db
+            .insert(GENERATION_KEY, &generation.to_be_bytes())
+            .map_err(|e| sled_error("writing the generation", e))?;
+        open.db.flush().map_err(|e| sled_error("flushing", e))?;
+        open.log.fsync(!self.synced_folder)?;
+        self.synced_folder = true;
+        tracing::info!(
+            generation,
+            "the metadata's generation raised to the hint's, which was ahead"
+        );
+        Ok(())
     }
 
     /// Writes the overlay and the next generation, durably. Returns the new generation.
@@ -808,6 +831,10 @@ impl OpenStore {
                 "the generation hint is far ahead of the metadata's own generation, or not a number (written by another machine?): not trusted; setting it back"
             );
             hint.write(back)?;
+        } else if hint.found().is_none() {
+            // Not a number on a root that never committed: readers would reload under
+            // the lock at every read until the first commit.
+            hint.write(stored)?;
         }
         let log = LogFile::open(layout)?;
         let journal = JournalWriter::open(layout)
