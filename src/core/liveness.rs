@@ -200,6 +200,9 @@ struct BootSeen {
     last_beat: Duration,
     /// Seeing time of the first sight.
     first_seen: Duration,
+    /// Replaced in the file by a later boot id after a gap in this observer's reads: it
+    /// may have beaten, unseen, until that read (seeing time).
+    hidden_until: Option<Duration>,
     left: bool,
 }
 
@@ -254,6 +257,23 @@ impl Watchers {
                 current: hb.clone(),
                 boots: Vec::new(),
             });
+        // Blindness hides the beats only of a boot id replaced in the file meanwhile: one
+        // still there shows its beats as a moved sequence number at the next read. So when
+        // the file names a new boot id and this observer had no good round for longer
+        // than the cap before this read, the one it replaced may have beaten, unseen,
+        // until now (found by the simulation, seed 890: silent before the gap, it came
+        // back and beat during it, and was judged past the takeover limit 6.5 s after its
+        // real last beat).
+        let blind = self
+            .clock
+            .last_good()
+            .is_some_and(|g| at.since(g) > self.clock.cap);
+        if hb.boot_id != w.current.boot_id && blind {
+            let replaced = w.current.boot_id.clone();
+            if let Some(b) = w.boots.iter_mut().find(|b| b.boot_id == replaced) {
+                b.hidden_until = Some(now);
+            }
+        }
         let left = hb.state == HeartbeatState::Left;
         match w.boots.iter().position(|b| b.boot_id == hb.boot_id) {
             Some(i) => {
@@ -274,6 +294,7 @@ impl Watchers {
                         seq: hb.seq,
                         last_beat: now,
                         first_seen: now,
+                        hidden_until: None,
                         left,
                     },
                 );
@@ -367,7 +388,9 @@ impl Watchers {
             .iter()
             .find(|b| b.boot_id == w.current.boot_id)
             .map_or(w.first, |b| b.first_seen);
-        let mut last = seen.map_or(w.first.max(current), |b| b.last_beat);
+        let mut last = seen.map_or(w.first.max(current), |b| {
+            b.last_beat.max(b.hidden_until.unwrap_or_default())
+        });
         if let Some(c) = self.commits.get(&(node.to_string(), boot.to_string())) {
             last = last.max(*c);
         }
@@ -553,6 +576,29 @@ mod tests {
         }
         assert_eq!(
             w.judge("b", Some("b2"), t0 + 52 * SEC).state,
+            Liveness::Dead,
+            "dead after dead_after of seeing since"
+        );
+    }
+
+    /// Found by the simulation (tests/sim/, seed 890): b1 silent for a while, then this
+    /// observer blind while b1 came back, beat and was replaced by b2. Seeing again, the
+    /// observer must not count b1's silence from before its blindness.
+    #[test]
+    fn a_boot_id_replaced_while_the_observer_was_blind_may_have_beaten_until_then() {
+        let (mut w, t0) = watchers();
+        rounds(&mut w, t0, 1, 5, &[("b", "b1")]);
+        // b1 is silent (its own link cut) for 4 s of seeing.
+        rounds(&mut w, t0, 6, 9, &[]);
+        // The observer is blind from 9 s to 30 s; b1 beat and died, b2 beats now.
+        rounds(&mut w, t0, 30, 30, &[("b", "b2")]);
+        assert!(
+            w.judge("b", Some("b1"), t0 + 31 * SEC).is_alive(),
+            "b1 may have beaten until b2 was first seen"
+        );
+        rounds(&mut w, t0, 31, 36, &[("b", "b2")]);
+        assert_eq!(
+            w.judge("b", Some("b1"), t0 + 36 * SEC).state,
             Liveness::Dead,
             "dead after dead_after of seeing since"
         );
