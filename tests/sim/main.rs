@@ -1179,8 +1179,7 @@ fn finds_breaking(bug: Bug, invariant: &str) {
 
 #[test]
 fn it_finds_a_takeover_judged_on_a_cached_heartbeat() {
-    let o = finds(Bug::CachedJudgment);
-    assert!(o.violation.is_some());
+    finds(Bug::CachedJudgment);
 }
 
 #[test]
@@ -1263,6 +1262,7 @@ fn metadata_report(o: &metadata::Outcome) -> String {
     )
 }
 
+/// Panics unless `bug`, put back, breaks an invariant within the CI budget.
 fn finds_in_metadata(bug: metadata::Bug) -> metadata::Outcome {
     let started = Instant::now();
     for seed in 1..=300 {
@@ -1282,26 +1282,22 @@ fn finds_in_metadata(bug: metadata::Bug) -> metadata::Outcome {
 
 #[test]
 fn it_finds_a_generation_that_repeats_a_number_the_hint_gave() {
-    let o = finds_in_metadata(metadata::Bug::HintRepeat);
-    assert!(o.violation.is_some());
+    finds_in_metadata(metadata::Bug::HintRepeat);
 }
 
 #[test]
 fn it_finds_a_hint_trusted_however_far_ahead() {
-    let o = finds_in_metadata(metadata::Bug::TrustAnyHint);
-    assert!(o.violation.is_some());
+    finds_in_metadata(metadata::Bug::TrustAnyHint);
 }
 
 #[test]
 fn it_finds_states_labelled_above_sled() {
-    let o = finds_in_metadata(metadata::Bug::NoFloor);
-    assert!(o.violation.is_some());
+    finds_in_metadata(metadata::Bug::NoFloor);
 }
 
 #[test]
 fn it_finds_an_untrusted_hint_set_back_to_a_number_readers_took() {
-    let o = finds_in_metadata(metadata::Bug::SetBackToSled);
-    assert!(o.violation.is_some());
+    finds_in_metadata(metadata::Bug::SetBackToSled);
 }
 
 /// `CARAVAN_SIM_SEED=N`: one seed of the metadata store, with its whole event log.
